@@ -1,0 +1,86 @@
+"""The validated configuration: what the user wants the pin root to hold.
+
+Entries are already encoded to the exact bytes the kernel stores, so the planner
+compares bytes with bytes and never needs a codec. For per-CPU maps a value is
+the whole per-CPU buffer (each CPU's value padded to 8 bytes, as the kernel
+lays it out for syscalls).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from kmesh_apply.ctype import CType
+
+INNER_TYPES = ("hash", "array", "lru_hash", "percpu_hash", "percpu_array", "lru_percpu_hash", "lpm_trie")
+OUTER_TYPES = ("array_of_maps", "hash_of_maps")
+# The seed CLI's short spellings for outer map types.
+OUTER_ALIASES = {"array": "array_of_maps", "hash": "hash_of_maps"}
+# How an inner map that sits in an outer slot takes a multi-entry change (issue 5):
+# "swap" builds a new map aside and switches the slots at once (consistent for readers),
+# "in_place" writes the live map (cheaper, readers may see a half-done change).
+UPDATE_STRATEGIES = ("swap", "in_place")
+DEFAULT_PIN_ROOT = "/sys/fs/bpf/kmesh"
+
+
+@dataclass(frozen=True)
+class Location:
+    file: str
+    line: int
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}"
+
+
+@dataclass
+class InnerMapSpec:
+    name: str
+    type: str
+    key: CType
+    value: CType
+    max_entries: int
+    flags: tuple[str, ...]
+    entries: dict[bytes, bytes]
+    location: Location
+    update: str = "swap"
+
+    @property
+    def key_size(self) -> int:
+        return self.key.size
+
+    @property
+    def value_size(self) -> int:
+        return self.value.size
+
+
+@dataclass
+class OuterMapSpec:
+    name: str
+    type: str
+    key: CType
+    max_entries: int
+    flags: tuple[str, ...]
+    inner_map: str
+    slots: dict[bytes, str]
+    location: Location
+
+    @property
+    def key_size(self) -> int:
+        return self.key.size
+
+    value_size = 4  # an outer slot holds a map fd on update, a map ID on lookup
+
+
+@dataclass
+class Config:
+    inner_maps: dict[str, InnerMapSpec] = field(default_factory=dict)
+    outer_maps: dict[str, OuterMapSpec] = field(default_factory=dict)
+    pin_root: str | None = None
+    files: tuple[str, ...] = ()
+
+
+def resolve_pin_root(flag: str | None, config: Config | None = None) -> str:
+    """The pin root in the contract's order: --pin-root, then $KMESH_PIN_ROOT, then the file, then the default."""
+    import os
+
+    return flag or os.environ.get("KMESH_PIN_ROOT") or (config.pin_root if config else None) or DEFAULT_PIN_ROOT

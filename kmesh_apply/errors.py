@@ -1,0 +1,89 @@
+"""The tool's own exception types.
+
+Every failure a user can cause or meet is one of these; the CLIs print them as
+one clear message and exit 1, and anything else is a bug (a traceback).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class KmeshError(Exception):
+    """Base of every error the tool reports to a user instead of a traceback."""
+
+
+@dataclass(frozen=True)
+class Diagnostic:
+    """One problem found in a configuration, located as precisely as we can.
+
+    `map` and `entry` name what the problem is about; `file`/`line` say where
+    the user wrote it (line is 1-based, 0 when unknown).
+    """
+
+    message: str
+    file: str = ""
+    line: int = 0
+    map: str = ""
+    entry: str = ""
+
+    def __str__(self) -> str:
+        where = self.file or "<config>"
+        if self.line:
+            where += f":{self.line}"
+        about = ""
+        if self.map:
+            about = f" map '{self.map}'"
+            if self.entry:
+                about += f" entry {self.entry}"
+            about += ":"
+        return f"{where}:{about} {self.message}"
+
+
+class ConfigError(KmeshError):
+    """The configuration is invalid; carries every problem found, not just the first."""
+
+    def __init__(self, diagnostics: list[Diagnostic]):
+        self.diagnostics = list(diagnostics)
+        super().__init__("\n".join(str(d) for d in self.diagnostics))
+
+
+class KernelError(KmeshError):
+    """A bpf operation failed: names the operation, the map and errno, and what to do."""
+
+    def __init__(self, op: str, target: str, errno: int, hint: str = ""):
+        import os
+
+        self.op = op
+        self.target = target
+        self.errno = errno
+        self.hint = hint
+        text = f"{op} on {target} failed: {os.strerror(errno)} (errno {errno})"
+        if hint:
+            text += f"; {hint}"
+        super().__init__(text)
+
+
+class LockError(KmeshError):
+    """Another run holds the pin root's lock for longer than we were willing to wait."""
+
+
+class StalePlanError(KmeshError):
+    """A saved plan no longer matches the live state it was made against."""
+
+
+class ApplyError(KmeshError):
+    """An apply stopped part-way; says which steps were applied and which were not."""
+
+    def __init__(self, cause: KmeshError, applied: list[str], not_applied: list[str]):
+        self.cause = cause
+        self.applied = applied
+        self.not_applied = not_applied
+        lines = [str(cause)]
+        lines.append(f"applied {len(applied)} step(s) before the failure" + (":" if applied else "."))
+        lines += [f"  done: {s}" for s in applied]
+        if not_applied:
+            lines.append(f"not applied ({len(not_applied)} step(s)):")
+            lines += [f"  skipped: {s}" for s in not_applied]
+        lines.append("Fix the cause and run apply again: it converges from here.")
+        super().__init__("\n".join(lines))
