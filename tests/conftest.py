@@ -1,0 +1,63 @@
+"""Fixtures shared by the tests that talk to the real kernel.
+
+Each test gets its own pin root under /sys/fs/bpf/ and it is removed afterwards,
+even when the test fails; no test touches pins outside its own root.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+BPFFS = Path("/sys/fs/bpf")
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _remove_tree(root: Path) -> None:
+    """Unpin everything under root; bpffs has no recursive rmdir, so walk bottom-up."""
+    if not root.exists():
+        return
+    for dirpath, dirnames, filenames in os.walk(root, topdown=False):
+        for f in filenames:
+            os.unlink(os.path.join(dirpath, f))
+        for d in dirnames:
+            os.rmdir(os.path.join(dirpath, d))
+    os.rmdir(root)
+
+
+@pytest.fixture
+def pin_root() -> Path:
+    """A fresh, unique pin root (not created: tools must create it themselves)."""
+    root = BPFFS / f"kmesh-test-{uuid.uuid4().hex[:12]}"
+    try:
+        yield root
+    finally:
+        _remove_tree(root)
+
+
+def bpftool_json(*args: str):
+    """Run `bpftool -j ARGS` (the independent client) and return its parsed output."""
+    out = subprocess.run(["bpftool", "-j", *args], check=True, capture_output=True, text=True).stdout
+    return json.loads(out) if out.strip() else None
+
+
+@pytest.fixture
+def bpftool():
+    if shutil.which("bpftool") is None:
+        pytest.fail("bpftool is not installed: run scripts/setup")
+    return bpftool_json
+
+
+def run_cli(*argv: str, env: dict[str, str] | None = None, input: str | None = None) -> subprocess.CompletedProcess:
+    """Run one of our console scripts (`kmesh-apply` or `kmesh`) from the venv as a user would."""
+    exe = Path(sys.executable).parent / argv[0]
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    return subprocess.run([str(exe), *argv[1:]], capture_output=True, text=True, env=full_env, input=input)
