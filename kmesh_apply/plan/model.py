@@ -1,0 +1,217 @@
+"""A plan is plain data: what changes per map (for people) and the ordered steps (for the executor).
+
+Like a Terraform plan it can be rendered, saved as JSON and applied later; the
+saved form carries a fingerprint of the live state it was made against so a
+stale plan is refused rather than applied over someone else's change.
+
+Map instances in steps are named by their pin path relative to the pin root:
+`backends-a` is the live pin, `_kmesh_staging/backends-a` a map being built aside.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Union
+
+PLAN_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class MapDef:
+    """The fixed properties of a map: changing any of them means building a new map."""
+
+    name: str
+    type: str
+    key_size: int
+    value_size: int
+    max_entries: int
+    flags: tuple[str, ...]
+    key_type: Any = None  # type spec (contract section 2), None when only the size is known
+    value_type: Any = None
+    inner_map: str | None = None  # outer maps: the template inner map's name
+
+    @property
+    def is_outer(self) -> bool:
+        return self.type in ("array_of_maps", "hash_of_maps")
+
+
+# ---- steps, in the order the executor performs them -------------------------------------
+
+
+@dataclass
+class CreateMap:
+    """Create a map with `map`'s properties and pin it at `pin` (outer maps: `template` gives the inner template)."""
+
+    map: MapDef
+    pin: str
+    template: str | None = None  # pin of an inner map with the template's properties
+    op: str = "create"
+
+    def describe(self) -> str:
+        return f"create {self.map.type} map '{self.map.name}' at {self.pin}"
+
+
+@dataclass
+class WriteEntries:
+    """Put and delete entries of the map pinned at `pin`, in batches."""
+
+    map: str
+    pin: str
+    put: dict[bytes, bytes] = field(default_factory=dict)
+    delete: list[bytes] = field(default_factory=list)
+    op: str = "write"
+
+    def describe(self) -> str:
+        return f"write {len(self.put)} and delete {len(self.delete)} entries of '{self.map}' ({self.pin})"
+
+
+@dataclass
+class SetSlots:
+    """Point slots of the outer map at `pin` to inner map pins, and clear others: one batch each."""
+
+    map: str
+    pin: str
+    set: dict[bytes, str] = field(default_factory=dict)
+    clear: list[bytes] = field(default_factory=list)
+    op: str = "slots"
+
+    def describe(self) -> str:
+        return f"set {len(self.set)} and clear {len(self.clear)} slots of '{self.map}' ({self.pin})"
+
+
+@dataclass
+class MovePin:
+    """Move a map built aside into place; rename(2) replaces the old pin atomically."""
+
+    map: str
+    src: str
+    dst: str
+    op: str = "move"
+
+    def describe(self) -> str:
+        return f"move {self.src} into place as {self.dst}"
+
+
+@dataclass
+class RemovePin:
+    """Unpin a map; the kernel frees it once no slot or program holds it any more."""
+
+    map: str
+    pin: str
+    op: str = "remove"
+
+    def describe(self) -> str:
+        return f"remove '{self.map}' ({self.pin})"
+
+
+Step = Union[CreateMap, WriteEntries, SetSlots, MovePin, RemovePin]
+STEP_TYPES: dict[str, type] = {c.op: c for c in (CreateMap, WriteEntries, SetSlots, MovePin, RemovePin)}  # type: ignore[attr-defined]
+
+
+# ---- per-map summary, for people and for CI --------------------------------------------
+
+
+@dataclass
+class MapChange:
+    """What happens to one map. `action` is create | update | replace | destroy | recover."""
+
+    name: str
+    action: str
+    kind: str  # "inner" | "outer"
+    definition: MapDef | None = None  # desired properties (None when destroyed)
+    reasons: list[str] = field(default_factory=list)  # why replaced, or what is recovered
+    added: dict[bytes, Any] = field(default_factory=dict)  # entry key -> new value (outer: inner map name)
+    changed: dict[bytes, tuple[Any, Any]] = field(default_factory=dict)  # key -> (old, new)
+    removed: dict[bytes, Any] = field(default_factory=dict)  # key -> old value
+    swap: bool = False  # entries change by building a new map and switching slots at once
+
+
+@dataclass
+class Plan:
+    pin_root: str
+    changes: list[MapChange] = field(default_factory=list)
+    steps: list[Step] = field(default_factory=list)
+    fingerprint: dict[str, str] = field(default_factory=dict)  # of the live state the plan was made from
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def has_changes(self) -> bool:
+        return bool(self.steps)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Terraform's counting: a replaced map is one created and one destroyed."""
+        c = {"create": 0, "update": 0, "destroy": 0}
+        for ch in self.changes:
+            if ch.action == "replace":
+                c["create"] += 1
+                c["destroy"] += 1
+            elif ch.action in c:
+                c[ch.action] += 1
+            elif ch.action == "recover":
+                c["update"] += 1
+        return c
+
+    def summary(self) -> str:
+        if not self.has_changes:
+            return "No changes. The pin root matches the configuration."
+        c = self.counts
+        return f"Plan: {c['create']} to create, {c['update']} to update, {c['destroy']} to destroy."
+
+    # ---- saving and loading (bytes as hex) --------------------------------------------
+
+    def to_saved(self) -> dict[str, Any]:
+        return {
+            "format": PLAN_FORMAT,
+            "pin_root": self.pin_root,
+            "fingerprint": self.fingerprint,
+            "warnings": self.warnings,
+            "changes": [_hexify(asdict(c)) for c in self.changes],
+            "steps": [_hexify(asdict(s)) for s in self.steps],
+        }
+
+    @staticmethod
+    def from_saved(data: dict[str, Any]) -> "Plan":
+        if data.get("format") != PLAN_FORMAT:
+            raise ValueError(f"unsupported plan format {data.get('format')!r} (this kmesh-apply writes {PLAN_FORMAT})")
+        steps: list[Step] = []
+        for raw in data["steps"]:
+            raw = _unhexify(raw)
+            cls = STEP_TYPES[raw["op"]]
+            if cls is CreateMap:
+                raw["map"] = _mapdef(raw["map"])
+            steps.append(cls(**raw))
+        changes = []
+        for raw in data["changes"]:
+            raw = _unhexify(raw)
+            raw["definition"] = _mapdef(raw["definition"]) if raw["definition"] else None
+            raw["changed"] = {k: tuple(v) for k, v in raw["changed"].items()}
+            changes.append(MapChange(**raw))
+        return Plan(data["pin_root"], changes, steps, data["fingerprint"], data.get("warnings", []))
+
+
+def _mapdef(raw: dict[str, Any]) -> MapDef:
+    raw = dict(raw)
+    raw["flags"] = tuple(raw["flags"])
+    return MapDef(**raw)
+
+
+# Bytes become {"hex": "..."} so a saved plan is plain JSON; dict keys that are bytes get a "0x" prefix.
+def _hexify(obj: Any) -> Any:
+    if isinstance(obj, bytes):
+        return {"hex": obj.hex()}
+    if isinstance(obj, dict):
+        return {("0x" + k.hex() if isinstance(k, bytes) else k): _hexify(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_hexify(v) for v in obj]
+    return obj
+
+
+def _unhexify(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        if set(obj) == {"hex"}:
+            return bytes.fromhex(obj["hex"])
+        return {(bytes.fromhex(k[2:]) if k.startswith("0x") else k): _unhexify(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_unhexify(v) for v in obj]
+    return obj

@@ -1,0 +1,111 @@
+"""Plans for people (Terraform-like text) and for machines (JSON); the plan itself stays data."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Callable
+
+from kmesh_apply.plan.model import MapChange, MapDef, Plan
+
+SYMBOL = {"create": "+", "update": "~", "replace": "-/+", "destroy": "-", "recover": "*"}
+VERB = {
+    "create": "will be created",
+    "update": "will be updated in place",
+    "replace": "must be replaced",
+    "destroy": "will be destroyed",
+    "recover": "is recovered from an interrupted apply",
+}
+COLOUR = {"+": "32", "~": "33", "-": "31", "-/+": "35", "*": "36"}
+FOLD_AFTER = 10  # entry lines shown per map before the rest is folded into a count
+
+
+def _decoder(d: MapDef | None, which: str) -> Callable[[bytes], Any]:
+    """Turn stored bytes back into what the user writes, using the map's types when they are known."""
+    if d is None:
+        return lambda b: b.hex() if isinstance(b, bytes) else b
+    from kmesh_apply.config import codecs
+    from kmesh_apply.ctype import Raw, parse_type
+
+    spec = getattr(d, f"{which}_type")
+    size = d.key_size if which == "key" else d.value_size
+    typ = parse_type(spec) if spec is not None else Raw(size)
+    if which == "value" and "percpu" in d.type:
+        stride = (typ.size + 7) // 8 * 8
+        return lambda b: codecs.decode_per_cpu(typ, b, len(b) // stride)
+    return lambda b: codecs.decode(typ, b)
+
+
+def _fmt(v: Any) -> str:
+    return json.dumps(v, separators=(", ", ": ")) if isinstance(v, (dict, list)) else str(v)
+
+
+def _entry_lines(ch: MapChange) -> list[str]:
+    key = _decoder(ch.definition, "key")
+    value = _decoder(ch.definition, "value") if ch.kind == "inner" else str
+    lines = [f"+ {_fmt(key(k))}: {_fmt(value(v))}" for k, v in ch.added.items()]
+    lines += [f"~ {_fmt(key(k))}: {_fmt(value(o))} -> {_fmt(value(n))}" for k, (o, n) in ch.changed.items()]
+    lines += [f"- {_fmt(key(k))}: {_fmt(value(v))}" for k, v in ch.removed.items()]
+    if len(lines) > FOLD_AFTER:
+        lines = lines[:FOLD_AFTER] + [f"  ... and {len(lines) - FOLD_AFTER} more entry changes"]
+    return lines
+
+
+def _paint(symbol: str, text: str, color: bool) -> str:
+    """ANSI colour by change symbol; only ever asked for on a terminal."""
+    return f"\x1b[{COLOUR[symbol]}m{text}\x1b[0m" if color and symbol in COLOUR else text
+
+
+def render_text(plan: Plan, color: bool = False) -> str:
+    """The plan as a reviewer reads it: one block per map, entry diffs folded, then the summary line."""
+    if not plan.has_changes:
+        return plan.summary() + "\n"
+    out = [f"kmesh-apply will perform the following actions in {plan.pin_root}:", ""]
+    for ch in plan.changes:
+        sym = SYMBOL[ch.action]
+        what = f"{ch.kind} map \"{ch.name}\" {VERB[ch.action]}"
+        if ch.action == "update" and ch.swap:
+            what = f"{ch.kind} map \"{ch.name}\" will be updated by swap (built aside, slots switched at once)"
+        if ch.definition is not None and ch.action in ("create", "replace"):
+            d = ch.definition
+            what += f" ({d.type}, max_entries {d.max_entries})"
+        out.append(_paint(sym, f"  {sym} {what}", color))
+        for r in ch.reasons:
+            out.append(f"      # {r}")
+        for line in _entry_lines(ch):
+            out.append(_paint(line[0], f"      {line}", color))
+        out.append("")
+    for w in plan.warnings:
+        out.append(f"Warning: {w}")
+    if plan.warnings:
+        out.append("")
+    out.append(plan.summary())
+    return "\n".join(out) + "\n"
+
+
+def render_json(plan: Plan) -> dict[str, Any]:
+    """Everything a CI job needs to post a summary: counts, per-map actions, decoded entry diffs, steps."""
+    changes = []
+    for ch in plan.changes:
+        key = _decoder(ch.definition, "key")
+        value = _decoder(ch.definition, "value") if ch.kind == "inner" else str
+        changes.append({
+            "name": ch.name,
+            "kind": ch.kind,
+            "action": ch.action,
+            "reasons": ch.reasons,
+            "swap": ch.swap,
+            "counts": {"added": len(ch.added), "changed": len(ch.changed), "removed": len(ch.removed)},
+            "added": [{"key": key(k), "value": value(v)} for k, v in ch.added.items()],
+            "changed": [{"key": key(k), "old": value(o), "new": value(n)} for k, (o, n) in ch.changed.items()],
+            "removed": [{"key": key(k), "value": value(v)} for k, v in ch.removed.items()],
+        })
+    return {
+        "format_version": 1,
+        "pin_root": plan.pin_root,
+        "has_changes": plan.has_changes,
+        "counts": plan.counts,
+        "summary": plan.summary(),
+        "warnings": plan.warnings,
+        "changes": changes,
+        "steps": [{"op": s.op, "description": s.describe()} for s in plan.steps],
+    }

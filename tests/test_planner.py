@@ -1,0 +1,171 @@
+"""Pure planner tests: live states are built by hand (the only place a fake kernel is allowed)."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+from kmesh_apply.config.model import Config, InnerMapSpec, Location, OuterMapSpec
+from kmesh_apply.ctype import parse_type
+from kmesh_apply.plan.model import CreateMap, MovePin, Plan, RemovePin, SetSlots, WriteEntries
+from kmesh_apply.plan.planner import destroy_plan, make_plan
+from kmesh_apply.plan.render import render_json, render_text
+from kmesh_apply.state import STAGING_DIR, LiveMap, LiveState, StagedMap
+
+LOC = Location("t.yaml", 1)
+
+
+def k(i: int) -> bytes:
+    return struct.pack("<I", i)
+
+
+def v(i: int) -> bytes:
+    return struct.pack("<Q", i)
+
+
+def inner(name: str, entries: dict[int, int], *, type: str = "hash", max_entries: int = 100, update: str = "swap") -> InnerMapSpec:
+    return InnerMapSpec(name, type, parse_type("u32"), parse_type("u64"), max_entries, (),
+                        {k(a): v(b) for a, b in entries.items()}, LOC, update)
+
+
+def outer(name: str, template: str, slots: dict[int, str], max_entries: int = 10) -> OuterMapSpec:
+    return OuterMapSpec(name, "array_of_maps", parse_type("u32"), max_entries, (), template,
+                        {k(a): n for a, n in slots.items()}, LOC)
+
+
+def config(*specs) -> Config:
+    c = Config()
+    for s in specs:
+        (c.outer_maps if isinstance(s, OuterMapSpec) else c.inner_maps)[s.name] = s
+    return c
+
+
+def live_of(cfg: Config, ids: dict[str, int]) -> LiveState:
+    """The live state an apply of cfg would leave, with the given kernel IDs."""
+    st = LiveState("/sys/fs/bpf/t")
+    for s in cfg.inner_maps.values():
+        st.maps[s.name] = LiveMap(s.name, ids[s.name], s.type, 4, 8, s.max_entries, s.flags, "u32", "u64", dict(s.entries))
+    for s in cfg.outer_maps.values():
+        st.maps[s.name] = LiveMap(s.name, ids[s.name], s.type, 4, 4, s.max_entries, s.flags, "u32", None,
+                                  slots={key: ids[n] for key, n in s.slots.items()})
+    return st
+
+
+BASE = config(inner("a", {1: 10, 2: 20}), inner("b", {3: 30}), outer("svc", "a", {0: "a", 1: "b"}))
+IDS = {"a": 11, "b": 12, "svc": 13}
+
+
+def ops(plan: Plan) -> list[str]:
+    return [s.op for s in plan.steps]
+
+
+def test_cold_plan_orders_creates_before_slots():
+    plan = make_plan(BASE, LiveState("/sys/fs/bpf/t"))
+    assert ops(plan) == ["create", "write", "create", "write", "create", "slots"]
+    assert plan.counts == {"create": 3, "update": 0, "destroy": 0}
+    slots = plan.steps[-1]
+    assert isinstance(slots, SetSlots) and slots.set == {k(0): "a", k(1): "b"}
+    assert "Plan: 3 to create, 0 to update, 0 to destroy." in render_text(plan)
+
+
+def test_converged_state_plans_nothing():
+    plan = make_plan(BASE, live_of(BASE, IDS))
+    assert plan.steps == [] and not plan.has_changes
+    assert render_text(plan).startswith("No changes")
+
+
+def test_single_entry_change_is_in_place():
+    cfg = config(inner("a", {1: 10, 2: 21}), inner("b", {3: 30}), outer("svc", "a", {0: "a", 1: "b"}))
+    plan = make_plan(cfg, live_of(BASE, IDS))
+    assert [type(s) for s in plan.steps] == [WriteEntries]
+    assert plan.steps[0].put == {k(2): v(21)} and plan.steps[0].delete == []
+    assert plan.counts == {"create": 0, "update": 1, "destroy": 0}
+    assert "~ 2: 20 -> 21" in render_text(plan)
+
+
+def test_multi_entry_change_of_slot_held_map_is_a_swap():
+    cfg = config(inner("a", {1: 11, 5: 50}), inner("b", {3: 30}), outer("svc", "a", {0: "a", 1: "b"}))
+    plan = make_plan(cfg, live_of(BASE, IDS))
+    staged = f"{STAGING_DIR}/a"
+    assert ops(plan) == ["create", "write", "slots", "move"]
+    create, write, slots, move = plan.steps
+    assert isinstance(create, CreateMap) and create.pin == staged
+    assert write.put == {k(1): v(11), k(5): v(50)}  # the whole desired content, into the fresh map
+    assert slots.set == {k(0): staged} and slots.clear == []
+    assert isinstance(move, MovePin) and (move.src, move.dst) == (staged, "a")
+    assert plan.counts == {"create": 0, "update": 1, "destroy": 0}
+
+
+def test_in_place_opt_out_writes_the_live_map():
+    cfg = config(inner("a", {1: 11, 5: 50}, update="in_place"), inner("b", {3: 30}), outer("svc", "a", {0: "a", 1: "b"}))
+    plan = make_plan(cfg, live_of(BASE, IDS))
+    assert ops(plan) == ["write"]
+    assert plan.steps[0].put == {k(1): v(11), k(5): v(50)} and plan.steps[0].delete == [k(2)]
+
+
+def test_fixed_property_change_replaces_and_repoints_slots():
+    cfg = config(inner("a", {1: 10, 2: 20}), inner("b", {3: 30}, max_entries=200), outer("svc", "a", {0: "a", 1: "b"}))
+    plan = make_plan(cfg, live_of(BASE, IDS))
+    assert ops(plan) == ["create", "write", "slots", "move"]
+    assert plan.changes[0].action == "replace" and plan.changes[0].reasons == ["max_entries 100 -> 200"]
+    assert plan.counts == {"create": 1, "update": 0, "destroy": 1}
+
+
+def test_template_change_replaces_the_outer_map():
+    cfg = config(inner("a", {1: 10}, type="lru_hash"), inner("b", {3: 30}, type="lru_hash"), outer("svc", "a", {0: "a", 1: "b"}))
+    plan = make_plan(cfg, live_of(BASE, IDS))
+    outer_change = next(c for c in plan.changes if c.name == "svc")
+    assert outer_change.action == "replace" and "inner map template" in outer_change.reasons[0]
+    assert plan.warnings
+    # The new outer map is built aside and filled before it is moved into place.
+    assert ops(plan)[-3:] == ["slots", "move", "move"] or ops(plan).index("slots") < ops(plan).index("move")
+
+
+def test_removed_map_and_slot():
+    cfg = config(inner("a", {1: 10, 2: 20}), outer("svc", "a", {0: "a"}))
+    plan = make_plan(cfg, live_of(BASE, IDS))
+    assert ops(plan) == ["slots", "remove"]
+    assert plan.steps[0].clear == [k(1)] and isinstance(plan.steps[1], RemovePin) and plan.steps[1].pin == "b"
+    assert plan.counts == {"create": 0, "update": 1, "destroy": 1}
+
+
+def test_array_keys_not_named_are_zeroed_not_deleted():
+    arr = InnerMapSpec("arr", "array", parse_type("u32"), parse_type("u64"), 4, (), {k(0): v(1)}, LOC)
+    live = LiveState("/r", {"arr": LiveMap("arr", 5, "array", 4, 8, 4, (), "u32", "u64",
+                                           {k(0): v(1), k(1): v(7), k(2): v(0), k(3): v(0)})})
+    plan = make_plan(config(arr), live)
+    assert plan.steps[0].put == {k(1): v(0)} and plan.steps[0].delete == []
+
+
+def test_interrupted_swap_is_adopted_and_orphans_removed():
+    live = live_of(BASE, IDS)
+    new_a = LiveMap("a", 21, "hash", 4, 8, 100, (), "u32", "u64", dict(BASE.inner_maps["a"].entries))
+    live.maps["svc"].slots[k(0)] = 21  # the slot was switched before the kill
+    live.staged = [StagedMap(f"{STAGING_DIR}/a", "a", new_a),
+                   StagedMap(f"{STAGING_DIR}/b", "b", LiveMap("b", 22, "hash", 4, 8, 100, (), None, None))]
+    plan = make_plan(BASE, live)
+    assert [(s.op, getattr(s, "src", getattr(s, "pin", None))) for s in plan.steps] == [
+        ("move", f"{STAGING_DIR}/a"), ("remove", f"{STAGING_DIR}/b")]
+
+
+def test_destroy_removes_outer_before_inner():
+    plan = destroy_plan(live_of(BASE, IDS))
+    assert [s.pin for s in plan.steps] == ["svc", "a", "b"]
+    assert plan.counts == {"create": 0, "update": 0, "destroy": 3}
+
+
+def test_saved_plan_round_trips_through_json():
+    cfg = config(inner("a", {1: 11, 5: 50}), inner("b", {3: 30}), outer("svc", "a", {0: "a", 1: "b"}))
+    plan = make_plan(cfg, live_of(BASE, IDS))
+    again = Plan.from_saved(json.loads(json.dumps(plan.to_saved())))
+    assert again.steps == plan.steps and again.changes == plan.changes and again.fingerprint == plan.fingerprint
+
+
+def test_json_rendering_decodes_entries():
+    plan = make_plan(BASE, LiveState("/r"))
+    data = render_json(plan)
+    a = next(c for c in data["changes"] if c["name"] == "a")
+    assert a["added"] == [{"key": 1, "value": 10}, {"key": 2, "value": 20}]
+    svc = next(c for c in data["changes"] if c["name"] == "svc")
+    assert svc["added"] == [{"key": 0, "value": "a"}, {"key": 1, "value": "b"}]
+    json.dumps(data)
