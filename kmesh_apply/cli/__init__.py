@@ -1,0 +1,1 @@
+"""Command lines: `kmesh-apply` (declarative) and `kmesh` (the seed's imperative map commands)."""

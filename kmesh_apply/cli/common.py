@@ -1,0 +1,60 @@
+"""Plumbing both command lines share: the --pin-root option and turning errors into one clear message.
+
+A user mistake must never print a traceback: every KmeshError (and OSError,
+which the kernel and filesystem raise) becomes `error: ...` on stderr and exit 1.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, NoReturn, Optional
+
+import typer
+
+PinRootOption = Annotated[
+    Optional[str],
+    typer.Option("--pin-root", help="bpffs directory holding the maps [env: KMESH_PIN_ROOT; default: the file's pin_root, "
+                                    "then /sys/fs/bpf/kmesh]", show_default=False),
+]
+
+
+def fail(message: str) -> NoReturn:
+    """Stop the command with a one-line (or multi-line, for many diagnostics) error and exit 1."""
+    raise typer.Exit(_print_error(message))
+
+
+def _print_error(message: str) -> int:
+    colour = sys.stderr.isatty()
+    lines = message.splitlines() or [""]
+    head = "\x1b[31merror:\x1b[0m" if colour else "error:"
+    print(f"{head} {lines[0]}", file=sys.stderr)
+    for line in lines[1:]:
+        print(f"  {line}" if not line.startswith("  ") else line, file=sys.stderr)
+    return 1
+
+
+def run(app: typer.Typer) -> None:
+    """Run a typer app, mapping the tool's errors to exit 1 with a message instead of a traceback."""
+    from kmesh_apply.errors import KmeshError
+
+    try:
+        app(standalone_mode=False)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        print("Aborted.", file=sys.stderr)
+        sys.exit(1)
+    except KmeshError as e:
+        sys.exit(_print_error(str(e)))
+    except OSError as e:
+        sys.exit(_print_error(f"{e.filename + ': ' if e.filename else ''}{e.strerror or e}"))
+    except KeyboardInterrupt:
+        print("Interrupted.", file=sys.stderr)
+        sys.exit(130)
+    except Exception as e:  # click's usage errors
+        import click
+
+        if isinstance(e, click.ClickException):
+            e.show()
+            sys.exit(1 if e.exit_code == 2 else e.exit_code)
+        raise
