@@ -38,9 +38,9 @@ def run(app: typer.Typer) -> None:
     from kmesh_apply.errors import KmeshError
 
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # click returns an Exit's code instead of raising it here
     except typer.Exit as e:
-        sys.exit(e.exit_code)
+        code = e.exit_code
     except typer.Abort:
         print("Aborted.", file=sys.stderr)
         sys.exit(1)
@@ -58,3 +58,4 @@ def run(app: typer.Typer) -> None:
             e.show()
             sys.exit(1 if e.exit_code == 2 else e.exit_code)
         raise
+    sys.exit(code if isinstance(code, int) else 0)

@@ -1,0 +1,231 @@
+"""`kmesh-apply`: validate, plan, apply, show, destroy, schema.
+
+Heavy modules (yaml, jsonschema, libbpf bindings) are imported inside the
+commands so that `--help` stays instant.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Optional
+
+import typer
+
+from kmesh_apply.cli.common import PinRootOption, fail, run
+
+if TYPE_CHECKING:
+    from kmesh_apply.plan.model import Plan
+
+app = typer.Typer(
+    name="kmesh-apply",
+    help="Declarative manager for eBPF map-in-map state: plan and apply YAML against the pinned maps of a pin root.",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode=None,
+)
+
+Files = Annotated[list[Path], typer.Argument(help="Config files, or directories of *.yaml/*.yml, merged.", show_default=False)]
+AutoApprove = Annotated[bool, typer.Option("--auto-approve", help="Do not ask for confirmation.")]
+LockTimeout = Annotated[float, typer.Option("--lock-timeout", help="Seconds to wait for another apply on the same pin root.")]
+JsonOut = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
+
+
+def _colour() -> bool:
+    return sys.stdout.isatty() and "NO_COLOR" not in os.environ
+
+
+def _load(files: list[Path], pin_root: Optional[str]):
+    from kmesh_apply import api
+
+    cfg = api.load_config(files)
+    return cfg, api.resolve_pin_root(pin_root, cfg)
+
+
+class _Progress:
+    """A rich progress bar on stderr for long applies on a terminal; does nothing otherwise."""
+
+    def __init__(self) -> None:
+        self.bar = None
+        self.task = None
+
+    def start(self, plan: "Plan") -> None:
+        work = sum(len(getattr(s, "put", ())) + len(getattr(s, "set", ())) for s in plan.steps)
+        if not sys.stderr.isatty() or work < 50_000:
+            return
+        from rich.console import Console
+        from rich.progress import Progress
+
+        self.bar = Progress(console=Console(stderr=True), transient=True)
+        self.task = self.bar.add_task("applying", total=len(plan.steps))
+        self.bar.start()
+
+    def tick(self, step: object) -> None:
+        if self.bar is not None:
+            self.bar.advance(self.task)
+
+    def stop(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def _confirm(auto_approve: bool, action: str):
+    def ask(plan: "Plan") -> bool:
+        from kmesh_apply.plan.render import render_text
+
+        typer.echo(render_text(plan, color=_colour()), nl=False)
+        if auto_approve:
+            return True
+        if not sys.stdin.isatty():
+            fail(f"refusing to {action} without confirmation: stdin is not a terminal; pass --auto-approve")
+        answer = typer.prompt(f"\nDo you want to {action}? Only 'yes' will be accepted to approve", default="",
+                              show_default=False)
+        if answer.strip() != "yes":
+            typer.echo(f"{action.capitalize()} cancelled.")
+            return False
+        return True
+
+    return ask
+
+
+def _report(plan: "Plan", report) -> None:
+    c = plan.counts
+    typer.echo(f"\nApply complete! Maps: {c['create']} created, {c['update']} updated, {c['destroy']} destroyed "
+               f"({report.entries_written} entries written, {report.entries_deleted} deleted, "
+               f"{report.slots_set} slots set in {report.seconds:.2f}s).")
+
+
+def _converge(cfg, pin_root: str, auto_approve: bool, lock_timeout: float, action: str) -> None:
+    from kmesh_apply import api
+
+    ask = _confirm(auto_approve, action)
+    progress = _Progress()
+
+    def confirm(plan: "Plan") -> bool:
+        if not ask(plan):
+            return False
+        progress.start(plan)
+        return True
+
+    try:
+        plan, report = api.converge(cfg, pin_root, confirm=confirm, lock_timeout=lock_timeout, on_step=progress.tick)
+    finally:
+        progress.stop()
+    if report is not None:
+        _report(plan, report)
+    elif not plan.has_changes:
+        typer.echo(api.render_text(plan), nl=False)
+
+
+@app.command()
+def validate(files: Files, pin_root: PinRootOption = None) -> None:
+    """Check config files offline (schema and semantics); the kernel is not touched."""
+    cfg, _ = _load(files, pin_root)
+    entries = sum(len(m.entries) for m in cfg.inner_maps.values()) + sum(len(m.slots) for m in cfg.outer_maps.values())
+    typer.echo(f"Configuration valid: {len(cfg.inner_maps)} inner maps, {len(cfg.outer_maps)} outer maps, "
+               f"{entries} entries.")
+
+
+@app.command()
+def plan(
+    files: Files,
+    pin_root: PinRootOption = None,
+    detailed_exitcode: Annotated[bool, typer.Option("--detailed-exitcode", help="Exit 0 for no changes, 2 for changes, 1 for errors.")] = False,
+    json_out: JsonOut = False,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Save the plan to this file, for `apply PLAN`.")] = None,
+) -> None:
+    """Show what apply would change in the pin root (read-only)."""
+    from kmesh_apply import api
+
+    cfg, root = _load(files, pin_root)
+    p = api.plan(cfg, root)
+    if out is not None:
+        out.write_text(json.dumps(p.to_saved()))
+    if json_out:
+        typer.echo(json.dumps(api.render_json(p), indent=2))
+    else:
+        typer.echo(api.render_text(p, color=_colour()), nl=False)
+        if out is not None:
+            typer.echo(f"\nSaved the plan to {out}; apply it exactly with: kmesh-apply apply {out}")
+    if detailed_exitcode and p.has_changes:
+        raise typer.Exit(2)
+
+
+def _saved_plan(files: list[Path]):
+    """The saved plan if the single argument is one (a JSON object with steps), else None."""
+    if len(files) != 1 or not files[0].is_file():
+        return None
+    with open(files[0], "rb") as f:
+        if f.read(64).lstrip()[:1] != b"{":
+            return None
+    from kmesh_apply.plan.model import Plan
+
+    try:
+        data = json.loads(files[0].read_text())
+    except ValueError:
+        return None
+    if not isinstance(data, dict) or "steps" not in data:
+        return None
+    try:
+        return Plan.from_saved(data)
+    except (ValueError, KeyError, TypeError) as e:
+        fail(f"{files[0]}: not a usable saved plan: {e}")
+
+
+@app.command()
+def apply(
+    files: Annotated[list[Path], typer.Argument(help="Config files or directories, or one saved plan (from plan --out).", show_default=False)],
+    pin_root: PinRootOption = None,
+    auto_approve: AutoApprove = False,
+    lock_timeout: LockTimeout = 10.0,
+) -> None:
+    """Make the pin root match the configuration (or perform a saved plan, if it is not stale)."""
+    from kmesh_apply import api
+
+    saved = _saved_plan(files)
+    if saved is not None:
+        if pin_root and os.path.abspath(pin_root) != os.path.abspath(saved.pin_root):
+            fail(f"the saved plan is for pin root {saved.pin_root}, not {pin_root}")
+        typer.echo(api.render_text(saved, color=_colour()), nl=False)
+        progress = _Progress()
+        progress.start(saved)
+        try:
+            report = api.apply(saved, lock_timeout=lock_timeout, on_step=progress.tick)
+        finally:
+            progress.stop()
+        _report(saved, report)
+        return
+    cfg, root = _load(files, pin_root)
+    _converge(cfg, root, auto_approve, lock_timeout, "apply")
+
+
+@app.command()
+def destroy(pin_root: PinRootOption = None, auto_approve: AutoApprove = False, lock_timeout: LockTimeout = 10.0) -> None:
+    """Remove every map pinned in the pin root."""
+    from kmesh_apply import api
+
+    _converge(None, api.resolve_pin_root(pin_root), auto_approve, lock_timeout, "destroy")
+
+
+@app.command()
+def show(pin_root: PinRootOption = None, json_out: JsonOut = False) -> None:
+    """Print the live state as a config that apply accepts."""
+    from kmesh_apply import api
+    from kmesh_apply.config import dump_yaml
+
+    doc = api.show(api.resolve_pin_root(pin_root))
+    typer.echo(json.dumps(doc, indent=2) + "\n" if json_out else dump_yaml(doc), nl=False)
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of the config (for editors: yaml-language-server)."""
+    from kmesh_apply.config import schema_text
+
+    typer.echo(schema_text(), nl=False)
+
+
+def main() -> None:
+    run(app)

@@ -1,0 +1,142 @@
+"""Performs a plan's steps against the kernel, in order, with batched syscalls.
+
+Entries and outer slots are written with one batch call per step (the kernel
+layer splits huge batches); an outer-slot batch costs one RCU grace period
+instead of one per slot. If the kernel refuses a step, the error says which
+steps were applied and which were not, and a re-run converges from there.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import struct
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from kmesh_apply.ctype import CType, Raw, parse_type
+from kmesh_apply.errors import ApplyError, KmeshError
+from kmesh_apply.kernel.maps import Map
+from kmesh_apply.plan.model import CreateMap, MapDef, MovePin, Plan, RemovePin, SetSlots, Step, WriteEntries
+
+
+@dataclass
+class ApplyReport:
+    """What an apply did, for the CLI's closing line and the Ansible module's result."""
+
+    steps: list[str] = field(default_factory=list)
+    entries_written: int = 0
+    entries_deleted: int = 0
+    slots_set: int = 0
+    seconds: float = 0.0
+
+
+def kernel_name(name: str) -> str:
+    """The kernel object name: at most 15 of [A-Za-z0-9_.] (bpftool shows it; the pin carries the full name)."""
+    return re.sub(r"[^A-Za-z0-9_.]", "_", name)[:15]
+
+
+def _ctype(spec: object, size: int) -> CType:
+    return parse_type(spec) if spec is not None else Raw(size)
+
+
+class Executor:
+    """Runs steps with one open handle per pin, closed when done."""
+
+    def __init__(self, pin_root: str, on_step: Callable[[Step], None] | None = None):
+        self.root = Path(pin_root)
+        self.handles: dict[str, Map] = {}
+        self.on_step = on_step
+        self.report = ApplyReport()
+
+    def _map(self, pin: str) -> Map:
+        m = self.handles.get(pin)
+        if m is None:
+            m = self.handles[pin] = Map.open_pinned(str(self.root / pin))
+        return m
+
+    def _drop(self, pin: str) -> None:
+        m = self.handles.pop(pin, None)
+        if m is not None:
+            m.close()
+
+    def close(self) -> None:
+        for pin in list(self.handles):
+            self._drop(pin)
+
+    def run(self, plan: Plan) -> ApplyReport:
+        start = time.monotonic()
+        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            for i, step in enumerate(plan.steps):
+                try:
+                    self._do(step)
+                except KmeshError as e:
+                    raise ApplyError(e, self.report.steps, [s.describe() for s in plan.steps[i:]]) from None
+                except OSError as e:
+                    cause = KmeshError(f"{step.describe()}: {e.strerror or e}")
+                    raise ApplyError(cause, self.report.steps, [s.describe() for s in plan.steps[i:]]) from None
+                self.report.steps.append(step.describe())
+                if self.on_step:
+                    self.on_step(step)
+        finally:
+            self.close()
+        self.report.seconds = time.monotonic() - start
+        return self.report
+
+    def _do(self, step: Step) -> None:
+        if isinstance(step, CreateMap):
+            self._create(step)
+        elif isinstance(step, WriteEntries):
+            m = self._map(step.pin)
+            if step.put:
+                m.update_batch(b"".join(step.put), b"".join(step.put.values()), len(step.put))
+                self.report.entries_written += len(step.put)
+            if step.delete:
+                m.delete_batch(b"".join(step.delete), len(step.delete))
+                self.report.entries_deleted += len(step.delete)
+        elif isinstance(step, SetSlots):
+            outer = self._map(step.pin)
+            if step.set:
+                fds = struct.pack(f"<{len(step.set)}I", *(self._map(p).fd for p in step.set.values()))
+                outer.update_batch(b"".join(step.set), fds, len(step.set))
+                self.report.slots_set += len(step.set)
+            if step.clear:
+                outer.delete_batch(b"".join(step.clear), len(step.clear))
+        elif isinstance(step, MovePin):
+            os.replace(self.root / step.src, self.root / step.dst)
+            self._drop(step.dst)
+            if step.src in self.handles:
+                self.handles[step.dst] = self.handles.pop(step.src)
+            self._tidy_staging(step.src)
+        elif isinstance(step, RemovePin):
+            self._drop(step.pin)
+            os.unlink(self.root / step.pin)
+            self._tidy_staging(step.pin)
+
+    def _create(self, step: CreateMap) -> None:
+        d: MapDef = step.map
+        path = self.root / step.pin
+        path.parent.mkdir(exist_ok=True)
+        template = self._map(step.template) if step.template else None
+        key_type = _ctype(d.key_type, d.key_size)
+        value_type = None if d.is_outer else _ctype(d.value_type, d.value_size)
+        m = Map.create(d.type, d.key_size, d.value_size, d.max_entries, name=kernel_name(d.name), flags=d.flags,
+                       inner_map=template, key_type=key_type, value_type=value_type)
+        try:
+            m.pin(str(path))
+        except BaseException:
+            m.close()
+            raise
+        self.handles[step.pin] = m
+
+    def _tidy_staging(self, pin: str) -> None:
+        """Remove the staging directory once it is empty, so a converged pin root holds only maps."""
+        parent = (self.root / pin).parent
+        if parent != self.root:
+            try:
+                parent.rmdir()
+            except OSError:
+                pass

@@ -1,0 +1,88 @@
+"""Live state -> a config document (the inverse of loading), for `kmesh-apply show`.
+
+Types come from the BTF each inner map carries, so values print as the user
+wrote them. Outer maps cannot carry BTF, so their keys print by size
+(`u32` for 4-byte keys, else `key_size`), and their template is the inner map
+found in their first slot.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kmesh_apply.config import codecs
+from kmesh_apply.ctype import CType, Raw, parse_type
+from kmesh_apply.state import LiveMap, LiveState
+
+
+def _type_of(spec: Any, size: int) -> CType:
+    return parse_type(spec) if spec is not None else Raw(size)
+
+
+def _type_fields(doc: dict[str, Any], which: str, typ: CType) -> None:
+    spec = typ.spec()
+    if spec is None:
+        doc[f"{which}_size"] = typ.size
+    else:
+        doc[which] = spec
+
+
+def _entries(pairs: list[tuple[Any, Any]]) -> Any:
+    """Mapping form when every key is a scalar, else the list form; in key order where keys compare."""
+    try:
+        pairs = sorted(pairs, key=lambda kv: kv[0])
+    except TypeError:
+        pass
+    if all(isinstance(k, (int, str)) for k, _ in pairs):
+        return {k: v for k, v in pairs}
+    return [{"key": k, "value": v} for k, v in pairs]
+
+
+def _inner(m: LiveMap) -> dict[str, Any]:
+    key = _type_of(m.key_type, m.key_size)
+    value = _type_of(m.value_type, m.value_size)
+    doc: dict[str, Any] = {"type": m.type}
+    _type_fields(doc, "key", key)
+    _type_fields(doc, "value", value)
+    doc["max_entries"] = m.max_entries
+    if m.flags:
+        doc["flags"] = list(m.flags)
+    if "percpu" in m.type:
+        stride = (value.size + 7) // 8 * 8
+        decode = lambda b: codecs.decode_per_cpu(value, b, len(b) // stride)  # noqa: E731
+    else:
+        decode = lambda b: codecs.decode(value, b)  # noqa: E731
+    items = list(m.entries.items())
+    if m.type in ("array", "percpu_array"):
+        items = [(k, v) for k, v in items if v.count(0) != len(v)]  # unnamed array slots are zero
+    if items:
+        doc["entries"] = _entries([(codecs.decode(key, k), decode(v)) for k, v in items])
+    return doc
+
+
+def _outer(m: LiveMap, names: dict[int, str], inner_names: list[str]) -> dict[str, Any]:
+    key = parse_type("u32") if m.key_size == 4 else Raw(m.key_size)
+    doc: dict[str, Any] = {"type": m.type}
+    _type_fields(doc, "key", key)
+    doc["max_entries"] = m.max_entries
+    if m.flags:
+        doc["flags"] = list(m.flags)
+    held = [names[i] for i in m.slots.values() if i in names]
+    doc["inner_map"] = held[0] if held else (inner_names[0] if inner_names else None)
+    slots = [(codecs.decode(key, k), names[i]) for k, i in m.slots.items() if i in names]
+    if slots:
+        doc["entries"] = _entries(slots)
+    return doc
+
+
+def show_document(live: LiveState) -> dict[str, Any]:
+    names = {m.id: n for n, m in live.maps.items() if not m.is_outer}
+    inner_names = sorted(names.values())
+    doc: dict[str, Any] = {"pin_root": live.pin_root}
+    inner = {n: _inner(m) for n, m in sorted(live.maps.items()) if not m.is_outer}
+    outer = {n: _outer(m, names, inner_names) for n, m in sorted(live.maps.items()) if m.is_outer}
+    if inner:
+        doc["inner_maps"] = inner
+    if outer:
+        doc["outer_maps"] = outer
+    return doc
