@@ -6,6 +6,7 @@ even when the test fails; no test touches pins outside its own root.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -32,14 +33,29 @@ def _remove_tree(root: Path) -> None:
     os.rmdir(root)
 
 
-@pytest.fixture
-def pin_root() -> Path:
-    """A fresh, unique pin root (not created: tools must create it themselves)."""
-    root = BPFFS / f"kmesh-test-{uuid.uuid4().hex[:12]}"
+@contextlib.contextmanager
+def _unique_root(kind: str, create: bool = False):
+    root = BPFFS / f"kmesh-{kind}-{uuid.uuid4().hex[:12]}"
+    if create:
+        root.mkdir()
     try:
         yield root
     finally:
         _remove_tree(root)
+
+
+@pytest.fixture
+def pin_root() -> Path:
+    """A fresh, unique pin root (not created: tools must create it themselves)."""
+    with _unique_root("test") as root:
+        yield root
+
+
+@pytest.fixture
+def bpf_scratch() -> Path:
+    """A unique bpffs directory, outside any pin root, for test programs and foreign pins."""
+    with _unique_root("scratch", create=True) as root:
+        yield root
 
 
 def bpftool_json(*args: str):
