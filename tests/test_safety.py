@@ -1,0 +1,230 @@
+"""Safe apply (issue 5): atomic swaps seen from BPF, SIGKILL at any point converges,
+concurrent applies serialise, stale saved plans are refused."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cli
+
+KMESH_APPLY = str(Path(sys.executable).parent / "kmesh-apply")
+
+SUM_PROG = r"""
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+
+struct values {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, 64);
+    __type(key, __u32);
+    __type(value, __u32);
+};
+
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+    __uint(max_entries, 4);
+    __type(key, __u32);
+    __array(values, struct values);
+} outer SEC(".maps");
+
+/* Sums every entry of the inner map in slot 0, reading through the outer map. */
+SEC("xdp")
+int sum(struct xdp_md *ctx)
+{
+    __u32 slot = 0, total = 0;
+    void *inner = bpf_map_lookup_elem(&outer, &slot);
+    if (!inner)
+        return 0;
+    for (__u32 i = 0; i < 64; i++) {
+        __u32 k = i;
+        __u32 *v = bpf_map_lookup_elem(inner, &k);
+        if (v)
+            total += *v;
+    }
+    return total;
+}
+
+char LICENSE[] SEC("license") = "GPL";
+"""
+
+
+def sum_config(value: int) -> str:
+    entries = "\n".join(f"      {i}: {value}" for i in range(64))
+    return f"""
+inner_maps:
+  values:
+    type: hash
+    key: u32
+    value: u32
+    max_entries: 64
+    entries:
+{entries}
+outer_maps:
+  outer:
+    type: array_of_maps
+    key: u32
+    max_entries: 4
+    inner_map: values
+    entries:
+      0: values
+"""
+
+
+def big_config(maps: int, entries: int, value: int) -> str:
+    """`maps` inner hash maps of `entries` entries each, all in slots of one outer map."""
+    out = ["inner_maps:"]
+    for m in range(maps):
+        out += [f"  svc-{m}:", "    type: hash", "    key: u32", "    value: u64", f"    max_entries: {entries}",
+                "    entries:"]
+        out += [f"      {i}: {value + i}" for i in range(entries)]
+    out += ["outer_maps:", "  services:", "    type: hash_of_maps", "    key: u32", f"    max_entries: {maps}",
+            "    inner_map: svc-0", "    entries:"]
+    out += [f"      {m}: svc-{m}" for m in range(maps)]
+    return "\n".join(out) + "\n"
+
+
+def write(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def cli(*args: str, root: Path, check: int | None = 0) -> subprocess.CompletedProcess:
+    res = run_cli("kmesh-apply", *args, "--pin-root", str(root))
+    assert "Traceback" not in res.stderr, res.stderr
+    if check is not None:
+        assert res.returncode == check, f"exit {res.returncode}\n{res.stdout}\n{res.stderr}"
+    return res
+
+
+def clean(cfg: Path, root: Path) -> bool:
+    return cli("plan", str(cfg), "--detailed-exitcode", root=root, check=None).returncode == 0
+
+
+def test_swap_is_atomic_for_a_bpf_reader(pin_root: Path, tmp_path: Path, bpf_scratch: Path):
+    from bpfprog import BpfProgram
+
+    one, three = write(tmp_path, "one.yaml", sum_config(1)), write(tmp_path, "three.yaml", sum_config(3))
+    cli("apply", str(one), "--auto-approve", root=pin_root)
+    prog = BpfProgram(SUM_PROG, tmp_path, bpf_scratch / "sum", {"outer": pin_root / "outer"})
+    seen: dict[int, int] = {}
+    stop = threading.Event()
+
+    def reader() -> None:
+        while not stop.is_set():
+            total = prog.run()
+            seen[total] = seen.get(total, 0) + 1
+
+    t = threading.Thread(target=reader)
+    t.start()
+    try:
+        for i in range(6):
+            cli("apply", str(three if i % 2 == 0 else one), "--auto-approve", root=pin_root)
+    finally:
+        stop.set()
+        t.join()
+        prog.close()
+    assert set(seen) <= {64, 192}, f"a reader saw a half-applied inner map: {seen}"
+    assert seen.get(64) and seen.get(192)
+
+
+def bpf_call_count(args: list[str]) -> int:
+    trace = subprocess.run(["strace", "-f", "-qq", "-c", "-e", "trace=bpf", KMESH_APPLY, *args],
+                           capture_output=True, text=True)
+    m = re.search(r"\s(\d+)\s+(?:\d+\s+)?bpf\s*$", trace.stderr, re.M)
+    assert m, trace.stderr
+    return int(m.group(1))
+
+
+def killed_apply(args: list[str], inject: str) -> int:
+    res = subprocess.run(["strace", "-f", "-qq", "-o", "/dev/null", "-e", f"inject={inject}:signal=KILL", KMESH_APPLY, *args],
+                         capture_output=True, text=True)
+    return res.returncode
+
+
+def assert_converged(cfg: Path, root: Path, names: set[str]) -> None:
+    cli("apply", str(cfg), "--auto-approve", root=root)
+    assert clean(cfg, root)
+    assert {p.name for p in root.iterdir()} == names, "stray pins after recovery"
+
+
+def test_sigkill_at_any_point_converges(pin_root: Path, tmp_path: Path):
+    a = write(tmp_path, "a.yaml", big_config(20, 500, 1))
+    b = write(tmp_path, "b.yaml", big_config(20, 500, 7))
+    names = {f"svc-{m}" for m in range(20)} | {"services"}
+    cli("apply", str(a), "--auto-approve", root=pin_root)
+    total = bpf_call_count(["apply", str(b), "--auto-approve", "--pin-root", str(pin_root)])
+    assert clean(b, pin_root)
+    # By step: kill at the Nth bpf() call of an apply that swaps every inner map.
+    for frac in (0.1, 0.35, 0.6, 0.8, 0.95):
+        cli("apply", str(a), "--auto-approve", root=pin_root)
+        killed_apply(["apply", str(b), "--auto-approve", "--pin-root", str(pin_root)], f"bpf:when={max(1, int(total * frac))}")
+        assert_converged(b, pin_root, names)
+    # Between switching the slots and moving the new maps into place.
+    for when in (1, 7):
+        cli("apply", str(a), "--auto-approve", root=pin_root)
+        killed_apply(["apply", str(b), "--auto-approve", "--pin-root", str(pin_root)], f"rename,renameat,renameat2:when={when}")
+        assert_converged(b, pin_root, names)
+    # By time, during a cold apply.
+    for delay in (0.05, 0.2, 0.4):
+        cli("destroy", "--auto-approve", root=pin_root)
+        proc = subprocess.Popen([KMESH_APPLY, "apply", str(a), "--auto-approve", "--pin-root", str(pin_root)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(delay)
+        proc.kill()
+        proc.wait()
+        assert_converged(a, pin_root, names)
+
+
+def test_concurrent_applies_serialise(pin_root: Path, tmp_path: Path):
+    a = write(tmp_path, "a.yaml", big_config(5, 300, 1))
+    b = write(tmp_path, "b.yaml", big_config(3, 400, 9))
+    for _ in range(4):
+        procs = [subprocess.Popen([KMESH_APPLY, "apply", str(c), "--auto-approve", "--pin-root", str(pin_root),
+                                   "--lock-timeout", "60"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for c in (a, b)]
+        for p in procs:
+            out, err = p.communicate()
+            assert p.returncode == 0, err
+            assert "Traceback" not in err
+        assert clean(a, pin_root) != clean(b, pin_root), "the end state must be exactly one of the two configs"
+
+
+def test_lock_timeout_names_the_holder(pin_root: Path, tmp_path: Path):
+    import fcntl
+
+    cfg = write(tmp_path, "a.yaml", sum_config(1))
+    pin_root.mkdir()
+    fd = os.open(pin_root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        res = cli("apply", str(cfg), "--auto-approve", "--lock-timeout", "0.3", root=pin_root, check=1)
+        assert f"locked by process {os.getpid()}" in res.stderr
+        assert cli("plan", str(cfg), root=pin_root, check=None).returncode == 0  # plan needs no lock
+    finally:
+        os.close(fd)
+
+
+def test_stale_saved_plan_is_refused(pin_root: Path, tmp_path: Path):
+    one, three = write(tmp_path, "one.yaml", sum_config(1)), write(tmp_path, "three.yaml", sum_config(3))
+    cli("apply", str(one), "--auto-approve", root=pin_root)
+    saved = tmp_path / "p.plan"
+    cli("plan", str(three), "--out", str(saved), root=pin_root)
+    # Someone else changes the live state after the plan was made.
+    cli("apply", str(write(tmp_path, "two.yaml", sum_config(2))), "--auto-approve", root=pin_root)
+    res = cli("apply", str(saved), root=pin_root, check=1)
+    assert "stale" in res.stderr and "'values' changed" in res.stderr
+    assert clean(tmp_path / "two.yaml", pin_root)
+    cli("plan", str(three), "--out", str(saved), root=pin_root)
+    cli("apply", str(saved), root=pin_root)
+    assert clean(three, pin_root)
+    assert json.loads(saved.read_text())["format"] == 1
