@@ -1,0 +1,117 @@
+"""Hostile input (issue 5): each case gets a clear error, exit 1, no traceback, and nothing
+outside the pin root is touched."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import BPFFS, REPO, run_cli
+
+SMALL = """
+inner_maps:
+  {name}:
+    type: hash
+    key: u32
+    value: u64
+    max_entries: {max_entries}
+    entries:
+      1: 2
+"""
+
+
+def bpffs_listing() -> set[str]:
+    return {p.name for p in BPFFS.iterdir()}
+
+
+def refused(*args: str, expect: str, cwd: Path | None = None) -> str:
+    before = bpffs_listing()
+    res = run_cli("kmesh-apply", *args)
+    assert res.returncode == 1, f"exit {res.returncode}: {res.stdout}{res.stderr}"
+    assert "Traceback" not in res.stderr
+    assert expect in res.stderr, res.stderr
+    assert bpffs_listing() == before, "something was created outside the pin root"
+    return res.stderr
+
+
+@pytest.mark.parametrize("name", ["../escape", "a/b", "..", "with.dot"])
+def test_names_cannot_leave_the_pin_root(tmp_path: Path, pin_root: Path, name: str):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(SMALL.format(name=f'"{name}"', max_entries=10))
+    err = refused("apply", str(cfg), "--auto-approve", "--pin-root", str(pin_root), expect=f"{cfg}:3")
+    assert not pin_root.exists()
+    assert name in err
+
+
+def test_symlink_in_pin_root_path(tmp_path: Path, bpf_scratch: Path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(SMALL.format(name="m", max_entries=10))
+    (bpf_scratch / "real").mkdir()
+    os.symlink(bpf_scratch / "real", bpf_scratch / "link")
+    refused("apply", str(cfg), "--auto-approve", "--pin-root", str(bpf_scratch / "link" / "root"), expect="symlink")
+    assert list((bpf_scratch / "real").iterdir()) == []
+
+
+def test_pin_root_not_on_bpffs(tmp_path: Path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(SMALL.format(name="m", max_entries=10))
+    refused("apply", str(cfg), "--auto-approve", "--pin-root", str(tmp_path / "root"), expect="not on a bpf filesystem")
+    assert not (tmp_path / "root").exists()
+
+
+def test_alias_bomb(tmp_path: Path, pin_root: Path):
+    lines = ['a0: &a0 ["x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    lines += [f"a{i}: &a{i} [*a{i-1}, *a{i-1}, *a{i-1}, *a{i-1}, *a{i-1}, *a{i-1}, *a{i-1}, *a{i-1}, *a{i-1}]" for i in range(1, 10)]
+    cfg = tmp_path / "bomb.yaml"
+    cfg.write_text("\n".join(lines) + "\ninner_maps: {}\n")
+    refused("plan", str(cfg), "--pin-root", str(pin_root), expect=str(cfg))
+
+
+def test_deep_nesting(tmp_path: Path, pin_root: Path):
+    cfg = tmp_path / "deep.yaml"
+    cfg.write_text("inner_maps: " + "[" * 5000 + "]" * 5000 + "\n")
+    refused("plan", str(cfg), "--pin-root", str(pin_root), expect=str(cfg))
+
+
+def test_enormous_max_entries(tmp_path: Path, pin_root: Path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(SMALL.format(name="m", max_entries=2**40))
+    refused("apply", str(cfg), "--auto-approve", "--pin-root", str(pin_root), expect=f"{cfg}:")
+
+
+def test_enormous_file(tmp_path: Path, pin_root: Path):
+    cfg = tmp_path / "huge.yaml"
+    with open(cfg, "wb") as f:
+        f.truncate(3 << 30)  # sparse: costs no disk
+    refused("plan", str(cfg), "--pin-root", str(pin_root), expect="too large")
+
+
+def test_a_program_pinned_in_the_pin_root(tmp_path: Path, pin_root: Path):
+    from bpfprog import BpfProgram
+
+    pin_root.mkdir()
+    prog = BpfProgram('#include <linux/bpf.h>\n#include <bpf/bpf_helpers.h>\n'
+                      'SEC("xdp") int pass(struct xdp_md *c) { return 2; }\nchar LICENSE[] SEC("license") = "GPL";\n',
+                      tmp_path, pin_root / "m", {})
+    prog.close()
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(SMALL.format(name="m", max_entries=10))
+    refused("apply", str(cfg), "--auto-approve", "--pin-root", str(pin_root), expect="not a map")
+    assert [p.name for p in pin_root.iterdir()] == ["m"]
+
+
+def test_without_bpf_privileges(tmp_path: Path, pin_root: Path):
+    """Root without capabilities is what the kernel sees of an unprivileged user (a real uid switch
+    would also lose access to this checkout's virtualenv)."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(SMALL.format(name="m", max_entries=10))
+    exe = Path(os.environ.get("VIRTUAL_ENV", REPO / ".venv")) / "bin" / "kmesh-apply"
+    res = subprocess.run(["setpriv", "--bounding-set=-all", "--inh-caps=-all",
+                          str(exe), "apply", str(cfg), "--auto-approve", "--pin-root", str(pin_root)],
+                         capture_output=True, text=True)
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
+    assert "root" in res.stderr or "CAP_BPF" in res.stderr, res.stderr
+    assert not pin_root.exists() or list(pin_root.iterdir()) == []
