@@ -1,0 +1,132 @@
+"""ctypes binding of the system libbpf (1.x): the only code that calls into libbpf.
+
+Every function has its argtypes/restype set, so a wrong argument is a Python
+TypeError, not memory corruption. libbpf 1.x returns -errno from int functions
+and NULL (with errno set) from pointer functions; callers in this package turn
+both into KernelError.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from typing import Any
+from ctypes import POINTER, c_char_p, c_int, c_size_t, c_uint32, c_uint64, c_void_p
+
+c_u32_p = POINTER(c_uint32)
+
+
+class MapCreateOpts(ctypes.Structure):
+    """struct bpf_map_create_opts (bpf/bpf.h)."""
+
+    _fields_ = [
+        ("sz", c_size_t),
+        ("btf_fd", c_uint32),
+        ("btf_key_type_id", c_uint32),
+        ("btf_value_type_id", c_uint32),
+        ("btf_vmlinux_value_type_id", c_uint32),
+        ("inner_map_fd", c_uint32),
+        ("map_flags", c_uint32),
+        ("map_extra", c_uint64),
+        ("numa_node", c_uint32),
+        ("map_ifindex", c_uint32),
+    ]
+
+
+class MapBatchOpts(ctypes.Structure):
+    """struct bpf_map_batch_opts (bpf/bpf.h)."""
+
+    _fields_ = [("sz", c_size_t), ("elem_flags", c_uint64), ("flags", c_uint64)]
+
+
+BPF_OBJ_NAME_LEN = 16
+
+
+class BpfMapInfo(ctypes.Structure):
+    """struct bpf_map_info (linux/bpf.h); the kernel fills as much as we give it room for."""
+
+    _fields_ = [
+        ("type", c_uint32),
+        ("id", c_uint32),
+        ("key_size", c_uint32),
+        ("value_size", c_uint32),
+        ("max_entries", c_uint32),
+        ("map_flags", c_uint32),
+        ("name", ctypes.c_char * BPF_OBJ_NAME_LEN),
+        ("ifindex", c_uint32),
+        ("btf_vmlinux_value_type_id", c_uint32),
+        ("netns_dev", c_uint64),
+        ("netns_ino", c_uint64),
+        ("btf_id", c_uint32),
+        ("btf_key_type_id", c_uint32),
+        ("btf_value_type_id", c_uint32),
+        ("_pad", c_uint32),
+        ("map_extra", c_uint64),
+    ]
+
+
+class BtfType(ctypes.Structure):
+    """struct btf_type (linux/btf.h): the common head; kind-specific data follows it."""
+
+    _fields_ = [("name_off", c_uint32), ("info", c_uint32), ("size_or_type", c_uint32)]
+
+
+class BtfArray(ctypes.Structure):
+    _fields_ = [("type", c_uint32), ("index_type", c_uint32), ("nelems", c_uint32)]
+
+
+class BtfMember(ctypes.Structure):
+    _fields_ = [("name_off", c_uint32), ("type", c_uint32), ("offset", c_uint32)]
+
+
+BTF_P = c_void_p  # struct btf * is opaque to us
+
+lib = ctypes.CDLL("libbpf.so.1", use_errno=True)
+
+
+def _bind(name: str, restype: Any, *argtypes: Any) -> Any:
+    fn = getattr(lib, name)
+    fn.restype = restype
+    fn.argtypes = list(argtypes)
+    return fn
+
+
+libbpf_set_print = _bind("libbpf_set_print", c_void_p, c_void_p)
+libbpf_num_possible_cpus = _bind("libbpf_num_possible_cpus", c_int)
+bpf_map_create = _bind("bpf_map_create", c_int, c_int, c_char_p, c_uint32, c_uint32, c_uint32, POINTER(MapCreateOpts))
+bpf_obj_pin = _bind("bpf_obj_pin", c_int, c_int, c_char_p)
+bpf_obj_get = _bind("bpf_obj_get", c_int, c_char_p)
+bpf_map_get_fd_by_id = _bind("bpf_map_get_fd_by_id", c_int, c_uint32)
+bpf_obj_get_info_by_fd = _bind("bpf_obj_get_info_by_fd", c_int, c_int, c_void_p, c_u32_p)
+bpf_map_update_elem = _bind("bpf_map_update_elem", c_int, c_int, c_void_p, c_void_p, c_uint64)
+bpf_map_lookup_elem = _bind("bpf_map_lookup_elem", c_int, c_int, c_void_p, c_void_p)
+bpf_map_delete_elem = _bind("bpf_map_delete_elem", c_int, c_int, c_void_p)
+bpf_map_get_next_key = _bind("bpf_map_get_next_key", c_int, c_int, c_void_p, c_void_p)
+bpf_map_update_batch = _bind("bpf_map_update_batch", c_int, c_int, c_void_p, c_void_p, c_u32_p, POINTER(MapBatchOpts))
+bpf_map_lookup_batch = _bind("bpf_map_lookup_batch", c_int, c_int, c_void_p, c_void_p, c_void_p, c_void_p, c_u32_p, POINTER(MapBatchOpts))
+bpf_map_delete_batch = _bind("bpf_map_delete_batch", c_int, c_int, c_void_p, c_u32_p, POINTER(MapBatchOpts))
+btf__new_empty = _bind("btf__new_empty", BTF_P)
+btf__free = _bind("btf__free", None, BTF_P)
+btf__add_int = _bind("btf__add_int", c_int, BTF_P, c_char_p, c_size_t, c_int)
+btf__add_array = _bind("btf__add_array", c_int, BTF_P, c_int, c_int, c_uint32)
+btf__add_struct = _bind("btf__add_struct", c_int, BTF_P, c_char_p, c_uint32)
+btf__add_field = _bind("btf__add_field", c_int, BTF_P, c_char_p, c_int, c_uint32, c_uint32)
+btf__add_typedef = _bind("btf__add_typedef", c_int, BTF_P, c_char_p, c_int)
+btf__load_into_kernel = _bind("btf__load_into_kernel", c_int, BTF_P)
+btf__fd = _bind("btf__fd", c_int, BTF_P)
+btf__load_from_kernel_by_id = _bind("btf__load_from_kernel_by_id", BTF_P, c_uint32)
+btf__type_by_id = _bind("btf__type_by_id", POINTER(BtfType), BTF_P, c_uint32)
+btf__name_by_offset = _bind("btf__name_by_offset", c_char_p, BTF_P, c_uint32)
+btf__type_cnt = _bind("btf__type_cnt", c_uint32, BTF_P)
+
+# We report every failure ourselves; libbpf's own stderr chatter would only confuse users.
+libbpf_set_print(None)
+
+
+def batch_opts() -> MapBatchOpts:
+    """Default batch options (no flags); sz must be set for libbpf's compatibility check."""
+    return MapBatchOpts(sz=ctypes.sizeof(MapBatchOpts))
+
+
+def last_errno() -> int:
+    """errno of the last libbpf call that returned NULL (pointer-returning functions)."""
+    return ctypes.get_errno()

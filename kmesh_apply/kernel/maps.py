@@ -1,0 +1,522 @@
+"""Map handles over libbpf: create, pin, open, read and write maps, one or many entries at a time.
+
+A `Map` owns its file descriptor. Keys and values are `bytes` of the map's
+exact sizes (for per-CPU maps a value is the whole syscall buffer: each CPU's
+value padded to 8 bytes). Batched calls take keys and values concatenated,
+so a caller with thousands of entries crosses into the kernel once, with no
+Python work per entry. Every failure is a KernelError naming the operation,
+the map and errno, with a hint where the cause is known.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno as E
+import os
+import re
+import struct
+import weakref
+from dataclasses import dataclass
+from functools import cache
+from typing import Iterable, Sequence
+
+from kmesh_apply.ctype import CType
+from kmesh_apply.errors import KernelError, KmeshError
+from kmesh_apply.kernel import libbpf as L
+
+MAP_TYPES: dict[str, int] = {
+    "hash": 1, "array": 2, "percpu_hash": 5, "percpu_array": 6, "lru_hash": 9,
+    "lru_percpu_hash": 10, "lpm_trie": 11, "array_of_maps": 12, "hash_of_maps": 13,
+}
+MAP_TYPE_NAMES = {v: k for k, v in MAP_TYPES.items()}
+MAP_FLAGS: dict[str, int] = {
+    "no_prealloc": 1 << 0, "no_common_lru": 1 << 1, "numa_node": 1 << 2, "rdonly": 1 << 3,
+    "wronly": 1 << 4, "zero_seed": 1 << 6, "rdonly_prog": 1 << 7, "wronly_prog": 1 << 8,
+    "mmapable": 1 << 10, "preserve_elems": 1 << 11, "inner_map": 1 << 12,
+}
+PERCPU_TYPES = frozenset({"percpu_hash", "percpu_array", "lru_percpu_hash"})
+OUTER_TYPES = frozenset({"array_of_maps", "hash_of_maps"})
+# Array-like maps: every index exists, a slot's template also fixes max_entries.
+ARRAY_TYPES = frozenset({"array", "percpu_array", "array_of_maps"})
+ENOTSUPP = 524  # kernel-internal "operation not supported", returned by bpf() as is
+UNSUPPORTED = (ENOTSUPP, E.EOPNOTSUPP)
+UPDATE_ANY, UPDATE_NOEXIST, UPDATE_EXIST = 0, 1, 2
+_NAME_RE = re.compile(r"^[A-Za-z0-9_.]{0,15}$")
+_LOOKUP_CHUNK = 4096
+_no_batch: set[str] = set()  # map types seen refusing batch operations
+
+
+@cache
+def possible_cpus() -> int:
+    """Number of possible CPUs: per-CPU values hold this many copies."""
+    n = L.libbpf_num_possible_cpus()
+    if n < 0:
+        raise KernelError("count possible CPUs", "/sys/devices/system/cpu/possible", -n)
+    return n
+
+
+def flag_bits(names: Iterable[str]) -> int:
+    """map_flags from flag names (names of unknown bits are their hex value)."""
+    bits = 0
+    for n in names:
+        if n in MAP_FLAGS:
+            bits |= MAP_FLAGS[n]
+        elif n.startswith("0x"):
+            bits |= int(n, 16)
+        else:
+            raise KmeshError(f"unknown map flag '{n}': expected one of {', '.join(MAP_FLAGS)}")
+    return bits
+
+
+def flag_names(bits: int) -> tuple[str, ...]:
+    """Sorted flag names of map_flags; a bit we have no name for shows as its hex value."""
+    names = [n for n, b in MAP_FLAGS.items() if bits & b]
+    rest = bits & ~sum(MAP_FLAGS.values())
+    names += [hex(1 << i) for i in range(32) if rest >> i & 1]
+    return tuple(sorted(names))
+
+
+def map_type_number(name: str | int) -> int:
+    if isinstance(name, int):
+        return name
+    if name not in MAP_TYPES:
+        raise KmeshError(f"unknown map type '{name}': expected one of {', '.join(MAP_TYPES)}")
+    return MAP_TYPES[name]
+
+
+@dataclass(frozen=True)
+class MapInfo:
+    """What the kernel says about a map (bpf_obj_get_info_by_fd)."""
+
+    id: int
+    type: str
+    key_size: int
+    value_size: int
+    max_entries: int
+    flags: tuple[str, ...]
+    name: str
+    btf_id: int = 0
+    btf_key_type_id: int = 0
+    btf_value_type_id: int = 0
+
+
+def incompatibility(template: MapInfo, inner: MapInfo) -> list[str]:
+    """Why the kernel refuses inner in a slot whose template is template (empty: compatible).
+
+    The kernel compares type, key_size, value_size and all flags; array maps
+    also compare max_entries unless the template has flag inner_map.
+    """
+    diffs = [
+        f"{prop} {getattr(inner, prop)!r} (template: {getattr(template, prop)!r})"
+        for prop in ("type", "key_size", "value_size", "flags")
+        if getattr(inner, prop) != getattr(template, prop)
+    ]
+    if template.type in ARRAY_TYPES and "inner_map" not in template.flags and inner.max_entries != template.max_entries:
+        diffs.append(
+            f"max_entries {inner.max_entries} (template: {template.max_entries}; array maps must match "
+            "unless the template has flag inner_map)"
+        )
+    return diffs
+
+
+_HINTS = {
+    E.EPERM: "run as root (CAP_BPF and CAP_SYS_ADMIN), and check the memlock limit (ulimit -l)",
+    E.EACCES: "run as root (CAP_BPF and CAP_SYS_ADMIN); the map may also be read-only",
+    E.E2BIG: "the map is full (max_entries reached) or the index is beyond max_entries",
+    ENOTSUPP: "this map type does not support the operation",
+    E.EOPNOTSUPP: "this map type does not support the operation",
+}
+
+
+def fail(op: str, target: str, err: int, hint: str = "") -> KernelError:
+    """The KernelError for a failed call, with the generic hint for errno when none is given."""
+    return KernelError(op, target, err, hint or _HINTS.get(err, ""))
+
+
+def _fd_kind(fd: int) -> str:
+    """'map', 'prog', 'link', ... from the anon inode behind a bpf fd."""
+    try:
+        link = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return "unknown"
+    return link.removeprefix("anon_inode:bpf-") if link.startswith("anon_inode:bpf-") else link
+
+
+class Map:
+    """An open BPF map; owns its fd (close(), context manager, closed on garbage collection)."""
+
+    def __init__(self, fd: int, path: str = "", template: MapInfo | None = None):
+        self._fd = fd
+        self.path = path
+        # For an outer map: the inner map it was created with, when we know it (for hints).
+        self.template = template
+        self._info: MapInfo | None = None
+        self._closer = weakref.finalize(self, os.close, fd)
+
+    # --- opening and creating -------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls,
+        type: str | int,
+        key_size: int,
+        value_size: int,
+        max_entries: int,
+        *,
+        name: str = "",
+        flags: Iterable[str] = (),
+        inner_map: Map | None = None,
+        key_type: CType | None = None,
+        value_type: CType | None = None,
+    ) -> Map:
+        """Create a map; key_type/value_type are recorded as BTF so they can be read back."""
+        from kmesh_apply.ctype import Raw
+        from kmesh_apply.kernel.btf import btf_for
+
+        tnum = map_type_number(type)
+        tname = MAP_TYPE_NAMES.get(tnum, str(tnum))
+        if not _NAME_RE.match(name):
+            raise KmeshError(f"map name '{name}' is not a kernel object name: at most 15 letters, digits, '_' or '.'")
+        opts = L.MapCreateOpts(sz=ctypes.sizeof(L.MapCreateOpts), map_flags=flag_bits(flags))
+        if inner_map is not None:
+            opts.inner_map_fd = inner_map.fd
+        if key_type is not None or value_type is not None:
+            for what, typ, size in (("key", key_type, key_size), ("value", value_type, value_size)):
+                if typ is not None and typ.size != size:
+                    raise KmeshError(f"{what} type is {typ.size} bytes but {what}_size is {size}")
+            loaded = btf_for(tname, key_type or Raw(key_size), value_type or Raw(value_size))
+            if loaded is not None:
+                opts.btf_fd, opts.btf_key_type_id, opts.btf_value_type_id = loaded.fd, loaded.key_id, loaded.value_id
+        fd = L.bpf_map_create(tnum, name.encode() or None, key_size, value_size, max_entries, ctypes.byref(opts))
+        if fd < 0:
+            raise fail("create map", name or f"new {tname} map", -fd, _create_hint(-fd, tname, opts.map_flags, key_size))
+        return cls(fd, template=inner_map.info if inner_map is not None else None)
+
+    @classmethod
+    def open_pinned(cls, path: str) -> Map:
+        fd = L.bpf_obj_get(os.fsencode(path))
+        if fd < 0:
+            hint = f"nothing is pinned at {path}" if -fd == E.ENOENT else ""
+            raise fail("open pinned map", path, -fd, hint)
+        kind = _fd_kind(fd)
+        if kind != "map":
+            os.close(fd)
+            raise KernelError("open pinned map", path, E.EINVAL, f"the pinned object is a BPF {kind}, not a map")
+        return cls(fd, path)
+
+    @classmethod
+    def from_id(cls, map_id: int) -> Map:
+        fd = L.bpf_map_get_fd_by_id(map_id)
+        if fd < 0:
+            hint = f"no map has kernel ID {map_id} (bpftool map show lists them)" if -fd == E.ENOENT else ""
+            raise fail("open map by ID", f"map ID {map_id}", -fd, hint)
+        return cls(fd)
+
+    def pin(self, path: str) -> None:
+        ret = L.bpf_obj_pin(self.fd, os.fsencode(path))
+        if ret < 0:
+            hints = {
+                E.EEXIST: "something is already pinned there",
+                E.ENOENT: "the directory does not exist",
+                E.EPERM: "not root, or the name contains a '.' (bpffs refuses dots)",
+            }
+            raise fail("pin", f"{self.label} at {path}", -ret, hints.get(-ret, ""))
+        self.path = path
+
+    # --- the handle -------------------------------------------------------------------
+
+    @property
+    def fd(self) -> int:
+        if not self._closer.alive:
+            raise KmeshError(f"map {self.path or self._fd} is already closed")
+        return self._fd
+
+    def close(self) -> None:
+        self._closer()
+
+    def __enter__(self) -> Map:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def info(self) -> MapInfo:
+        """The kernel's description of the map; cached (a map's shape never changes)."""
+        if self._info is None:
+            raw = L.BpfMapInfo()
+            size = ctypes.c_uint32(ctypes.sizeof(raw))
+            ret = L.bpf_obj_get_info_by_fd(self.fd, ctypes.byref(raw), ctypes.byref(size))
+            if ret < 0:
+                raise fail("get map info", self.path or f"fd {self._fd}", -ret)
+            self._info = MapInfo(
+                id=raw.id, type=MAP_TYPE_NAMES.get(raw.type, f"type{raw.type}"), key_size=raw.key_size,
+                value_size=raw.value_size, max_entries=raw.max_entries, flags=flag_names(raw.map_flags),
+                name=raw.name.decode(errors="replace"), btf_id=raw.btf_id,
+                btf_key_type_id=raw.btf_key_type_id, btf_value_type_id=raw.btf_value_type_id,
+            )
+        return self._info
+
+    @property
+    def id(self) -> int:
+        return self.info.id
+
+    @property
+    def label(self) -> str:
+        """How error messages name this map: its pin path or name, and its kernel ID."""
+        info = self.info
+        return f"map {self.path or info.name or info.type} (ID {info.id})"
+
+    @property
+    def syscall_value_size(self) -> int:
+        """Bytes of a value on syscalls: per-CPU maps carry one 8-byte-aligned copy per CPU."""
+        info = self.info
+        if info.type in PERCPU_TYPES:
+            return (info.value_size + 7) // 8 * 8 * possible_cpus()
+        return info.value_size
+
+    def memlock(self) -> int | None:
+        """Bytes the kernel charges for this map (from fdinfo; bpf_map_info lacks it)."""
+        with open(f"/proc/self/fdinfo/{self.fd}") as f:
+            for line in f:
+                if line.startswith("memlock:"):
+                    return int(line.split()[1])
+        return None
+
+    def key_type(self) -> CType | None:
+        """The key's C type from the map's BTF; None when the map carries no BTF."""
+        return self._btf_type(self.info.btf_key_type_id, self.info.key_size)
+
+    def value_type(self) -> CType | None:
+        return self._btf_type(self.info.btf_value_type_id, self.info.value_size)
+
+    def _btf_type(self, type_id: int, size: int) -> CType | None:
+        from kmesh_apply.kernel.btf import decode_type
+
+        return decode_type(self.info.btf_id, type_id, size) if self.info.btf_id else None
+
+    # --- one entry ----------------------------------------------------------------------
+
+    def _check_sizes(self, op: str, keys: bytes, count: int, values: bytes | None = None) -> None:
+        """Refuse buffers of the wrong size before the kernel reads past their end."""
+        ks = self.info.key_size
+        if len(keys) != ks * count:
+            what = f"key is {len(keys)} bytes" if count == 1 else f"{len(keys)} key bytes for {count} keys"
+            raise KernelError(op, self.label, E.EINVAL, f"{what}, the map's key_size is {ks}")
+        if values is not None and len(values) != self.syscall_value_size * count:
+            vs = self.syscall_value_size
+            what = f"value is {len(values)} bytes" if count == 1 else f"{len(values)} value bytes for {count} values"
+            raise KernelError(op, self.label, E.EINVAL, f"{what}, the map takes {vs} bytes per value")
+
+    def lookup(self, key: bytes) -> bytes | None:
+        """The value stored under key, or None when there is none."""
+        self._check_sizes("lookup", key, 1)
+        buf = ctypes.create_string_buffer(self.syscall_value_size)
+        ret = L.bpf_map_lookup_elem(self.fd, key, buf)
+        if ret == -E.ENOENT:
+            return None
+        if ret < 0:
+            raise fail("lookup", self.label, -ret)
+        return buf.raw
+
+    def update(self, key: bytes, value: bytes, flags: int = UPDATE_ANY) -> None:
+        self._check_sizes("update", key, 1, value)
+        ret = L.bpf_map_update_elem(self.fd, key, value, flags)
+        if ret < 0:
+            raise fail("update", f"{self.label} key {key.hex()}", -ret, self._update_hint(-ret, flags))
+
+    def delete(self, key: bytes) -> bool:
+        """Delete key; False when it was not there."""
+        self._check_sizes("delete", key, 1)
+        ret = L.bpf_map_delete_elem(self.fd, key)
+        if ret == -E.ENOENT:
+            return False
+        if ret < 0:
+            hint = "array map entries cannot be deleted, only overwritten" if -ret == E.EINVAL and self.info.type in ARRAY_TYPES - OUTER_TYPES else ""
+            raise fail("delete", f"{self.label} key {key.hex()}", -ret, hint)
+        return True
+
+    def next_key(self, key: bytes | None) -> bytes | None:
+        """The key after key (the first key for None); None at the end."""
+        if key is not None:
+            self._check_sizes("get next key", key, 1)
+        out = ctypes.create_string_buffer(self.info.key_size)
+        ret = L.bpf_map_get_next_key(self.fd, key, out)
+        if ret == -E.ENOENT:
+            return None
+        if ret < 0:
+            raise fail("get next key", self.label, -ret)
+        return out.raw
+
+    # --- many entries -------------------------------------------------------------------
+
+    def items(self) -> dict[bytes, bytes]:
+        """Every entry, read with batch lookups (get_next_key + lookup for types that refuse batches)."""
+        if self.info.type not in _no_batch:
+            try:
+                return self._items_batched()
+            except _BatchRefused:
+                _no_batch.add(self.info.type)
+        return self._items_iterated()
+
+    def _items_batched(self) -> dict[bytes, bytes]:
+        ks, vs = self.info.key_size, self.syscall_value_size
+        chunk = max(1, min(self.info.max_entries, _LOOKUP_CHUNK))
+        token_size = max(ks, 8)  # hash maps use a bucket index, arrays a key
+        in_tok, out_tok = ctypes.create_string_buffer(token_size), ctypes.create_string_buffer(token_size)
+        opts = L.batch_opts()
+        out: dict[bytes, bytes] = {}
+        first = True
+        while True:
+            keys, vals = ctypes.create_string_buffer(chunk * ks), ctypes.create_string_buffer(chunk * vs)
+            count = ctypes.c_uint32(chunk)
+            ret = L.bpf_map_lookup_batch(self.fd, None if first else in_tok, out_tok, keys, vals, ctypes.byref(count), ctypes.byref(opts))
+            err = -ret if ret < 0 else 0
+            if err in UNSUPPORTED:
+                raise _BatchRefused()
+            if err == E.ENOSPC and count.value == 0:  # a hash bucket larger than the chunk
+                chunk *= 2
+                continue
+            if err not in (0, E.ENOENT):
+                raise fail("batch lookup", self.label, err)
+            n = count.value
+            kb, vb = keys.raw, vals.raw
+            out.update(zip([kb[i:i + ks] for i in range(0, n * ks, ks)], [vb[i:i + vs] for i in range(0, n * vs, vs)]))
+            if err == E.ENOENT:  # reached the end: the entries copied with it are valid
+                return out
+            ctypes.memmove(in_tok, out_tok, token_size)
+            first = False
+
+    def _items_iterated(self) -> dict[bytes, bytes]:
+        out: dict[bytes, bytes] = {}
+        key = self.next_key(None)
+        while key is not None:
+            value = self.lookup(key)
+            if value is not None:  # deleted meanwhile, or an empty outer slot
+                out[key] = value
+            key = self.next_key(key)
+        return out
+
+    def update_batch(self, keys: bytes, values: bytes, count: int, flags: int = UPDATE_ANY) -> None:
+        """Write count entries in one syscall; keys and values are concatenated fixed-size records."""
+        self._check_sizes("batch update", keys, count, values)
+        if count == 0:
+            return
+        if self.info.type not in _no_batch:
+            done = ctypes.c_uint32(count)
+            opts = L.batch_opts()
+            opts.elem_flags = flags
+            ret = L.bpf_map_update_batch(self.fd, keys, values, ctypes.byref(done), ctypes.byref(opts))
+            if ret >= 0:
+                return
+            if -ret not in UNSUPPORTED:
+                raise self._batch_failure("batch update", -ret, keys, done.value, count, self._update_hint(-ret, flags))
+            _no_batch.add(self.info.type)
+        ks, vs = self.info.key_size, self.syscall_value_size
+        kv, vv = memoryview(keys), memoryview(values)
+        for i in range(count):
+            self.update(bytes(kv[i * ks:(i + 1) * ks]), bytes(vv[i * vs:(i + 1) * vs]), flags)
+
+    def delete_batch(self, keys: bytes, count: int) -> None:
+        """Delete count entries in one syscall; a missing key is an error naming it."""
+        self._check_sizes("batch delete", keys, count)
+        if count == 0:
+            return
+        if self.info.type not in _no_batch:
+            done = ctypes.c_uint32(count)
+            ret = L.bpf_map_delete_batch(self.fd, keys, ctypes.byref(done), ctypes.byref(L.batch_opts()))
+            if ret >= 0:
+                return
+            if -ret not in UNSUPPORTED:
+                raise self._batch_failure("batch delete", -ret, keys, done.value, count)
+            _no_batch.add(self.info.type)
+        ks = self.info.key_size
+        for i in range(count):
+            key = keys[i * ks:(i + 1) * ks]
+            if not self.delete(key):
+                raise fail("delete", f"{self.label} key {key.hex()}", E.ENOENT, "no such key")
+
+    def _batch_failure(self, op: str, err: int, keys: bytes, done: int, count: int, hint: str = "") -> BatchError:
+        ks = self.info.key_size
+        where = f"{self.label} entry {done + 1} of {count} (key {keys[done * ks:(done + 1) * ks].hex()}; {done} done)"
+        return BatchError(op, where, err, hint or _HINTS.get(err, ""), done)
+
+    def _update_hint(self, err: int, flags: int) -> str:
+        if err == E.EEXIST and flags == UPDATE_NOEXIST:
+            return "the key exists already"
+        if err == E.ENOENT and flags == UPDATE_EXIST:
+            return "the key does not exist"
+        if err == E.E2BIG and self.info.type in ARRAY_TYPES:
+            return f"an array map's keys are indexes below max_entries ({self.info.max_entries})"
+        return ""
+
+    # --- outer maps ---------------------------------------------------------------------
+
+    def slots(self) -> dict[bytes, int]:
+        """An outer map's used slots: key -> kernel ID of the inner map in it."""
+        return {k: int.from_bytes(v[:4], "little") for k, v in self.items().items()}
+
+    def update_slots(self, keys: bytes, inners: Sequence[Map]) -> None:
+        """Put inners[i] in the slot keys[i] (concatenated keys); one syscall for any number of slots.
+
+        An EINVAL gets a hint saying which property of the inner map differs from
+        the template (the map this outer map was created with, or else an inner
+        map already in a slot).
+        """
+        values = struct.pack(f"={len(inners)}I", *(m.fd for m in inners))
+        try:
+            if len(inners) == 1:
+                self.update(keys, values)
+            else:
+                self.update_batch(keys, values, len(inners))
+        except KernelError as e:
+            if e.errno != E.EINVAL or e.hint:
+                raise
+            if isinstance(e, BatchError):
+                raise BatchError(e.op, e.target, e.errno, self._slot_hint(inners[e.done]), e.done) from None
+            raise KernelError(e.op, e.target, e.errno, self._slot_hint(inners[0])) from None
+
+    def _slot_hint(self, inner: Map) -> str:
+        template, source = self.template, "the template"
+        if template is None:
+            for key, inner_id in self.slots().items():
+                if inner_id != inner.id:
+                    try:
+                        with Map.from_id(inner_id) as peer:
+                            template, source = peer.info, f"the inner map in slot {key.hex()} (ID {inner_id})"
+                    except KernelError:
+                        continue
+                    break
+        if template is None:
+            return (
+                f"the inner map ({inner.info.type}) must match the outer map's template in type, key_size, "
+                "value_size and flags (and max_entries for array maps without flag inner_map)"
+            )
+        diffs = incompatibility(template, inner.info)
+        if not diffs:
+            return f"{inner.label} matches {source}; the kernel still refused it"
+        return f"{inner.label} is incompatible with {source}: " + "; ".join(diffs)
+
+
+class BatchError(KernelError):
+    """A batch stopped part-way: the first `done` entries were applied, the next one failed."""
+
+    def __init__(self, op: str, target: str, errno: int, hint: str, done: int):
+        super().__init__(op, target, errno, hint)
+        self.done = done
+
+
+class _BatchRefused(Exception):
+    """This map type has no batch operations; use the one-entry calls."""
+
+
+def _create_hint(err: int, type_name: str, flags: int, key_size: int) -> str:
+    if err != E.EINVAL:
+        return ""
+    if type_name == "lpm_trie" and not flags & MAP_FLAGS["no_prealloc"]:
+        return "an lpm_trie needs flag no_prealloc"
+    if type_name in ARRAY_TYPES and key_size != 4:
+        return "an array map's key_size must be 4"
+    if type_name in OUTER_TYPES:
+        return "an outer map needs an inner map (template) of a type that can be nested, and value_size 4"
+    return "the kernel refused this combination of type, sizes, max_entries and flags"
