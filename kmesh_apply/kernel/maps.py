@@ -189,7 +189,7 @@ class Map:
                 opts.btf_fd, opts.btf_key_type_id, opts.btf_value_type_id = loaded.fd, loaded.key_id, loaded.value_id
         fd = L.bpf_map_create(tnum, name.encode() or None, key_size, value_size, max_entries, ctypes.byref(opts))
         if fd < 0:
-            raise fail("create map", name or f"new {tname} map", -fd, _create_hint(-fd, tname, opts.map_flags, key_size))
+            raise fail("create map", name or f"a new {tname} map", -fd, _create_hint(-fd, tname, opts.map_flags, key_size))
         return cls(fd, template=inner_map.info if inner_map is not None else None)
 
     @classmethod
