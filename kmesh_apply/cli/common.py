@@ -33,6 +33,15 @@ def _print_error(message: str) -> int:
     return 1
 
 
+def _click_exception() -> type[Exception]:
+    """click's base exception; recent typer releases vendor click as typer._click."""
+    try:
+        from typer._click.exceptions import ClickException
+    except ImportError:
+        from click import ClickException
+    return ClickException
+
+
 def run(app: typer.Typer) -> None:
     """Run a typer app, mapping the tool's errors to exit 1 with a message instead of a traceback."""
     from kmesh_apply.errors import KmeshError
@@ -51,11 +60,8 @@ def run(app: typer.Typer) -> None:
     except KeyboardInterrupt:
         print("Interrupted.", file=sys.stderr)
         sys.exit(130)
-    except Exception as e:  # click's usage errors
-        import click
-
-        if isinstance(e, click.ClickException):
-            e.show()
-            sys.exit(1 if e.exit_code == 2 else e.exit_code)
-        raise
+    except _click_exception() as e:  # usage errors: one line, like the tool's own errors
+        ctx = getattr(e, "ctx", None)
+        where = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+        sys.exit(_print_error(e.format_message() + where))
     sys.exit(code if isinstance(code, int) else 0)
