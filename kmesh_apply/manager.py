@@ -209,12 +209,18 @@ class MapInMapManager:
 
         For a per-CPU inner map the value holds every CPU's copy, each padded to 8 bytes.
         """
+        inner_id = self.lookup_slot(outer_id, outer_key)
+        return None if inner_id is None else self.lookup_inner_element(inner_id, inner_key)
+
+    def lookup_slot(self, outer_id: int, key: Key) -> int | None:
+        """The kernel ID of the inner map in slot key (None: the slot is empty)."""
         outer = self._outer(outer_id)
-        slot = outer.lookup(encode(outer_key, outer.info.key_size, "outer key"))
-        if slot is None:
-            return None
-        inner = self.map(int.from_bytes(slot[:4], "little"))
-        return inner.lookup(encode(inner_key, inner.info.key_size, "inner key"))
+        slot = outer.lookup(encode(key, outer.info.key_size, "outer key"))
+        return None if slot is None else int.from_bytes(slot[:4], "little")
+
+    def lookup_inner_element(self, inner_id: int, key: Key) -> bytes | None:
+        inner = self._inner(inner_id)
+        return inner.lookup(encode(key, inner.info.key_size, "inner key"))
 
     def get_map_info(self, outer_id: int) -> MapInMapInfo:
         outer = self._outer(outer_id)

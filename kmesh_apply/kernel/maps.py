@@ -515,6 +515,8 @@ def _create_hint(err: int, type_name: str, flags: int, key_size: int) -> str:
         return ""
     if type_name == "lpm_trie" and not flags & MAP_FLAGS["no_prealloc"]:
         return "an lpm_trie needs flag no_prealloc"
+    if flags & MAP_FLAGS["inner_map"] and type_name != "array":
+        return "flag inner_map is for array maps only"
     if type_name in ARRAY_TYPES and key_size != 4:
         return "an array map's key_size must be 4"
     if type_name in OUTER_TYPES:
