@@ -151,6 +151,7 @@ class Map:
         # For an outer map: the inner map it was created with, when we know it (for hints).
         self.template = template
         self._info: MapInfo | None = None
+        self._sizes: tuple[int, int] | None = None  # (key_size, syscall_value_size), for the hot paths
         self._closer = weakref.finalize(self, os.close, fd)
 
     # --- opening and creating -------------------------------------------------------
@@ -227,12 +228,13 @@ class Map:
 
     @property
     def fd(self) -> int:
-        if not self._closer.alive:
-            raise KmeshError(f"map {self.path or self._fd} is already closed")
+        if self._fd < 0:
+            raise KmeshError(f"map {self.path or self._info and self._info.id} is already closed")
         return self._fd
 
     def close(self) -> None:
         self._closer()
+        self._fd = -1
 
     def __enter__(self) -> Map:
         return self
@@ -297,6 +299,11 @@ class Map:
 
     # --- one entry ----------------------------------------------------------------------
 
+    def _entry_sizes(self) -> tuple[int, int]:
+        if self._sizes is None:
+            self._sizes = (self.info.key_size, self.syscall_value_size)
+        return self._sizes
+
     def _check_sizes(self, op: str, keys: bytes, count: int, values: bytes | None = None) -> None:
         """Refuse buffers of the wrong size before the kernel reads past their end."""
         ks = self.info.key_size
@@ -310,8 +317,10 @@ class Map:
 
     def lookup(self, key: bytes) -> bytes | None:
         """The value stored under key, or None when there is none."""
-        self._check_sizes("lookup", key, 1)
-        buf = ctypes.create_string_buffer(self.syscall_value_size)
+        ks, vs = self._sizes or self._entry_sizes()
+        if len(key) != ks:
+            self._check_sizes("lookup", key, 1)
+        buf = ctypes.create_string_buffer(vs)
         ret = L.bpf_map_lookup_elem(self.fd, key, buf)
         if ret == -E.ENOENT:
             return None
@@ -320,7 +329,9 @@ class Map:
         return buf.raw
 
     def update(self, key: bytes, value: bytes, flags: int = UPDATE_ANY) -> None:
-        self._check_sizes("update", key, 1, value)
+        ks, vs = self._sizes or self._entry_sizes()
+        if len(key) != ks or len(value) != vs:
+            self._check_sizes("update", key, 1, value)
         ret = L.bpf_map_update_elem(self.fd, key, value, flags)
         if ret < 0:
             raise fail("update", f"{self.label} key {key.hex()}", -ret, self._update_hint(-ret, flags))
