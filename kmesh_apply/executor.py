@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import struct
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,8 +99,7 @@ class Executor:
         elif isinstance(step, SetSlots):
             outer = self._map(step.pin)
             if step.set:
-                fds = struct.pack(f"<{len(step.set)}I", *(self._map(p).fd for p in step.set.values()))
-                outer.update_batch(b"".join(step.set), fds, len(step.set))
+                outer.update_slots(b"".join(step.set), [self._map(p) for p in step.set.values()])
                 self.report.slots_set += len(step.set)
             if step.clear:
                 outer.delete_batch(b"".join(step.clear), len(step.clear))

@@ -16,14 +16,13 @@ def read_map(path: Path, name: str) -> LiveMap:
     with Map.open_pinned(str(path)) as m:
         info = m.info
         key_type, value_type = m.key_type(), m.value_type()
-        entries = m.items()
-    live = LiveMap(name, info.id, info.type, info.key_size, info.value_size, info.max_entries, info.flags,
-                   key_type.spec() if key_type is not None else None,
-                   value_type.spec() if value_type is not None else None)
-    if live.is_outer:
-        live.slots = {k: int.from_bytes(v, "little") for k, v in entries.items()}
-    else:
-        live.entries = entries
+        live = LiveMap(name, info.id, info.type, info.key_size, info.value_size, info.max_entries, info.flags,
+                       key_type.spec() if key_type is not None else None,
+                       value_type.spec() if value_type is not None else None)
+        if live.is_outer:
+            live.slots = m.slots()
+        else:
+            live.entries = m.items()
     return live
 
 
