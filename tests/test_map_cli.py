@@ -138,6 +138,15 @@ def test_bad_input_is_one_line_and_exit_1(seeded, pin_root):
     assert wrong == []
 
 
+def test_list_names_a_pinned_program_without_failing(seeded, pin_root):
+    from test_kernel_maps import _pin_a_program
+
+    _pin_a_program(str(pin_root / "prog"))
+    rows = {r["pin"]: r for r in json.loads(kmesh(pin_root, "kmesh map list --json"))}
+    assert len(rows) == 3 and "not a map" in rows["prog"]["type"] and rows["prog"]["id"] is None
+    assert any(line.startswith("prog ") for line in kmesh(pin_root, "kmesh map list").splitlines())
+
+
 def test_list_of_missing_pin_root_fails(pin_root):
     assert "does not exist" in kmesh_fails(pin_root, "map", "list")
 

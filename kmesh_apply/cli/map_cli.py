@@ -298,16 +298,20 @@ def list_maps(as_json: Json = False, pin_root: PinRootOption = None) -> None:
         raise KmeshError(f"pin root {root} does not exist (nothing has been pinned there)")
     rows = []
     for path in _pinned_paths(root):
-        with Map.open_pinned(path) as m:
-            row = _describe(m, path)
+        try:
+            with Map.open_pinned(path) as m:
+                row = _describe(m, path)
+        except KmeshError as e:  # a program or link pinned beside the maps: say so, keep listing
+            row = {"id": None, "type": f"({e.hint or e})" if hasattr(e, "hint") else str(e), "key_size": None,
+                   "value_size": None, "max_entries": None, "entries": None}
         row["pin"] = os.path.relpath(path, root)
         rows.append(row)
     if as_json:
         print(json.dumps(rows))
         return
     header = ("PIN", "ID", "TYPE", "KEY", "VALUE", "MAX", "ENTRIES")
-    table = [header] + [(r["pin"], str(r["id"]), r["type"], str(r["key_size"]), str(r["value_size"]),
-                         str(r["max_entries"]), str(r["entries"])) for r in rows]
+    table = [header] + [tuple("-" if r[k] is None else str(r[k]) for k in ("pin", "id", "type", "key_size", "value_size", "max_entries", "entries"))
+                        for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     for row in table:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())

@@ -229,7 +229,7 @@ class Map:
     @property
     def fd(self) -> int:
         if self._fd < 0:
-            raise KmeshError(f"map {self.path or self._info and self._info.id} is already closed")
+            raise KmeshError(f"the handle on map {self.path or (self._info.id if self._info else '')} is already closed")
         return self._fd
 
     def close(self) -> None:
