@@ -29,7 +29,8 @@ def _remove_tree(root: Path) -> None:
         for f in filenames:
             os.unlink(os.path.join(dirpath, f))
         for d in dirnames:
-            os.rmdir(os.path.join(dirpath, d))
+            path = os.path.join(dirpath, d)
+            os.unlink(path) if os.path.islink(path) else os.rmdir(path)
     os.rmdir(root)
 
 
