@@ -75,10 +75,11 @@ class Addr:
 
 
 @dataclass(frozen=True)
-class Bytes:
-    """`bytes[N]`: N raw bytes, written as a hex string."""
+class _ByteRun:
+    """N bytes with no alignment of their own; subclasses differ in how values are written."""
 
     length: int
+    word = ""
 
     @property
     def size(self) -> int:
@@ -87,23 +88,21 @@ class Bytes:
     align = 1
 
     def spec(self) -> Any:
-        return f"bytes[{self.length}]"
+        return f"{self.word}[{self.length}]"
 
 
 @dataclass(frozen=True)
-class Chars:
+class Bytes(_ByteRun):
+    """`bytes[N]`: N raw bytes, written as a hex string."""
+
+    word = "bytes"
+
+
+@dataclass(frozen=True)
+class Chars(_ByteRun):
     """`char[N]`: a NUL-padded string."""
 
-    length: int
-
-    @property
-    def size(self) -> int:
-        return self.length
-
-    align = 1
-
-    def spec(self) -> Any:
-        return f"char[{self.length}]"
+    word = "char"
 
 
 @dataclass(frozen=True)
@@ -180,16 +179,8 @@ class Struct:
 
 
 @dataclass(frozen=True)
-class Raw:
+class Raw(_ByteRun):
     """Only a size is known (`key_size: N`): an integer for N in 1, 2, 4, 8, else hex."""
-
-    length: int
-
-    @property
-    def size(self) -> int:
-        return self.length
-
-    align = 1
 
     def spec(self) -> Any:
         return None
