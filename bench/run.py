@@ -491,7 +491,7 @@ def report(results: Results, help_result: Result | None, unavailable: str | None
             rows.append([
                 shown if label != CHANGE else f"{label}: {meta['changed_entries']} entr{'y' if meta['changed_entries'] == 1 else 'ies'}",
                 r.error or _secs(r.median), str(len(r.times)),
-                "-" if label == DUMP else _ratio(r.median, ref_bpftool), _ratio(r.median, ref_c),
+                *(("-", "-") if label == DUMP else (_ratio(r.median, ref_bpftool), _ratio(r.median, ref_c))),
                 "-" if r.syscalls is None else f"{r.syscalls:,}",
                 f"{r.rss_kb / 1024:.0f}" if r.times else "-", r.note,
             ])
