@@ -5,7 +5,7 @@
 Builds bench/c/batch_apply.c, generates the workloads (bench/workloads.py), then runs
 every competitor on the same data, each in a fresh pin root under /sys/fs/bpf (removed
 afterwards, also on failure or Ctrl-C), and prints one table of times (median), ratios,
-bpf() syscall counts (strace) and peak RSS (per child, from wait4), the S-like growth
+bpf() syscall counts (perf stat of the sys_enter_bpf tracepoint, or strace) and peak RSS (per child, /usr/bin/time), the S-like growth
 curve, and each issue-6 target as met / not met. Needs root.
 """
 
@@ -126,16 +126,26 @@ def run_child(argv: Sequence[str], timeout: float = CHILD_TIMEOUT) -> Outcome:
 
 
 def count_bpf_syscalls(argv: Sequence[str]) -> tuple[int | None, Outcome]:
-    """bpf() calls made by argv and its children, counted by strace (None if strace is missing)."""
-    if not shutil.which("strace"):
-        return None, run_child(argv)
-    with tempfile.NamedTemporaryFile("r", suffix=".strace") as out:
-        outcome = run_child(["strace", "-f", "--seccomp-bpf", "-c", "-e", "trace=bpf", "-o", out.name, "--", *argv])
-        for line in out.read().splitlines():
-            parts = line.split()
-            if parts and parts[-1] == "total":
-                return int(parts[3]), outcome
-    return 0, outcome
+    """bpf() calls made by argv and its children (None when neither perf nor strace is there).
+
+    perf counts the sys_enter_bpf tracepoint at next to no cost; strace (a ptrace stop per
+    call, about 100 us here) is the fallback.
+    """
+    with tempfile.NamedTemporaryFile("r", suffix=".count") as out:
+        if shutil.which("perf"):
+            outcome = run_child(["perf", "stat", "-x,", "-e", "syscalls:sys_enter_bpf", "-o", out.name, "--", *argv])
+            for line in out.read().splitlines():
+                fields = line.split(",")
+                if len(fields) > 2 and fields[2] == "syscalls:sys_enter_bpf" and fields[0].isdigit():
+                    return int(fields[0]), outcome
+        if shutil.which("strace"):
+            outcome = run_child(["strace", "-f", "--seccomp-bpf", "-c", "-e", "trace=bpf", "-o", out.name, "--", *argv])
+            for line in out.read().splitlines():
+                parts = line.split()
+                if parts and parts[-1] == "total":
+                    return int(parts[3]), outcome
+            return 0, outcome
+    return None, run_child(argv)
 
 
 # --- pin roots ---------------------------------------------------------------------------------
@@ -196,7 +206,12 @@ Results = dict[str, dict[str, Result]]  # workload -> competitor -> result
 # --- the competitors ----------------------------------------------------------------------
 
 
+_kmesh_apply_override: str | None = None  # --kmesh-apply: benchmark another build
+
+
 def kmesh_apply_bin() -> str:
+    if _kmesh_apply_override:
+        return _kmesh_apply_override
     local = ROOT / ".venv" / "bin" / "kmesh-apply"
     return str(local) if local.exists() else (shutil.which("kmesh-apply") or str(local))
 
@@ -248,8 +263,8 @@ class Plan:
 
     runs: int
     slow_runs: int
-    strace_slow: bool  # strace the per-entry competitors too (slow: a ptrace stop per syscall)
-    strace: bool
+    count_slow: bool  # count the per-entry competitors' calls too (as slow as their timed run)
+    count_calls: bool
 
 
 def bench_workload(name: str, wdir: Path, plan: Plan, kmesh_ok: bool, tmp: Path) -> dict[str, Result]:
@@ -290,8 +305,8 @@ def bench_workload(name: str, wdir: Path, plan: Plan, kmesh_ok: bool, tmp: Path)
         with fresh_pin_root() as p:
             if res[NAIVE].add(run_child([sys.executable, str(BENCH / "naive_apply.py"), binary, p])) and rep == 0:
                 check(NAIVE, p)
-    if plan.strace:
-        log(f"{name}: counting bpf() syscalls with strace")
+    if plan.count_calls:
+        log(f"{name}: counting bpf() syscalls")
         with fresh_pin_root() as p:
             res[C_PROG].syscalls, _ = count_bpf_syscalls([str(C_BINARY), binary, p])
         if kmesh_ok and not res[COLD].error:
@@ -299,7 +314,7 @@ def bench_workload(name: str, wdir: Path, plan: Plan, kmesh_ok: bool, tmp: Path)
                 res[COLD].syscalls, _ = count_bpf_syscalls(kmesh_cmd("apply", config, p))
                 res[NOOP].syscalls, _ = count_bpf_syscalls(kmesh_cmd("plan", config, p))
                 res[CHANGE].syscalls, _ = count_bpf_syscalls(kmesh_cmd("apply", change, p))
-        if plan.strace_slow:
+        if plan.count_slow:
             with fresh_pin_root() as p:
                 res[BPFTOOL].syscalls, _ = count_bpf_syscalls(
                     ["bpftool", "batch", "file", _batch_file(wdir / "bpftool.batch", p, tmp)])
@@ -337,8 +352,10 @@ def probe_kmesh_apply(tmp: Path) -> str | None:
             out = run_child(kmesh_cmd(verb, config, p), timeout=120)
             if out.rc != 0:
                 return f"kmesh-apply: not available (exit {out.rc}: {out.first_error_line or 'no message'})"
-        if sorted(os.listdir(p)) != ["probe_in", "probe_outer"]:
-            return f"kmesh-apply: not available (apply pinned {sorted(os.listdir(p))})"
+        pinned = sorted(os.listdir(p))
+        if pinned != ["probe_in", "probe_outer"]:
+            shown = ", ".join(pinned[:3]) + (f" and {len(pinned) - 3} more" if len(pinned) > 3 else "")
+            return f"kmesh-apply: not available (apply of probe_in, probe_outer pinned: {shown or 'nothing'})"
     return None
 
 
@@ -369,7 +386,7 @@ def _ratio_target(w: str, label: str, ref: str, limit: float) -> Callable[[Resul
         a, b = _t(results, w, label), _t(results, w, ref)
         if a is None or b is None:
             return None
-        return f"{a:.3f} s vs {b:.3f} s = {a / b:.2f}x", a / b <= limit
+        return f"{a:.3f} s vs {b:.3f} s = {a / b:.3g}x", a / b <= limit
     return check
 
 
@@ -450,7 +467,13 @@ def _secs(v: float | None) -> str:
 
 
 def _ratio(a: float | None, b: float | None) -> str:
-    return "-" if a is None or not b else f"{a / b:.2f}x"
+    return "-" if a is None or not b else f"{a / b:.3g}x"
+
+
+def _shown_python() -> str:
+    """How the runner was invoked, relative to the repository when it is the project's venv."""
+    exe = Path(sys.executable)
+    return str(exe.relative_to(ROOT)) if exe.is_relative_to(ROOT) else exe.name
 
 
 def machine() -> str:
@@ -467,10 +490,12 @@ def report(results: Results, help_result: Result | None, unavailable: str | None
            plan: Plan, markdown: bool, elapsed: float) -> str:
     md = markdown
     out: list[str] = []
-    head = "## " if md else ""
-    out.append(f"{head}kmesh-apply benchmark (issue 6)")
-    out.append("")
-    out.append(f"- command: `{' '.join(shlex.quote(a) for a in [Path(sys.executable).name, 'bench/run.py', *args.argv])}`"
+
+    def heading(text: str, level: int = 3) -> None:
+        out.extend([("#" * level + " " if md else "") + text, ""])
+
+    heading("kmesh-apply benchmark (issue 6)", 2)
+    out.append(f"- command: `{' '.join(shlex.quote(a) for a in [_shown_python(), 'bench/run.py', *args.argv])}`"
                f" ({plan.runs} timed run(s), median; {plan.slow_runs} for bpftool and naive Python)")
     out.append(f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}; took {elapsed:.0f} s")
     out.append(f"- machine: {machine()}")
@@ -479,17 +504,15 @@ def report(results: Results, help_result: Result | None, unavailable: str | None
     out.append("")
     for w, res in results.items():
         meta = json.loads((workloads.DEFAULT_OUT / w / "meta.json").read_text())
-        out.append(f"{head}{'#' if md else ''}{w}: {meta['description']}")
-        out.append("")
+        heading(f"{w}: {meta['description']}")
         ref_bpftool, ref_c = res[BPFTOOL].median, res[C_PROG].median
         rows = []
         for label in ORDER:
             r = res[label]
             if label in KMESH and unavailable:
                 continue
-            shown = "no-op" if label == NOOP else label
             rows.append([
-                shown if label != CHANGE else f"{label}: {meta['changed_entries']} entr{'y' if meta['changed_entries'] == 1 else 'ies'}",
+                label if label != CHANGE else f"{label}: {meta['changed_entries']} entr{'y' if meta['changed_entries'] == 1 else 'ies'}",
                 r.error or _secs(r.median), str(len(r.times)),
                 *(("-", "-") if label == DUMP else (_ratio(r.median, ref_bpftool), _ratio(r.median, ref_c))),
                 "-" if r.syscalls is None else f"{r.syscalls:,}",
@@ -500,8 +523,7 @@ def report(results: Results, help_result: Result | None, unavailable: str | None
         out.append("")
     growth = [w for w in GROWTH if w in results]
     if len(growth) > 1:
-        out.append(f"{head}{'#' if md else ''}Growth (S-like: 200 inner maps, entries per map varied)")
-        out.append("")
+        heading("Growth (S-like: 200 inner maps, entries per map varied)")
         rows = []
         for w in growth:
             n = json.loads((workloads.DEFAULT_OUT / w / "meta.json").read_text())["entries"]
@@ -512,8 +534,7 @@ def report(results: Results, help_result: Result | None, unavailable: str | None
             rows.append(row)
         out.append(table(["workload (entries)", COLD, NOOP, C_PROG, BPFTOOL, NAIVE], rows, md))
         out.append("")
-    out.append(f"{head}{'#' if md else ''}Issue-6 targets")
-    out.append("")
+    heading("Issue-6 targets")
     rows = []
     for t in TARGETS:
         got = t.check(results, help_result)
@@ -527,11 +548,12 @@ def report(results: Results, help_result: Result | None, unavailable: str | None
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description="Run the issue-6 benchmark and print the table.")
-    ap.add_argument("--quick", action="store_true", help="one run each, growth up to S, no strace of slow competitors")
+    ap.add_argument("--quick", action="store_true", help="one run each, growth up to S, bpf() calls of kmesh-apply and C only")
     ap.add_argument("--only", default="", help="comma list of S, K, B, G (growth) or workload names")
     ap.add_argument("--runs", type=int, help="timed runs per fast competitor (default 3, quick 1)")
     ap.add_argument("--slow-runs", type=int, help="timed runs of bpftool and naive Python (default 1)")
-    ap.add_argument("--no-strace", action="store_true", help="skip the bpf() syscall counts")
+    ap.add_argument("--no-counts", action="store_true", help="skip the bpf() syscall counts (perf or strace)")
+    ap.add_argument("--kmesh-apply", metavar="PATH", help="the kmesh-apply to run (default: .venv/bin/kmesh-apply)")
     ap.add_argument("--markdown", action="store_true", help="print the results as markdown (for bench/RESULTS.md)")
     args = ap.parse_args(argv)
     args.argv = list(argv)
@@ -559,8 +581,10 @@ def main(argv: Sequence[str]) -> int:
     if not os.access(TIME, os.X_OK):
         raise SystemExit(f"bench/run.py needs GNU time at {TIME} (apt-get install time)")
     runs = args.runs or (1 if args.quick else 3)
-    plan = Plan(runs=runs, slow_runs=args.slow_runs or 1, strace=not args.no_strace, strace_slow=not args.quick)
+    plan = Plan(runs=runs, slow_runs=args.slow_runs or 1, count_calls=not args.no_counts, count_slow=not args.quick)
     names = selected(args)
+    global _kmesh_apply_override
+    _kmesh_apply_override = args.kmesh_apply
     signal.signal(signal.SIGTERM, _on_sigterm)
     started = time.perf_counter()
     results: Results = {}
