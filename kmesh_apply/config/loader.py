@@ -1,0 +1,179 @@
+"""Reading config files: size limits, YAML parsing, and where in a file a problem is.
+
+Parsing uses yaml-rs (a Rust YAML 1.2 parser): on a 200,000-entry file it is
+about 27x faster than PyYAML's libyaml loader (bench/yaml_loaders.py), it refuses
+duplicate keys, and it bounds alias expansion and nesting. It keeps no line
+numbers for values, so when validation finds a problem we compose that file once
+more with PyYAML, which does, and look the problem's path up there. Valid
+configs never pay for line numbers.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from kmesh_apply.errors import Diagnostic
+
+MAX_FILE_BYTES = 1 << 30
+INLINE = "<inline>"
+
+
+@dataclass
+class Source:
+    """One parsed document and the text it came from (for locating problems later)."""
+
+    file: str
+    text: str | None
+    data: Any
+
+
+@dataclass
+class Problem:
+    """A diagnostic whose line is not known yet: `path` leads to it inside `file`'s document."""
+
+    file: str
+    path: tuple[Any, ...]
+    message: str
+    map: str = ""
+    entry: str = ""
+
+
+def config_files(paths: Iterable[str | os.PathLike]) -> tuple[list[Path], list[Diagnostic]]:
+    """Expand directories to their *.yaml/*.yml files (sorted); missing paths are diagnostics."""
+    files: list[Path] = []
+    problems: list[Diagnostic] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(f for f in p.iterdir() if f.suffix in (".yaml", ".yml") and f.is_file())
+            if not found:
+                problems.append(Diagnostic("the directory holds no *.yaml or *.yml files", str(p)))
+            files += found
+        elif p.is_file():
+            files.append(p)
+        else:
+            problems.append(Diagnostic("no such file or directory", str(p)))
+    return files, problems
+
+
+def read_source(path: Path) -> Source | Diagnostic:
+    try:
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            return Diagnostic(f"file too large: {size / 2**30:.1f} GiB (the limit is {MAX_FILE_BYTES >> 30} GiB)", str(path))
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        return Diagnostic(f"not UTF-8 text ({e.reason} at byte {e.start})", str(path))
+    except OSError as e:
+        return Diagnostic(f"cannot read: {e.strerror}", str(path))
+    return parse_text(text, str(path))
+
+
+def parse_text(text: str, file: str) -> Source | Diagnostic:
+    """Parse YAML text; a syntax error, a duplicate key or an alias bomb is a diagnostic."""
+    import yaml_rs
+
+    limits = yaml_rs.AliasLimits(max_alias_expansions_per_anchor=10_000, max_replay_stack_depth=64,
+                                 max_total_replayed_events=1_000_000)
+    try:
+        data = yaml_rs.loads(text, parse_datetime=False, alias_limits=limits)
+    except yaml_rs.YAMLDecodeError as e:
+        msg = str(e)
+        m = re.search(r"line (\d+)", msg)
+        line = int(m.group(1)) if m else 0
+        first = msg.splitlines()[0]
+        detail = [ln.strip() for ln in msg.splitlines()[1:] if ln.strip() and not ln.strip().startswith(("|", "^")) and "|" not in ln]
+        if first.startswith("duplicate mapping key"):
+            line = duplicate_key_line(text)
+            return Diagnostic(f"{first}: a key may appear once in a mapping", file, line)
+        if "alias" in first:
+            return Diagnostic(f"{first}: aliases expand too far (a YAML alias bomb?)", file, line)
+        return Diagnostic("invalid YAML: " + "; ".join([re.sub(r"\s*at line \d+, column \d+", "", first), *detail]), file, line)
+    except RecursionError:
+        return Diagnostic("invalid YAML: nested too deeply", file)
+    return Source(file, text, data)
+
+
+# ---- locating problems (error path only) -----------------------------------------------
+
+
+def _compose(text: str) -> Any:
+    import yaml
+
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    try:
+        return yaml.compose(text, Loader=loader)
+    except (yaml.YAMLError, RecursionError):
+        return None
+
+
+def duplicate_key_line(text: str) -> int:
+    """The line of the second occurrence of a repeated key (PyYAML keeps duplicates as nodes)."""
+    import yaml
+
+    root = _compose(text)
+    stack = [root] if root is not None else []
+    while stack:
+        node = stack.pop()
+        if isinstance(node, yaml.MappingNode):
+            seen: set[str] = set()
+            for k, v in node.value:
+                key = getattr(k, "value", None)
+                if isinstance(key, str):
+                    if key in seen:
+                        return k.start_mark.line + 1
+                    seen.add(key)
+                stack.append(v)
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend(node.value)
+    return 0
+
+
+def _same_key(scalar: str, want: Any) -> bool:
+    if scalar == str(want):
+        return True
+    if isinstance(want, int) and not isinstance(want, bool):
+        try:
+            return int(scalar.replace("_", ""), 0) == want
+        except ValueError:
+            return False
+    return False
+
+
+def locate(root: Any, path: tuple[Any, ...]) -> int:
+    """The 1-based line `path` leads to in a composed document (the deepest node reached)."""
+    import yaml
+
+    node, line = root, (root.start_mark.line + 1 if root is not None else 0)
+    for step in path:
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                if isinstance(k, yaml.ScalarNode) and _same_key(k.value, step):
+                    node, line = v, k.start_mark.line + 1
+                    break
+            else:
+                return line
+        elif isinstance(node, yaml.SequenceNode) and isinstance(step, int) and 0 <= step < len(node.value):
+            node = node.value[step]
+            line = node.start_mark.line + 1
+        else:
+            return line
+    return line
+
+
+def resolve(problems: list[Problem], sources: dict[str, Source]) -> list[Diagnostic]:
+    """Turn problems into diagnostics with lines, composing each affected file once."""
+    roots: dict[str, Any] = {}
+    out = []
+    for p in problems:
+        src = sources.get(p.file)
+        line = 0
+        if src is not None and src.text is not None:
+            if p.file not in roots:
+                roots[p.file] = _compose(src.text)
+            line = locate(roots[p.file], p.path)
+        out.append(Diagnostic(p.message, p.file, line, p.map, p.entry))
+    return out

@@ -1,0 +1,329 @@
+"""From parsed documents to a `Config`: the JSON Schema for structure, then the semantic
+rules the schema cannot say (types, sizes, entries, slots, the kernel's template rules).
+
+Every problem of every file is collected before anything is reported, and each
+names its map and entry; lines are filled in afterwards (see loader.resolve).
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from pathlib import Path
+from typing import Any, Callable
+
+from kmesh_apply.config import codecs
+from kmesh_apply.config.loader import Problem, Source
+from kmesh_apply.config.model import (
+    OUTER_ALIASES,
+    Config,
+    InnerMapSpec,
+    Location,
+    OuterMapSpec,
+)
+from kmesh_apply.ctype import CType, Int, Lpm, Raw, TypeSpecError, parse_type
+
+SCHEMA_FILE = Path(__file__).with_name("config-v1.schema.json")
+RESERVED_NAMES = ("_kmesh_staging",)
+ARRAY_TYPES = ("array", "percpu_array")
+PERCPU_TYPES = ("percpu_hash", "percpu_array", "lru_percpu_hash")
+ACCESS_FLAGS = {"rdonly", "wronly", "rdonly_prog", "wronly_prog", "numa_node"}
+# The flags each map type's kernel code accepts at creation.
+TYPE_FLAGS = {
+    "hash": ACCESS_FLAGS | {"no_prealloc", "zero_seed"},
+    "percpu_hash": ACCESS_FLAGS | {"no_prealloc", "zero_seed"},
+    "lru_hash": ACCESS_FLAGS | {"no_common_lru", "zero_seed"},
+    "lru_percpu_hash": ACCESS_FLAGS | {"no_common_lru", "zero_seed"},
+    "array": ACCESS_FLAGS | {"mmapable", "inner_map"},
+    "percpu_array": ACCESS_FLAGS | {"inner_map"},
+    "lpm_trie": ACCESS_FLAGS | {"no_prealloc"},
+    "array_of_maps": ACCESS_FLAGS,
+    "hash_of_maps": ACCESS_FLAGS | {"no_prealloc"},
+}
+MAX_PROBLEMS_PER_MAP = 20
+
+
+@cache
+def schema() -> dict[str, Any]:
+    return json.loads(SCHEMA_FILE.read_text())
+
+
+def schema_problems(src: Source) -> list[Problem]:
+    """Structure problems; entries are left to the type-aware checks (jsonschema per entry is too slow)."""
+    from jsonschema import Draft202012Validator
+
+    data = src.data
+    if data is None:
+        return []
+    if not isinstance(data, dict):
+        return [Problem(src.file, (), f"a config file is a mapping with pin_root, inner_maps and outer_maps, got {type(data).__name__}")]
+    shallow = dict(data)
+    for section in ("inner_maps", "outer_maps"):
+        maps = data.get(section)
+        if isinstance(maps, dict):
+            shallow[section] = {name: {k: v for k, v in m.items() if k != "entries"} if isinstance(m, dict) else m
+                                for name, m in maps.items()}
+    out = []
+    for err in Draft202012Validator(schema()).iter_errors(shallow):
+        path = tuple(err.absolute_path)
+        if path and path[-1] in ("key", "value"):
+            continue  # type specs get parse_type's clearer message
+        name = path[1] if len(path) > 1 and path[0] in ("inner_maps", "outer_maps") else ""
+        out.append(Problem(src.file, path, _schema_message(err), str(name)))
+    return out
+
+
+def _schema_message(err: Any) -> str:
+    where = "/".join(str(p) for p in err.absolute_path) or "the top level"
+    if err.validator == "additionalProperties":
+        allowed = sorted(err.schema.get("properties", {}))
+        extra = sorted(set(err.instance) - set(allowed)) if isinstance(err.instance, dict) else []
+        return f"unknown key {', '.join(repr(e) for e in extra)} in {where}: expected one of {', '.join(allowed)}"
+    if err.validator == "pattern" and err.validator_value == "^[A-Za-z0-9_-]+$":
+        return f"{err.instance!r} is not a valid map name: use letters, digits, '_' and '-' (bpffs refuses dots; no '/')"
+    if err.validator == "propertyNames":
+        return f"{err.instance!r} is not a valid map name"
+    if err.validator == "enum":
+        return f"{where}: {err.instance!r} is not one of {', '.join(map(str, err.validator_value))}"
+    if err.validator == "required":
+        return f"{where}: {err.message}"
+    return f"{where}: {err.message}"
+
+
+class _MapChecker:
+    """Checks and builds one map, collecting problems with their paths."""
+
+    def __init__(self, src: Source, section: str, name: str, raw: dict[str, Any], problems: list[Problem]):
+        self.src, self.section, self.name, self.raw, self.problems = src, section, name, raw, problems
+        self.base = (section, name)
+
+    def problem(self, message: str, *path: Any, entry: str = "") -> None:
+        self.problems.append(Problem(self.src.file, self.base + path, message, self.name, entry))
+
+    def ctype(self, which: str) -> CType | None:
+        has_type, has_size = which in self.raw, f"{which}_size" in self.raw
+        if has_type == has_size:
+            self.problem(f"give exactly one of '{which}' (a type) and '{which}_size' (raw bytes)", which if has_type else ())
+            return None
+        if has_size:
+            return Raw(self.raw[f"{which}_size"])
+        try:
+            return parse_type(self.raw[which])
+        except TypeSpecError as e:
+            self.problem(f"{which}: {e}", which)
+            return None
+
+    def flags(self, type_: str) -> tuple[str, ...]:
+        flags = tuple(sorted(self.raw.get("flags") or ()))
+        bad = [f for f in flags if f not in TYPE_FLAGS.get(type_, ())]
+        if bad:
+            self.problem(f"flag(s) {', '.join(bad)} not valid for a {type_} map: expected some of "
+                         f"{', '.join(sorted(TYPE_FLAGS.get(type_, ())))}", "flags")
+        return flags
+
+    def pairs(self) -> list[tuple[Any, Any, tuple[Any, ...]]]:
+        """Entries as (key, value, path) whether written as a mapping or as a list of {key, value}."""
+        entries = self.raw.get("entries")
+        if entries is None:
+            return []
+        if isinstance(entries, dict):
+            return [(k, v, ("entries", k)) for k, v in entries.items()]
+        out = []
+        for i, item in enumerate(entries):
+            if not isinstance(item, dict) or set(item) != {"key", "value"}:
+                self.problem("a list entry is a mapping with exactly 'key' and 'value'", "entries", i, entry=f"#{i}")
+                continue
+            out.append((item["key"], item["value"], ("entries", i)))
+        return out
+
+    def encode_all(self, pairs: list[tuple[Any, Any, tuple[Any, ...]]], key: CType, value: CType | None,
+                   value_encoder: Callable[[Any], Any] | None = None) -> dict[bytes, Any]:
+        """Encode keys and values by whole columns when they are plain integers; otherwise entry by
+        entry, reporting every bad entry (up to a limit). `value_encoder` overrides `value`'s codec."""
+        enc_keys = _bulk(key, [k for k, _, _ in pairs])
+        enc_vals = _bulk(value, [v for _, v, _ in pairs]) if value is not None and value_encoder is None else None
+        if enc_keys is None or enc_vals is None:
+            key_enc = codecs.encoder(key)
+            val_enc = value_encoder or codecs.encoder(value)  # type: ignore[arg-type]
+            enc_keys, enc_vals, reported = [], [], 0
+            for k, v, path in pairs:
+                try:
+                    enc_keys.append(key_enc(k))
+                    enc_vals.append(val_enc(v))
+                except codecs.CodecError as e:
+                    what = "value" if len(enc_keys) > len(enc_vals) else "key"
+                    del enc_keys[len(enc_vals):]
+                    reported += self._entry_problem(reported, f"{what}: {e}", path, k)
+            if reported:
+                return {}
+        out = dict(zip(enc_keys, enc_vals))
+        if len(out) != len(pairs):
+            seen: set[bytes] = set()
+            for ek, (k, _, path) in zip(enc_keys, pairs):
+                if ek in seen:
+                    self.problem(f"key {k!r} is given twice (after encoding)", *path, entry=str(k))
+                    break
+                seen.add(ek)
+        return out
+
+    def _entry_problem(self, reported: int, message: str, path: tuple[Any, ...], key: Any) -> int:
+        if reported < MAX_PROBLEMS_PER_MAP:
+            self.problem(message, *path, entry=str(key))
+        elif reported == MAX_PROBLEMS_PER_MAP:
+            self.problem("more bad entries follow; fix the ones above first", "entries")
+        return 1
+
+
+def _bulk(typ: CType | None, values: list[Any]) -> list[bytes] | None:
+    """Whole-column encoding for plain integers (one struct.pack); None when the slow path is needed."""
+    if not isinstance(typ, (Int, Raw)) or (isinstance(typ, Raw) and typ.size not in (1, 2, 4, 8)):
+        return None
+    try:
+        blob = codecs.encode_ints(typ, values)
+    except (codecs.CodecError, TypeError):
+        return None
+    n = typ.size
+    return [blob[i:i + n] for i in range(0, len(blob), n)]
+
+
+def check_inner(src: Source, name: str, raw: dict[str, Any], problems: list[Problem], ncpus: Callable[[], int]) -> InnerMapSpec | None:
+    c = _MapChecker(src, "inner_maps", name, raw, problems)
+    before = len(problems)
+    type_ = raw["type"]
+    key, value = c.ctype("key"), c.ctype("value")
+    flags = c.flags(type_)
+    max_entries = raw["max_entries"]
+    if type_ in ARRAY_TYPES and key is not None and key.size != 4:
+        c.problem(f"an {type_} map's key is a 4-byte index (u32), got {key.size} bytes", "key")
+    if type_ == "lpm_trie":
+        if "no_prealloc" not in flags:
+            c.problem("an lpm_trie needs flags: [no_prealloc] (the kernel refuses it otherwise)", "type")
+        if key is not None and not isinstance(key, (Lpm, Raw)):
+            c.problem("an lpm_trie key is {lpm: ipv4} or {lpm: ipv6} (or key_size: N for raw bytes)", "key")
+    if len(problems) > before or key is None or value is None:
+        return None
+    pairs = c.pairs()
+    if len(problems) > before:
+        return None
+    if len(pairs) > max_entries:
+        c.problem(f"{len(pairs)} entries do not fit max_entries {max_entries}", "entries")
+        return None
+    if type_ in PERCPU_TYPES:
+        n = ncpus()
+        entries = c.encode_all(pairs, key, None, lambda v: codecs.encode_per_cpu(value, v, n))
+    else:
+        entries = c.encode_all(pairs, key, value)
+    if type_ in ARRAY_TYPES:
+        for ek, (k, _, path) in zip(entries, pairs):
+            if int.from_bytes(ek, "little") >= max_entries:
+                c.problem(f"array index {k} is out of range: max_entries is {max_entries} (indexes 0..{max_entries - 1})",
+                          *path, entry=str(k))
+                break
+    if len(problems) > before:
+        return None
+    return InnerMapSpec(name, type_, key, value, max_entries, flags, entries, Location(src.file, 0),
+                        raw.get("update", "swap"))
+
+
+def check_outer(src: Source, name: str, raw: dict[str, Any], problems: list[Problem],
+                inner: dict[str, InnerMapSpec], inner_raw: set[str], outer_names: set[str]) -> OuterMapSpec | None:
+    c = _MapChecker(src, "outer_maps", name, raw, problems)
+    before = len(problems)
+    type_ = OUTER_ALIASES.get(raw["type"], raw["type"])
+    if "value" in raw or "value_size" in raw:
+        c.problem("an outer map's values are inner maps: give no value type", "value" if "value" in raw else "value_size")
+    key = c.ctype("key")
+    flags = c.flags(type_)
+    max_entries = raw["max_entries"]
+    if type_ == "array_of_maps" and key is not None and key.size != 4:
+        c.problem(f"an array_of_maps key is a 4-byte index (u32), got {key.size} bytes", "key")
+    template_name = raw["inner_map"]
+    template = inner.get(template_name)
+    if template is None:
+        if template_name in outer_names:
+            c.problem(f"inner_map '{template_name}' is an outer map: an outer map cannot be an inner map", "inner_map")
+        elif template_name not in inner_raw:
+            c.problem(f"inner_map '{template_name}' is not defined under inner_maps", "inner_map")
+    pairs = c.pairs()
+    if len(pairs) > max_entries:
+        c.problem(f"{len(pairs)} slots do not fit max_entries {max_entries}", "entries")
+    if len(problems) > before or key is None or template is None:
+        return None
+    for k, v, path in pairs:
+        if not isinstance(v, str) or v not in inner:
+            if v in outer_names:
+                c.problem(f"slot {k}: '{v}' is an outer map; a slot holds an inner map", *path, entry=str(k))
+            elif v not in inner_raw:
+                c.problem(f"slot {k}: '{v}' is not defined under inner_maps", *path, entry=str(k))
+            continue
+        for reason in incompatible(template, inner[v]):
+            c.problem(f"slot {k}: inner map '{v}' is incompatible with the template '{template_name}': {reason} "
+                      "(the kernel refuses it)", *path, entry=str(k))
+    if len(problems) > before:
+        return None
+    slots = c.encode_all(pairs, key, None, lambda v: v)
+    if type_ == "array_of_maps":
+        for ek, (k, _, path) in zip(slots, pairs):
+            if int.from_bytes(ek, "little") >= max_entries:
+                c.problem(f"slot index {k} is out of range: max_entries is {max_entries}", *path, entry=str(k))
+                break
+    if len(problems) > before:
+        return None
+    return OuterMapSpec(name, type_, key, max_entries, flags, template_name, slots, Location(src.file, 0))
+
+
+def incompatible(template: InnerMapSpec, inner: InnerMapSpec) -> list[str]:
+    """The kernel's rule for an inner map in a slot (kernel-facts: type, sizes, flags; arrays also max_entries)."""
+    out = []
+    for prop in ("type", "key_size", "value_size", "flags"):
+        a, b = getattr(template, prop), getattr(inner, prop)
+        if a != b:
+            out.append(f"{prop} {b} differs from the template's {a}")
+    if template.type in ARRAY_TYPES and "inner_map" not in template.flags and template.max_entries != inner.max_entries:
+        out.append(f"max_entries {inner.max_entries} differs from the template's {template.max_entries} "
+                   "(array maps must match unless both carry flag inner_map)")
+    return out
+
+
+def build_config(sources: list[Source], problems: list[Problem]) -> Config:
+    """Merge documents into one Config, appending every problem found to `problems`."""
+    from kmesh_apply.kernel.maps import possible_cpus
+
+    cfg = Config(files=tuple(s.file for s in sources))
+    defined: dict[str, tuple[str, str]] = {}  # name -> (file, section)
+    inner_raw: list[tuple[Source, str, dict[str, Any]]] = []
+    outer_raw: list[tuple[Source, str, dict[str, Any]]] = []
+    for src in sources:
+        found = schema_problems(src)
+        problems += found
+        if found or not isinstance(src.data, dict):
+            continue
+        root = src.data.get("pin_root")
+        if root is not None:
+            if cfg.pin_root is not None and cfg.pin_root != root:
+                problems.append(Problem(src.file, ("pin_root",), f"pin_root {root} differs from {cfg.pin_root} given in another file"))
+            cfg.pin_root = root
+        for section, into in (("inner_maps", inner_raw), ("outer_maps", outer_raw)):
+            for name, raw in (src.data.get(section) or {}).items():
+                if name in RESERVED_NAMES:
+                    problems.append(Problem(src.file, (section, name), f"the name '{name}' is reserved for kmesh-apply's own use", name))
+                    continue
+                if name in defined:
+                    other_file, other_section = defined[name]
+                    problems.append(Problem(src.file, (section, name),
+                                            f"'{name}' is defined again (first in {other_file} under {other_section}): "
+                                            "inner and outer maps share one namespace", name))
+                    continue
+                defined[name] = (src.file, section)
+                into.append((src, name, raw))
+    inner_names = {n for _, n, _ in inner_raw}
+    outer_names = {n for _, n, _ in outer_raw}
+    for src, name, raw in inner_raw:
+        spec = check_inner(src, name, raw, problems, possible_cpus)
+        if spec is not None:
+            cfg.inner_maps[name] = spec
+    for src, name, raw in outer_raw:
+        spec = check_outer(src, name, raw, problems, cfg.inner_maps, inner_names, outer_names)
+        if spec is not None:
+            cfg.outer_maps[name] = spec
+    return cfg
