@@ -40,19 +40,11 @@ def plan_destroy(pin_root: str) -> Plan:
     return destroy_plan(read_live(pin_root))
 
 
-def _moved(plan: Plan, now: dict[str, str]) -> list[str]:
-    then = plan.fingerprint
-    moved = [f"map '{n}' appeared" for n in now if n not in then]
-    moved += [f"map '{n}' disappeared" for n in then if n not in now]
-    moved += [f"map '{n}' changed" for n in then if n in now and then[n] != now[n]]
-    return moved
-
-
 def apply(plan: Plan, *, lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
           on_step: Callable[[Step], None] | None = None) -> ApplyReport:
     """Perform a plan made earlier (maybe saved), refusing it if the live state moved since."""
     with PinRootLock(plan.pin_root, lock_timeout):
-        moved = _moved(plan, read_live(plan.pin_root).fingerprint())
+        moved = plan.moved_since(read_live(plan.pin_root))
         if moved:
             raise StalePlanError(f"the plan is stale: since it was made, {'; '.join(moved)}. "
                                  "Make a new plan and review it.")

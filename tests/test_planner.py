@@ -158,7 +158,7 @@ def test_saved_plan_round_trips_through_json():
     cfg = config(inner("a", {1: 11, 5: 50}), inner("b", {3: 30}), outer("svc", "a", {0: "a", 1: "b"}))
     plan = make_plan(cfg, live_of(BASE, IDS))
     again = Plan.from_saved(json.loads(json.dumps(plan.to_saved())))
-    assert again.steps == plan.steps and again.changes == plan.changes and again.fingerprint == plan.fingerprint
+    assert again.steps == plan.steps and again.changes == plan.changes and again.fingerprint() == plan.fingerprint()
 
 
 def test_json_rendering_decodes_entries():

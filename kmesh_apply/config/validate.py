@@ -305,6 +305,9 @@ def build_config(sources: list[Source], problems: list[Problem]) -> Config:
             cfg.pin_root = root
         for section, into in (("inner_maps", inner_raw), ("outer_maps", outer_raw)):
             for name, raw in (src.data.get(section) or {}).items():
+                if not isinstance(name, str):
+                    problems.append(Problem(src.file, (section, name), f"map name {name!r} is not a string: quote it (\"{name}\")", str(name)))
+                    continue
                 if name in RESERVED_NAMES:
                     problems.append(Problem(src.file, (section, name), f"the name '{name}' is reserved for kmesh-apply's own use", name))
                     continue

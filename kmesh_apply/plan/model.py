@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Union
 
+from kmesh_apply.state import LiveState
+
 PLAN_FORMAT = 1
 
 
@@ -131,8 +133,26 @@ class Plan:
     pin_root: str
     changes: list[MapChange] = field(default_factory=list)
     steps: list[Step] = field(default_factory=list)
-    fingerprint: dict[str, str] = field(default_factory=dict)  # of the live state the plan was made from
     warnings: list[str] = field(default_factory=list)
+    # What the plan was made from: the live state itself while in memory, its digests once saved.
+    base: LiveState | None = field(default=None, repr=False, compare=False)
+    saved_fingerprint: dict[str, str] = field(default_factory=dict, repr=False)
+
+    def fingerprint(self) -> dict[str, str]:
+        return self.base.fingerprint() if self.base is not None else self.saved_fingerprint
+
+    def moved_since(self, now: LiveState) -> list[str]:
+        """What changed in the pin root since the plan was made (empty: the plan still applies)."""
+        if self.base is not None:  # compare the data itself: cheaper than digests of a million entries
+            then = {**self.base.maps, **{s.pin: s.live for s in self.base.staged}}
+            current = {**now.maps, **{s.pin: s.live for s in now.staged}}
+            changed = [n for n in then if n in current and then[n] != current[n]]
+        else:
+            then, current = self.saved_fingerprint, now.fingerprint()
+            changed = [n for n in then if n in current and then[n] != current[n]]
+        return ([f"map '{n}' appeared" for n in current if n not in then]
+                + [f"map '{n}' disappeared" for n in then if n not in current]
+                + [f"map '{n}' changed" for n in changed])
 
     @property
     def has_changes(self) -> bool:
@@ -164,7 +184,7 @@ class Plan:
         return {
             "format": PLAN_FORMAT,
             "pin_root": self.pin_root,
-            "fingerprint": self.fingerprint,
+            "fingerprint": self.fingerprint(),
             "warnings": self.warnings,
             "changes": [_hexify(asdict(c)) for c in self.changes],
             "steps": [_hexify(asdict(s)) for s in self.steps],
@@ -187,7 +207,7 @@ class Plan:
             raw["definition"] = _mapdef(raw["definition"]) if raw["definition"] else None
             raw["changed"] = {k: tuple(v) for k, v in raw["changed"].items()}
             changes.append(MapChange(**raw))
-        return Plan(data["pin_root"], changes, steps, data["fingerprint"], data.get("warnings", []))
+        return Plan(data["pin_root"], changes, steps, data.get("warnings", []), saved_fingerprint=data["fingerprint"])
 
 
 def _mapdef(raw: dict[str, Any]) -> MapDef:

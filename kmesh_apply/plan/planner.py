@@ -61,6 +61,8 @@ def template_mismatch(template: MapDef, inner: LiveMap) -> list[str]:
 
 def entry_diff(desired: dict[bytes, bytes], live: dict[bytes, bytes], is_array: bool) -> tuple[dict[bytes, bytes], list[bytes]]:
     """Entries to put and keys to delete. Array slots cannot be deleted: unnamed ones are zeroed instead."""
+    if desired == live:  # the common case, compared in C
+        return {}, []
     put = {k: v for k, v in desired.items() if live.get(k) != v}
     if is_array:
         for k, v in live.items():
@@ -87,7 +89,7 @@ class _Planner:
     def __init__(self, config: Config, live: LiveState):
         self.config = config
         self.live = dict(live.maps)
-        self.result = Plan(live.pin_root, fingerprint=live.fingerprint())
+        self.result = Plan(live.pin_root, base=live)
         self.recover: list[Step] = []
         self.fill_new: list[Step] = []
         self.in_place: list[Step] = []
