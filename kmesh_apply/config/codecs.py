@@ -1,0 +1,380 @@
+"""Values as users write them <-> the exact bytes a C compiler lays out (contract section 2).
+
+Entries are compared, planned and written as bytes, so this is the one place that
+knows how a YAML value becomes key or value bytes and back. Maps can hold a million
+entries, so each type is compiled once into a closure (`encoder`, `_decoder`) and
+whole integer columns are packed by one `struct.pack` call (`encode_ints`); the
+careful checks that build a helpful message run only on the error path.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import struct
+from functools import lru_cache
+from typing import Any, Callable
+
+from kmesh_apply.ctype import Addr, Array, Bytes, Chars, CType, Int, Lpm, Raw, Struct
+
+Encoder = Callable[[Any], bytes]
+Decoder = Callable[[bytes], Any]
+
+_HEX_INT_RE = re.compile(r"0[xX][0-9a-fA-F]+")
+_HEX_RE = re.compile(r"(?:0[xX])?([0-9a-fA-F]*)")
+_MAC_RE = re.compile(r"[0-9a-fA-F]{2}(?::[0-9a-fA-F]{2}){5}")
+_INT_CODES = {1: "B", 2: "H", 4: "I", 8: "Q"}
+_FAMILY = {"ipv4": (socket.AF_INET, "an IPv4 address like 10.0.0.1", "an IPv4 CIDR like 10.0.0.0/8"),
+           "ipv6": (socket.AF_INET6, "an IPv6 address like fd00::1", "an IPv6 CIDR like fd00::/64")}
+PER_CPU = "per_cpu"
+
+
+class CodecError(ValueError):
+    """A value that does not fit its type. `path` locates it inside a struct or array
+    (field names and element indexes) so the message can name the field."""
+
+    def __init__(self, reason: str, path: tuple[str | int, ...] = ()):
+        self.reason, self.path = reason, path
+        super().__init__(f"{_path_text(path)}: {reason}" if path else reason)
+
+    def inside(self, part: str | int) -> "CodecError":
+        """The same problem seen from the enclosing struct field or array element."""
+        return CodecError(self.reason, (part, *self.path))
+
+
+def _path_text(path: tuple[str | int, ...]) -> str:
+    text = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
+    return f"element {text}" if isinstance(path[0], int) else f"field '{text}'"
+
+
+def _got(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _fail(expected: str, value: Any) -> CodecError:
+    return CodecError(f"expected {expected}, got {_got(value)}")
+
+
+# ---------------------------------------------------------------- integers
+
+
+def _int_format(typ: Int | Raw) -> str:
+    """struct format code with byte order: Raw is little-endian unsigned."""
+    code = _INT_CODES[typ.size]
+    if isinstance(typ, Int) and typ.signed:
+        code = code.lower()
+    return (">" if isinstance(typ, Int) and typ.big_endian else "<") + code
+
+
+def _int_range(typ: Int | Raw) -> tuple[int, int]:
+    bits = 8 * typ.size
+    if isinstance(typ, Int) and typ.signed:
+        return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    return 0, (1 << bits) - 1
+
+
+def _int_expected(typ: Int) -> str:
+    lo, hi = _int_range(typ)
+    return f"an integer {lo}..{hi} for {typ.name}"
+
+
+def _as_int(value: Any) -> int | None:
+    """An int or a "0x..." string as int; None for anything else (bools included)."""
+    if type(value) is int:
+        return value
+    if isinstance(value, str) and _HEX_INT_RE.fullmatch(value):
+        return int(value, 16)
+    return None
+
+
+def _checked_int(typ: Int | Raw, value: Any, expected: str) -> bytes:
+    n = _as_int(value)
+    lo, hi = _int_range(typ)
+    if n is None or not lo <= n <= hi:
+        raise _fail(expected, value)
+    return struct.pack(_int_format(typ), n)
+
+
+def _int_encoder(typ: Int) -> Encoder:
+    pack = struct.Struct(_int_format(typ)).pack
+    expected = _int_expected(typ)
+
+    def enc(value: Any) -> bytes:
+        if value.__class__ is int:
+            try:
+                return pack(value)
+            except struct.error:
+                pass
+        return _checked_int(typ, value, expected)
+    return enc
+
+
+def _hex_bytes(value: Any, size: int, expected: str) -> bytes:
+    m = _HEX_RE.fullmatch(value) if isinstance(value, str) else None
+    if m is None or len(m.group(1)) != 2 * size:
+        raise _fail(expected, value)
+    return bytes.fromhex(m.group(1))
+
+
+def _raw_encoder(typ: Raw) -> Encoder:
+    if typ.size not in _INT_CODES:
+        expected = f"a hex string of {2 * typ.size} digits"
+        return lambda value: _hex_bytes(value, typ.size, expected)
+    pack = struct.Struct(_int_format(typ)).pack
+    lo, hi = _int_range(typ)
+    expected = f"an integer {lo}..{hi} or a hex string of {2 * typ.size} digits"
+
+    def enc(value: Any) -> bytes:
+        if value.__class__ is int:
+            try:
+                return pack(value)
+            except struct.error:
+                pass
+        elif isinstance(value, str):
+            return _hex_bytes(value, typ.size, expected)
+        raise _fail(expected, value)
+    return enc
+
+
+def encode_ints(typ: Int | Raw, values: list[Any]) -> bytes:
+    """A whole column of integers packed by one struct.pack call; any other value (a hex
+    string, a bool, an out-of-range number) sends the column through the per-value
+    encoder, which names the index of the first bad value."""
+    if typ.size in _INT_CODES and set(map(type, values)) <= {int}:
+        order, code = _int_format(typ)
+        try:
+            return struct.pack(f"{order}{len(values)}{code}", *values)
+        except struct.error:
+            pass
+    enc = encoder(typ)
+    out = []
+    for i, value in enumerate(values):
+        try:
+            out.append(enc(value))
+        except CodecError as e:
+            raise CodecError(f"value #{i}: {e}") from None
+    return b"".join(out)
+
+
+# ---------------------------------------------------------------- addresses and byte runs
+
+
+def _ip_encoder(family: str) -> Encoder:
+    af, expected, _ = _FAMILY[family]
+
+    def enc(value: Any) -> bytes:
+        try:
+            return socket.inet_pton(af, value)
+        except (OSError, TypeError, ValueError):
+            raise _fail(expected, value) from None
+    return enc
+
+
+def _encode_mac(value: Any) -> bytes:
+    if not isinstance(value, str) or not _MAC_RE.fullmatch(value):
+        raise _fail("a MAC address like 02:00:00:00:00:01", value)
+    return bytes.fromhex(value.replace(":", ""))
+
+
+def _chars_encoder(typ: Chars) -> Encoder:
+    def enc(value: Any) -> bytes:
+        if not isinstance(value, str):
+            raise _fail(f"a string of at most {typ.size} bytes for char[{typ.size}]", value)
+        data = value.encode()
+        if len(data) > typ.size:
+            raise CodecError(f"expected a string of at most {typ.size} bytes for char[{typ.size}], "
+                             f"got {_got(value)} ({len(data)} bytes in UTF-8)")
+        return data.ljust(typ.size, b"\0")
+    return enc
+
+
+def _lpm_encoder(typ: Lpm) -> Encoder:
+    af, _, expected = _FAMILY[typ.family]
+    bits = 8 * (typ.size - 4)
+    prefix_pack = struct.Struct("<I").pack
+
+    def enc(value: Any) -> bytes:
+        if not isinstance(value, str) or value.count("/") != 1:
+            raise _fail(expected, value)
+        addr, plen = value.split("/")
+        try:
+            packed = socket.inet_pton(af, addr)
+        except (OSError, ValueError):
+            raise _fail(expected, value) from None
+        if not (plen.isascii() and plen.isdigit()) or not 0 <= int(plen) <= bits:
+            raise CodecError(f"expected a prefix length 0..{bits}, got {_got(value)}")
+        prefix = int(plen)
+        if int.from_bytes(packed, "big") & ((1 << (bits - prefix)) - 1):
+            raise CodecError(f"host bits set in {_got(value)}: the address must end in {bits - prefix} zero bits")
+        return prefix_pack(prefix) + packed
+    return enc
+
+
+# ---------------------------------------------------------------- arrays and structs
+
+
+def _array_encoder(typ: Array) -> Encoder:
+    elem, n = encoder(typ.elem), typ.length
+
+    def enc(value: Any) -> bytes:
+        if not isinstance(value, list) or len(value) != n:
+            raise _fail(f"a list of {n} values for {typ.spec()}", value)
+        i = 0
+        try:
+            out = []
+            for i, item in enumerate(value):
+                out.append(elem(item))
+        except CodecError as e:
+            raise e.inside(i) from None
+        return b"".join(out)
+    return enc
+
+
+def _struct_encoder(typ: Struct) -> Encoder:
+    """Fields are joined with the padding bytes between them precomputed, zeros throughout."""
+    plan, end = [], 0
+    for f in typ.fields:
+        plan.append((f.name, b"\0" * (f.offset - end), encoder(f.type)))
+        end = f.offset + f.type.size
+    tail = b"\0" * (typ.size - end)
+    names = [f.name for f in typ.fields]
+
+    def enc(value: Any) -> bytes:
+        if not isinstance(value, dict):
+            raise _fail(f"a mapping of field to value ({', '.join(names)})", value)
+        if len(value) != len(names):
+            _check_fields(names, value)
+        name = ""
+        try:
+            out = []
+            for name, pad, fenc in plan:
+                out.append(pad)
+                out.append(fenc(value[name]))
+        except KeyError:
+            _check_fields(names, value)
+            raise
+        except CodecError as e:
+            raise e.inside(name) from None
+        out.append(tail)
+        return b"".join(out)
+    return enc
+
+
+def _check_fields(names: list[str], value: dict[Any, Any]) -> None:
+    """Name the first missing or unknown field (only reached when the fields do not match)."""
+    every = ", ".join(names)
+    for name in names:
+        if name not in value:
+            raise CodecError(f"missing (a struct value needs every field: {every})", (name,))
+    for key in value:
+        if key not in names:
+            raise CodecError(f"unknown field {_got(key)} (the fields are: {every})")
+
+
+# ---------------------------------------------------------------- entry points
+
+
+@lru_cache(maxsize=1024)
+def encoder(typ: CType) -> Encoder:
+    """A function encoding one value of `typ`, compiled once per type for use in loops."""
+    if isinstance(typ, Int):
+        return _int_encoder(typ)
+    if isinstance(typ, Addr):
+        return _encode_mac if typ.family == "mac" else _ip_encoder(typ.family)
+    if isinstance(typ, Bytes):
+        expected = f"a hex string of {2 * typ.size} digits for bytes[{typ.size}]"
+        return lambda value: _hex_bytes(value, typ.size, expected)
+    if isinstance(typ, Chars):
+        return _chars_encoder(typ)
+    if isinstance(typ, Array):
+        return _array_encoder(typ)
+    if isinstance(typ, Lpm):
+        return _lpm_encoder(typ)
+    if isinstance(typ, Struct):
+        return _struct_encoder(typ)
+    return _raw_encoder(typ)
+
+
+def encode(typ: CType, value: Any) -> bytes:
+    """`value` (as a user writes it) as the exact bytes of `typ`; raises CodecError."""
+    return encoder(typ)(value)
+
+
+@lru_cache(maxsize=1024)
+def _decoder(typ: CType) -> Decoder:
+    """The inverse of `encoder`, compiled once per type; input length is checked by `decode`."""
+    if isinstance(typ, (Int, Raw)) and typ.size in _INT_CODES:
+        unpack = struct.Struct(_int_format(typ)).unpack
+        return lambda data: unpack(data)[0]
+    if isinstance(typ, Addr):
+        if typ.family == "mac":
+            return lambda data: data.hex(":")
+        af = _FAMILY[typ.family][0]
+        return lambda data: socket.inet_ntop(af, data)
+    if isinstance(typ, Chars):
+        # backslashreplace keeps non-UTF-8 bytes from a live map readable instead of failing.
+        return lambda data: data.rstrip(b"\0").decode(errors="backslashreplace")
+    if isinstance(typ, Array):
+        elem, step = _decoder(typ.elem), typ.elem.size
+        return lambda data: [elem(data[i:i + step]) for i in range(0, len(data), step)]
+    if isinstance(typ, Lpm):
+        af = _FAMILY[typ.family][0]
+        return lambda data: f"{socket.inet_ntop(af, data[4:])}/{int.from_bytes(data[:4], 'little')}"
+    if isinstance(typ, Struct):
+        plan = [(f.name, f.offset, f.offset + f.type.size, _decoder(f.type)) for f in typ.fields]
+        return lambda data: {name: dec(data[start:end]) for name, start, end, dec in plan}
+    return lambda data: data.hex()
+
+
+def decode(typ: CType, data: bytes) -> Any:
+    """Bytes of `typ` as the value a user would write: decode(t, encode(t, v)) is v in canonical form."""
+    if len(data) != typ.size:
+        raise CodecError(f"expected {typ.size} bytes, got {len(data)}")
+    return _decoder(typ)(data)
+
+
+# ---------------------------------------------------------------- per-CPU values
+
+
+def per_cpu_stride(typ: CType) -> int:
+    """Bytes per CPU in a per-CPU map's value buffer: the kernel rounds each value up to 8."""
+    return (typ.size + 7) // 8 * 8
+
+
+def _is_per_cpu_form(typ: CType, value: Any) -> bool:
+    """`{per_cpu: [...]}`, unless it is a plain value of a struct whose one field is named per_cpu."""
+    if not (isinstance(value, dict) and len(value) == 1 and PER_CPU in value):
+        return False
+    return not (isinstance(typ, Struct) and [f.name for f in typ.fields] == [PER_CPU])
+
+
+def encode_per_cpu(typ: CType, value: Any, ncpus: int) -> bytes:
+    """A per-CPU map's value buffer: one value for every CPU, or `{per_cpu: [v0, ...]}` with one
+    per possible CPU; each padded with zeros to the stride."""
+    enc, stride = encoder(typ), per_cpu_stride(typ)
+    if not _is_per_cpu_form(typ, value):
+        return enc(value).ljust(stride, b"\0") * ncpus
+    values = value[PER_CPU]
+    if not isinstance(values, list) or len(values) != ncpus:
+        got = len(values) if isinstance(values, list) else _got(values)
+        raise CodecError(f"expected {ncpus} per-CPU values (this node has {ncpus} possible CPUs), got {got}")
+    out = []
+    for cpu, v in enumerate(values):
+        try:
+            out.append(enc(v).ljust(stride, b"\0"))
+        except CodecError as e:
+            raise CodecError(f"CPU {cpu}: {e}") from None
+    return b"".join(out)
+
+
+def decode_per_cpu(typ: CType, data: bytes, ncpus: int) -> Any:
+    """One value when every CPU holds the same bytes, else `{per_cpu: [...]}`."""
+    stride = per_cpu_stride(typ)
+    if len(data) != stride * ncpus:
+        raise CodecError(f"expected {stride * ncpus} bytes for {ncpus} CPUs, got {len(data)}")
+    dec, size = _decoder(typ), typ.size
+    chunks = [data[i:i + size] for i in range(0, len(data), stride)]
+    if all(c == chunks[0] for c in chunks):
+        return dec(chunks[0])
+    return {PER_CPU: [dec(c) for c in chunks]}
