@@ -162,3 +162,33 @@ def test_data_path_sees_the_applied_state(pin_root: Path, tmp_path: Path, bpf_sc
         assert prog.run() == 1
     finally:
         prog.close()
+
+
+BAD_EDITS = {
+    "unknown key": ("    max_entries: 8\n", "    max_entries: 8\n    colour: red\n", 58),
+    "duplicate key": ("      1: 0\n", "      1: 0\n      1: 5\n", 61),
+    "value too large": ("weight: 50}", "weight: 70000}", 26),
+    "bad address": ("{ip: 10.0.2.21,", "{ip: 10.0.2.256,", 39),
+    "unknown type": ("    value: u32                      # service ID", "    value: u33", 44),
+    "undefined inner map": ("      2: backends-api", "      2: backends-nope", 70),
+    "incompatible inner map": ("    max_entries: 64                 # hash-like", "    flags: [no_prealloc]\n    max_entries: 64", 71),
+    "lpm without no_prealloc": ("    flags: [no_prealloc]            # the kernel", "    # no flags", 42),
+    "array index out of range": ("      1: 0\n", "      9: 0\n", 60),
+    "too many entries": ("    max_entries: 64                 # hash-like", "    max_entries: 1", 37),
+}
+
+
+def live_dump(bpftool, root: Path) -> dict:
+    return {p.name: bpftool("map", "dump", "pinned", str(p)) for p in sorted(root.iterdir())}
+
+
+@pytest.mark.parametrize("rule", sorted(BAD_EDITS))
+def test_bad_input_changes_nothing(pin_root: Path, tmp_path: Path, bpftool, rule: str):
+    kmesh_apply("apply", str(MESH), "--auto-approve", root=pin_root)
+    before = live_dump(bpftool, pin_root)
+    old, new, line = BAD_EDITS[rule]
+    bad = edited_mesh(tmp_path, **{old: new})
+    res = kmesh_apply("apply", str(bad), "--auto-approve", root=pin_root, check=1)
+    assert f"{bad}:{line}:" in res.stderr, res.stderr
+    assert res.stderr.startswith("error:")
+    assert live_dump(bpftool, pin_root) == before

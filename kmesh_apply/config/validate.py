@@ -66,7 +66,12 @@ def schema_problems(src: Source) -> list[Problem]:
     out = []
     for err in Draft202012Validator(schema()).iter_errors(shallow):
         path = tuple(err.absolute_path)
-        if path and path[-1] in ("key", "value"):
+        if "propertyNames" in err.schema_path:
+            path += (err.instance,)  # the offending name itself
+        elif err.validator == "additionalProperties" and isinstance(err.instance, dict):
+            extra = [k for k in err.instance if k not in err.schema.get("properties", {})]
+            path += tuple(extra[:1])  # point at the unknown key itself
+        if path and path[-1] in ("key", "value") and err.validator != "additionalProperties":
             continue  # type specs get parse_type's clearer message
         name = path[1] if len(path) > 1 and path[0] in ("inner_maps", "outer_maps") else ""
         out.append(Problem(src.file, path, _schema_message(err), str(name)))
@@ -75,6 +80,10 @@ def schema_problems(src: Source) -> list[Problem]:
 
 def _schema_message(err: Any) -> str:
     where = "/".join(str(p) for p in err.absolute_path) or "the top level"
+    if "propertyNames" in err.schema_path:
+        return f"{err.instance!r} is not a valid map name: use letters, digits, '_' and '-' (bpffs refuses dots; no '/')"
+    if len(err.absolute_path) == 2 and err.absolute_path[0] in ("inner_maps", "outer_maps"):
+        where = "the map"
     if err.validator == "additionalProperties":
         allowed = sorted(err.schema.get("properties", {}))
         extra = sorted(set(err.instance) - set(allowed)) if isinstance(err.instance, dict) else []
@@ -250,7 +259,10 @@ def check_outer(src: Source, name: str, raw: dict[str, Any], problems: list[Prob
     if len(problems) > before or key is None or template is None:
         return None
     for k, v, path in pairs:
-        if not isinstance(v, str) or v not in inner:
+        if not isinstance(v, str):
+            c.problem(f"slot {k}: expected the name of an inner map, got {v!r}", *path, entry=str(k))
+            continue
+        if v not in inner:
             if v in outer_names:
                 c.problem(f"slot {k}: '{v}' is an outer map; a slot holds an inner map", *path, entry=str(k))
             elif v not in inner_raw:
