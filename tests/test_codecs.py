@@ -1,0 +1,192 @@
+"""Codecs: round trips for every type kind and the messages users see for bad values (no kernel)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from kmesh_apply.config.codecs import (CodecError, decode, decode_per_cpu, encode, encode_ints, encode_per_cpu,
+                                       encoder, per_cpu_stride)
+from kmesh_apply.ctype import Raw, parse_type
+
+BACKEND = {"struct": [{"ip": "ipv4"}, {"port": "be16"}, {"weight": "u16"}]}
+PADDED = {"struct": [{"a": "u8"}, {"b": "u64"}, {"c": "u16"}]}
+NESTED = {"struct": [{"tag": "u8"}, {"inner": BACKEND}, {"ips": "ipv4[2]"}, {"name": "char[5]"}]}
+
+ROUND_TRIPS: list[tuple[Any, Any, str]] = [
+    ("u8", 255, "ff"),
+    ("u16", 0x1234, "3412"),
+    ("u32", 1, "01000000"),
+    ("u64", 2**64 - 1, "ff" * 8),
+    ("i8", -1, "ff"),
+    ("i16", -2, "feff"),
+    ("i32", -2**31, "00000080"),
+    ("i64", 2**63 - 1, "ff" * 7 + "7f"),
+    ("be16", 8080, "1f90"),
+    ("be32", 0x0A000001, "0a000001"),
+    ("be64", 1, "00" * 7 + "01"),
+    ("ipv4", "10.0.0.1", "0a000001"),
+    ("ipv6", "fd00::1", "fd00" + "00" * 13 + "01"),
+    ("mac", "02:00:00:00:00:01", "020000000001"),
+    ("bytes[3]", "0a0b0c", "0a0b0c"),
+    ("char[6]", "abc", "616263000000"),
+    ("char[3]", "abc", "616263"),
+    ("u16[3]", [1, 2, 3], "010002000300"),
+    ("ipv4[2]", ["10.0.0.1", "10.0.0.2"], "0a0000010a000002"),
+    ({"lpm": "ipv4"}, "10.96.0.0/16", "10000000" + "0a600000"),
+    ({"lpm": "ipv4"}, "0.0.0.0/0", "00" * 8),
+    ({"lpm": "ipv6"}, "fd00::/8", "08000000" + "fd" + "00" * 15),
+    (BACKEND, {"ip": "10.0.1.10", "port": 8080, "weight": 100}, "0a00010a" "1f90" "6400"),
+    (PADDED, {"a": 1, "b": 2, "c": 3}, "01" + "00" * 7 + "0200000000000000" + "0300" + "00" * 6),
+    ({**PADDED, "packed": True}, {"a": 1, "b": 2, "c": 3}, "01" "0200000000000000" "0300"),
+    (NESTED, {"tag": 7, "inner": {"ip": "1.2.3.4", "port": 1, "weight": 2}, "ips": ["5.6.7.8", "9.9.9.9"],
+              "name": "ab"},
+     "07000000" "01020304" "0001" "0200" "05060708" "09090909" "6162000000" "000000"),
+]
+
+
+@pytest.mark.parametrize("spec,value,hexbytes", ROUND_TRIPS, ids=lambda x: str(x)[:30])
+def test_round_trip(spec: Any, value: Any, hexbytes: str) -> None:
+    typ = parse_type(spec)
+    data = encode(typ, value)
+    assert data.hex() == hexbytes
+    assert len(data) == typ.size
+    assert encoder(typ)(value) == data
+    assert decode(typ, data) == value
+
+
+@pytest.mark.parametrize("spec,written,canonical", [
+    ("u32", "0x10", 16),
+    ("be16", "0X1F90", 8080),
+    ("bytes[2]", "0xABCD", "abcd"),
+    ("ipv6", "FD00:0:0::1", "fd00::1"),
+    ("mac", "02:AB:00:00:00:01", "02:ab:00:00:00:01"),
+])
+def test_written_forms_decode_to_canonical(spec: str, written: str, canonical: Any) -> None:
+    typ = parse_type(spec)
+    assert decode(typ, encode(typ, written)) == canonical
+
+
+def test_raw_sizes() -> None:
+    assert encode(Raw(4), 258) == b"\x02\x01\0\0"
+    assert encode(Raw(4), "0a000001") == bytes.fromhex("0a000001")
+    assert decode(Raw(4), b"\x02\x01\0\0") == 258
+    assert encode(Raw(3), "0x0a0b0c") == b"\x0a\x0b\x0c"
+    assert decode(Raw(3), b"\x0a\x0b\x0c") == "0a0b0c"
+
+
+def test_struct_padding_is_zero_and_field_order_free() -> None:
+    typ = parse_type(PADDED)
+    assert encode(typ, {"c": 3, "b": 2, "a": 1}) == encode(typ, {"a": 1, "b": 2, "c": 3})
+    assert list(decode(typ, encode(typ, {"c": 3, "b": 2, "a": 1}))) == ["a", "b", "c"]
+
+
+def test_encode_ints_matches_per_value_encoding() -> None:
+    for spec in ("u8", "i16", "be32", "u64"):
+        typ = parse_type(spec)
+        values = [0, 1, 100, 127]
+        assert encode_ints(typ, values) == b"".join(encode(typ, v) for v in values)
+    assert encode_ints(parse_type("u32"), [1, "0x2"]) == bytes.fromhex("0100000002000000")
+    assert encode_ints(Raw(2), [1, "0300"]) == bytes.fromhex("01000300")
+
+
+@pytest.mark.parametrize("values,message", [
+    ([1, 2, 2**32], "value #2: expected an integer 0..4294967295 for u32, got 4294967296"),
+    ([1, True], "value #1: expected an integer 0..4294967295 for u32, got True"),
+    ([1, "7", 3], "value #1: expected an integer 0..4294967295 for u32, got '7'"),
+])
+def test_encode_ints_names_the_first_bad_index(values: list[Any], message: str) -> None:
+    with pytest.raises(CodecError) as e:
+        encode_ints(parse_type("u32"), values)
+    assert str(e.value) == message
+
+
+def test_per_cpu_both_forms() -> None:
+    typ = parse_type("u32")
+    assert per_cpu_stride(typ) == 8
+    assert per_cpu_stride(parse_type("bytes[9]")) == 16
+    same = encode_per_cpu(typ, 5, 3)
+    assert same == (b"\x05\0\0\0" + b"\0" * 4) * 3
+    assert decode_per_cpu(typ, same, 3) == 5
+    differ = encode_per_cpu(typ, {"per_cpu": [1, 2, 3]}, 3)
+    assert len(differ) == 24 and differ[8:12] == b"\x02\0\0\0"
+    assert decode_per_cpu(typ, differ, 3) == {"per_cpu": [1, 2, 3]}
+    assert decode_per_cpu(typ, encode_per_cpu(typ, {"per_cpu": [4, 4, 4]}, 3), 3) == 4
+    backend = parse_type(BACKEND)
+    value = {"ip": "10.0.0.1", "port": 80, "weight": 1}
+    assert decode_per_cpu(backend, encode_per_cpu(backend, {"per_cpu": [value, value]}, 2), 2) == value
+
+
+def test_struct_with_a_field_named_per_cpu_is_a_plain_value() -> None:
+    typ = parse_type({"struct": [{"per_cpu": "u32"}]})
+    assert decode_per_cpu(typ, encode_per_cpu(typ, {"per_cpu": 9}, 2), 2) == {"per_cpu": 9}
+
+
+def test_decode_checks_length() -> None:
+    with pytest.raises(CodecError, match="expected 4 bytes, got 3"):
+        decode(parse_type("u32"), b"\0\0\0")
+
+
+def test_chars_decode_tolerates_bytes_that_are_not_utf8() -> None:
+    assert decode(parse_type("char[3]"), b"a\xff\0") == "a\\xff"
+
+
+ERRORS: list[tuple[Any, Any, str]] = [
+    ("be16", 70000, "expected an integer 0..65535 for be16, got 70000"),
+    ("i8", 128, "expected an integer -128..127 for i8, got 128"),
+    ("u8", -1, "expected an integer 0..255 for u8, got -1"),
+    ("u32", "10", "expected an integer 0..4294967295 for u32, got '10'"),
+    ("u32", True, "expected an integer 0..4294967295 for u32, got True"),
+    ("u32", 1.5, "expected an integer 0..4294967295 for u32, got 1.5"),
+    ("u16", "0x10000", "expected an integer 0..65535 for u16, got '0x10000'"),
+    ("ipv4", "x", "expected an IPv4 address like 10.0.0.1, got 'x'"),
+    ("ipv4", "10.0.0.256", "expected an IPv4 address like 10.0.0.1, got '10.0.0.256'"),
+    ("ipv4", 167772161, "expected an IPv4 address like 10.0.0.1, got 167772161"),
+    ("ipv6", "fd00::g", "expected an IPv6 address like fd00::1, got 'fd00::g'"),
+    ("mac", "02:00:00:00:00", "expected a MAC address like 02:00:00:00:00:01, got '02:00:00:00:00'"),
+    ("mac", "02-00-00-00-00-01", "expected a MAC address like 02:00:00:00:00:01, got '02-00-00-00-00-01'"),
+    ("bytes[2]", "abc", "expected a hex string of 4 digits for bytes[2], got 'abc'"),
+    ("bytes[2]", "zzzz", "expected a hex string of 4 digits for bytes[2], got 'zzzz'"),
+    ("char[2]", "abc", "expected a string of at most 2 bytes for char[2], got 'abc' (3 bytes in UTF-8)"),
+    ("char[2]", "é1", "expected a string of at most 2 bytes for char[2], got 'é1' (3 bytes in UTF-8)"),
+    ("u16[2]", [1], "expected a list of 2 values for u16[2], got [1]"),
+    ("u16[2]", [1, -1], "element [1]: expected an integer 0..65535 for u16, got -1"),
+    (BACKEND, {"ip": "10.0.0.1", "port": 80}, "field 'weight': missing (a struct value needs every field: ip, port, weight)"),
+    (BACKEND, {"ip": "10.0.0.1", "port": 80, "weight": 1, "extra": 1},
+     "unknown field 'extra' (the fields are: ip, port, weight)"),
+    (BACKEND, {"ip": "10.0.0.1", "port": 80, "wieght": 1}, "field 'weight': missing (a struct value needs every field: ip, port, weight)"),
+    (BACKEND, {"ip": "10.0.0.1", "port": 70000, "weight": 1}, "field 'port': expected an integer 0..65535 for be16, got 70000"),
+    (BACKEND, [1, 2, 3], "expected a mapping of field to value (ip, port, weight), got [1, 2, 3]"),
+    (NESTED, {"tag": 1, "inner": {"ip": "1.2.3.4", "port": 1, "weight": 2}, "ips": ["1.1.1.1", "nope"], "name": ""},
+     "field 'ips[1]': expected an IPv4 address like 10.0.0.1, got 'nope'"),
+    (NESTED, {"tag": 1, "inner": {"ip": "1.2.3.4", "port": 1}, "ips": ["1.1.1.1", "2.2.2.2"], "name": ""},
+     "field 'inner.weight': missing (a struct value needs every field: ip, port, weight)"),
+    ({"lpm": "ipv4"}, "10.0.0.1/8", "host bits set in '10.0.0.1/8': the address must end in 24 zero bits"),
+    ({"lpm": "ipv4"}, "10.0.0.0/33", "expected a prefix length 0..32, got '10.0.0.0/33'"),
+    ({"lpm": "ipv4"}, "10.0.0.0", "expected an IPv4 CIDR like 10.0.0.0/8, got '10.0.0.0'"),
+    ({"lpm": "ipv6"}, "fd00::1/64", "host bits set in 'fd00::1/64': the address must end in 64 zero bits"),
+]
+
+
+@pytest.mark.parametrize("spec,value,message", ERRORS, ids=lambda x: str(x)[:30])
+def test_error_messages(spec: Any, value: Any, message: str) -> None:
+    with pytest.raises(CodecError) as e:
+        encode(parse_type(spec), value)
+    assert str(e.value) == message
+
+
+def test_raw_errors() -> None:
+    with pytest.raises(CodecError, match=r"expected an integer 0\.\.65535 or a hex string of 4 digits, got 65536"):
+        encode(Raw(2), 65536)
+    with pytest.raises(CodecError, match="expected a hex string of 6 digits, got 1"):
+        encode(Raw(3), 1)
+
+
+def test_per_cpu_errors() -> None:
+    typ = parse_type("u32")
+    with pytest.raises(CodecError) as e:
+        encode_per_cpu(typ, {"per_cpu": [1, 2]}, 4)
+    assert str(e.value) == "expected 4 per-CPU values (this node has 4 possible CPUs), got 2"
+    with pytest.raises(CodecError, match="^CPU 1: expected an integer"):
+        encode_per_cpu(typ, {"per_cpu": [1, -1]}, 2)
