@@ -1,0 +1,109 @@
+"""Our layouts and encodings against the C compiler's: a small C program prints sizeof and
+the bytes of each struct, and encode() must give exactly those bytes (no kernel needed)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kmesh_apply.config.codecs import decode, encode
+from kmesh_apply.ctype import parse_type
+
+PROGRAM = r"""
+#include <arpa/inet.h>
+#include <linux/types.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <string.h>
+
+struct backend { __be32 ip; __be16 port; __u16 weight; };
+struct padded { __u8 a; __u64 b; __u16 c; };
+struct packed { __u8 a; __u64 b; __u16 c; } __attribute__((packed));
+struct mixed { char name[6]; __u16 arr[3]; struct in6_addr ip6; __u8 mac[6]; };
+struct lpm4 { __u32 prefixlen; __u8 addr[4]; };
+
+static void show(const char *name, const void *p, size_t n)
+{
+    const unsigned char *b = p;
+    printf("%s %zu ", name, n);
+    for (size_t i = 0; i < n; i++)
+        printf("%02x", b[i]);
+    printf("\n");
+}
+
+int main(void)
+{
+    struct backend be; struct padded pd; struct packed pk; struct mixed mx; struct lpm4 lp;
+    memset(&be, 0, sizeof(be)); memset(&pd, 0, sizeof(pd)); memset(&pk, 0, sizeof(pk));
+    memset(&mx, 0, sizeof(mx)); memset(&lp, 0, sizeof(lp));
+
+    inet_pton(AF_INET, "10.0.1.10", &be.ip);
+    be.port = htons(8080);
+    be.weight = 100;
+    pd.a = 1; pd.b = 0x0102030405060708ULL; pd.c = 0xbeef;
+    pk.a = 1; pk.b = 0x0102030405060708ULL; pk.c = 0xbeef;
+    strcpy(mx.name, "abc");
+    mx.arr[0] = 1; mx.arr[1] = 2; mx.arr[2] = 3;
+    inet_pton(AF_INET6, "fd00::1", &mx.ip6);
+    const __u8 mac[6] = {0x02, 0, 0, 0, 0, 0x01};
+    memcpy(mx.mac, mac, 6);
+    lp.prefixlen = 16;
+    inet_pton(AF_INET, "10.96.0.0", lp.addr);
+
+    show("backend", &be, sizeof(be));
+    show("padded", &pd, sizeof(pd));
+    show("packed", &pk, sizeof(pk));
+    show("mixed", &mx, sizeof(mx));
+    show("lpm4", &lp, sizeof(lp));
+    return 0;
+}
+"""
+
+PADDED = [{"a": "u8"}, {"b": "u64"}, {"c": "u16"}]
+ABC = {"a": 1, "b": 0x0102030405060708, "c": 0xBEEF}
+CASES: dict[str, tuple[Any, Any]] = {
+    "backend": ({"struct": [{"ip": "ipv4"}, {"port": "be16"}, {"weight": "u16"}]},
+                {"ip": "10.0.1.10", "port": 8080, "weight": 100}),
+    "padded": ({"struct": PADDED}, ABC),
+    "packed": ({"struct": PADDED, "packed": True}, ABC),
+    "mixed": ({"struct": [{"name": "char[6]"}, {"arr": "u16[3]"}, {"ip6": "ipv6"}, {"mac": "mac"}]},
+              {"name": "abc", "arr": [1, 2, 3], "ip6": "fd00::1", "mac": "02:00:00:00:00:01"}),
+    "lpm4": ({"lpm": "ipv4"}, "10.96.0.0/16"),
+}
+
+
+def _compiler() -> str:
+    for name in ("cc", "clang-14", "clang", "gcc"):
+        if shutil.which(name):
+            return name
+    pytest.skip("no C compiler (cc, clang-14, clang or gcc) on PATH")
+
+
+@pytest.fixture(scope="module")
+def c_layouts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[int, str]]:
+    """{struct name: (sizeof, hex bytes)} as the C compiler lays them out."""
+    work: Path = tmp_path_factory.mktemp("layout_c")
+    (work / "layout.c").write_text(PROGRAM)
+    subprocess.run([_compiler(), "-O0", "-Wall", "-Werror", "-o", str(work / "layout"), str(work / "layout.c")],
+                   check=True, capture_output=True, text=True)
+    out = subprocess.run([str(work / "layout")], check=True, capture_output=True, text=True).stdout
+    layouts = {}
+    for line in out.splitlines():
+        name, size, hexbytes = line.split()
+        layouts[name] = (int(size), hexbytes)
+    assert set(layouts) == set(CASES)
+    return layouts
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_encode_matches_c_compiler(name: str, c_layouts: dict[str, tuple[int, str]]) -> None:
+    spec, value = CASES[name]
+    typ = parse_type(spec)
+    size, hexbytes = c_layouts[name]
+    assert typ.size == size
+    assert encode(typ, value).hex() == hexbytes
+    assert decode(typ, bytes.fromhex(hexbytes)) == value
