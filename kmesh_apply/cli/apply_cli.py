@@ -90,9 +90,9 @@ def _confirm(auto_approve: bool, action: str):
     return ask
 
 
-def _report(plan: "Plan", report) -> None:
+def _report(plan: "Plan", report, action: str = "apply") -> None:
     c = plan.counts
-    typer.echo(f"\nApply complete! Maps: {c['create']} created, {c['update']} updated, {c['destroy']} destroyed "
+    typer.echo(f"\n{action.capitalize()} complete! Maps: {c['create']} created, {c['update']} updated, {c['destroy']} destroyed "
                f"({report.entries_written} entries written, {report.entries_deleted} deleted, "
                f"{report.slots_set} slots set in {report.seconds:.2f}s).")
 
@@ -114,7 +114,7 @@ def _converge(cfg, pin_root: str, auto_approve: bool, lock_timeout: float, actio
     finally:
         progress.stop()
     if report is not None:
-        _report(plan, report)
+        _report(plan, report, action)
     elif not plan.has_changes:
         typer.echo(api.render_text(plan), nl=False)
 
