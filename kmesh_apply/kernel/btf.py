@@ -24,6 +24,7 @@ import threading
 
 from kmesh_apply.ctype import Addr, Array, Bytes, Chars, CType, Int, Lpm, Raw, Struct
 from kmesh_apply.errors import KernelError
+from kmesh_apply.kernel.maps import fail
 from kmesh_apply.kernel import libbpf as L
 
 BTF_KIND_INT, BTF_KIND_ARRAY, BTF_KIND_STRUCT = 1, 3, 4
@@ -126,7 +127,7 @@ class LoadedBtf:
         ret = L.btf__load_into_kernel(self._btf)
         if ret < 0:
             L.btf__free(self._btf)
-            raise KernelError("BTF load", "map key/value types", -ret)
+            raise fail("BTF load", "map key/value types", -ret)
         self.fd = L.btf__fd(self._btf)
 
 
