@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from itertools import chain, islice
 from typing import Any, Callable
 
 from kmesh_apply.plan.model import MapChange, MapDef, Plan
@@ -40,14 +41,20 @@ def _fmt(v: Any) -> str:
 
 
 def _entry_lines(ch: MapChange) -> list[str]:
+    """The first FOLD_AFTER entry changes, decoded; the rest only counted (decoding a million costs seconds)."""
     key = _decoder(ch.definition, "key")
     value = _decoder(ch.definition, "value") if ch.kind == "inner" else str
-    lines = [f"+ {_fmt(key(k))}: {_fmt(value(v))}" for k, v in ch.added.items()]
-    lines += [f"~ {_fmt(key(k))}: {_fmt(value(o))} -> {_fmt(value(n))}" for k, (o, n) in ch.changed.items()]
-    lines += [f"- {_fmt(key(k))}: {_fmt(value(v))}" for k, v in ch.removed.items()]
-    if len(lines) > FOLD_AFTER:
-        lines = lines[:FOLD_AFTER] + [f"  ... and {len(lines) - FOLD_AFTER} more entry changes"]
-    return lines
+    changes = chain((("+", k, None, v) for k, v in ch.added.items()),
+                    (("~", k, o, n) for k, (o, n) in ch.changed.items()),
+                    (("-", k, None, v) for k, v in ch.removed.items()))
+    out = []
+    for sym, k, old, new in islice(changes, FOLD_AFTER):
+        shown = f"{_fmt(value(old))} -> {_fmt(value(new))}" if sym == "~" else _fmt(value(new))
+        out.append(f"{sym} {_fmt(key(k))}: {shown}")
+    rest = len(ch.added) + len(ch.changed) + len(ch.removed) - len(out)
+    if rest:
+        out.append(f"  ... and {rest} more entry changes")
+    return out
 
 
 def _paint(symbol: str, text: str, color: bool) -> str:
