@@ -192,11 +192,21 @@ _ARRAY_RE = re.compile(r"^([A-Za-z0-9_]+)\[(\d+)\]$")
 MAX_TYPE_SIZE = 1 << 16
 
 
+_parsed: dict[str, CType] = {}
+
+
 def parse_type(spec: Any) -> CType:
-    """Parse a type spec into a `CType`; raises TypeSpecError saying what was expected."""
+    """Parse a type spec into a `CType`; raises TypeSpecError saying what was expected.
+
+    CTypes are immutable, so thousands of maps with the same spec share one parse."""
+    cache_key = spec if isinstance(spec, str) else repr(spec)
+    cached = _parsed.get(cache_key)
+    if cached is not None:
+        return cached
     typ = _parse(spec)
     if typ.size == 0 or typ.size > MAX_TYPE_SIZE:
         raise TypeSpecError(f"type size must be 1..{MAX_TYPE_SIZE} bytes, got {typ.size}")
+    _parsed[cache_key] = typ
     return typ
 
 

@@ -8,6 +8,7 @@ names its map and entry; lines are filled in afterwards (see loader.resolve).
 from __future__ import annotations
 
 import json
+import re
 from functools import cache
 from pathlib import Path
 from typing import Any, Callable
@@ -49,7 +50,12 @@ def schema() -> dict[str, Any]:
 
 
 def schema_problems(src: Source) -> list[Problem]:
-    """Structure problems; entries are left to the type-aware checks (jsonschema per entry is too slow)."""
+    """Structure problems, by the JSON Schema.
+
+    Entries are left to the type-aware checks (jsonschema per entry is too slow), and
+    maps with identical definitions (thousands, at Kmesh scale) are validated once:
+    their problems are the same, reported for each name.
+    """
     from jsonschema import Draft202012Validator
 
     data = src.data
@@ -58,30 +64,41 @@ def schema_problems(src: Source) -> list[Problem]:
     if not isinstance(data, dict):
         return [Problem(src.file, (), f"a config file is a mapping with pin_root, inner_maps and outer_maps, got {type(data).__name__}")]
     shallow = dict(data)
+    sharing: dict[tuple[str, Any], list[Any]] = {}  # (section, representative name) -> every name with that definition
+    out = []
     for section in ("inner_maps", "outer_maps"):
         maps = data.get(section)
-        if isinstance(maps, dict):
-            shallow[section] = {name: {k: v for k, v in m.items() if k != "entries"} if isinstance(m, dict) else m
-                                for name, m in maps.items()}
-    out = []
+        if not isinstance(maps, dict):
+            continue
+        name_re = re.compile(schema()["properties"][section]["propertyNames"]["pattern"])
+        seen: dict[str, Any] = {}
+        for name, m in maps.items():
+            if isinstance(name, str) and not name_re.match(name):
+                out.append(Problem(src.file, (section, name), f"{name!r} is not a valid map name: use letters, digits, "
+                                   "'_' and '-' (bpffs refuses dots; no '/')", name))
+            d = {k: v for k, v in m.items() if k != "entries"} if isinstance(m, dict) else m
+            shape = json.dumps(d, sort_keys=True, default=repr)
+            rep = seen.setdefault(shape, name)
+            sharing.setdefault((section, rep), []).append(name)
+        shallow[section] = {rep: {k: v for k, v in maps[rep].items() if k != "entries"} if isinstance(maps[rep], dict) else maps[rep]
+                            for rep in seen.values()}
     for err in Draft202012Validator(schema()).iter_errors(shallow):
         path = tuple(err.absolute_path)
         if "propertyNames" in err.schema_path:
-            path += (err.instance,)  # the offending name itself
-        elif err.validator == "additionalProperties" and isinstance(err.instance, dict):
+            continue  # names are checked above, for every map
+        if err.validator == "additionalProperties" and isinstance(err.instance, dict):
             extra = [k for k in err.instance if k not in err.schema.get("properties", {})]
             path += tuple(extra[:1])  # point at the unknown key itself
         if path and path[-1] in ("key", "value") and err.validator != "additionalProperties":
             continue  # type specs get parse_type's clearer message
-        name = path[1] if len(path) > 1 and path[0] in ("inner_maps", "outer_maps") else ""
-        out.append(Problem(src.file, path, _schema_message(err), str(name)))
+        names = sharing.get(path[:2], [path[1]]) if len(path) > 1 else [""]
+        for name in names:
+            out.append(Problem(src.file, (*path[:1], name, *path[2:]) if name != "" else path, _schema_message(err), str(name)))
     return out
 
 
 def _schema_message(err: Any) -> str:
     where = "/".join(str(p) for p in err.absolute_path) or "the top level"
-    if "propertyNames" in err.schema_path:
-        return f"{err.instance!r} is not a valid map name: use letters, digits, '_' and '-' (bpffs refuses dots; no '/')"
     if len(err.absolute_path) == 2 and err.absolute_path[0] in ("inner_maps", "outer_maps"):
         where = "the map"
     if err.validator == "additionalProperties":

@@ -18,6 +18,7 @@ VERB = {
 }
 COLOUR = {"+": "32", "~": "33", "-": "31", "-/+": "35", "*": "36"}
 FOLD_AFTER = 10  # entry lines shown per map before the rest is folded into a count
+LINE_BUDGET = 200  # entry lines in a whole plan: past it, maps show counts only (--json has everything)
 
 
 def _decoder(d: MapDef | None, which: str) -> Callable[[bytes], Any]:
@@ -40,21 +41,18 @@ def _fmt(v: Any) -> str:
     return json.dumps(v, separators=(", ", ": ")) if isinstance(v, (dict, list)) else str(v)
 
 
-def _entry_lines(ch: MapChange) -> list[str]:
-    """The first FOLD_AFTER entry changes, decoded; the rest only counted (decoding a million costs seconds)."""
+def _entry_lines(ch: MapChange, limit: int) -> tuple[list[str], int]:
+    """The first `limit` entry changes, decoded; the rest only counted (decoding a million costs seconds)."""
     key = _decoder(ch.definition, "key")
     value = _decoder(ch.definition, "value") if ch.kind == "inner" else str
     changes = chain((("+", k, None, v) for k, v in ch.added.items()),
                     (("~", k, o, n) for k, (o, n) in ch.changed.items()),
                     (("-", k, None, v) for k, v in ch.removed.items()))
     out = []
-    for sym, k, old, new in islice(changes, FOLD_AFTER):
+    for sym, k, old, new in islice(changes, limit):
         shown = f"{_fmt(value(old))} -> {_fmt(value(new))}" if sym == "~" else _fmt(value(new))
         out.append(f"{sym} {_fmt(key(k))}: {shown}")
-    rest = len(ch.added) + len(ch.changed) + len(ch.removed) - len(out)
-    if rest:
-        out.append(f"  ... and {rest} more entry changes")
-    return out
+    return out, len(ch.added) + len(ch.changed) + len(ch.removed) - len(out)
 
 
 def _paint(symbol: str, text: str, color: bool) -> str:
@@ -67,6 +65,7 @@ def render_text(plan: Plan, color: bool = False) -> str:
     if not plan.has_changes:
         return plan.summary() + "\n"
     out = [f"kmesh-apply will perform the following actions in {plan.pin_root}:", ""]
+    budget = LINE_BUDGET
     for ch in plan.changes:
         sym = SYMBOL[ch.action]
         what = f"{ch.kind} map \"{ch.name}\" {VERB[ch.action]}"
@@ -78,8 +77,11 @@ def render_text(plan: Plan, color: bool = False) -> str:
         out.append(_paint(sym, f"  {sym} {what}", color))
         for r in ch.reasons:
             out.append(f"      # {r}")
-        for line in _entry_lines(ch):
-            out.append(_paint(line[0], f"      {line}", color))
+        shown, folded = _entry_lines(ch, min(FOLD_AFTER, budget))
+        budget -= len(shown)
+        out += [_paint(line[0], f"      {line}", color) for line in shown]
+        if folded:
+            out.append(f"        ... and {folded} more entry changes" if shown else f"      ({folded} entry changes)")
         out.append("")
     for w in plan.warnings:
         out.append(f"Warning: {w}")
