@@ -147,50 +147,65 @@ class _MapChecker:
                          f"{', '.join(sorted(TYPE_FLAGS.get(type_, ())))}", "flags")
         return flags
 
-    def pairs(self) -> list[tuple[Any, Any, tuple[Any, ...]]]:
-        """Entries as (key, value, path) whether written as a mapping or as a list of {key, value}."""
+    def columns(self) -> tuple[list[Any], list[Any], Callable[[int], tuple[Any, ...]]]:
+        """Entries as a key column, a value column and where entry i was written, whether given
+        as a mapping or as a list of {key, value} (columns, not rows: a million tuples cost seconds)."""
         entries = self.raw.get("entries")
         if entries is None:
-            return []
+            return [], [], lambda i: ("entries",)
         if isinstance(entries, dict):
-            return [(k, v, ("entries", k)) for k, v in entries.items()]
-        out = []
+            keys = list(entries)
+            return keys, list(entries.values()), lambda i: ("entries", keys[i])
+        keys, values, where = [], [], []
         for i, item in enumerate(entries):
             if not isinstance(item, dict) or set(item) != {"key", "value"}:
                 self.problem("a list entry is a mapping with exactly 'key' and 'value'", "entries", i, entry=f"#{i}")
                 continue
-            out.append((item["key"], item["value"], ("entries", i)))
-        return out
+            keys.append(item["key"])
+            values.append(item["value"])
+            where.append(i)
+        return keys, values, lambda i: ("entries", where[i])
 
-    def encode_all(self, pairs: list[tuple[Any, Any, tuple[Any, ...]]], key: CType, value: CType | None,
-                   value_encoder: Callable[[Any], Any] | None = None) -> dict[bytes, Any]:
+    def encode_all(self, keys: list[Any], values: list[Any], path: Callable[[int], tuple[Any, ...]], key: CType,
+                   value: CType | None, value_encoder: Callable[[Any], Any] | None = None) -> dict[bytes, Any]:
         """Encode keys and values by whole columns when they are plain integers; otherwise entry by
         entry, reporting every bad entry (up to a limit). `value_encoder` overrides `value`'s codec."""
-        enc_keys = _bulk(key, [k for k, _, _ in pairs])
-        enc_vals = _bulk(value, [v for _, v, _ in pairs]) if value is not None and value_encoder is None else None
+        enc_keys = _bulk(key, keys)
+        enc_vals = _bulk(value, values) if value is not None and value_encoder is None else None
         if enc_keys is None or enc_vals is None:
             key_enc = codecs.encoder(key)
             val_enc = value_encoder or codecs.encoder(value)  # type: ignore[arg-type]
             enc_keys, enc_vals, reported = [], [], 0
-            for k, v, path in pairs:
+            for i, (k, v) in enumerate(zip(keys, values)):
                 try:
                     enc_keys.append(key_enc(k))
                     enc_vals.append(val_enc(v))
                 except codecs.CodecError as e:
                     what = "value" if len(enc_keys) > len(enc_vals) else "key"
                     del enc_keys[len(enc_vals):]
-                    reported += self._entry_problem(reported, f"{what}: {e}", path, k)
+                    reported += self._entry_problem(reported, f"{what}: {e}", path(i), k)
             if reported:
                 return {}
         out = dict(zip(enc_keys, enc_vals))
-        if len(out) != len(pairs):
+        if len(out) != len(keys):
             seen: set[bytes] = set()
-            for ek, (k, _, path) in zip(enc_keys, pairs):
+            for i, ek in enumerate(enc_keys):
                 if ek in seen:
-                    self.problem(f"key {k!r} is given twice (after encoding)", *path, entry=str(k))
+                    self.problem(f"key {keys[i]!r} is given twice (after encoding)", *path(i), entry=str(keys[i]))
                     break
                 seen.add(ek)
         return out
+
+    def check_indexes(self, encoded: dict[bytes, Any], keys: list[Any], path: Callable[[int], tuple[Any, ...]],
+                      max_entries: int, what: str) -> None:
+        """Array keys are indexes below max_entries (encoded keys keep the order of `keys`)."""
+        if len(encoded) != len(keys):
+            return  # duplicates were reported; positions no longer line up
+        for i, ek in enumerate(encoded):
+            if int.from_bytes(ek, "little") >= max_entries:
+                self.problem(f"{what} {keys[i]} is out of range: max_entries is {max_entries} "
+                             f"(indexes 0..{max_entries - 1})", *path(i), entry=str(keys[i]))
+                return
 
     def _entry_problem(self, reported: int, message: str, path: tuple[Any, ...], key: Any) -> int:
         if reported < MAX_PROBLEMS_PER_MAP:
@@ -228,23 +243,19 @@ def check_inner(src: Source, name: str, raw: dict[str, Any], problems: list[Prob
             c.problem("an lpm_trie key is {lpm: ipv4} or {lpm: ipv6} (or key_size: N for raw bytes)", "key")
     if len(problems) > before or key is None or value is None:
         return None
-    pairs = c.pairs()
+    keys, values, path = c.columns()
     if len(problems) > before:
         return None
-    if len(pairs) > max_entries:
-        c.problem(f"{len(pairs)} entries do not fit max_entries {max_entries}", "entries")
+    if len(keys) > max_entries:
+        c.problem(f"{len(keys)} entries do not fit max_entries {max_entries}", "entries")
         return None
     if type_ in PERCPU_TYPES:
         n = ncpus()
-        entries = c.encode_all(pairs, key, None, lambda v: codecs.encode_per_cpu(value, v, n))
+        entries = c.encode_all(keys, values, path, key, None, lambda v: codecs.encode_per_cpu(value, v, n))
     else:
-        entries = c.encode_all(pairs, key, value)
+        entries = c.encode_all(keys, values, path, key, value)
     if type_ in ARRAY_TYPES:
-        for ek, (k, _, path) in zip(entries, pairs):
-            if int.from_bytes(ek, "little") >= max_entries:
-                c.problem(f"array index {k} is out of range: max_entries is {max_entries} (indexes 0..{max_entries - 1})",
-                          *path, entry=str(k))
-                break
+        c.check_indexes(entries, keys, path, max_entries, "array index")
     if len(problems) > before:
         return None
     return InnerMapSpec(name, type_, key, value, max_entries, flags, entries, Location(src.file, 0),
@@ -270,32 +281,29 @@ def check_outer(src: Source, name: str, raw: dict[str, Any], problems: list[Prob
             c.problem(f"inner_map '{template_name}' is an outer map: an outer map cannot be an inner map", "inner_map")
         elif template_name not in inner_raw:
             c.problem(f"inner_map '{template_name}' is not defined under inner_maps", "inner_map")
-    pairs = c.pairs()
-    if len(pairs) > max_entries:
-        c.problem(f"{len(pairs)} slots do not fit max_entries {max_entries}", "entries")
+    keys, values, path = c.columns()
+    if len(keys) > max_entries:
+        c.problem(f"{len(keys)} slots do not fit max_entries {max_entries}", "entries")
     if len(problems) > before or key is None or template is None:
         return None
-    for k, v, path in pairs:
+    for i, (k, v) in enumerate(zip(keys, values)):
         if not isinstance(v, str):
-            c.problem(f"slot {k}: expected the name of an inner map, got {v!r}", *path, entry=str(k))
+            c.problem(f"slot {k}: expected the name of an inner map, got {v!r}", *path(i), entry=str(k))
             continue
         if v not in inner:
             if v in outer_names:
-                c.problem(f"slot {k}: '{v}' is an outer map; a slot holds an inner map", *path, entry=str(k))
+                c.problem(f"slot {k}: '{v}' is an outer map; a slot holds an inner map", *path(i), entry=str(k))
             elif v not in inner_raw:
-                c.problem(f"slot {k}: '{v}' is not defined under inner_maps", *path, entry=str(k))
+                c.problem(f"slot {k}: '{v}' is not defined under inner_maps", *path(i), entry=str(k))
             continue
         for reason in incompatible(template, inner[v]):
             c.problem(f"slot {k}: inner map '{v}' is incompatible with the template '{template_name}': {reason} "
-                      "(the kernel refuses it)", *path, entry=str(k))
+                      "(the kernel refuses it)", *path(i), entry=str(k))
     if len(problems) > before:
         return None
-    slots = c.encode_all(pairs, key, None, lambda v: v)
+    slots = c.encode_all(keys, values, path, key, None, lambda v: v)
     if type_ == "array_of_maps":
-        for ek, (k, _, path) in zip(slots, pairs):
-            if int.from_bytes(ek, "little") >= max_entries:
-                c.problem(f"slot index {k} is out of range: max_entries is {max_entries}", *path, entry=str(k))
-                break
+        c.check_indexes(slots, keys, path, max_entries, "slot index")
     if len(problems) > before:
         return None
     return OuterMapSpec(name, type_, key, max_entries, flags, template_name, slots, Location(src.file, 0))
