@@ -1,0 +1,193 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Apache-2.0 (see the collection's galaxy.yml)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+---
+module: apply
+short_description: Make a node's pinned eBPF map-in-map state match a kmesh-apply configuration
+version_added: "0.1.0"
+description:
+  - Plans the configuration against the maps pinned under the pin root (read through bpf syscalls)
+    and performs the minimal, batched steps, as C(kmesh-apply apply) does.
+  - The configuration is the whole truth for its pin root; maps pinned there that it does not name are destroyed.
+  - Runs in-process through the kmesh_apply Python API; kmesh-apply must be installed for the node's Python interpreter.
+options:
+  src:
+    description:
+      - Path on the managed node of a config file, or of a directory of C(*.yaml)/C(*.yml) files that are merged.
+      - Exactly one of O(src) and O(config) is required when O(state=present).
+    type: path
+  config:
+    description:
+      - The configuration inline, as a mapping or as YAML text.
+    type: raw
+  pin_root:
+    description:
+      - The bpffs directory holding the maps, as C(--pin-root).
+      - Defaults to E(KMESH_PIN_ROOT), then the configuration's C(pin_root), then C(/sys/fs/bpf/kmesh).
+    type: str
+  state:
+    description:
+      - V(present) applies the configuration; V(absent) destroys every map of the pin root.
+    type: str
+    choices: [present, absent]
+    default: present
+  lock_timeout:
+    description:
+      - Seconds to wait for another apply on the same pin root.
+    type: float
+    default: 10.0
+attributes:
+  check_mode:
+    support: full
+    description: Plans only; nothing is applied.
+  diff_mode:
+    support: full
+    description: Returns the plan's text.
+requirements:
+  - kmesh-apply (the Python package) for the node's Python interpreter
+  - root on the managed node (bpf syscalls)
+author:
+  - kmesh-apply developers
+"""
+
+EXAMPLES = r"""
+- name: Deploy the service-mesh maps
+  kmesh.maps.apply:
+    src: /etc/kmesh/mesh.yaml
+
+- name: Inline configuration into its own pin root
+  kmesh.maps.apply:
+    pin_root: /sys/fs/bpf/tenant-a
+    config:
+      inner_maps:
+        backends:
+          type: hash
+          key: u32
+          value: u64
+          max_entries: 1024
+          entries: {1: 100, 2: 200}
+
+- name: What would change (check mode shows the plan with --diff)
+  kmesh.maps.apply:
+    src: /etc/kmesh/mesh.yaml
+  check_mode: true
+  diff: true
+
+- name: Remove every map of a pin root
+  kmesh.maps.apply:
+    pin_root: /sys/fs/bpf/tenant-a
+    state: absent
+"""
+
+RETURN = r"""
+plan:
+  description: The plan's counts of maps, Terraform style (a replaced map counts as one created and one destroyed).
+  returned: always
+  type: dict
+  sample: {"create": 2, "update": 1, "destroy": 0}
+summary:
+  description: The plan's closing line.
+  returned: always
+  type: str
+  sample: "Plan: 2 to create, 1 to update, 0 to destroy."
+plan_text:
+  description: The plan as C(kmesh-apply plan) prints it.
+  returned: always
+  type: str
+changes:
+  description: Per map, its name, kind (inner or outer), action and entry counts, from C(kmesh-apply plan --json).
+  returned: always
+  type: list
+  elements: dict
+pin_root:
+  description: The pin root that was planned or applied.
+  returned: always
+  type: str
+applied:
+  description: What the apply did (steps, entries written and deleted, slots set, seconds); absent in check mode.
+  returned: when changed and not in check mode
+  type: dict
+"""
+
+import traceback
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+
+try:
+    from kmesh_apply import api
+    from kmesh_apply.errors import KmeshError
+except ImportError:
+    HAS_KMESH_APPLY = False
+    IMPORT_ERROR = traceback.format_exc()
+else:
+    HAS_KMESH_APPLY = True
+    IMPORT_ERROR = None
+
+
+def _changes(plan_json):
+    """The per-map summary a play needs, without the (possibly huge) entry lists."""
+    return [
+        {"name": c["name"], "kind": c["kind"], "action": c["action"], "reasons": c["reasons"], "counts": c["counts"]}
+        for c in plan_json["changes"]
+    ]
+
+
+def run_module():
+    module = AnsibleModule(
+        argument_spec=dict(
+            src=dict(type="path"),
+            config=dict(type="raw"),
+            pin_root=dict(type="str"),
+            state=dict(type="str", default="present", choices=["present", "absent"]),
+            lock_timeout=dict(type="float", default=10.0),
+        ),
+        mutually_exclusive=[["src", "config"]],
+        required_if=[["state", "present", ["src", "config"], True]],
+        supports_check_mode=True,
+    )
+    if not HAS_KMESH_APPLY:
+        module.fail_json(msg=missing_required_lib("kmesh-apply", reason="to manage eBPF maps; install it for "
+                                                  "the interpreter in ansible_python_interpreter"),
+                         exception=IMPORT_ERROR)
+    p = module.params
+    try:
+        if p["state"] == "present":
+            config = api.load_config([p["src"]]) if p["src"] else api.load_config(inline=p["config"])
+            pin_root = api.resolve_pin_root(p["pin_root"], config)
+            plan = api.plan(config, pin_root)
+        else:
+            pin_root = api.resolve_pin_root(p["pin_root"])
+            plan = api.plan_destroy(pin_root)
+        text = api.render_text(plan)
+        result = dict(
+            changed=plan.has_changes,
+            plan=plan.counts,
+            summary=plan.summary(),
+            plan_text=text,
+            changes=_changes(api.render_json(plan)),
+            pin_root=pin_root,
+        )
+        if module._diff:
+            result["diff"] = {"prepared": text}
+        if plan.has_changes and not module.check_mode:
+            report = api.apply(plan, lock_timeout=p["lock_timeout"])
+            result["applied"] = dict(steps=report.steps, entries_written=report.entries_written,
+                                     entries_deleted=report.entries_deleted, slots_set=report.slots_set,
+                                     seconds=round(report.seconds, 3))
+    except KmeshError as e:
+        module.fail_json(msg=str(e))
+    module.exit_json(**result)
+
+
+def main():
+    run_module()
+
+
+if __name__ == "__main__":
+    main()
