@@ -139,3 +139,16 @@ def test_example_playbook_and_role(tmp_path: Path, pin_root: Path, bpftool):
     assert again.returncode == 0 and "No changes" in again.stdout, again.stdout
     gone = subprocess.run(cmd + ["-e", "kmesh_state=absent"], capture_output=True, text=True, env=env)
     assert gone.returncode == 0 and list(pin_root.iterdir()) == []
+
+
+def test_missing_kmesh_apply_is_a_clear_failure(tmp_path: Path):
+    """On a node whose interpreter lacks kmesh_apply (here: the system Python) the module says what to install."""
+    if not Path("/usr/bin/python3").exists():
+        pytest.skip("no system Python to stand for a bare node")
+    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(REPO), ANSIBLE_LOCAL_TEMP=str(tmp_path / "tmp"),
+               ANSIBLE_HOME=str(tmp_path / "home"), ANSIBLE_NOCOLOR="1")
+    res = subprocess.run([str(Path(sys.executable).parent / "ansible"), "localhost", "-c", "local", "-e",
+                          "ansible_python_interpreter=/usr/bin/python3", "-m", "kmesh.maps.apply", "-a",
+                          "pin_root=/sys/fs/bpf/kmesh-absent-node state=absent"], capture_output=True, text=True, env=env)
+    assert res.returncode != 0
+    assert "Failed to import the required Python library (kmesh-apply)" in res.stdout + res.stderr
