@@ -80,6 +80,8 @@ class ApplyError(KmeshError):
         self.applied = applied
         self.not_applied = not_applied
         lines = [str(cause)]
+        if not_applied:
+            lines.append(f"failed step: {not_applied[0]}")
         lines.append(f"applied {len(applied)} step(s) before the failure" + (":" if applied else "."))
         lines += [f"  done: {s}" for s in applied]
         if not_applied:

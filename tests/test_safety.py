@@ -228,3 +228,31 @@ def test_stale_saved_plan_is_refused(pin_root: Path, tmp_path: Path):
     cli("apply", str(saved), root=pin_root)
     assert clean(three, pin_root)
     assert json.loads(saved.read_text())["format"] == 1
+
+
+def test_kernel_refusal_mid_apply_reports_and_converges(pin_root: Path, tmp_path: Path):
+    """The kernel refuses per-CPU values over 32 KiB at creation, after an earlier map was applied."""
+    text = """
+inner_maps:
+  a-first:
+    type: hash
+    key: u32
+    value: u64
+    max_entries: 4
+    entries: {1: 1}
+  b-stats:
+    type: percpu_hash
+    key: u32
+    value_size: {size}
+    max_entries: 4
+"""
+    bad = write(tmp_path, "bad.yaml", text.replace("{size}", "40000"))
+    res = cli("apply", str(bad), "--auto-approve", root=pin_root, check=1)
+    assert "create map on b_stats failed" in res.stderr and "errno 7" in res.stderr and "32 KiB" in res.stderr
+    assert "failed step: create percpu_hash map 'b-stats'" in res.stderr
+    assert "applied 2 step(s)" in res.stderr and "done: create hash map 'a-first'" in res.stderr
+    assert "skipped: create percpu_hash map 'b-stats'" in res.stderr
+    assert {p.name for p in pin_root.iterdir()} == {"a-first"}
+    good = write(tmp_path, "good.yaml", text.replace("{size}", "64"))
+    cli("apply", str(good), "--auto-approve", root=pin_root)
+    assert clean(good, pin_root)

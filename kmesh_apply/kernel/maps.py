@@ -522,6 +522,11 @@ class _BatchRefused(Exception):
 
 
 def _create_hint(err: int, type_name: str, flags: int, key_size: int) -> str:
+    if err == E.E2BIG:
+        return ("a key or value is too large for this map type (per-CPU values are limited to 32 KiB), "
+                "or max_entries is too large")
+    if err == E.ENOMEM:
+        return "the kernel could not allocate the map: lower max_entries, or use flag no_prealloc for hash maps"
     if err != E.EINVAL:
         return ""
     if type_name == "lpm_trie" and not flags & MAP_FLAGS["no_prealloc"]:
