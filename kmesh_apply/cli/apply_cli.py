@@ -14,18 +14,13 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from kmesh_apply.cli.common import PinRootOption, fail, run
+from kmesh_apply.cli.common import PinRootOption, fail, make_app, run
 
 if TYPE_CHECKING:
     from kmesh_apply.plan.model import Plan
 
-app = typer.Typer(
-    name="kmesh-apply",
-    help="Declarative manager for eBPF map-in-map state: plan and apply YAML against the pinned maps of a pin root.",
-    no_args_is_help=True,
-    add_completion=False,
-    rich_markup_mode=None,
-)
+app = make_app("kmesh-apply", "Declarative manager for eBPF map-in-map state: plan and apply YAML against the "
+                              "pinned maps of a pin root.")
 
 Files = Annotated[list[Path], typer.Argument(help="Config files, or directories of *.yaml/*.yml, merged.", show_default=False)]
 AutoApprove = Annotated[bool, typer.Option("--auto-approve", help="Do not ask for confirmation.")]

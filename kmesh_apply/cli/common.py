@@ -18,6 +18,12 @@ PinRootOption = Annotated[
 ]
 
 
+def make_app(name: str, help: str) -> typer.Typer:
+    """A typer app with the settings both command lines share (plain help, no completion, no pretty tracebacks)."""
+    return typer.Typer(name=name, help=help, no_args_is_help=True, add_completion=False, rich_markup_mode=None,
+                       pretty_exceptions_enable=False)
+
+
 def fail(message: str) -> NoReturn:
     """Stop the command with a one-line (or multi-line, for many diagnostics) error and exit 1."""
     raise typer.Exit(_print_error(message))

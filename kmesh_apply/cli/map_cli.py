@@ -19,21 +19,14 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
-from kmesh_apply.cli.common import PinRootOption, run
+from kmesh_apply.cli.common import PinRootOption, make_app, run
 from kmesh_apply.errors import KmeshError
 
 if TYPE_CHECKING:
     from kmesh_apply.kernel.maps import Map
     from kmesh_apply.manager import MapInMapManager
 
-app = typer.Typer(
-    name="kmesh",
-    help="Imperative tools for eBPF map-in-map state (see also kmesh-apply).",
-    no_args_is_help=True,
-    add_completion=False,
-    rich_markup_mode=None,
-    pretty_exceptions_enable=False,
-)
+app = make_app("kmesh", "Imperative tools for eBPF map-in-map state (see also kmesh-apply).")
 map_app = typer.Typer(
     help="Create, fill and inspect outer and inner maps by kernel map ID.",
     no_args_is_help=True,
