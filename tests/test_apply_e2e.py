@@ -188,3 +188,26 @@ def test_bad_input_changes_nothing(pin_root: Path, tmp_path: Path, bpftool, rule
     assert f"{bad}:{line}:" in res.stderr, res.stderr
     assert res.stderr.startswith("error:")
     assert live_dump(bpftool, pin_root) == before
+
+
+@pytest.mark.parametrize("example", ["percpu", "multi"])
+def test_other_examples_round_trip(pin_root: Path, tmp_path: Path, bpftool, example: str):
+    kmesh_apply("apply", str(REPO / "examples" / example), "--auto-approve", root=pin_root)
+    kmesh_apply("plan", str(REPO / "examples" / example), "--detailed-exitcode", root=pin_root)
+    shown = tmp_path / "shown.yaml"
+    shown.write_text(kmesh_apply("show", root=pin_root).stdout)
+    kmesh_apply("plan", str(shown), "--detailed-exitcode", root=pin_root)
+    if example == "percpu":
+        # One value written for every CPU: bpftool sees it on each of them.
+        (entry,) = [e for e in dump(bpftool, pin_root / "drop-reasons") if raw(e["key"]) == (3).to_bytes(4, "little")]
+        assert {raw(v["value"]) for v in entry["values"]} == {(7).to_bytes(8, "little")}
+    kmesh_apply("destroy", "--auto-approve", root=pin_root)
+    assert list(pin_root.iterdir()) == []
+
+
+def test_help_is_fast_and_lists_the_commands():
+    res = run_cli("kmesh-apply", "--help")
+    for cmd in ("validate", "plan", "apply", "show", "destroy", "schema"):
+        assert cmd in res.stdout
+    schema = json.loads(run_cli("kmesh-apply", "schema").stdout)
+    assert schema["$schema"].endswith("2020-12/schema")
