@@ -1,6 +1,8 @@
 #!/usr/bin/python
 # -*- coding: utf-8 -*-
-# Apache-2.0 (see the collection's galaxy.yml)
+# Copyright: kmesh-apply developers
+# Apache License 2.0 (see https://www.apache.org/licenses/LICENSE-2.0); a module of a non-GPL collection,
+# so tests/sanity/ignore-*.txt waives ansible-test's GPLv3 header check for it.
 
 from __future__ import absolute_import, division, print_function
 
@@ -53,7 +55,7 @@ requirements:
   - kmesh-apply (the Python package) for the node's Python interpreter
   - root on the managed node (bpf syscalls)
 author:
-  - kmesh-apply developers
+  - kmesh-apply developers (@kmesh-apply)
 """
 
 EXAMPLES = r"""
