@@ -262,3 +262,8 @@ def _parse(spec: Any) -> CType:
         raise TypeSpecError(f"unknown type {spec!r}: a mapping type is {{lpm: ...}} or {{struct: [...], packed: bool}}")
     raise TypeSpecError(f"a type is a name or a mapping, got {spec!r}")
 
+
+
+def type_or_raw(spec: Any, size: int) -> CType:
+    """The type a spec names, or raw bytes of `size` when there is no spec (a map without BTF, `key_size: N`)."""
+    return parse_type(spec) if spec is not None else Raw(size)

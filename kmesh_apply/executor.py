@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from kmesh_apply.ctype import CType, Raw, parse_type
+from kmesh_apply.ctype import type_or_raw
 from kmesh_apply.errors import ApplyError, KmeshError
 from kmesh_apply.kernel.maps import Map
 from kmesh_apply.plan.model import CreateMap, MapDef, MovePin, Plan, RemovePin, SetSlots, Step, WriteEntries
@@ -35,10 +35,6 @@ class ApplyReport:
 def kernel_name(name: str) -> str:
     """The kernel object name: at most 15 of [A-Za-z0-9_.] (bpftool shows it; the pin carries the full name)."""
     return re.sub(r"[^A-Za-z0-9_.]", "_", name)[:15]
-
-
-def _ctype(spec: object, size: int) -> CType:
-    return parse_type(spec) if spec is not None else Raw(size)
 
 
 class Executor:
@@ -119,8 +115,8 @@ class Executor:
         path = self.root / step.pin
         path.parent.mkdir(exist_ok=True)
         template = self._map(step.template) if step.template else None
-        key_type = _ctype(d.key_type, d.key_size)
-        value_type = None if d.is_outer else _ctype(d.value_type, d.value_size)
+        key_type = type_or_raw(d.key_type, d.key_size)
+        value_type = None if d.is_outer else type_or_raw(d.value_type, d.value_size)
         m = Map.create(d.type, d.key_size, d.value_size, d.max_entries, name=kernel_name(d.name), flags=d.flags,
                        inner_map=template, key_type=key_type, value_type=value_type)
         try:

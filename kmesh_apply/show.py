@@ -11,12 +11,9 @@ from __future__ import annotations
 from typing import Any
 
 from kmesh_apply.config import codecs
-from kmesh_apply.ctype import CType, Raw, parse_type
+from kmesh_apply.config.model import ARRAY_TYPES, PERCPU_TYPES
+from kmesh_apply.ctype import CType, Raw, parse_type, type_or_raw
 from kmesh_apply.state import LiveMap, LiveState
-
-
-def _type_of(spec: Any, size: int) -> CType:
-    return parse_type(spec) if spec is not None else Raw(size)
 
 
 def _type_fields(doc: dict[str, Any], which: str, typ: CType) -> None:
@@ -39,21 +36,17 @@ def _entries(pairs: list[tuple[Any, Any]]) -> Any:
 
 
 def _inner(m: LiveMap) -> dict[str, Any]:
-    key = _type_of(m.key_type, m.key_size)
-    value = _type_of(m.value_type, m.value_size)
+    key = type_or_raw(m.key_type, m.key_size)
+    value = type_or_raw(m.value_type, m.value_size)
     doc: dict[str, Any] = {"type": m.type}
     _type_fields(doc, "key", key)
     _type_fields(doc, "value", value)
     doc["max_entries"] = m.max_entries
     if m.flags:
         doc["flags"] = list(m.flags)
-    if "percpu" in m.type:
-        stride = (value.size + 7) // 8 * 8
-        decode = lambda b: codecs.decode_per_cpu(value, b, len(b) // stride)  # noqa: E731
-    else:
-        decode = lambda b: codecs.decode(value, b)  # noqa: E731
+    decode = codecs.value_decoder(value, m.type in PERCPU_TYPES)
     items = list(m.entries.items())
-    if m.type in ("array", "percpu_array"):
+    if m.type in ARRAY_TYPES:
         items = [(k, v) for k, v in items if v.count(0) != len(v)]  # unnamed array slots are zero
     if items:
         doc["entries"] = _entries([(codecs.decode(key, k), decode(v)) for k, v in items])

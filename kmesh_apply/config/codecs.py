@@ -378,3 +378,11 @@ def decode_per_cpu(typ: CType, data: bytes, ncpus: int) -> Any:
     if all(c == chunks[0] for c in chunks):
         return dec(chunks[0])
     return {PER_CPU: [dec(c) for c in chunks]}
+
+
+def value_decoder(typ: CType, per_cpu: bool) -> Callable[[bytes], Any]:
+    """Decode values as the kernel hands them back: a per-CPU buffer holds one padded value per CPU."""
+    if not per_cpu:
+        return lambda data: decode(typ, data)
+    stride = per_cpu_stride(typ)
+    return lambda data: decode_per_cpu(typ, data, len(data) // stride)

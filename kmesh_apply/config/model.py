@@ -20,6 +20,9 @@ OUTER_ALIASES = {"array": "array_of_maps", "hash": "hash_of_maps"}
 # "swap" builds a new map aside and switches the slots at once (consistent for readers),
 # "in_place" writes the live map (cheaper, readers may see a half-done change).
 UPDATE_STRATEGIES = ("swap", "in_place")
+# Inner map types whose every index exists (unnamed ones hold zeroes), and those with a value per CPU.
+ARRAY_TYPES = ("array", "percpu_array")
+PERCPU_TYPES = ("percpu_hash", "percpu_array", "lru_percpu_hash")
 DEFAULT_PIN_ROOT = "/sys/fs/bpf/kmesh"
 
 

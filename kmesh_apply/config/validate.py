@@ -16,18 +16,19 @@ from typing import Any, Callable
 from kmesh_apply.config import codecs
 from kmesh_apply.config.loader import Problem, Source
 from kmesh_apply.config.model import (
+    ARRAY_TYPES,
     OUTER_ALIASES,
+    PERCPU_TYPES,
     Config,
     InnerMapSpec,
     Location,
     OuterMapSpec,
 )
 from kmesh_apply.ctype import CType, Int, Lpm, Raw, TypeSpecError, parse_type
+from kmesh_apply.state import STAGING_DIR
 
 SCHEMA_FILE = Path(__file__).with_name("config-v1.schema.json")
-RESERVED_NAMES = ("_kmesh_staging",)
-ARRAY_TYPES = ("array", "percpu_array")
-PERCPU_TYPES = ("percpu_hash", "percpu_array", "lru_percpu_hash")
+RESERVED_NAMES = (STAGING_DIR,)
 ACCESS_FLAGS = {"rdonly", "wronly", "rdonly_prog", "wronly_prog", "numa_node"}
 # The flags each map type's kernel code accepts at creation.
 TYPE_FLAGS = {

@@ -15,11 +15,10 @@ through a slot sees either the whole old inner map or the whole new one.
 
 from __future__ import annotations
 
-from kmesh_apply.config.model import Config, InnerMapSpec, OuterMapSpec
+from kmesh_apply.config.model import ARRAY_TYPES, Config, InnerMapSpec, OuterMapSpec
 from kmesh_apply.plan.model import CreateMap, MapChange, MapDef, MovePin, Plan, RemovePin, SetSlots, Step, WriteEntries
 from kmesh_apply.state import STAGING_DIR, LiveMap, LiveState
 
-ARRAY_TYPES = ("array", "percpu_array")
 FIXED_PROPERTIES = ("type", "key_size", "value_size", "max_entries", "flags")
 
 

@@ -6,6 +6,7 @@ import json
 from itertools import chain, islice
 from typing import Any, Callable
 
+from kmesh_apply.config.model import PERCPU_TYPES
 from kmesh_apply.plan.model import MapChange, MapDef, Plan
 
 SYMBOL = {"create": "+", "update": "~", "replace": "-/+", "destroy": "-", "recover": "*"}
@@ -26,14 +27,11 @@ def _decoder(d: MapDef | None, which: str) -> Callable[[bytes], Any]:
     if d is None:
         return lambda b: b.hex() if isinstance(b, bytes) else b
     from kmesh_apply.config import codecs
-    from kmesh_apply.ctype import Raw, parse_type
+    from kmesh_apply.ctype import type_or_raw
 
-    spec = getattr(d, f"{which}_type")
-    size = d.key_size if which == "key" else d.value_size
-    typ = parse_type(spec) if spec is not None else Raw(size)
-    if which == "value" and "percpu" in d.type:
-        stride = (typ.size + 7) // 8 * 8
-        return lambda b: codecs.decode_per_cpu(typ, b, len(b) // stride)
+    typ = type_or_raw(getattr(d, f"{which}_type"), d.key_size if which == "key" else d.value_size)
+    if which == "value":
+        return codecs.value_decoder(typ, d.type in PERCPU_TYPES)
     return lambda b: codecs.decode(typ, b)
 
 
