@@ -96,9 +96,9 @@ def _checked_int(typ: Int | Raw, value: Any, expected: str) -> bytes:
     return struct.pack(_int_format(typ), n)
 
 
-def _int_encoder(typ: Int) -> Encoder:
+def _with_int_fast_path(typ: Int | Raw, slow: Encoder) -> Encoder:
+    """A plain int in range packs straight away; anything else takes `slow` (which explains errors)."""
     pack = struct.Struct(_int_format(typ)).pack
-    expected = _int_expected(typ)
 
     def enc(value: Any) -> bytes:
         if value.__class__ is int:
@@ -106,8 +106,13 @@ def _int_encoder(typ: Int) -> Encoder:
                 return pack(value)
             except struct.error:
                 pass
-        return _checked_int(typ, value, expected)
+        return slow(value)
     return enc
+
+
+def _int_encoder(typ: Int) -> Encoder:
+    expected = _int_expected(typ)
+    return _with_int_fast_path(typ, lambda value: _checked_int(typ, value, expected))
 
 
 def _hex_bytes(value: Any, size: int, expected: str) -> bytes:
@@ -121,20 +126,14 @@ def _raw_encoder(typ: Raw) -> Encoder:
     if typ.size not in _INT_CODES:
         expected = f"a hex string of {2 * typ.size} digits"
         return lambda value: _hex_bytes(value, typ.size, expected)
-    pack = struct.Struct(_int_format(typ)).pack
     lo, hi = _int_range(typ)
     expected = f"an integer {lo}..{hi} or a hex string of {2 * typ.size} digits"
 
-    def enc(value: Any) -> bytes:
-        if value.__class__ is int:
-            try:
-                return pack(value)
-            except struct.error:
-                pass
-        elif isinstance(value, str):
+    def slow(value: Any) -> bytes:
+        if isinstance(value, str):
             return _hex_bytes(value, typ.size, expected)
         raise _fail(expected, value)
-    return enc
+    return _with_int_fast_path(typ, slow)
 
 
 def encode_ints(typ: Int | Raw, values: list[Any]) -> bytes:
