@@ -1,19 +1,23 @@
-"""The kmesh.maps collection under a real ansible-playbook: three local hosts, each with its own pin root."""
+"""The kmesh.maps collection under a real ansible-playbook (three local hosts, each with its own pin root),
+and the example CI drift job's steps run as a runner would run them."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
-from conftest import REPO, _unique_root
+from conftest import REPO, _unique_root, bpftool_json
 
 HOSTS = ("node1", "node2", "node3")
+VENV_BIN = Path(sys.executable).parent
 
 CONFIG = """
 inner_maps:
@@ -54,14 +58,38 @@ PLAYBOOK = """
 """
 
 
+def ansible(tool: str, *args: str, tmp_path: Path, collections: Path = REPO) -> subprocess.CompletedProcess:
+    """Run an ansible-core command from the venv with every scratch directory under tmp_path."""
+    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(collections), ANSIBLE_HOME=str(tmp_path / "home"),
+               ANSIBLE_LOCAL_TEMP=str(tmp_path / "tmp"), ANSIBLE_REMOTE_TEMP=str(tmp_path / "remote-tmp"),
+               ANSIBLE_NOCOLOR="1", ANSIBLE_DEPRECATION_WARNINGS="0")
+    return subprocess.run([str(VENV_BIN / tool), *args], capture_output=True, text=True, env=env)
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The collection built with ansible-galaxy and installed into a scratch collections path."""
+    tmp = tmp_path_factory.mktemp("galaxy")
+    built = ansible("ansible-galaxy", "collection", "build", str(REPO / "ansible_collections/kmesh/maps"),
+                    "--output-path", str(tmp), tmp_path=tmp)
+    assert built.returncode == 0, built.stdout + built.stderr
+    target = tmp / "collections"
+    done = ansible("ansible-galaxy", "collection", "install", str(tmp / "kmesh-maps-0.1.0.tar.gz"),
+                   "-p", str(target), tmp_path=tmp, collections=target)
+    assert (target / "ansible_collections/kmesh/maps/plugins/modules/apply.py").is_file(), done.stdout + done.stderr
+    return target
+
+
 @pytest.fixture
 def roots():
+    """One fresh pin root per host, all removed afterwards even when the test fails."""
     with contextlib.ExitStack() as stack:
         yield {h: stack.enter_context(_unique_root(f"ansible-{h}")) for h in HOSTS}
 
 
 @pytest.fixture
-def play(tmp_path: Path, roots):
+def play(tmp_path: Path, roots, installed: Path):
+    """Run the playbook over the three hosts with the given configs; return each host's module result."""
     configs = tmp_path / "configs"
     configs.mkdir()
     out = tmp_path / "out"
@@ -76,10 +104,8 @@ def play(tmp_path: Path, roots):
     def run(*extra: str, configs_by_host: dict[str, str] | None = None) -> dict[str, dict]:
         for h in HOSTS:
             (configs / f"{h}.yaml").write_text((configs_by_host or {}).get(h, CONFIG.format(value=10)))
-        env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(REPO), ANSIBLE_LOCAL_TEMP=str(tmp_path / "tmp"),
-                   ANSIBLE_HOME=str(tmp_path / "home"), ANSIBLE_NOCOLOR="1", ANSIBLE_DEPRECATION_WARNINGS="0")
-        res = subprocess.run([str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(inventory),
-                              str(playbook), *extra], capture_output=True, text=True, env=env)
+        res = ansible("ansible-playbook", "-i", str(inventory), str(playbook), *extra, tmp_path=tmp_path,
+                      collections=installed)
         assert "PLAY RECAP" in res.stdout, res.stdout + res.stderr
         return {h: json.loads((out / f"{h}.json").read_text()) for h in HOSTS}
 
@@ -87,68 +113,114 @@ def play(tmp_path: Path, roots):
 
 
 def dump(root: Path, name: str) -> list:
-    out = subprocess.run(["bpftool", "-j", "map", "dump", "pinned", str(root / name)], check=True,
-                         capture_output=True, text=True).stdout
-    return json.loads(out)
+    return bpftool_json("map", "dump", "pinned", str(root / name))
 
 
-def test_playbook_converges_checks_and_destroys(play, roots):
+def backends(root: Path) -> dict[int, int]:
+    """The inner map's entries as bpftool decodes them (from the BTF kmesh-apply attaches)."""
+    return {e["formatted"]["key"]: e["formatted"]["value"] for e in dump(root, "backends")}
+
+
+def test_playbook_converges_checks_and_destroys(play, roots, bpftool):
     first = play()
     for h in HOSTS:
         assert first[h]["changed"] is True and not first[h].get("failed"), first[h]
         assert first[h]["plan"] == {"create": 2, "update": 0, "destroy": 0}
-        assert {p.name for p in roots[h].iterdir()} == {"backends", "services"}
-        assert len(dump(roots[h], "backends")) == 2
+        assert bpftool("map", "show", "pinned", str(roots[h] / "backends"))["type"] == "hash"
+        assert bpftool("map", "show", "pinned", str(roots[h] / "services"))["type"] == "array_of_maps"
+        assert backends(roots[h]) == {1: 10, 2: 20}
+        assert len(dump(roots[h], "services")) == 1
 
     second = play()
-    assert all(second[h]["changed"] is False for h in HOSTS), second
+    assert all(second[h]["changed"] is False and second[h]["plan"] == {"create": 0, "update": 0, "destroy": 0}
+               for h in HOSTS), second
 
-    before = {h: dump(roots[h], "backends") for h in HOSTS}
+    before = {h: (dump(roots[h], "backends"), dump(roots[h], "services")) for h in HOSTS}
     edited = {h: CONFIG.format(value=11) for h in HOSTS}
     checked = play("--check", "--diff", configs_by_host=edited)
     for h in HOSTS:
         assert checked[h]["changed"] is True and checked[h]["plan"] == {"create": 0, "update": 1, "destroy": 0}
         assert "~ 1: 10 -> 11" in checked[h]["diff"]["prepared"]
         assert "applied" not in checked[h]
-    assert {h: dump(roots[h], "backends") for h in HOSTS} == before  # check mode changed nothing
+    assert {h: (dump(roots[h], "backends"), dump(roots[h], "services")) for h in HOSTS} == before
 
     bad = dict(edited, node2=CONFIG.format(value=11).replace("max_entries: 16", "max_entries: 16\n    colour: red"))
     mixed = play(configs_by_host=bad)
     assert mixed["node2"]["failed"] is True
     assert "node2.yaml:8:" in mixed["node2"]["msg"] and "colour" in mixed["node2"]["msg"]
-    assert mixed["node1"]["changed"] is True and not mixed["node1"].get("failed")
-    assert mixed["node3"]["changed"] is True and not mixed["node3"].get("failed")
-    assert dump(roots["node2"], "backends") == before["node2"]
+    for h in ("node1", "node3"):
+        assert mixed[h]["changed"] is True and not mixed[h].get("failed"), mixed[h]
+        assert mixed[h]["applied"]["entries_written"] == 1
+        assert backends(roots[h]) == {1: 11, 2: 20}
+    assert dump(roots["node2"], "backends") == before["node2"][0]
 
     gone = play("-e", "kmesh_state=absent", "--limit", "node1", configs_by_host=edited)
     assert gone["node1"]["changed"] is True and gone["node1"]["plan"]["destroy"] == 2
     assert list(roots["node1"].iterdir()) == []
-    assert {p.name for p in roots["node3"].iterdir()} == {"backends", "services"}
+    for h in ("node2", "node3"):
+        assert {p.name for p in roots[h].iterdir()} == {"backends", "services"}
 
 
 def test_example_playbook_and_role(tmp_path: Path, pin_root: Path, bpftool):
-    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(REPO), ANSIBLE_LOCAL_TEMP=str(tmp_path / "tmp"),
-               ANSIBLE_HOME=str(tmp_path / "home"), ANSIBLE_NOCOLOR="1")
-    cmd = [str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(REPO / "examples/ansible/inventory.ini"),
-           str(REPO / "examples/ansible/site.yml"), "--limit", "node1", "-e", f"ansible_python_interpreter={sys.executable}",
+    """examples/ansible as shipped, straight from the checkout (ANSIBLE_COLLECTIONS_PATH=<repository root>)."""
+    cmd = ["-i", str(REPO / "examples/ansible/inventory.ini"), str(REPO / "examples/ansible/site.yml"),
+           "--limit", "node1", "-e", f"ansible_python_interpreter={sys.executable}",
            "-e", f"kmesh_pin_root={pin_root}", "-e", f"kmesh_config_dir={tmp_path / 'etc'}"]
-    first = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    first = ansible("ansible-playbook", *cmd, tmp_path=tmp_path)
     assert first.returncode == 0 and "Plan: 5 to create" in first.stdout, first.stdout + first.stderr
-    assert {p.name for p in pin_root.iterdir()} == {"backends-api", "backends-web", "counters", "routes", "services"}
-    again = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    names = {"backends-api", "backends-web", "counters", "routes", "services"}
+    assert {p.name for p in pin_root.iterdir()} == names
+    assert bpftool("map", "show", "pinned", str(pin_root / "services"))["type"] == "hash_of_maps"
+    again = ansible("ansible-playbook", *cmd, tmp_path=tmp_path)
     assert again.returncode == 0 and "No changes" in again.stdout, again.stdout
-    gone = subprocess.run(cmd + ["-e", "kmesh_state=absent"], capture_output=True, text=True, env=env)
-    assert gone.returncode == 0 and list(pin_root.iterdir()) == []
+    gone = ansible("ansible-playbook", *cmd, "-e", "kmesh_state=absent", tmp_path=tmp_path)
+    assert gone.returncode == 0 and list(pin_root.iterdir()) == [], gone.stdout
 
 
 def test_missing_kmesh_apply_is_a_clear_failure(tmp_path: Path):
     """On a node whose interpreter lacks kmesh_apply (here: the system Python) the module says what to install."""
     if not Path("/usr/bin/python3").exists():
         pytest.skip("no system Python to stand for a bare node")
-    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(REPO), ANSIBLE_LOCAL_TEMP=str(tmp_path / "tmp"),
-               ANSIBLE_HOME=str(tmp_path / "home"), ANSIBLE_NOCOLOR="1")
-    res = subprocess.run([str(Path(sys.executable).parent / "ansible"), "localhost", "-c", "local", "-e",
-                          "ansible_python_interpreter=/usr/bin/python3", "-m", "kmesh.maps.apply", "-a",
-                          "pin_root=/sys/fs/bpf/kmesh-absent-node state=absent"], capture_output=True, text=True, env=env)
+    res = ansible("ansible", "localhost", "-c", "local", "-e", "ansible_python_interpreter=/usr/bin/python3",
+                  "-m", "kmesh.maps.apply", "-a", "pin_root=/sys/fs/bpf/kmesh-absent-node state=absent",
+                  tmp_path=tmp_path)
     assert res.returncode != 0
     assert "Failed to import the required Python library (kmesh-apply)" in res.stdout + res.stderr
+
+
+def ci_steps() -> dict[str, dict]:
+    """The example drift job's steps, by name."""
+    workflow = yaml.safe_load((REPO / "examples/ci/drift-check.yml").read_text())
+    return {s["name"]: s for s in workflow["jobs"]["drift"]["steps"] if "name" in s}
+
+
+def test_ci_drift_job_fails_on_drift_and_summarises(tmp_path: Path, pin_root: Path):
+    """Run the workflow's shell steps in order, as a runner would, before and after an apply."""
+    shutil.copytree(REPO / "examples/mesh", tmp_path / "maps")
+    steps = ci_steps()
+
+    def job() -> tuple[str, str, int]:
+        """Run the job; return its log, its job summary and the exit code of the drift gate."""
+        output, summary = tmp_path / "output", tmp_path / "summary.md"
+        output.write_text("")
+        summary.write_text("")
+        env = dict(os.environ, PATH=f"{VENV_BIN}:{os.environ['PATH']}", KMESH_PIN_ROOT=str(pin_root),
+                   GITHUB_OUTPUT=str(output), GITHUB_STEP_SUMMARY=str(summary))
+        log, gate = "", 0
+        for name in ("Validate the configuration (offline)", "Plan against the live maps", "Post a summary"):
+            res = subprocess.run(["bash", "-e", "-c", steps[name]["run"]], cwd=tmp_path, env=env,
+                                 capture_output=True, text=True)
+            assert res.returncode == 0, (name, res.stdout, res.stderr)
+            log += res.stdout
+        if output.read_text().strip() == "exitcode=2":
+            gate = subprocess.run(["bash", "-e", "-c", steps["Fail on drift"]["run"]], capture_output=True).returncode
+        return log, summary.read_text(), gate
+
+    log, summary, gate = job()
+    assert gate == 1 and "Plan: 5 to create, 0 to update, 0 to destroy." in log and 'outer map "services" will be created' in log
+    assert "| services | outer | create | 2 | 0 | 0 |" in summary
+
+    assert subprocess.run([str(VENV_BIN / "kmesh-apply"), "apply", str(tmp_path / "maps"), "--auto-approve",
+                           "--pin-root", str(pin_root)], capture_output=True).returncode == 0
+    log, summary, gate = job()
+    assert gate == 0 and "No changes" in summary and "| map |" not in summary
