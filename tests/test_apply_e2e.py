@@ -211,3 +211,18 @@ def test_help_is_fast_and_lists_the_commands():
         assert cmd in res.stdout
     schema = json.loads(run_cli("kmesh-apply", "schema").stdout)
     assert schema["$schema"].endswith("2020-12/schema")
+
+
+def test_apply_without_a_terminal_refuses_to_prompt(pin_root: Path):
+    res = kmesh_apply("apply", str(MESH), root=pin_root, check=1)
+    assert "refusing to apply without confirmation" in res.stderr and "--auto-approve" in res.stderr
+    assert not pin_root.exists() or list(pin_root.iterdir()) == []
+
+
+def test_saved_plan_for_another_pin_root_is_refused(pin_root: Path, tmp_path: Path):
+    saved = tmp_path / "mesh.plan"
+    kmesh_apply("plan", str(MESH), "--out", str(saved), root=pin_root)
+    res = run_cli("kmesh-apply", "apply", str(saved), "--pin-root", str(pin_root) + "-other")
+    assert res.returncode == 1 and "the saved plan is for pin root" in res.stderr
+    kmesh_apply("apply", str(saved), root=pin_root)
+    kmesh_apply("plan", str(MESH), "--detailed-exitcode", root=pin_root)
