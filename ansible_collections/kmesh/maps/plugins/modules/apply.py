@@ -23,6 +23,7 @@ options:
     description:
       - Path on the managed node of a config file, or of a directory of C(*.yaml)/C(*.yml) files that are merged.
       - Exactly one of O(src) and O(config) is required when O(state=present).
+      - With O(state=absent) a configuration is optional and only supplies its C(pin_root).
     type: path
   config:
     description:
@@ -35,7 +36,8 @@ options:
     type: str
   state:
     description:
-      - V(present) applies the configuration; V(absent) destroys every map of the pin root.
+      - V(present) applies the configuration; V(absent) destroys every map of the pin root
+        (the pin root of O(src) or O(config) when one is given and O(pin_root) is not).
     type: str
     choices: [present, absent]
     default: present
@@ -140,6 +142,16 @@ def _changes(plan_json):
     ]
 
 
+def _load(params):
+    """The configuration given by src or config, or None; with state=absent it only names the pin root,
+    so that destroying with the same arguments as applying removes the same maps."""
+    if params["src"]:
+        return api.load_config([params["src"]])
+    if params["config"] is not None:
+        return api.load_config(inline=params["config"])
+    return None
+
+
 def run_module():
     module = AnsibleModule(
         argument_spec=dict(
@@ -159,13 +171,9 @@ def run_module():
                          exception=IMPORT_ERROR)
     p = module.params
     try:
-        if p["state"] == "present":
-            config = api.load_config([p["src"]]) if p["src"] else api.load_config(inline=p["config"])
-            pin_root = api.resolve_pin_root(p["pin_root"], config)
-            plan = api.plan(config, pin_root)
-        else:
-            pin_root = api.resolve_pin_root(p["pin_root"])
-            plan = api.plan_destroy(pin_root)
+        config = _load(p)
+        pin_root = api.resolve_pin_root(p["pin_root"], config)
+        plan = api.plan(config, pin_root) if p["state"] == "present" else api.plan_destroy(pin_root)
         text = api.render_text(plan)
         result = dict(
             changed=plan.has_changes,
