@@ -61,6 +61,7 @@ def run(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch):
 @pytest.mark.parametrize(("args", "message"), [
     ({"src": "/nonexistent.yaml", "config": {}}, "mutually exclusive"),
     ({}, "state is present but any of the following are missing: src, config"),
+    ({"config": [1, 2]}, "config must be a mapping or YAML text, not a list"),
 ])
 def test_argument_rules(run, args: dict[str, Any], message: str):
     result = run(**args)

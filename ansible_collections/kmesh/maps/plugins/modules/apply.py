@@ -170,6 +170,8 @@ def run_module():
                                                   "the interpreter in ansible_python_interpreter"),
                          exception=IMPORT_ERROR)
     p = module.params
+    if p["config"] is not None and not isinstance(p["config"], (dict, str)):
+        module.fail_json(msg="config must be a mapping or YAML text, not a %s" % type(p["config"]).__name__)
     try:
         config = _load(p)
         pin_root = api.resolve_pin_root(p["pin_root"], config)
