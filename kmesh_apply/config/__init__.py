@@ -25,7 +25,12 @@ def load_config(paths: Sequence[str | os.PathLike] = (), *, inline: str | Mappin
     diagnostics: list[Diagnostic] = []
     sources: list[Source] = []
     if inline is not None:
-        parsed = parse_text(inline, INLINE) if isinstance(inline, str) else Source(INLINE, None, dict(inline))
+        if isinstance(inline, str):
+            parsed = parse_text(inline, INLINE)
+        elif isinstance(inline, Mapping):
+            parsed = Source(INLINE, None, dict(inline))
+        else:
+            parsed = Diagnostic(f"an inline config is a mapping or YAML text, not {type(inline).__name__}", INLINE)
         (sources if isinstance(parsed, Source) else diagnostics).append(parsed)  # type: ignore[arg-type]
     else:
         files, diagnostics = config_files(paths)
