@@ -21,6 +21,12 @@ BPFFS = Path("/sys/fs/bpf")
 REPO = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _own_config_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The config cache of every test (and of the CLIs they run) lives in the session's tmp dir, not ~/.cache."""
+    os.environ["KMESH_APPLY_CACHE_DIR"] = str(tmp_path_factory.mktemp("kmesh-cache"))
+
+
 def _remove_tree(root: Path) -> None:
     """Unpin everything under root; bpffs has no recursive rmdir, so walk bottom-up."""
     if not root.exists():

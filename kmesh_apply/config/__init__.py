@@ -10,20 +10,27 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from kmesh_apply.config.loader import INLINE, Source, config_files, parse_text, read_source, resolve
 from kmesh_apply.config.model import Config
-from kmesh_apply.errors import ConfigError, Diagnostic
+from kmesh_apply.errors import ConfigError, Diagnostic, KmeshError
+
+if TYPE_CHECKING:
+    from kmesh_apply.config.cache import Cache
 
 __all__ = ["load_config", "schema_text", "dump_yaml", "Config"]
 
 
-def load_config(paths: Sequence[str | os.PathLike] = (), *, inline: str | Mapping[str, Any] | None = None) -> Config:
+def load_config(paths: Sequence[str | os.PathLike] = (), *, inline: str | Mapping[str, Any] | None = None,
+                use_cache: bool = True) -> Config:
+    """Files (or directories of them) or inline YAML, validated and encoded. Large files reuse the
+    maps whose text is unchanged since an earlier load (config.cache); `use_cache=False` parses all."""
     from kmesh_apply.config.validate import build_config
 
     diagnostics: list[Diagnostic] = []
     sources: list[Source] = []
+    cache = None
     if inline is not None:
         if isinstance(inline, str):
             parsed = parse_text(inline, INLINE)
@@ -36,15 +43,48 @@ def load_config(paths: Sequence[str | os.PathLike] = (), *, inline: str | Mappin
         files, diagnostics = config_files(paths)
         if not files and not diagnostics:
             diagnostics.append(Diagnostic("no configuration given: name files or directories"))
+        cache = _open_cache() if use_cache else None
         for f in files:
-            parsed = read_source(f)
+            parsed = read_source(f, cache)
             (sources if isinstance(parsed, Source) else diagnostics).append(parsed)  # type: ignore[arg-type]
     problems: list = []
-    config = build_config(sources, problems)
+    shapes = cache.known_shapes() if cache is not None else None
+    known = len(shapes or ())
+    config = build_config(sources, problems, shapes)
     diagnostics += resolve(problems, {s.file: s for s in sources})
     if diagnostics:
         raise ConfigError(diagnostics)
+    if cache is not None:
+        _store(cache, sources, config)
+        if shapes is not None and len(shapes) > known:
+            cache.save_shapes(shapes)
     return config
+
+
+def _open_cache() -> Cache | None:
+    from kmesh_apply.config.cache import Cache
+    from kmesh_apply.kernel.maps import possible_cpus
+
+    try:
+        return Cache.open(possible_cpus())
+    except (OSError, KmeshError):
+        return None  # no CPU count or unreadable sources: work without the cache
+
+
+def _store(cache: Cache, sources: list[Source], config: Config) -> None:
+    """Keep every inner map of a cut file for the next load, when something in it was parsed anew."""
+    for src in sources:
+        if not src.digests or len(src.reused) == len(src.digests):
+            continue
+        pack = {}
+        for name, digest in src.digests.items():
+            spec = config.inner_maps.get(name)
+            if name in src.reused:
+                pack[digest] = src.reused[name]
+            elif spec is not None:
+                definition = {k: v for k, v in src.data["inner_maps"][name].items() if k != "entries"}
+                pack[digest] = (definition, spec.entries)
+        cache.save(src.file, pack)
 
 
 def schema_text() -> str:

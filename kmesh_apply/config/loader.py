@@ -12,11 +12,15 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
+from kmesh_apply.config.chunks import SECTIONS, blank_out, split
 from kmesh_apply.errors import Diagnostic
+
+if TYPE_CHECKING:
+    from kmesh_apply.config.cache import Cache, Payload
 
 MAX_FILE_BYTES = 1 << 30
 INLINE = "<inline>"
@@ -24,11 +28,19 @@ INLINE = "<inline>"
 
 @dataclass
 class Source:
-    """One parsed document and the text it came from (for locating problems later)."""
+    """One parsed document and the text it came from (for locating problems later).
+
+    With the cache, `data` holds only the maps whose text changed; `reused` holds the
+    inner maps taken from the cache, `inner_order` every inner map name in file order,
+    and `digests` each inner map's chunk digest (to store it back after a good load).
+    """
 
     file: str
     text: str | None
     data: Any
+    reused: dict[str, Payload] = field(default_factory=dict)
+    inner_order: list[str] = field(default_factory=list)
+    digests: dict[str, bytes] = field(default_factory=dict)
 
 
 @dataclass
@@ -59,17 +71,45 @@ def config_files(paths: Iterable[str | os.PathLike]) -> tuple[list[Path], list[D
     return files, problems
 
 
-def read_source(path: Path) -> Source | Diagnostic:
+def read_source(path: Path, cache: Cache | None = None) -> Source | Diagnostic:
     try:
         size = path.stat().st_size
         if size > MAX_FILE_BYTES:
             return Diagnostic(f"file too large: {size / 2**30:.1f} GiB (the limit is {MAX_FILE_BYTES >> 30} GiB)", str(path))
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         return Diagnostic(f"not UTF-8 text ({e.reason} at byte {e.start})", str(path))
     except OSError as e:
         return Diagnostic(f"cannot read: {e.strerror}", str(path))
+    if cache is not None and len(text) >= cache.min_bytes:
+        return _parse_reusing(text, raw, str(path), cache)
     return parse_text(text, str(path))
+
+
+def _parse_reusing(text: str, raw: bytes, file: str, cache: Cache) -> Source | Diagnostic:
+    """Parse only the maps whose chunk is not in the cache; the others keep their lines, blanked."""
+    chunks = split(text)
+    if chunks is None:
+        return parse_text(text, file)
+    inner = [c for c in chunks if c.section == "inner_maps"]
+    # Hash the file's bytes where they line up with the text (ASCII): no copy of a large map's text.
+    view = memoryview(raw) if len(raw) == len(text) else None
+    digests = {c.name: cache.digest(c, view[c.start:c.end] if view is not None else text[c.start:c.end].encode())
+               for c in inner}
+    pack = cache.load(file)
+    reused = {c.name: pack[digests[c.name]] for c in inner if digests[c.name] in pack}
+    hit = [c for c in inner if c.name in reused]
+    src = parse_text(blank_out(text, hit) if hit else text, file)
+    if isinstance(src, Diagnostic):
+        return src
+    if isinstance(src.data, dict):
+        for section in SECTIONS:
+            if src.data.get(section, {}) is None and any(c.section == section for c in hit):
+                src.data[section] = {}  # every map of the section came from the cache
+    src.text, src.reused, src.digests = text, reused, digests
+    src.inner_order = [c.name for c in inner]
+    return src
 
 
 def parse_text(text: str, file: str) -> Source | Diagnostic:

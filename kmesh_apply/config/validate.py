@@ -7,6 +7,7 @@ names its map and entry; lines are filled in afterwards (see loader.resolve).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from functools import cache
@@ -50,21 +51,22 @@ def schema() -> dict[str, Any]:
     return json.loads(SCHEMA_FILE.read_text())
 
 
-def schema_problems(src: Source) -> list[Problem]:
+def schema_problems(src: Source, known_valid: set[bytes] | None = None) -> list[Problem]:
     """Structure problems, by the JSON Schema.
 
     Entries are left to the type-aware checks (jsonschema per entry is too slow), and
     maps with identical definitions (thousands, at Kmesh scale) are validated once:
-    their problems are the same, reported for each name.
+    their problems are the same, reported for each name. `known_valid` holds digests
+    of the documents' shapes (their definitions without names or entries) that passed
+    before; a shape found there is not validated again, and one that passes is added.
     """
-    from jsonschema import Draft202012Validator
-
     data = src.data
     if data is None:
         return []
     if not isinstance(data, dict):
         return [Problem(src.file, (), f"a config file is a mapping with pin_root, inner_maps and outer_maps, got {type(data).__name__}")]
     shallow = dict(data)
+    shapes: dict[str, list[str]] = {}
     sharing: dict[tuple[str, Any], list[Any]] = {}  # (section, representative name) -> every name with that definition
     out = []
     for section in ("inner_maps", "outer_maps"):
@@ -83,6 +85,13 @@ def schema_problems(src: Source) -> list[Problem]:
             sharing.setdefault((section, rep), []).append(name)
         shallow[section] = {rep: {k: v for k, v in maps[rep].items() if k != "entries"} if isinstance(maps[rep], dict) else maps[rep]
                             for rep in seen.values()}
+        shapes[section] = sorted(seen)
+    shape = _shape_digest(shallow, shapes)
+    if known_valid is not None and shape in known_valid:
+        return out
+    from jsonschema import Draft202012Validator
+
+    found = len(out)
     for err in Draft202012Validator(schema()).iter_errors(shallow):
         path = tuple(err.absolute_path)
         if "propertyNames" in err.schema_path:
@@ -95,7 +104,16 @@ def schema_problems(src: Source) -> list[Problem]:
         names = sharing.get(path[:2], [path[1]]) if len(path) > 1 else [""]
         for name in names:
             out.append(Problem(src.file, (*path[:1], name, *path[2:]) if name != "" else path, _schema_message(err), str(name)))
+    if known_valid is not None and len(out) == found:
+        known_valid.add(shape)
     return out
+
+
+def _shape_digest(shallow: dict[str, Any], shapes: dict[str, list[str]]) -> bytes:
+    """What the schema's verdict on a document depends on: its top level and its distinct map definitions."""
+    top = {k: v for k, v in shallow.items() if k not in shapes}
+    text = json.dumps([top, shapes], sort_keys=True, default=repr)
+    return hashlib.blake2b(text.encode(), digest_size=16).digest()
 
 
 def _schema_message(err: Any) -> str:
@@ -228,7 +246,9 @@ def _bulk(typ: CType | None, values: list[Any]) -> list[bytes] | None:
     return [blob[i:i + n] for i in range(0, len(blob), n)]
 
 
-def check_inner(src: Source, name: str, raw: dict[str, Any], problems: list[Problem], ncpus: Callable[[], int]) -> InnerMapSpec | None:
+def check_inner(src: Source, name: str, raw: dict[str, Any], problems: list[Problem], ncpus: Callable[[], int],
+                cached: dict[bytes, bytes] | None = None) -> InnerMapSpec | None:
+    """An inner map from its definition; `cached` holds its entries already encoded (see config.cache)."""
     c = _MapChecker(src, "inner_maps", name, raw, problems)
     before = len(problems)
     type_ = raw["type"]
@@ -244,6 +264,9 @@ def check_inner(src: Source, name: str, raw: dict[str, Any], problems: list[Prob
             c.problem("an lpm_trie key is {lpm: ipv4} or {lpm: ipv6} (or key_size: N for raw bytes)", "key")
     if len(problems) > before or key is None or value is None:
         return None
+    if cached is not None:
+        return InnerMapSpec(name, type_, key, value, max_entries, flags, cached, Location(src.file, 0),
+                            raw.get("update", "swap"))
     keys, values, path = c.columns()
     if len(problems) > before:
         return None
@@ -323,8 +346,9 @@ def incompatible(template: InnerMapSpec, inner: InnerMapSpec) -> list[str]:
     return out
 
 
-def build_config(sources: list[Source], problems: list[Problem]) -> Config:
-    """Merge documents into one Config, appending every problem found to `problems`."""
+def build_config(sources: list[Source], problems: list[Problem], known_valid: set[bytes] | None = None) -> Config:
+    """Merge documents into one Config, appending every problem found to `problems`
+    (`known_valid`: see schema_problems)."""
     from kmesh_apply.kernel.maps import possible_cpus
 
     cfg = Config(files=tuple(s.file for s in sources))
@@ -332,7 +356,7 @@ def build_config(sources: list[Source], problems: list[Problem]) -> Config:
     inner_raw: list[tuple[Source, str, dict[str, Any]]] = []
     outer_raw: list[tuple[Source, str, dict[str, Any]]] = []
     for src in sources:
-        found = schema_problems(src)
+        found = schema_problems(src, known_valid)
         problems += found
         if found or not isinstance(src.data, dict):
             continue
@@ -342,7 +366,7 @@ def build_config(sources: list[Source], problems: list[Problem]) -> Config:
                 problems.append(Problem(src.file, ("pin_root",), f"pin_root {root} differs from {cfg.pin_root} given in another file"))
             cfg.pin_root = root
         for section, into in (("inner_maps", inner_raw), ("outer_maps", outer_raw)):
-            for name, raw in (src.data.get(section) or {}).items():
+            for name, raw in _definitions(src, section):
                 if not isinstance(name, str):
                     problems.append(Problem(src.file, (section, name), f"map name {name!r} is not a string: quote it (\"{name}\")", str(name)))
                     continue
@@ -360,7 +384,8 @@ def build_config(sources: list[Source], problems: list[Problem]) -> Config:
     inner_names = {n for _, n, _ in inner_raw}
     outer_names = {n for _, n, _ in outer_raw}
     for src, name, raw in inner_raw:
-        spec = check_inner(src, name, raw, problems, possible_cpus)
+        reused = src.reused.get(name)
+        spec = check_inner(src, name, raw, problems, possible_cpus, reused[1] if reused else None)
         if spec is not None:
             cfg.inner_maps[name] = spec
     for src, name, raw in outer_raw:
@@ -368,3 +393,13 @@ def build_config(sources: list[Source], problems: list[Problem]) -> Config:
         if spec is not None:
             cfg.outer_maps[name] = spec
     return cfg
+
+
+def _definitions(src: Source, section: str) -> list[tuple[Any, Any]]:
+    """A section's (name, definition) pairs in file order, the maps taken from the cache included."""
+    parsed = src.data.get(section) or {}
+    if section != "inner_maps" or not src.reused:
+        return list(parsed.items())
+    listed = set(src.inner_order)
+    order = [n for n in src.inner_order if n in src.reused or n in parsed] + [n for n in parsed if n not in listed]
+    return [(n, src.reused[n][0] if n in src.reused else parsed[n]) for n in order]

@@ -1,0 +1,159 @@
+"""A cache of validated, encoded inner maps, keyed by a digest of each map's YAML text.
+
+Why: a Kmesh-scale configuration holds 100,000 entries, and re-parsing and re-encoding
+all of them on every run costs most of a one-service change. A map whose text (its
+chunk, see `chunks`) was validated before is taken from here instead, and only the
+maps whose text changed are parsed. Only maps that passed every check are stored,
+so a hit can only reproduce a success; outer maps are never cached (their checks
+depend on the inner maps).
+
+The cache lives in `$KMESH_APPLY_CACHE_DIR`, else `$XDG_CACHE_HOME/kmesh-apply`, else
+`~/.cache/kmesh-apply`; `KMESH_APPLY_CACHE_DIR=off` turns it off. It holds one pack
+per config file (the maps of that file's last successful load) and at most
+`KEEP_PACKS` of them; a file with no pack of its own looks in the newest pack, so a
+copy of a config in another directory hits too. A pack is a marshal blob: it is
+trusted like Python's own bytecode cache, so it is read only from a directory that
+the current user owns and that no one else can write. A pack that cannot be read
+is ignored; the cache never changes a result, only how fast it comes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import marshal
+import os
+import stat
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from kmesh_apply.config.chunks import Chunk
+
+CACHE_FORMAT = 1
+KEEP_PACKS = 4
+KEEP_SHAPES = 256
+SHAPES_FILE = "schema-shapes"
+# Smaller files parse faster than a pack loads.
+MIN_FILE_BYTES = 256 * 1024
+OFF = "off"
+
+# What a cached inner map carries: its definition without entries, and the encoded entries.
+Payload = tuple[dict[str, Any], dict[bytes, bytes]]
+
+
+def cache_dir() -> Path | None:
+    """The cache directory, or None when the cache is off."""
+    env = os.environ.get("KMESH_APPLY_CACHE_DIR")
+    if env:
+        return None if env == OFF else Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "kmesh-apply"
+
+
+def _salt(ncpus: int) -> bytes:
+    """Anything besides a chunk's text that its outcome depends on: the code that checks and
+    encodes it (its source, so an upgrade or a local edit never reuses stale bytes) and the CPU count."""
+    from kmesh_apply import ctype
+    from kmesh_apply.config import chunks, codecs, loader, validate
+
+    h = hashlib.blake2b(f"{CACHE_FORMAT}\0{ncpus}\0".encode(), digest_size=16)
+    for module in (ctype, chunks, codecs, loader, validate):
+        h.update(Path(module.__file__ or "").read_bytes())
+    h.update(validate.SCHEMA_FILE.read_bytes())
+    return h.digest()
+
+
+class Cache:
+    """The packs of one cache directory; every method degrades to a miss on any OS error."""
+
+    def __init__(self, root: Path, ncpus: int):
+        self.root = root
+        self.salt = _salt(ncpus)
+        self.min_bytes = MIN_FILE_BYTES
+
+    @classmethod
+    def open(cls, ncpus: int) -> Cache | None:
+        root = cache_dir()
+        if root is None:
+            return None
+        return cls(root, ncpus)
+
+    def digest(self, chunk: Chunk, text: bytes | memoryview) -> bytes:
+        """A map's cache key: its section and exact text (UTF-8), salted with what else its outcome depends on."""
+        h = hashlib.blake2b(self.salt, digest_size=16)
+        h.update(chunk.section.encode() + b"\0")
+        h.update(text)
+        return h.digest()
+
+    def _usable(self) -> bool:
+        """Only a directory of ours that no one else may write: a pack is loaded as trusted data."""
+        try:
+            st = self.root.stat()
+        except OSError:
+            return False
+        return stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o022
+
+    def _pack_path(self, file: str) -> Path:
+        key = hashlib.blake2b(os.path.realpath(file).encode(), digest_size=12).hexdigest()
+        return self.root / f"{key}.pack"
+
+    def load(self, file: str) -> dict[bytes, Payload]:
+        """The pack of `file`, else the newest other pack; empty when neither can be read (or is stale)."""
+        if not self._usable():
+            return {}
+        own = self._pack_path(file)
+        for path in (own, *sorted(set(self.root.glob("*.pack")) - {own}, key=_mtime, reverse=True)[:1]):
+            maps = self._read(path)
+            if isinstance(maps, dict):
+                return maps
+        return {}
+
+    def save(self, file: str, maps: dict[bytes, Payload]) -> None:
+        """Replace `file`'s pack and drop the oldest packs beyond KEEP_PACKS."""
+        if self._write(self._pack_path(file), maps):
+            packs = sorted(self.root.glob("*.pack"), key=_mtime, reverse=True)
+            for old in packs[KEEP_PACKS:]:
+                old.unlink(missing_ok=True)
+
+    def known_shapes(self) -> set[bytes]:
+        """Digests of document shapes the JSON Schema passed (see validate.schema_problems)."""
+        if not self._usable():
+            return set()
+        shapes = self._read(self.root / SHAPES_FILE)
+        return set(shapes) if isinstance(shapes, list) else set()
+
+    def save_shapes(self, shapes: set[bytes]) -> None:
+        self._write(self.root / SHAPES_FILE, sorted(shapes)[:KEEP_SHAPES])
+
+    def _read(self, path: Path) -> Any:
+        """A blob's content, or None when it is missing, unreadable or from another salt."""
+        try:
+            fmt, salt, content = marshal.loads(path.read_bytes())
+        except (OSError, ValueError, EOFError, TypeError):
+            return None
+        return content if fmt == CACHE_FORMAT and salt == self.salt else None
+
+    def _write(self, path: Path, content: Any) -> bool:
+        """Write atomically (a reader sees the old blob or the new one); False on any OS error."""
+        try:
+            self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if not self._usable():
+                return False
+            fd, tmp = tempfile.mkstemp(dir=self.root, suffix=".tmp")
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(marshal.dumps((CACHE_FORMAT, self.salt, content)))
+                os.replace(tmp, path)
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+        except OSError:
+            return False
+        return True
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
