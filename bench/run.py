@@ -48,11 +48,17 @@ C_PROG = "C, libbpf batch"
 BPFTOOL = "bpftool batch file"
 DUMP = "bpftool map dump"
 NAIVE = "naive Python"
+# kmesh-apply runs: cold = empty pin root and empty config cache (a new node); the no-op plan and
+# the change then find the cache the cold apply left, as on a node that applied before; the
+# "no cache" rows run with KMESH_APPLY_CACHE_DIR=off, parsing the whole file every time.
 COLD = "kmesh-apply apply (cold)"
 NOOP = "kmesh-apply plan (no-op)"
+NOOP_NC = "kmesh-apply plan (no-op, no cache)"
 CHANGE = "kmesh-apply apply (change)"
-KMESH = (COLD, NOOP, CHANGE)
-ORDER = (COLD, NOOP, CHANGE, C_PROG, BPFTOOL, DUMP, NAIVE)
+CHANGE_NC = "kmesh-apply apply (change, no cache)"
+KMESH = (COLD, NOOP, NOOP_NC, CHANGE, CHANGE_NC)
+ORDER = (COLD, NOOP, NOOP_NC, CHANGE, CHANGE_NC, C_PROG, BPFTOOL, DUMP, NAIVE)
+NO_CACHE = "off"
 SLOW = (BPFTOOL, DUMP, NAIVE)  # one syscall per entry: run fewer times
 
 GROWTH = ("S10k", "S100k", "S", "S1M")
@@ -215,9 +221,10 @@ def kmesh_apply_bin() -> str:
     return str(local) if local.exists() else (shutil.which("kmesh-apply") or str(local))
 
 
-def kmesh_cmd(verb: str, config: Path, pin_root: str) -> list[str]:
+def kmesh_cmd(verb: str, config: Path, pin_root: str, cache: str | Path = NO_CACHE) -> list[str]:
+    """A kmesh-apply command line; `cache` is its config cache directory (or "off")."""
     extra = ["--auto-approve"] if verb == "apply" else ["--detailed-exitcode"]
-    return [kmesh_apply_bin(), verb, str(config), "--pin-root", pin_root, *extra]
+    return ["env", f"KMESH_APPLY_CACHE_DIR={cache}", kmesh_apply_bin(), verb, str(config), "--pin-root", pin_root, *extra]
 
 
 def build_c() -> None:
@@ -284,16 +291,21 @@ def bench_workload(name: str, wdir: Path, plan: Plan, kmesh_ok: bool, tmp: Path)
             if res[C_PROG].add(run_child([str(C_BINARY), binary, p])) and rep == 0:
                 check(C_PROG, p)
         if kmesh_ok and not res[COLD].error:
+            cache = tmp / f"cache-{name}-{rep}"  # empty: the cold apply fills it
             with fresh_pin_root() as p:
-                if not res[COLD].add(run_child(kmesh_cmd("apply", config, p))):
+                if not res[COLD].add(run_child(kmesh_cmd("apply", config, p, cache))):
                     continue
                 if rep == 0:
                     check(COLD, p)
-                res[NOOP].add(run_child(kmesh_cmd("plan", config, p)), expect_rc=0)
-                if res[CHANGE].add(run_child(kmesh_cmd("apply", change, p))) and rep == 0:
+                res[NOOP].add(run_child(kmesh_cmd("plan", config, p, cache)), expect_rc=0)
+                res[NOOP_NC].add(run_child(kmesh_cmd("plan", config, p)), expect_rc=0)
+                if res[CHANGE].add(run_child(kmesh_cmd("apply", change, p, cache))) and rep == 0:
                     after = run_child(kmesh_cmd("plan", change, p))
                     if after.rc != 0:
                         res[CHANGE].note = f"CHECK FAILED: plan after the change exits {after.rc}"
+                run_child(kmesh_cmd("apply", config, p, cache))  # back, untimed
+                res[CHANGE_NC].add(run_child(kmesh_cmd("apply", change, p)))
+            shutil.rmtree(cache, ignore_errors=True)
     for rep in range(plan.slow_runs):
         log(f"{name}: run {rep + 1}/{plan.slow_runs}: bpftool, naive Python")
         with fresh_pin_root() as p:
@@ -309,10 +321,12 @@ def bench_workload(name: str, wdir: Path, plan: Plan, kmesh_ok: bool, tmp: Path)
         with fresh_pin_root() as p:
             res[C_PROG].syscalls, _ = count_bpf_syscalls([str(C_BINARY), binary, p])
         if kmesh_ok and not res[COLD].error:
+            cache = tmp / f"cache-{name}-count"
             with fresh_pin_root() as p:
-                res[COLD].syscalls, _ = count_bpf_syscalls(kmesh_cmd("apply", config, p))
-                res[NOOP].syscalls, _ = count_bpf_syscalls(kmesh_cmd("plan", config, p))
-                res[CHANGE].syscalls, _ = count_bpf_syscalls(kmesh_cmd("apply", change, p))
+                res[COLD].syscalls, _ = count_bpf_syscalls(kmesh_cmd("apply", config, p, cache))
+                res[NOOP].syscalls, _ = count_bpf_syscalls(kmesh_cmd("plan", config, p, cache))
+                res[CHANGE].syscalls, _ = count_bpf_syscalls(kmesh_cmd("apply", change, p, cache))
+            shutil.rmtree(cache, ignore_errors=True)
         if plan.count_slow:
             with fresh_pin_root() as p:
                 res[BPFTOOL].syscalls, _ = count_bpf_syscalls(
