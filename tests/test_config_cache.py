@@ -65,12 +65,12 @@ def same_config(a, b) -> None:  # type: ignore[no-untyped-def]
 
 def test_split_gives_each_map_its_exact_text() -> None:
     text = config_text()
-    chunks = split(text)
+    chunks = split(text.encode())
     assert chunks is not None
     assert [(c.section, c.name) for c in chunks] == [("inner_maps", f"m{i}") for i in range(4)] + [("outer_maps", "outer")]
     assert text[chunks[1].start:chunks[1].end] == inner("m1", {k: 100 + k for k in range(8)})
     assert text[chunks[3].start:chunks[3].end].endswith("\n\n# trailing comment\n")  # comments stay with the map above
-    blanked = blank_out(text, chunks[:2])
+    blanked = blank_out(text.encode(), chunks[:2]).decode()
     assert blanked.count("\n") == text.count("\n") and "m0" not in blanked.split("outer_maps")[0]
 
 
@@ -88,12 +88,12 @@ def test_split_gives_each_map_its_exact_text() -> None:
     HEADER + "inner_maps:\n  - a\n",                                          # not a mapping
 ])
 def test_split_refuses_what_it_cannot_reason_about(text: str) -> None:
-    assert split(text) is None
+    assert split(text.encode()) is None
 
 
 def test_split_without_maps() -> None:
-    assert split(HEADER) == []
-    assert split("inner_maps:\n\n# nothing yet\n") == []
+    assert split(HEADER.encode()) == []
+    assert split(b"inner_maps:\n\n# nothing yet\n") == []
 
 
 # ---- loading through the cache -------------------------------------------------------------
@@ -216,3 +216,13 @@ def test_a_known_schema_shape_skips_jsonschema(tmp_path: Path, cache_dir: Path, 
     f.write_text(config_text(changed={1: inner("m1", {3: 3}, value="u32")}))  # a new shape: validated
     with pytest.raises(AssertionError, match="jsonschema ran"):
         load_config([f])
+
+
+def test_non_ascii_text_is_cut_by_bytes(tmp_path: Path, cache_dir: Path, parsed: list[str]) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text("# 网格配置\n" + config_text(changed={1: inner("m1", {1: 1}).replace("    type:", "    # 后端 ✓\n    type:")}),
+                 encoding="utf-8")
+    first = load_config([f])
+    second = load_config([f])
+    same_config(first, second)
+    assert "后端" not in parsed[1] and "网格配置" in parsed[1]

@@ -1,4 +1,4 @@
-"""Cutting a config file's text into one chunk per map, without parsing it.
+"""Cutting a config file into one chunk of text per map, without parsing it.
 
 Why: parsing is most of the cost of loading a large configuration (100,000 entries
 take 0.3 s even with yaml-rs), yet between two runs usually only a few maps change.
@@ -19,22 +19,21 @@ import re
 from dataclasses import dataclass
 
 SECTIONS = ("inner_maps", "outer_maps")
-# Characters that open anchors, aliases or tags (or break lines oddly): a file that holds any
-# of them anywhere, even in a comment or a string, is parsed whole rather than reasoned about.
-_UNSAFE_CHARS = "&*!\r\t"
-_UNSAFE_LINE_STARTS = ("---", "...", "%")  # documents and directives
+# Bytes that open anchors, aliases or tags (or break lines oddly): a file that holds any of
+# them anywhere, even in a comment or a string, is parsed whole rather than reasoned about.
+_UNSAFE_BYTES = (b"&", b"*", b"!", b"\r", b"\t")
 # Patterns start with a literal newline so that the regex engine skips ahead between lines.
-_TOP_LINE = re.compile(r"\n([^ #\n][^\n]*)")
-_FIRST_LINE = re.compile(r"([^ #\n][^\n]*)")
+_TOP_LINE = re.compile(rb"\n([^ #\n][^\n]*)")
+_FIRST_LINE = re.compile(rb"([^ #\n][^\n]*)")
 # A top-level key with nothing after it, a plain scalar, or a quoted one closed on the same line.
-_TOP_KEY = re.compile(r"""([A-Za-z_][A-Za-z0-9_]*):(?:[ ]+(?:[^ #{\[|>'"].*|"[^"\\]*"[ ]*|'[^']*'[ ]*)?)?(?:[ ]+#.*)?""")
-_SECTION_HEADER = re.compile(r"(inner_maps|outer_maps):[ ]*(?:#.*)?")
-_CONTENT_LINE = re.compile(r"\n( *)[^ \n#]")
+_TOP_KEY = re.compile(rb"""([A-Za-z_][A-Za-z0-9_]*):(?:[ ]+(?:[^ #{\[|>'"].*|"[^"\\]*"[ ]*|'[^']*'[ ]*)?)?(?:[ ]+#.*)?""")
+_SECTION_HEADER = re.compile(rb"(inner_maps|outer_maps):[ ]*(?:#.*)?")
+_CONTENT_LINE = re.compile(rb"\n( *)[^ \n#]")
 
 
 @dataclass(frozen=True)
 class Chunk:
-    """One map's definition as text: `start`/`end` are offsets in the file's text."""
+    """One map's definition: `start`/`end` are byte offsets in the file."""
 
     section: str
     name: str
@@ -42,13 +41,14 @@ class Chunk:
     end: int
 
 
-def split(text: str) -> list[Chunk] | None:
-    """The map chunks of `text` in file order, or None when the file is not plain enough to cut."""
-    if _unsafe(text):
+def split(data: bytes) -> list[Chunk] | None:
+    """The map chunks of a file's bytes (UTF-8) in file order, or None when it is not plain enough to cut."""
+    if _unsafe(data):
         return None
-    first = _FIRST_LINE.match(text)
-    tops = ([first] if first else []) + list(_TOP_LINE.finditer(text))
-    seen: set[str] = set()
+    first = _FIRST_LINE.match(data)
+    # Every line at column 0 must be a plain top-level key: this also refuses documents (---, ...) and directives (%).
+    tops = ([first] if first else []) + list(_TOP_LINE.finditer(data))
+    seen: set[bytes] = set()
     chunks: list[Chunk] = []
     for i, top in enumerate(tops):
         line = top.group(1)
@@ -56,54 +56,54 @@ def split(text: str) -> list[Chunk] | None:
         if key is None or key.group(1) in seen:
             return None  # not a plain top-level key, or a repeated one: the parser reports it
         seen.add(key.group(1))
-        if key.group(1) not in SECTIONS:
+        if key.group(1).decode() not in SECTIONS:
             continue
         if not _SECTION_HEADER.fullmatch(line):
             return None  # a section written in flow style or on one line
-        body_end = tops[i + 1].start() + 1 if i + 1 < len(tops) else len(text)
-        found = _section_chunks(text, key.group(1), top.end(), body_end)
+        body_end = tops[i + 1].start() + 1 if i + 1 < len(tops) else len(data)
+        found = _section_chunks(data, key.group(1).decode(), top.end(), body_end)
         if found is None:
             return None
         chunks += found
     return chunks
 
 
-def _unsafe(text: str) -> bool:
-    return (any(c in text for c in _UNSAFE_CHARS) or text.startswith(_UNSAFE_LINE_STARTS)
-            or any("\n" + s in text for s in _UNSAFE_LINE_STARTS))
+def _unsafe(data: bytes) -> bool:
+    return any(b in data for b in _UNSAFE_BYTES)  # one memchr each
 
 
-def _section_chunks(text: str, section: str, start: int, end: int) -> list[Chunk] | None:
+def _section_chunks(data: bytes, section: str, start: int, end: int) -> list[Chunk] | None:
     """The maps of one section (`start` is at the newline that ends its header line): every
     content line at the section's first indentation is a map header, and none is less indented."""
-    first = _CONTENT_LINE.search(text, start, end)
+    first = _CONTENT_LINE.search(data, start, end)
     if first is None:
         return []
     indent = len(first.group(1))
     if indent == 0:
         return None
-    outline = re.compile(r"\n {0,%d}(?=[^ \n#])" % indent)  # content lines no deeper than a header
-    header = re.compile(" " * indent + r"([A-Za-z0-9_-]+):[ ]*(?:#.*)?")
+    outline = re.compile(rb"\n {0,%d}(?=[^ \n#])" % indent)  # content lines no deeper than a header
+    header = re.compile(b" " * indent + rb"([A-Za-z0-9_-]+):[ ]*(?:#.*)?")
     heads: list[tuple[int, str]] = []
     names: set[str] = set()
-    for m in outline.finditer(text, start, end):
+    for m in outline.finditer(data, start, end):
         line_start = m.start() + 1
-        eol = text.find("\n", line_start, end)
-        h = header.fullmatch(text, line_start, end if eol < 0 else eol)
-        if h is None or h.group(1) in names:
+        eol = data.find(b"\n", line_start, end)
+        h = header.fullmatch(data, line_start, end if eol < 0 else eol)
+        name = h.group(1).decode() if h is not None else ""
+        if not name or name in names:
             return None  # content outside any map, a map on one line, or a repeated name
-        names.add(h.group(1))
-        heads.append((line_start, h.group(1)))
+        names.add(name)
+        heads.append((line_start, name))
     bounds = [s for s, _ in heads[1:]] + [end]
     return [Chunk(section, name, s, e) for (s, name), e in zip(heads, bounds)]
 
 
-def blank_out(text: str, chunks: list[Chunk]) -> str:
-    """`text` with the given chunks replaced by as many empty lines, so every other line keeps its number."""
+def blank_out(data: bytes, chunks: list[Chunk]) -> bytes:
+    """`data` with the given chunks replaced by as many empty lines, so every other line keeps its number."""
     parts, pos = [], 0
     for c in sorted(chunks, key=lambda c: c.start):
-        parts.append(text[pos:c.start])
-        parts.append("\n" * text.count("\n", c.start, c.end))
+        parts.append(data[pos:c.start])
+        parts.append(b"\n" * data.count(b"\n", c.start, c.end))
         pos = c.end
-    parts.append(text[pos:])
-    return "".join(parts)
+    parts.append(data[pos:])
+    return b"".join(parts)

@@ -89,18 +89,16 @@ def read_source(path: Path, cache: Cache | None = None) -> Source | Diagnostic:
 
 def _parse_reusing(text: str, raw: bytes, file: str, cache: Cache) -> Source | Diagnostic:
     """Parse only the maps whose chunk is not in the cache; the others keep their lines, blanked."""
-    chunks = split(text)
+    chunks = split(raw)
     if chunks is None:
         return parse_text(text, file)
     inner = [c for c in chunks if c.section == "inner_maps"]
-    # Hash the file's bytes where they line up with the text (ASCII): no copy of a large map's text.
-    view = memoryview(raw) if len(raw) == len(text) else None
-    digests = {c.name: cache.digest(c, view[c.start:c.end] if view is not None else text[c.start:c.end].encode())
-               for c in inner}
+    view = memoryview(raw)
+    digests = {c.name: cache.digest(c, view[c.start:c.end]) for c in inner}
     pack = cache.load(file)
     reused = {c.name: pack[digests[c.name]] for c in inner if digests[c.name] in pack}
     hit = [c for c in inner if c.name in reused]
-    src = parse_text(blank_out(text, hit) if hit else text, file)
+    src = parse_text(blank_out(raw, hit).decode() if hit else text, file)
     if isinstance(src, Diagnostic):
         return src
     if isinstance(src.data, dict):
