@@ -4,21 +4,37 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
+from kmesh_apply.ctype import CType
 from kmesh_apply.errors import KmeshError
 from kmesh_apply.kernel.maps import Map
 from kmesh_apply.pinroot import check_pin_root
 from kmesh_apply.state import STAGING_DIR, LiveMap, LiveState, StagedMap
 
 
-def read_map(path: Path, name: str) -> LiveMap:
+_specs: dict[int, tuple[CType, Any]] = {}
+
+
+def _spec(typ: CType | None) -> Any:
+    """A BTF type as a type spec, once per decoded type object (thousands of maps share a few;
+    keyed by identity because hashing a struct type walks all its fields; the entry keeps it alive)."""
+    if typ is None:
+        return None
+    hit = _specs.get(id(typ))
+    if hit is None:
+        if len(_specs) >= 4096:  # types made afresh (no BTF) would otherwise pile up
+            _specs.clear()
+        hit = _specs[id(typ)] = (typ, typ.spec())
+    return hit[1]
+
+
+def read_map(path: str | Path, name: str) -> LiveMap:
     """One pinned map as data; outer slots become kernel IDs of the inner maps they hold."""
     with Map.open_pinned(str(path)) as m:
         info = m.info
-        key_type, value_type = m.key_type(), m.value_type()
         live = LiveMap(name, info.id, info.type, info.key_size, info.value_size, info.max_entries, info.flags,
-                       key_type.spec() if key_type is not None else None,
-                       value_type.spec() if value_type is not None else None)
+                       _spec(m.key_type()), _spec(m.value_type()))
         if live.is_outer:
             live.slots = m.slots()
         else:
@@ -33,14 +49,13 @@ def read_live(pin_root: str) -> LiveState:
     if not root.exists():
         return state
     for entry in sorted(os.scandir(root), key=lambda e: e.name):
-        path = Path(entry.path)
         if entry.is_dir(follow_symlinks=False):
             if entry.name != STAGING_DIR:
-                raise KmeshError(f"{path} is a directory; a pin root holds only the maps kmesh-apply manages. "
+                raise KmeshError(f"{entry.path} is a directory; a pin root holds only the maps kmesh-apply manages. "
                                  "Use a separate pin root for nested trees.")
-            for staged in sorted(os.scandir(path), key=lambda e: e.name):
+            for staged in sorted(os.scandir(entry.path), key=lambda e: e.name):
                 pin = f"{STAGING_DIR}/{staged.name}"
-                state.staged.append(StagedMap(pin, staged.name, read_map(Path(staged.path), staged.name)))
+                state.staged.append(StagedMap(pin, staged.name, read_map(staged.path, staged.name)))
             continue
-        state.maps[entry.name] = read_map(path, entry.name)
+        state.maps[entry.name] = read_map(entry.path, entry.name)
     return state

@@ -42,7 +42,8 @@ ENOTSUPP = 524  # kernel-internal "operation not supported", returned by bpf() a
 UNSUPPORTED = (ENOTSUPP, E.EOPNOTSUPP)
 UPDATE_ANY, UPDATE_NOEXIST, UPDATE_EXIST = 0, 1, 2
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.]{0,15}$")
-_LOOKUP_CHUNK = 4096
+_LOOKUP_CHUNK = 65536
+_LOOKUP_OPTS = L.batch_opts()  # no flags; the kernel only reads it
 _no_batch: set[str] = set()  # map types seen refusing batch operations
 
 
@@ -68,6 +69,17 @@ def flag_bits(names: Iterable[str]) -> int:
     return bits
 
 
+def records(blob: bytes, size: int) -> list[bytes]:
+    """Concatenated fixed-size records as a list (iter_unpack: about 1.5x as fast as slicing)."""
+    return [r for (r,) in _record_struct(size).iter_unpack(blob)]
+
+
+@cache
+def _record_struct(size: int) -> struct.Struct:
+    return struct.Struct(f"{size}s")
+
+
+@cache
 def flag_names(bits: int) -> tuple[str, ...]:
     """Sorted flag names of map_flags; a bit we have no name for shows as its hex value."""
     names = [n for n, b in MAP_FLAGS.items() if bits & b]
@@ -371,32 +383,36 @@ class Map:
         return self._items_iterated()
 
     def _items_batched(self) -> dict[bytes, bytes]:
-        ks, vs = self.info.key_size, self.syscall_value_size
-        chunk = max(1, min(self.info.max_entries, _LOOKUP_CHUNK))
+        info = self.info
+        ks, vs = info.key_size, self.syscall_value_size
+        chunk = max(1, min(info.max_entries, _LOOKUP_CHUNK))
         token_size = max(ks, 8)  # hash maps use a bucket index, arrays a key
-        in_tok, out_tok = ctypes.create_string_buffer(token_size), ctypes.create_string_buffer(token_size)
-        opts = L.batch_opts()
-        out: dict[bytes, bytes] = {}
-        first = True
+        in_tok, out_tok = (ctypes.c_char * token_size)(), (ctypes.c_char * token_size)()
+        keys, vals = (ctypes.c_char * (chunk * ks))(), (ctypes.c_char * (chunk * vs))()
+        opts, count = _LOOKUP_OPTS, ctypes.c_uint32()
+        key_parts: list[bytes] = []
+        value_parts: list[bytes] = []
+        fd, first = self.fd, True
         while True:
-            keys, vals = ctypes.create_string_buffer(chunk * ks), ctypes.create_string_buffer(chunk * vs)
-            count = ctypes.c_uint32(chunk)
-            ret = L.bpf_map_lookup_batch(self.fd, None if first else in_tok, out_tok, keys, vals, ctypes.byref(count), ctypes.byref(opts))
+            count.value = chunk
+            ret = L.bpf_map_lookup_batch(fd, None if first else in_tok, out_tok, keys, vals, ctypes.byref(count), ctypes.byref(opts))
             err = -ret if ret < 0 else 0
             if err in UNSUPPORTED:
                 raise _BatchRefused()
             if err == E.ENOSPC and count.value == 0:  # a hash bucket larger than the chunk
                 chunk *= 2
+                keys, vals = (ctypes.c_char * (chunk * ks))(), (ctypes.c_char * (chunk * vs))()
                 continue
             if err not in (0, E.ENOENT):
                 raise fail("batch lookup", self.label, err)
             n = count.value
-            kb, vb = keys.raw, vals.raw
-            out.update(zip([kb[i:i + ks] for i in range(0, n * ks, ks)], [vb[i:i + vs] for i in range(0, n * vs, vs)]))
+            key_parts.append(ctypes.string_at(keys, n * ks))
+            value_parts.append(ctypes.string_at(vals, n * vs))
             if err == E.ENOENT:  # reached the end: the entries copied with it are valid
-                return out
+                break
             ctypes.memmove(in_tok, out_tok, token_size)
             first = False
+        return dict(zip(records(b"".join(key_parts), ks), records(b"".join(value_parts), vs)))
 
     def _items_iterated(self) -> dict[bytes, bytes]:
         out: dict[bytes, bytes] = {}
