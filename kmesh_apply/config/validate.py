@@ -25,7 +25,7 @@ from kmesh_apply.config.model import (
     Location,
     OuterMapSpec,
 )
-from kmesh_apply.ctype import CType, Int, Lpm, Raw, TypeSpecError, parse_type
+from kmesh_apply.ctype import CType, Int, Lpm, Raw, TypeSpecError, parse_type, records
 from kmesh_apply.state import STAGING_DIR
 
 SCHEMA_FILE = Path(__file__).with_name("config-v1.schema.json")
@@ -172,6 +172,8 @@ class _MapChecker:
         entries = self.raw.get("entries")
         if entries is None:
             return [], [], lambda i: ("entries",)
+        if self.src.owned:
+            del self.raw["entries"]  # the columns hold what is needed: a million entries' table is 40 MB
         if isinstance(entries, dict):
             keys = list(entries)
             return keys, list(entries.values()), lambda i: ("entries", keys[i])
@@ -189,9 +191,12 @@ class _MapChecker:
                    value: CType | None, value_encoder: Callable[[Any], Any] | None = None) -> dict[bytes, Any]:
         """Encode keys and values by whole columns when they are plain integers; otherwise entry by
         entry, reporting every bad entry (up to a limit). `value_encoder` overrides `value`'s codec."""
-        enc_keys = _bulk(key, keys)
-        enc_vals = _bulk(value, values) if value is not None and value_encoder is None else None
-        if enc_keys is None or enc_vals is None:
+        key_blob = _bulk(key, keys)
+        value_blob = _bulk(value, values) if value is not None and value_encoder is None else None
+        enc_keys: list[bytes] | None = None
+        if key_blob is not None and value_blob is not None:
+            out = dict(zip(records(key_blob, key.size), records(value_blob, value.size)))  # type: ignore[union-attr]
+        else:
             key_enc = codecs.encoder(key)
             val_enc = value_encoder or codecs.encoder(value)  # type: ignore[arg-type]
             enc_keys, enc_vals, reported = [], [], 0
@@ -205,10 +210,10 @@ class _MapChecker:
                     reported += self._entry_problem(reported, f"{what}: {e}", path(i), k)
             if reported:
                 return {}
-        out = dict(zip(enc_keys, enc_vals))
+            out = dict(zip(enc_keys, enc_vals))
         if len(out) != len(keys):
             seen: set[bytes] = set()
-            for i, ek in enumerate(enc_keys):
+            for i, ek in enumerate(enc_keys if enc_keys is not None else records(key_blob, key.size)):  # type: ignore[arg-type]
                 if ek in seen:
                     self.problem(f"key {keys[i]!r} is given twice (after encoding)", *path(i), entry=str(keys[i]))
                     break
@@ -234,16 +239,15 @@ class _MapChecker:
         return 1
 
 
-def _bulk(typ: CType | None, values: list[Any]) -> list[bytes] | None:
-    """Whole-column encoding for plain integers (one struct.pack); None when the slow path is needed."""
+def _bulk(typ: CType | None, values: list[Any]) -> bytes | None:
+    """Whole-column encoding for plain integers (one struct.pack), as concatenated values;
+    None when the slow path is needed."""
     if not isinstance(typ, (Int, Raw)) or (isinstance(typ, Raw) and typ.size not in (1, 2, 4, 8)):
         return None
     try:
-        blob = codecs.encode_ints(typ, values)
+        return codecs.encode_ints(typ, values)
     except (codecs.CodecError, TypeError):
         return None
-    n = typ.size
-    return [blob[i:i + n] for i in range(0, len(blob), n)]
 
 
 def check_inner(src: Source, name: str, raw: dict[str, Any], problems: list[Problem], ncpus: Callable[[], int],
