@@ -104,15 +104,19 @@ def schema_problems(src: Source, known_valid: set[bytes] | None = None) -> list[
         names = sharing.get(path[:2], [path[1]]) if len(path) > 1 else [""]
         for name in names:
             out.append(Problem(src.file, (*path[:1], name, *path[2:]) if name != "" else path, _schema_message(err), str(name)))
-    if known_valid is not None and len(out) == found:
+    if known_valid is not None and shape is not None and len(out) == found:
         known_valid.add(shape)
     return out
 
 
-def _shape_digest(shallow: dict[str, Any], shapes: dict[str, list[str]]) -> bytes:
-    """What the schema's verdict on a document depends on: its top level and its distinct map definitions."""
+def _shape_digest(shallow: dict[str, Any], shapes: dict[str, list[str]]) -> bytes | None:
+    """What the schema's verdict on a document depends on: its top level and its distinct map
+    definitions (None for a top level JSON cannot sort, e.g. keys that are not strings)."""
     top = {k: v for k, v in shallow.items() if k not in shapes}
-    text = json.dumps([top, shapes], sort_keys=True, default=repr)
+    try:
+        text = json.dumps([top, shapes], sort_keys=True, default=repr)
+    except (TypeError, ValueError):
+        return None
     return hashlib.blake2b(text.encode(), digest_size=16).digest()
 
 
