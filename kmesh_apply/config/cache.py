@@ -53,11 +53,12 @@ def cache_dir() -> Path | None:
 def _salt(ncpus: int) -> bytes:
     """Anything besides a chunk's text that its outcome depends on: the code that checks and
     encodes it (its source, so an upgrade or a local edit never reuses stale bytes) and the CPU count."""
+    import kmesh_apply.config as config
     from kmesh_apply import ctype
-    from kmesh_apply.config import chunks, codecs, loader, validate
+    from kmesh_apply.config import chunks, codecs, loader, model, validate
 
     h = hashlib.blake2b(f"{CACHE_FORMAT}\0{ncpus}\0".encode(), digest_size=16)
-    for module in (ctype, chunks, codecs, loader, validate):
+    for module in (ctype, config, chunks, codecs, loader, model, validate):
         h.update(Path(module.__file__ or "").read_bytes())
     h.update(validate.SCHEMA_FILE.read_bytes())
     return h.digest()
