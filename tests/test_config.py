@@ -107,6 +107,34 @@ def test_every_bad_entry_is_reported(tmp_path: Path):
     assert [d.line for d in diags] == [8, 9]
 
 
+STRUCTS = """\
+inner_maps:
+  s:
+    type: hash
+    key: u32
+    value: {struct: [{ip: ipv4}, {port: be16}, {weight: u16}]}
+    max_entries: 8
+    entries:
+      0: {ip: 10.0.0.1, port: 80, weight: 1}
+      1: {weight: 2, port: '0x51', ip: 10.0.0.2}
+"""
+
+
+def test_struct_values_by_column_and_by_entry(tmp_path: Path):
+    """Struct values encode by whole columns; a column with any unusual value goes entry by entry,
+    with the same bytes, and bad entries are each reported as before."""
+    record = {struct.pack("<I", 0): bytes.fromhex("0a000001" "0050" "0100"),
+              struct.pack("<I", 1): bytes.fromhex("0a000002" "0051" "0200")}
+    assert load_config([write(tmp_path, STRUCTS)]).inner_maps["s"].entries == record
+    assert load_config([write(tmp_path, STRUCTS.replace("'0x51'", "81"))]).inner_maps["s"].entries == record
+    bad = STRUCTS + "      2: {ip: 10.0.0.3, port: 70000, weight: 1}\n      3: [1, 2, 3]\n      4: {ip: 10.0.0.1, port: 80}\n"
+    assert [(d.line, d.entry, d.message) for d in errors(tmp_path, bad)] == [
+        (10, "2", "value: field 'port': expected an integer 0..65535 for be16, got 70000"),
+        (11, "3", "value: expected a mapping of field to value (ip, port, weight), got [1, 2, 3]"),
+        (12, "4", "value: field 'weight': missing (a struct value needs every field: ip, port, weight)"),
+    ]
+
+
 def test_too_many_entries(tmp_path: Path):
     one(tmp_path, GOOD.replace("max_entries: 10", "max_entries: 1"), 7, "a", "do not fit max_entries 1")
 

@@ -3,8 +3,10 @@
 Entries are compared, planned and written as bytes, so this is the one place that
 knows how a YAML value becomes key or value bytes and back. Maps can hold a million
 entries, so each type is compiled once into a closure (`encoder`, `_decoder`) and
-whole integer columns are packed by one `struct.pack` call (`encode_ints`); the
-careful checks that build a helpful message run only on the error path.
+whole columns of values (all the values of one map) are encoded at once
+(`encode_column`: a struct column is split into one column per field, each packed
+by one call, then interleaved); the careful checks that build a helpful message run
+only on the per-value path, which a column falls back to for anything unusual.
 """
 
 from __future__ import annotations
@@ -13,12 +15,15 @@ import re
 import socket
 import struct
 from functools import lru_cache
-from typing import Any, Callable
+from itertools import chain, repeat
+from operator import itemgetter
+from typing import Any, Callable, Sequence
 
 from kmesh_apply.ctype import Addr, Array, Bytes, Chars, CType, Int, Lpm, Raw, Struct
 
 Encoder = Callable[[Any], bytes]
 Decoder = Callable[[bytes], Any]
+ColumnEncoder = Callable[[Sequence[Any]], bytes]
 
 _HEX_INT_RE = re.compile(r"0[xX][0-9a-fA-F]+")
 _HEX_RE = re.compile(r"(?:0[xX])?([0-9a-fA-F]*)")
@@ -134,26 +139,6 @@ def _raw_encoder(typ: Raw) -> Encoder:
             return _hex_bytes(value, typ.size, expected)
         raise _fail(expected, value)
     return _with_int_fast_path(typ, slow)
-
-
-def encode_ints(typ: Int | Raw, values: list[Any]) -> bytes:
-    """A whole column of integers packed by one struct.pack call; any other value (a hex
-    string, a bool, an out-of-range number) sends the column through the per-value
-    encoder, which names the index of the first bad value."""
-    if typ.size in _INT_CODES and set(map(type, values)) <= {int}:
-        order, code = _int_format(typ)
-        try:
-            return struct.pack(f"{order}{len(values)}{code}", *values)
-        except struct.error:
-            pass
-    enc = encoder(typ)
-    out = []
-    for i, value in enumerate(values):
-        try:
-            out.append(enc(value))
-        except CodecError as e:
-            raise CodecError(f"value #{i}: {e}") from None
-    return b"".join(out)
 
 
 # ---------------------------------------------------------------- addresses and byte runs
@@ -331,6 +316,100 @@ def decode(typ: CType, data: bytes) -> Any:
     if len(data) != typ.size:
         raise CodecError(f"expected {typ.size} bytes, got {len(data)}")
     return _decoder(typ)(data)
+
+
+# ---------------------------------------------------------------- whole columns
+
+
+class _Unusual(Exception):
+    """A column the column encoders do not take as it is; its values go one by one instead."""
+
+
+# What a column encoder raises for a value it does not take: per-value encoders raise
+# CodecError (a ValueError), inet_pton OSError, TypeError or ValueError, struct.pack
+# struct.error, a missing struct field KeyError.
+_COLUMN_MISSES = (_Unusual, ValueError, LookupError, TypeError, OSError, struct.error)
+
+
+def encode_column(typ: CType, values: Sequence[Any]) -> bytes | None:
+    """The values' encodings concatenated, byte for byte what `encoder(typ)` gives each; None
+    when any value is not in its plain form (then encode value by value, for the messages)."""
+    try:
+        return _column_encoder(typ)(values)
+    except _COLUMN_MISSES:
+        return None
+
+
+@lru_cache(maxsize=1024)
+def _column_encoder(typ: CType) -> ColumnEncoder:
+    """Integers pack in one struct.pack, addresses with inet_pton, arrays as their flattened
+    elements and structs field by field; other types join their per-value encodings."""
+    if isinstance(typ, (Int, Raw)) and typ.size in _INT_CODES:
+        return _int_column(typ)
+    if isinstance(typ, Addr) and typ.family != "mac":
+        af = _FAMILY[typ.family][0]
+        return lambda values: b"".join(map(socket.inet_pton, repeat(af, len(values)), values))
+    if isinstance(typ, Array):
+        return _array_column(typ)
+    if isinstance(typ, Struct):
+        return _struct_column(typ)
+    enc = encoder(typ)
+    return lambda values: b"".join(map(enc, values))
+
+
+def _int_column(typ: Int | Raw) -> ColumnEncoder:
+    order, code = _int_format(typ)
+
+    def col(values: Sequence[Any]) -> bytes:
+        if not set(map(type, values)) <= {int}:  # bools and hex strings take the per-value path
+            raise _Unusual
+        return struct.pack(f"{order}{len(values)}{code}", *values)
+    return col
+
+
+def _array_column(typ: Array) -> ColumnEncoder:
+    """An array's elements lie one after another, so n arrays are one column of n*length elements."""
+    elem, length = _column_encoder(typ.elem), typ.length
+
+    def col(values: Sequence[Any]) -> bytes:
+        if not (set(map(type, values)) <= {list} and set(map(len, values)) <= {length}):
+            raise _Unusual
+        return elem(list(chain.from_iterable(values)))
+    return col
+
+
+# Copy units for interleaving: the widest that divides a field's offset, its width and the record size.
+_UNITS = ((8, "Q"), (4, "I"), (2, "H"), (1, "B"))
+
+
+def _struct_column(typ: Struct) -> ColumnEncoder:
+    """Each field's column is encoded whole, then copied into every record at its offset by
+    strided slice assignment (one per copy unit of the field, or one per record when fewer),
+    through memoryviews cast to the widest copy unit; the bytes between fields stay zero."""
+    size, count = typ.size, len(typ.fields)
+    plan = []
+    for f in typ.fields:
+        width = f.type.size
+        unit, code = next((u, c) for u, c in _UNITS if f.offset % u == width % u == size % u == 0)
+        plan.append((itemgetter(f.name), code, f.offset // unit, width // unit, size // unit, _column_encoder(f.type)))
+
+    def col(values: Sequence[Any]) -> bytes:
+        if not (set(map(type, values)) <= {dict} and set(map(len, values)) <= {count}):
+            raise _Unusual
+        n = len(values)
+        out = bytearray(size * n)
+        whole = memoryview(out)
+        for get, code, off, width, stride, fcol in plan:  # in copy units
+            data = memoryview(fcol(list(map(get, values)))).cast(code)
+            view = whole.cast(code)
+            if width <= n:
+                for j in range(width):
+                    view[off + j::stride] = data[j::width]
+            else:
+                for i in range(n):
+                    view[i * stride + off:i * stride + off + width] = data[i * width:(i + 1) * width]
+        return bytes(out)
+    return col
 
 
 # ---------------------------------------------------------------- per-CPU values

@@ -25,7 +25,7 @@ from kmesh_apply.config.model import (
     Location,
     OuterMapSpec,
 )
-from kmesh_apply.ctype import CType, Int, Lpm, Raw, TypeSpecError, parse_type, records
+from kmesh_apply.ctype import CType, Lpm, Raw, TypeSpecError, parse_type, records
 from kmesh_apply.state import STAGING_DIR
 
 SCHEMA_FILE = Path(__file__).with_name("config-v1.schema.json")
@@ -193,10 +193,11 @@ class _MapChecker:
 
     def encode_all(self, keys: list[Any], values: list[Any], path: Callable[[int], tuple[Any, ...]], key: CType,
                    value: CType | None, value_encoder: Callable[[Any], Any] | None = None) -> dict[bytes, Any]:
-        """Encode keys and values by whole columns when they are plain integers; otherwise entry by
-        entry, reporting every bad entry (up to a limit). `value_encoder` overrides `value`'s codec."""
-        key_blob = _bulk(key, keys)
-        value_blob = _bulk(value, values) if value is not None and value_encoder is None else None
+        """Encode keys and values by whole columns (codecs.encode_column) when every one is in its
+        plain form; otherwise entry by entry, reporting every bad entry (up to a limit).
+        `value_encoder` overrides `value`'s codec."""
+        key_blob = codecs.encode_column(key, keys)
+        value_blob = codecs.encode_column(value, values) if value is not None and value_encoder is None else None
         enc_keys: list[bytes] | None = None
         if key_blob is not None and value_blob is not None:
             out = dict(zip(records(key_blob, key.size), records(value_blob, value.size)))  # type: ignore[union-attr]
@@ -241,17 +242,6 @@ class _MapChecker:
         elif reported == MAX_PROBLEMS_PER_MAP:
             self.problem("more bad entries follow; fix the ones above first", "entries")
         return 1
-
-
-def _bulk(typ: CType | None, values: list[Any]) -> bytes | None:
-    """Whole-column encoding for plain integers (one struct.pack), as concatenated values;
-    None when the slow path is needed."""
-    if not isinstance(typ, (Int, Raw)) or (isinstance(typ, Raw) and typ.size not in (1, 2, 4, 8)):
-        return None
-    try:
-        return codecs.encode_ints(typ, values)
-    except (codecs.CodecError, TypeError):
-        return None
 
 
 def check_inner(src: Source, name: str, raw: dict[str, Any], problems: list[Problem], ncpus: Callable[[], int],
