@@ -126,7 +126,7 @@ def _schema_message(err: Any) -> str:
         where = "the map"
     if err.validator == "additionalProperties":
         allowed = sorted(err.schema.get("properties", {}))
-        extra = sorted(set(err.instance) - set(allowed)) if isinstance(err.instance, dict) else []
+        extra = sorted(set(err.instance) - set(allowed), key=str) if isinstance(err.instance, dict) else []
         return f"unknown key {', '.join(repr(e) for e in extra)} in {where}: expected one of {', '.join(allowed)}"
     if err.validator == "pattern" and err.validator_value == "^[A-Za-z0-9_-]+$":
         return f"{err.instance!r} is not a valid map name: use letters, digits, '_' and '-' (bpffs refuses dots; no '/')"
