@@ -242,6 +242,17 @@ def test_fuzz_arbitrary_text(text: str):
         pass
 
 
+@pytest.mark.parametrize("text, message", [
+    ("a:\n:", "unknown key None, 'a' in the top level"),
+    ("inner_maps:\n  x:\n    type: hash\n    key: u32\n    value: u32\n    max_entries: 1\n    ~: 1\n",
+     "unknown key None in the map"),
+])
+def test_null_keys_are_reported(text: str, message: str):
+    """Found by the fuzz test: keys that JSON cannot sort once raised TypeError."""
+    with pytest.raises(ConfigError, match=message):
+        load_config(inline=text)
+
+
 GOOD_LINES = GOOD.splitlines()
 
 

@@ -80,8 +80,7 @@ def schema_problems(src: Source, known_valid: set[bytes] | None = None) -> list[
                 out.append(Problem(src.file, (section, name), f"{name!r} is not a valid map name: use letters, digits, "
                                    "'_' and '-' (bpffs refuses dots; no '/')", name))
             d = {k: v for k, v in m.items() if k != "entries"} if isinstance(m, dict) else m
-            shape = json.dumps(d, sort_keys=True, default=repr)
-            rep = seen.setdefault(shape, name)
+            rep = seen.setdefault(_shape(d), name)
             sharing.setdefault((section, rep), []).append(name)
         shallow[section] = {rep: {k: v for k, v in maps[rep].items() if k != "entries"} if isinstance(maps[rep], dict) else maps[rep]
                             for rep in seen.values()}
@@ -107,6 +106,14 @@ def schema_problems(src: Source, known_valid: set[bytes] | None = None) -> list[
     if known_valid is not None and shape is not None and len(out) == found:
         known_valid.add(shape)
     return out
+
+
+def _shape(definition: Any) -> str:
+    """A map definition as text, equal for equal definitions (keys that JSON cannot sort keep their order)."""
+    try:
+        return json.dumps(definition, sort_keys=True, default=repr)
+    except TypeError:
+        return repr(definition)
 
 
 def _shape_digest(shallow: dict[str, Any], shapes: dict[str, list[str]]) -> bytes | None:
