@@ -604,6 +604,8 @@ def main(argv: Sequence[str]) -> int:
     help_result: Result | None = None
     try:
         build_c()
+        # Children run with PYTHONDONTWRITEBYTECODE: byte-compile once, or an edited module is recompiled every run.
+        subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "kmesh_apply")], check=False)
         with tempfile.TemporaryDirectory(prefix="kmesh-bench-") as tmpdir:
             tmp = Path(tmpdir)
             unavailable = probe_kmesh_apply(tmp)
