@@ -57,7 +57,7 @@ def _salt(ncpus: int) -> bytes:
     from kmesh_apply import ctype
     from kmesh_apply.config import chunks, codecs, loader, model, validate
 
-    h = hashlib.blake2b(f"{CACHE_FORMAT}\0{ncpus}\0".encode(), digest_size=16)
+    h = hashlib.sha256(f"{CACHE_FORMAT}\0{ncpus}\0".encode())
     for module in (ctype, config, chunks, codecs, loader, model, validate):
         h.update(Path(module.__file__ or "").read_bytes())
     h.update(validate.SCHEMA_FILE.read_bytes())
@@ -80,11 +80,12 @@ class Cache:
         return cls(root, ncpus)
 
     def digest(self, chunk: Chunk, text: bytes | memoryview) -> bytes:
-        """A map's cache key: its section and exact text (UTF-8), salted with what else its outcome depends on."""
-        h = hashlib.blake2b(self.salt, digest_size=16)
+        """A map's cache key: its section and exact text (UTF-8), salted with what else its outcome depends on
+        (SHA-256: with the SHA instructions of current x86 CPUs, about twice as fast as BLAKE2b)."""
+        h = hashlib.sha256(self.salt)
         h.update(chunk.section.encode() + b"\0")
         h.update(text)
-        return h.digest()
+        return h.digest()[:16]
 
     def _usable(self) -> bool:
         """Only a directory of ours that no one else may write: a pack is loaded as trusted data."""
