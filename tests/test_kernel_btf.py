@@ -117,6 +117,18 @@ def test_btf_is_loaded_once_per_type_pair():
             m.close()
 
 
+def test_a_map_s_key_and_value_are_decoded_from_one_load(monkeypatch):
+    monkeypatch.setattr(B, "_decoded", {})
+    loads = []
+    load = L.btf__load_from_kernel_by_id
+    monkeypatch.setattr(L, "btf__load_from_kernel_by_id", lambda btf_id: loads.append(btf_id) or load(btf_id))
+    key, value = parse_type("be32"), parse_type({"struct": [{"a": "u64"}, {"b": "mac"}]})
+    with _create("hash", key, value) as m:
+        assert m.types() == (key, value) and loads == [m.info.btf_id]
+        assert m.key_type() == key and m.value_type() == value and len(loads) == 1  # cached
+    assert B.decode_types(0, (1, 4), (0, 8)) == [Raw(4), Raw(8)] and len(loads) == 1  # no BTF: nothing to load
+
+
 def test_size_mismatch_between_type_and_map_is_refused():
     with pytest.raises(Exception, match="key type is 8 bytes but key_size is 4"):
         Map.create("hash", 4, 4, 4, key_type=parse_type("u64"))

@@ -13,6 +13,7 @@ import pytest
 from kmesh_apply.errors import KernelError, KmeshError
 from kmesh_apply.kernel import BatchError, Map, MapInfo, incompatibility, possible_cpus
 from kmesh_apply.kernel import libbpf as L
+from kmesh_apply.kernel import maps
 
 
 def u32(n: int) -> bytes:
@@ -119,6 +120,45 @@ def test_batches_and_items(map_type):
             return  # array entries cannot be deleted
         m.delete_batch(b"".join(keys[: n // 2]), n // 2)
         assert m.items() == dict(zip(keys[n // 2:], values[n // 2:]))
+
+
+@pytest.mark.parametrize("map_type", ["hash", "lru_hash", "array", "percpu_hash", "percpu_array"])
+@pytest.mark.parametrize("lookup_bytes", [1, 7 * 12, 1 << 20])
+def test_items_in_chunks_with_shared_buffers(map_type, lookup_bytes, monkeypatch):
+    """Chunks of one entry (hash buckets with more grow the chunk), of a few, or the whole map; one
+    LookupBuffers serves maps of different sizes in turn."""
+    monkeypatch.setattr(maps, "_LOOKUP_BYTES", lookup_bytes)
+    buffers = maps.LookupBuffers()
+    for n, ks, value_size in ((300, 4, 8), (3, 8, 4), (1000, 4, 12)):
+        with Map.create(map_type, 4 if "array" in map_type else ks, value_size, n if "array" in map_type else 2 * n) as m:
+            ks, vs = m.info.key_size, m.syscall_value_size
+            keys = [i.to_bytes(ks, "little") for i in range(n)]
+            values = [(i * 7 + 1).to_bytes(vs, "little") for i in range(n)]
+            m.update_batch(b"".join(keys), b"".join(values), n)
+            assert m.items(buffers) == dict(zip(keys, values))
+
+
+@pytest.mark.parametrize("map_type,entries", [("array", 4), ("hash", 3), ("hash", 0), ("percpu_array", 4)])
+def test_small_maps_are_read_in_one_call(map_type, entries, monkeypatch):
+    """A hash map reports its end with the entries; a full array needs no call to find it has no more."""
+    seen = []
+    lookup = L.bpf_map_lookup_batch
+    monkeypatch.setattr(L, "bpf_map_lookup_batch", lambda *a: seen.append(a) or lookup(*a))
+    with Map.create(map_type, 4, 8, 4) as m:
+        vs = m.syscall_value_size
+        for i in range(entries):
+            m.update(u32(i), u64(i + 1).ljust(vs, b"\0"))
+        assert m.items() == {u32(i): u64(i + 1).ljust(vs, b"\0") for i in range(entries)}
+    assert len(seen) == 1
+
+
+@pytest.mark.parametrize("count", [0, 1, 2, 3, 20, 63, 64, 65, 1023, 1024, 1025, 5000])
+@pytest.mark.parametrize("size", [1, 4, 13])
+def test_split_records(count, size):
+    blob = os.urandom(count * size + 5)  # records, then bytes that are not asked for
+    assert list(maps.split_records(blob, size, count)) == [blob[i:i + size] for i in range(0, count * size, size)]
+    buf = (ctypes.c_char * len(blob)).from_buffer_copy(blob)
+    assert list(maps.split_records(buf, size, count)) == [blob[i:i + size] for i in range(0, count * size, size)]
 
 
 def test_percpu_values_hold_one_copy_per_cpu():

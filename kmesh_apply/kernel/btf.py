@@ -241,21 +241,33 @@ class _Reader:
 
 def decode_type(btf_id: int, type_id: int, size: int) -> CType:
     """The CType of a map's key or value from its BTF; Raw(size) when BTF cannot say more."""
-    if not btf_id or not type_id:
-        return Raw(size)
-    cache_key = (btf_id, type_id, size)
-    with _lock:
-        if cache_key in _decoded:
-            return _decoded[cache_key]
-    reader = _Reader(btf_id)
+    return decode_types(btf_id, (type_id, size))[0]
+
+
+def decode_types(btf_id: int, *types: tuple[int, int]) -> list[CType]:
+    """The CTypes of (type_id, size) pairs of one BTF object, loaded once for all of them (a map's
+    key and value: half the loads of decoding them one by one); Raw(size) where BTF cannot say more."""
+    out: list[CType] = []
+    reader: _Reader | None = None
     try:
-        typ = reader.decode(type_id)
-    except _Unrepresentable:
-        typ = Raw(size)
+        for type_id, size in types:
+            if not btf_id or not type_id:
+                out.append(Raw(size))
+                continue
+            with _lock:
+                typ = _decoded.get((btf_id, type_id, size))
+            if typ is None:
+                reader = reader or _Reader(btf_id)
+                try:
+                    typ = reader.decode(type_id)
+                except _Unrepresentable:
+                    typ = Raw(size)
+                if typ.size != size:
+                    typ = Raw(size)
+                with _lock:
+                    _decoded[(btf_id, type_id, size)] = typ
+            out.append(typ)
     finally:
-        reader.close()
-    if typ.size != size:
-        typ = Raw(size)
-    with _lock:
-        _decoded[cache_key] = typ
-    return typ
+        if reader is not None:
+            reader.close()
+    return out
