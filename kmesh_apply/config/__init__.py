@@ -9,9 +9,7 @@ Raises ConfigError with every problem of every file, each naming file, line, map
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from kmesh_apply.config.loader import INLINE, Source, config_files, parse_text, read_source, resolve
@@ -46,12 +44,9 @@ def load_config(paths: Sequence[str | os.PathLike] = (), *, inline: str | Mappin
         if not files and not diagnostics:
             diagnostics.append(Diagnostic("no configuration given: name files or directories"))
         cache = _open_cache() if use_cache else None
-        warming = _warm_imports(files)
         for f in files:
             parsed = read_source(f, cache)
             (sources if isinstance(parsed, Source) else diagnostics).append(parsed)  # type: ignore[arg-type]
-        if warming is not None:
-            warming.join()
     problems: list = []
     shapes = cache.known_shapes() if cache is not None else None
     known = len(shapes or ())
@@ -64,30 +59,6 @@ def load_config(paths: Sequence[str | os.PathLike] = (), *, inline: str | Mappin
         if shapes is not None and len(shapes) > known:
             cache.save_shapes(shapes)
     return config
-
-
-# Below this much YAML, parsing is too short to hide an import behind.
-WARM_IMPORTS_BYTES = 256 * 1024
-
-
-def _warm_imports(files: list[Path]) -> threading.Thread | None:
-    """Import jsonschema (about 45 ms) on another core while the main thread parses a large
-    file: yaml-rs parses without holding the GIL. Failures are left to the real import."""
-
-    def warm() -> None:
-        try:
-            import jsonschema  # noqa: F401
-        except Exception:  # noqa: BLE001  (reported where it is really imported)
-            pass
-
-    try:
-        if sum(f.stat().st_size for f in files) < WARM_IMPORTS_BYTES:
-            return None
-    except OSError:
-        return None
-    thread = threading.Thread(target=warm, name="kmesh-warm-imports", daemon=True)
-    thread.start()
-    return thread
 
 
 def _open_cache() -> Cache | None:
@@ -105,6 +76,8 @@ def _store(cache: Cache, sources: list[Source], config: Config) -> None:
     for src in sources:
         if not src.digests or len(src.reused) == len(src.digests):
             continue
+        if set(src.data.get("inner_maps") or {}) != set(src.digests) - set(src.reused):
+            continue  # the parser saw other maps than the cut: never store what the cut got wrong
         pack = {}
         for name, digest in src.digests.items():
             spec = config.inner_maps.get(name)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
@@ -24,6 +25,8 @@ if TYPE_CHECKING:
 
 MAX_FILE_BYTES = 1 << 30
 INLINE = "<inline>"
+# Below this much YAML, parsing is too short to hide an import behind.
+WARM_IMPORTS_CHARS = 256 * 1024
 
 
 @dataclass
@@ -132,6 +135,7 @@ def parse_text(text: str, file: str) -> Source | Diagnostic:
 
     limits = yaml_rs.AliasLimits(max_alias_expansions_per_anchor=10_000, max_replay_stack_depth=64,
                                  max_total_replayed_events=1_000_000)
+    warming = _warm_imports() if len(text) >= WARM_IMPORTS_CHARS else None
     try:
         data = yaml_rs.loads(text, parse_datetime=False, alias_limits=limits)
     except yaml_rs.YAMLDecodeError as e:
@@ -148,7 +152,26 @@ def parse_text(text: str, file: str) -> Source | Diagnostic:
         return Diagnostic("invalid YAML: " + "; ".join([re.sub(r"\s*at line \d+, column \d+", "", first), *detail]), file, line)
     except RecursionError:
         return Diagnostic("invalid YAML: nested too deeply", file)
+    finally:
+        if warming is not None:
+            warming.join()
     return Source(file, text, data)
+
+
+def _warm_imports() -> threading.Thread:
+    """Import jsonschema (about 45 ms), which validation needs next, on another core while
+    yaml-rs parses: it parses without holding the GIL. Started only around the parse, as
+    anything else that drops the GIL meanwhile (hashing, I/O) would wait to get it back."""
+
+    def warm() -> None:
+        try:
+            import jsonschema  # noqa: F401
+        except Exception:  # noqa: BLE001  (reported where it is really imported)
+            pass
+
+    thread = threading.Thread(target=warm, name="kmesh-warm-imports", daemon=True)
+    thread.start()
+    return thread
 
 
 # ---- locating problems (error path only) -----------------------------------------------
