@@ -16,8 +16,8 @@ import re
 import struct
 from dataclasses import dataclass
 from functools import cache
-from operator import itemgetter
-from typing import Any, Iterator, Union
+from itertools import chain
+from typing import Any, Iterable, Union
 
 INT_NAMES = {
     "u8": (1, False, False), "u16": (2, False, False), "u32": (4, False, False), "u64": (8, False, False),
@@ -272,15 +272,33 @@ def type_or_raw(spec: Any, size: int) -> CType:
     return parse_type(spec) if spec is not None else Raw(size)
 
 
-def records(blob: bytes, size: int) -> Iterator[bytes]:
-    """Concatenated fixed-size values (as batch syscalls take and return them), one by one;
-    iter_unpack is about 1.5x as fast as slicing."""
-    return map(_first, _record_struct(size).iter_unpack(blob))
+# Records per struct call: larger groups gain nothing; up to _SMALL, one struct of the exact count.
+_GROUP = 1024
+_SMALL = 64
 
 
-_first = itemgetter(0)
+def records(buf: Any, size: int, count: int | None = None) -> Iterable[bytes]:
+    """The first `count` (default: all) fixed-size records of a buffer (concatenated keys or values,
+    as batch syscalls take and return them) as bytes objects.
+
+    Structs of 2^i records (i <= 10) split them in a few C calls: on a million records twice
+    as fast as a one-record struct's iter_unpack, three times as fast as slicing.
+    """
+    if count is None:
+        count = len(buf) // size
+    if count <= _SMALL:
+        return _group_struct(size, count).unpack_from(buf)
+    view = memoryview(buf).cast("B")
+    groups = []
+    start = 0
+    while start < count:
+        n = min(_GROUP, 1 << (count - start).bit_length() - 1)
+        end = count - (count - start) % n
+        groups.append(_group_struct(size, n).iter_unpack(view[start * size:end * size]))
+        start = end
+    return chain.from_iterable(chain.from_iterable(groups))
 
 
 @cache
-def _record_struct(size: int) -> struct.Struct:
-    return struct.Struct(f"{size}s")
+def _group_struct(size: int, n: int) -> struct.Struct:
+    return struct.Struct(f"{size}s" * n)

@@ -10,6 +10,7 @@ import struct
 
 import pytest
 
+from kmesh_apply.ctype import records
 from kmesh_apply.errors import KernelError, KmeshError
 from kmesh_apply.kernel import BatchError, Map, MapInfo, incompatibility, possible_cpus
 from kmesh_apply.kernel import libbpf as L
@@ -154,11 +155,13 @@ def test_small_maps_are_read_in_one_call(map_type, entries, monkeypatch):
 
 @pytest.mark.parametrize("count", [0, 1, 2, 3, 20, 63, 64, 65, 1023, 1024, 1025, 5000])
 @pytest.mark.parametrize("size", [1, 4, 13])
-def test_split_records(count, size):
+def test_records(count, size):
     blob = os.urandom(count * size + 5)  # records, then bytes that are not asked for
-    assert list(maps.split_records(blob, size, count)) == [blob[i:i + size] for i in range(0, count * size, size)]
+    want = [blob[i:i + size] for i in range(0, count * size, size)]
+    assert list(records(blob, size, count)) == want
     buf = (ctypes.c_char * len(blob)).from_buffer_copy(blob)
-    assert list(maps.split_records(buf, size, count)) == [blob[i:i + size] for i in range(0, count * size, size)]
+    assert list(records(buf, size, count)) == want
+    assert list(records(blob[:count * size], size)) == want  # all of them
 
 
 def test_percpu_values_hold_one_copy_per_cpu():

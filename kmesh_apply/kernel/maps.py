@@ -17,10 +17,9 @@ import re
 import struct
 from dataclasses import dataclass
 from functools import cache
-from itertools import chain
 from typing import Iterable, Sequence
 
-from kmesh_apply.ctype import CType
+from kmesh_apply.ctype import CType, records
 from kmesh_apply.errors import KernelError, KmeshError
 from kmesh_apply.kernel import libbpf as L
 
@@ -46,8 +45,6 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9_.]{0,15}$")
 # kernel's time per entry is the same for any chunk) and at least one entry of any size.
 _LOOKUP_BYTES = 16 << 20
 _LOOKUP_OPTS_REF = ctypes.byref(L.batch_opts())  # no flags; the kernel only reads them
-_GROUP = 1024  # records one struct call splits at most; larger groups gain nothing
-_SMALL = 64  # up to this many records are split by one struct of exactly that many
 _no_batch: set[str] = set()  # map types seen refusing batch operations
 
 
@@ -71,31 +68,6 @@ def flag_bits(names: Iterable[str]) -> int:
         else:
             raise KmeshError(f"unknown map flag '{n}': expected one of {', '.join(MAP_FLAGS)}")
     return bits
-
-
-def split_records(buf: ctypes.Array | bytes, size: int, count: int) -> Iterable[bytes]:
-    """The first count records of size bytes in buf, as bytes objects.
-
-    Structs of 2^i records (i <= 10) split them in a few C calls per map: on a million
-    records 2x as fast as a one-record struct's iter_unpack, 3x as fast as slicing; a
-    small map takes one struct of its exact count.
-    """
-    if count <= _SMALL:
-        return _group_struct(size, count).unpack_from(buf)
-    view = memoryview(buf).cast("B")
-    groups = []
-    start = 0
-    while start < count:
-        n = min(_GROUP, 1 << (count - start).bit_length() - 1)
-        end = count - (count - start) % n
-        groups.append(_group_struct(size, n).iter_unpack(view[start * size:end * size]))
-        start = end
-    return chain.from_iterable(chain.from_iterable(groups))
-
-
-@cache
-def _group_struct(size: int, n: int) -> struct.Struct:
-    return struct.Struct(f"{size}s" * n)
 
 
 @cache
@@ -433,7 +405,7 @@ class Map:
                     keys, vals = buffers.reserve(chunk * ks, chunk * vs, max(ks, 8))[:2]
                     continue
                 raise fail("batch lookup", self.label, -ret)
-            out.update(zip(split_records(keys, ks, n), split_records(vals, vs, n)))
+            out.update(zip(records(keys, ks, n), records(vals, vs, n)))
             if ret < 0 or (n == info.max_entries and info.type in ARRAY_TYPES):  # an array has no more keys
                 return out
             in_tok, out_tok = out_tok, in_tok
