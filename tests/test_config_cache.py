@@ -79,7 +79,6 @@ def test_split_gives_each_map_its_exact_text() -> None:
     HEADER + "inner_maps: {a: {type: hash}}\n",                               # flow style section
     HEADER + "inner_maps:\n  a: {type: hash}\n",                              # a map on one line
     HEADER + "inner_maps:\n  a:\n    type: hash\n  a:\n    type: hash\n",     # a repeated name
-    HEADER + "inner_maps:\n  a:\n    type: hash\n inner: 1\n",                # less indented content
     HEADER + "inner_maps:\n  a:\n    type: hash\n---\ninner_maps: {}\n",     # several documents
     HEADER + "inner_maps:\n  a:\n    type: !!str hash\n",                     # a tag
     HEADER + "inner_maps:\n  a:\n\ttype: hash\n",                             # a tab
@@ -89,6 +88,15 @@ def test_split_gives_each_map_its_exact_text() -> None:
 ])
 def test_split_refuses_what_it_cannot_reason_about(text: str) -> None:
     assert split(text.encode()) is None
+
+
+def test_less_indented_content_is_left_to_the_parser(tmp_path: Path, cache_dir: Path) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text(config_text().replace("  m2:\n", " odd: 1\n  m2:\n"))
+    for _ in range(2):
+        with pytest.raises(ConfigError):
+            load_config([f])
+    assert not list(cache_dir.glob("*.pack"))
 
 
 def test_split_without_maps() -> None:

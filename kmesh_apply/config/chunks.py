@@ -74,14 +74,16 @@ def _unsafe(data: bytes) -> bool:
 
 def _section_chunks(data: bytes, section: str, start: int, end: int) -> list[Chunk] | None:
     """The maps of one section (`start` is at the newline that ends its header line): every
-    content line at the section's first indentation is a map header, and none is less indented."""
+    content line at the section's first indentation is a map header."""
     first = _CONTENT_LINE.search(data, start, end)
     if first is None:
         return []
     indent = len(first.group(1))
     if indent == 0:
         return None
-    outline = re.compile(rb"\n {0,%d}(?=[^ \n#])" % indent)  # content lines no deeper than a header
+    # Content lines at the headers' indentation. A less indented one is bad YAML: the parser
+    # reports it, or names a map the cut did not see, and then nothing is stored (config._store).
+    outline = re.compile(rb"\n {%d}(?=[^ \n#])" % indent)
     header = re.compile(b" " * indent + rb"([A-Za-z0-9_-]+):[ ]*(?:#.*)?")
     heads: list[tuple[int, str]] = []
     names: set[str] = set()
