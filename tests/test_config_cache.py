@@ -234,3 +234,21 @@ def test_non_ascii_text_is_cut_by_bytes(tmp_path: Path, cache_dir: Path, parsed:
     second = load_config([f])
     same_config(first, second)
     assert "后端" not in parsed[1] and "网格配置" in parsed[1]
+
+
+def test_reusing_maps_keeps_the_schema_shape_known(tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A load that takes every inner map from the cache has the shape of the first, full load."""
+    import jsonschema
+
+    f = tmp_path / "c.yaml"
+    f.write_text(config_text())
+    load_config([f])
+
+    class Refuse:
+        def __init__(self, *a: object) -> None:
+            raise AssertionError("jsonschema ran for a shape known to be valid")
+
+    monkeypatch.setattr(jsonschema, "Draft202012Validator", Refuse)
+    load_config([f])  # all inner maps reused
+    f.write_text(config_text(changed={2: inner("m2", {9: 9})}))
+    load_config([f])  # one parsed, the others reused
