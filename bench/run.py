@@ -25,6 +25,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -115,15 +116,20 @@ def run_child(argv: Sequence[str], timeout: float = CHILD_TIMEOUT) -> Outcome:
         start = time.perf_counter()
         proc = subprocess.Popen([TIME, "-f", "%M", "-o", rss.name, *argv], stdin=subprocess.DEVNULL,
                                 stdout=subprocess.DEVNULL, stderr=err, env=_env(), cwd=ROOT, start_new_session=True)
+        # Popen.wait(timeout) polls with sleeps of up to 50 ms, which rounded every time up by as
+        # much; a blocking wait returns at the exit, and a timer enforces the timeout.
+        timer = threading.Timer(timeout, _kill_group, (proc,))
+        timer.start()
         try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            _kill_group(proc)
-            err.write(f"timed out after {timeout:.0f} s\n".encode())
+            proc.wait()
         except BaseException:
             _kill_group(proc)
             raise
+        finally:
+            timer.cancel()
         seconds = time.perf_counter() - start
+        if seconds >= timeout:
+            err.write(f"timed out after {timeout:.0f} s\n".encode())
         err.seek(0)
         text = err.read().decode(errors="replace")
         last = (rss.read().strip().splitlines() or ["0"])[-1]
