@@ -252,3 +252,19 @@ def test_reusing_maps_keeps_the_schema_shape_known(tmp_path: Path, cache_dir: Pa
     load_config([f])  # all inner maps reused
     f.write_text(config_text(changed={2: inner("m2", {9: 9})}))
     load_config([f])  # one parsed, the others reused
+
+
+def test_an_unchanged_file_is_not_cut_again(tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text(config_text())
+    want = load_config([f], use_cache=False)
+    load_config([f])  # cuts and stores the cut with the pack
+    packs = {p: p.stat().st_mtime_ns for p in cache_dir.glob("*.pack")}
+    cuts: list[bytes] = []
+    real = loader.split
+    monkeypatch.setattr(loader, "split", lambda data: cuts.append(data) or real(data))
+    same_config(load_config([f]), want)
+    assert cuts == [] and {p: p.stat().st_mtime_ns for p in cache_dir.glob("*.pack")} == packs  # nothing rewritten
+    f.write_text(config_text(changed={0: inner("m0", {7: 7})}))
+    same_config(load_config([f]), load_config([f], use_cache=False))
+    assert len(cuts) == 1  # a changed file is cut again

@@ -9,7 +9,7 @@ depend on the inner maps).
 
 The cache lives in `$KMESH_APPLY_CACHE_DIR`, else `$XDG_CACHE_HOME/kmesh-apply`, else
 `~/.cache/kmesh-apply`; `KMESH_APPLY_CACHE_DIR=off` turns it off. It holds one pack
-per config file (the maps of that file's last successful load) and at most
+per config file (the maps of that file's last successful load, and how the file was cut) and at most
 `KEEP_PACKS` of them; a file with no pack of its own looks in the newest pack, so a
 copy of a config in another directory hits too. A pack is a marshal blob: it is
 trusted like Python's own bytecode cache, so it is read only from a directory that
@@ -24,12 +24,13 @@ import marshal
 import os
 import stat
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from kmesh_apply.config.chunks import Chunk
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 KEEP_PACKS = 4
 KEEP_SHAPES = 256
 SHAPES_FILE = "schema-shapes"
@@ -39,6 +40,15 @@ OFF = "off"
 
 # What a cached inner map carries: its definition without entries, and the encoded entries.
 Payload = tuple[dict[str, Any], dict[bytes, bytes]]
+# A file's cut, kept in its pack so that an unchanged file is not cut and hashed again: the
+# digest of the whole file, its chunks as (section, name, start, end), each inner map's digest.
+Layout = tuple[bytes, list[tuple[str, str, int, int]], dict[str, bytes]]
+
+
+@dataclass
+class Pack:
+    maps: dict[bytes, Payload] = field(default_factory=dict)
+    layout: Layout | None = None  # only from the file's own pack
 
 
 def cache_dir() -> Path | None:
@@ -99,20 +109,24 @@ class Cache:
         key = hashlib.blake2b(os.path.realpath(file).encode(), digest_size=12).hexdigest()
         return self.root / f"{key}.pack"
 
-    def load(self, file: str) -> dict[bytes, Payload]:
+    def file_digest(self, data: bytes) -> bytes:
+        """The key of a whole file's layout."""
+        return hashlib.sha256(self.salt + b"file\0" + data).digest()[:16]
+
+    def load(self, file: str) -> Pack:
         """The pack of `file`, else the newest other pack; empty when neither can be read (or is stale)."""
         if not self._usable():
-            return {}
+            return Pack()
         own = self._pack_path(file)
         for path in (own, *sorted(set(self.root.glob("*.pack")) - {own}, key=_mtime, reverse=True)[:1]):
-            maps = self._read(path)
-            if isinstance(maps, dict):
-                return maps
-        return {}
+            content = self._read(path)
+            if isinstance(content, tuple) and len(content) == 2 and isinstance(content[0], dict):
+                return Pack(content[0], content[1] if path == own else None)
+        return Pack()
 
-    def save(self, file: str, maps: dict[bytes, Payload]) -> None:
+    def save(self, file: str, pack: Pack) -> None:
         """Replace `file`'s pack and drop the oldest packs beyond KEEP_PACKS."""
-        if self._write(self._pack_path(file), maps):
+        if self._write(self._pack_path(file), (pack.maps, pack.layout)):
             packs = sorted(self.root.glob("*.pack"), key=_mtime, reverse=True)
             for old in packs[KEEP_PACKS:]:
                 old.unlink(missing_ok=True)

@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
-from kmesh_apply.config.chunks import SECTIONS, blank_out, split
+from kmesh_apply.config.chunks import SECTIONS, Chunk, blank_out, split
 from kmesh_apply.errors import Diagnostic
 
 if TYPE_CHECKING:
-    from kmesh_apply.config.cache import Cache, Payload
+    from kmesh_apply.config.cache import Cache, Layout, Payload
 
 MAX_FILE_BYTES = 1 << 30
 INLINE = "<inline>"
@@ -34,8 +34,8 @@ class Source:
     """One parsed document and the text it came from (for locating problems later).
 
     With the cache, `data` holds only the maps whose text changed; `reused` holds the
-    inner maps taken from the cache, `inner_order` every inner map name in file order,
-    and `digests` each inner map's chunk digest (to store it back after a good load).
+    inner maps taken from the cache, and `layout` how the file was cut (to store it
+    back after a good load; `layout_stored`: the cache already holds this very file).
     """
 
     file: str
@@ -43,8 +43,18 @@ class Source:
     data: Any
     owned: bool = True  # False for a caller's mapping: validation then never modifies `data`
     reused: dict[str, Payload] = field(default_factory=dict)
-    inner_order: list[str] = field(default_factory=list)
-    digests: dict[str, bytes] = field(default_factory=dict)
+    layout: Layout | None = None
+    layout_stored: bool = False
+
+    @property
+    def inner_order(self) -> list[str]:
+        """Every inner map name of a cut file, in file order."""
+        return [name for section, name, _, _ in self.layout[1] if section == "inner_maps"] if self.layout else []
+
+    @property
+    def digests(self) -> dict[str, bytes]:
+        """Each inner map's chunk digest, for a cut file."""
+        return self.layout[2] if self.layout else {}
 
 
 @dataclass
@@ -102,8 +112,8 @@ class _Reuse:
 
     reduced: str | None  # the text with reused maps blanked out (None: nothing reused)
     reused: dict[str, Payload]
-    digests: dict[str, bytes]
-    inner_order: list[str]
+    layout: Layout
+    layout_stored: bool
     blanked_sections: set[str]
 
     def fill(self, src: Source, text: str) -> None:
@@ -111,22 +121,31 @@ class _Reuse:
             for section in self.blanked_sections:
                 if src.data.get(section, {}) is None:
                     src.data[section] = {}  # every map of the section came from the cache
-        src.text, src.reused, src.digests, src.inner_order = text, self.reused, self.digests, self.inner_order
+        src.text, src.reused, src.layout, src.layout_stored = text, self.reused, self.layout, self.layout_stored
 
 
 def _reuse(raw: bytes, file: str, cache: Cache) -> _Reuse | None:
-    """Cut the file into map chunks and look them up; None when it cannot be cut."""
-    chunks = split(raw)
-    if chunks is None:
-        return None
-    inner = [c for c in chunks if c.section == "inner_maps"]
-    view = memoryview(raw)
-    digests = {c.name: cache.digest(c, view[c.start:c.end]) for c in inner}
+    """Cut the file into map chunks (or take the cut stored for this very file) and look them up;
+    None when it cannot be cut."""
     pack = cache.load(file)
-    reused = {c.name: pack[digests[c.name]] for c in inner if digests[c.name] in pack}
+    whole = cache.file_digest(raw)
+    stored = pack.layout is not None and pack.layout[0] == whole
+    if stored:
+        _, cut, digests = pack.layout  # type: ignore[misc]
+        chunks = [Chunk(*c) for c in cut]
+    else:
+        found = split(raw)
+        if found is None:
+            return None
+        chunks = found
+        view = memoryview(raw)
+        digests = {c.name: cache.digest(c, view[c.start:c.end]) for c in chunks if c.section == "inner_maps"}
+    inner = [c for c in chunks if c.section == "inner_maps"]
+    reused = {c.name: pack.maps[digests[c.name]] for c in inner if digests[c.name] in pack.maps}
     hit = [c for c in inner if c.name in reused]
     reduced = blank_out(raw, hit).decode() if hit else None
-    return _Reuse(reduced, reused, digests, [c.name for c in inner], {c.section for c in hit})
+    layout = (whole, [(c.section, c.name, c.start, c.end) for c in chunks], digests)
+    return _Reuse(reduced, reused, layout, stored and len(hit) == len(inner), {c.section for c in hit})
 
 
 def parse_text(text: str, file: str) -> Source | Diagnostic:
