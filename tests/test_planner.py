@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 import struct
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from kmesh_apply.config.model import Config, InnerMapSpec, Location, OuterMapSpec
 from kmesh_apply.ctype import parse_type
 from kmesh_apply.plan.model import CreateMap, MovePin, Plan, RemovePin, SetSlots, WriteEntries
-from kmesh_apply.plan.planner import destroy_plan, make_plan
+from kmesh_apply.plan.planner import destroy_plan, entry_diff, make_plan
 from kmesh_apply.plan.render import render_json, render_text
 from kmesh_apply.state import STAGING_DIR, LiveMap, LiveState, StagedMap
 
@@ -169,3 +172,18 @@ def test_json_rendering_decodes_entries():
     svc = next(c for c in data["changes"] if c["name"] == "svc")
     assert svc["added"] == [{"key": 0, "value": "a"}, {"key": 1, "value": "b"}]
     json.dumps(data)
+
+
+_small = st.dictionaries(st.binary(min_size=1, max_size=1), st.sampled_from([b"\0", b"\1", b"\2"]), max_size=12)
+
+
+@given(_small, _small, st.booleans())
+def test_entry_diff_puts_and_deletes_exactly_what_differs(desired, live, is_array):
+    put, delete = entry_diff(desired, live, is_array)
+    want = {k: v for k, v in desired.items() if live.get(k) != v}  # in the config's order
+    gone = [k for k in live if k not in desired]  # in the live map's order
+    if is_array:  # array slots are never deleted: the ones no longer named are zeroed
+        want.update((k, bytes(len(live[k]))) for k in gone if live[k].count(0) != len(live[k]))
+        gone = []
+    assert list(put.items()) == list(want.items())
+    assert delete == gone
