@@ -73,22 +73,20 @@ def _open_cache() -> Cache | None:
 
 def _store(cache: Cache, sources: list[Source], config: Config) -> None:
     """Keep every inner map of a cut file, and the cut, for the next load (unless the cache holds them already)."""
-    from kmesh_apply.config.cache import Pack
-
     for src in sources:
         if src.layout is None or src.layout_stored:
             continue
         if set(src.data.get("inner_maps") or {}) != set(src.digests) - set(src.reused):
             continue  # the parser saw other maps than the cut: never store what the cut got wrong
-        pack = Pack(layout=src.layout)
+        maps = {}
         for name, digest in src.digests.items():
             spec = config.inner_maps.get(name)
             if name in src.reused:
-                pack.maps[digest] = src.reused[name]
+                maps[digest] = src.reused[name]
             elif spec is not None:
                 definition = {k: v for k, v in src.data["inner_maps"][name].items() if k != "entries"}
-                pack.maps[digest] = (definition, spec.entries)
-        cache.save(src.file, pack)
+                maps[digest] = (definition, spec.entries)
+        cache.save(src.file, maps, src.layout)
 
 
 def schema_text() -> str:

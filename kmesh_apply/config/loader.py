@@ -141,7 +141,8 @@ def _reuse(raw: bytes, file: str, cache: Cache) -> _Reuse | None:
         view = memoryview(raw)
         digests = {c.name: cache.digest(c, view[c.start:c.end]) for c in chunks if c.section == "inner_maps"}
     inner = [c for c in chunks if c.section == "inner_maps"]
-    reused = {c.name: pack.maps[digests[c.name]] for c in inner if digests[c.name] in pack.maps}
+    found = pack.payloads(digests[c.name] for c in inner)
+    reused = {c.name: found[digests[c.name]] for c in inner if digests[c.name] in found}
     hit = [c for c in inner if c.name in reused]
     reduced = blank_out(raw, hit).decode() if hit else None
     layout = (whole, [(c.section, c.name, c.start, c.end) for c in chunks], digests)
