@@ -134,15 +134,15 @@ def _reuse(raw: bytes, file: str, cache: Cache) -> _Reuse | None:
         _, cut, digests = pack.layout  # type: ignore[misc]
         chunks = [Chunk(*c) for c in cut]
     else:
-        found = split(raw)
-        if found is None:
+        cut_now = split(raw)
+        if cut_now is None:
             return None
-        chunks = found
+        chunks = cut_now
         view = memoryview(raw)
         digests = {c.name: cache.digest(c, view[c.start:c.end]) for c in chunks if c.section == "inner_maps"}
     inner = [c for c in chunks if c.section == "inner_maps"]
-    found = pack.payloads(digests[c.name] for c in inner)
-    reused = {c.name: found[digests[c.name]] for c in inner if digests[c.name] in found}
+    payloads = pack.payloads(digests[c.name] for c in inner)
+    reused = {c.name: payloads[digests[c.name]] for c in inner if digests[c.name] in payloads}
     hit = [c for c in inner if c.name in reused]
     reduced = blank_out(raw, hit).decode() if hit else None
     layout = (whole, [(c.section, c.name, c.start, c.end) for c in chunks], digests)
