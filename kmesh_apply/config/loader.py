@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
-from kmesh_apply.config.chunks import SECTIONS, Chunk, blank_out, split
+from kmesh_apply.config.chunks import Chunk, blank_out, split
 from kmesh_apply.errors import Diagnostic
 
 if TYPE_CHECKING:
