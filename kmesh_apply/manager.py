@@ -182,6 +182,7 @@ class MapInMapManager:
             m = Map.create(t, config.key_size, 4, config.max_entries, name=config.name, flags=config.flags,
                            inner_map=self._inner(config.inner_map_id))
         else:
+            assert config.inner_map_fd is not None  # exactly one of the two, checked above
             with Map(os.dup(config.inner_map_fd)) as template:  # the caller keeps its own fd
                 m = Map.create(t, config.key_size, 4, config.max_entries, name=config.name, flags=config.flags,
                                inner_map=template)

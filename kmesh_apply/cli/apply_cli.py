@@ -17,6 +17,8 @@ import typer
 from kmesh_apply.cli.common import PinRootOption, fail, make_app, run
 
 if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
+
     from kmesh_apply.plan.model import Plan
 
 app = make_app("kmesh-apply", "Declarative manager for eBPF map-in-map state: plan and apply YAML against the "
@@ -43,8 +45,8 @@ class _Progress:
     """A rich progress bar on stderr for long applies on a terminal; does nothing otherwise."""
 
     def __init__(self) -> None:
-        self.bar = None
-        self.task = None
+        self.bar: Progress | None = None
+        self.task: TaskID | None = None
 
     def start(self, plan: "Plan") -> None:
         work = sum(len(getattr(s, "put", ())) + len(getattr(s, "set", ())) for s in plan.steps)
@@ -53,12 +55,12 @@ class _Progress:
         from rich.console import Console
         from rich.progress import Progress
 
-        self.bar = Progress(console=Console(stderr=True), transient=True)
-        self.task = self.bar.add_task("applying", total=len(plan.steps))
-        self.bar.start()
+        bar = self.bar = Progress(console=Console(stderr=True), transient=True)
+        self.task = bar.add_task("applying", total=len(plan.steps))
+        bar.start()
 
     def tick(self, step: object) -> None:
-        if self.bar is not None:
+        if self.bar is not None and self.task is not None:
             self.bar.advance(self.task)
 
     def stop(self) -> None:

@@ -69,5 +69,5 @@ def run(app: typer.Typer) -> None:
     except _click_exception() as e:  # usage errors: one line, like the tool's own errors
         ctx = getattr(e, "ctx", None)
         where = f" (see {ctx.command_path} --help)" if ctx is not None else ""
-        sys.exit(_print_error(e.format_message() + where))
+        sys.exit(_print_error(e.format_message() + where))  # type: ignore[attr-defined]
     sys.exit(code if isinstance(code, int) else 0)

@@ -69,6 +69,7 @@ def _key(value: Optional[str], hex_value: Optional[str], flag: str) -> int | byt
         raise KmeshError(f"give exactly one of --{flag}, --{flag}-hex")
     if value is not None:
         return _number(value, f"--{flag}")
+    assert hex_value is not None  # exactly one of the two, checked above
     text = hex_value.removeprefix("0x").replace(":", "").replace(" ", "")
     try:
         return bytes.fromhex(text)
@@ -303,11 +304,12 @@ def list_maps(as_json: Json = False, pin_root: PinRootOption = None) -> None:
         print(json.dumps(rows))
         return
     header = ("PIN", "ID", "TYPE", "KEY", "VALUE", "MAX", "ENTRIES")
-    table = [header] + [tuple("-" if r[k] is None else str(r[k]) for k in ("pin", "id", "type", "key_size", "value_size", "max_entries", "entries"))
-                        for r in rows]
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    for row in table:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    table: list[tuple[str, ...]] = [header] + [
+        tuple("-" if r[k] is None else str(r[k]) for k in ("pin", "id", "type", "key_size", "value_size", "max_entries", "entries"))
+        for r in rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(header))]
+    for line in table:
+        print("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip())
 
 
 def main() -> None:

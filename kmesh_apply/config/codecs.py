@@ -358,12 +358,12 @@ def _column_encoder(typ: CType) -> ColumnEncoder:
 
 
 def _int_column(typ: Int | Raw) -> ColumnEncoder:
-    order, code = _int_format(typ)
+    fmt = _int_format(typ)  # byte order, then the code: "<I"
 
     def col(values: Sequence[Any]) -> bytes:
         if not set(map(type, values)) <= {int}:  # bools and hex strings take the per-value path
             raise _Unusual
-        return struct.pack(f"{order}{len(values)}{code}", *values)
+        return struct.pack(f"{fmt[0]}{len(values)}{fmt[1]}", *values)
     return col
 
 
@@ -400,8 +400,8 @@ def _struct_column(typ: Struct) -> ColumnEncoder:
         out = bytearray(size * n)
         whole = memoryview(out)
         for get, code, off, width, stride, fcol in plan:  # in copy units
-            data = memoryview(fcol(list(map(get, values)))).cast(code)
-            view = whole.cast(code)
+            data = memoryview(fcol(list(map(get, values)))).cast(code)  # type: ignore[call-overload]
+            view = whole.cast(code)  # type: ignore[call-overload]
             if width <= n:
                 for j in range(width):
                     view[off + j::stride] = data[j::width]

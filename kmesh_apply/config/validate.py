@@ -393,13 +393,13 @@ def build_config(sources: list[Source], problems: list[Problem], known_valid: se
     outer_names = {n for _, n, _ in outer_raw}
     for src, name, raw in inner_raw:
         reused = src.reused.get(name)
-        spec = check_inner(src, name, raw, problems, possible_cpus, reused[1] if reused else None)
-        if spec is not None:
-            cfg.inner_maps[name] = spec
+        inner_spec = check_inner(src, name, raw, problems, possible_cpus, reused[1] if reused else None)
+        if inner_spec is not None:
+            cfg.inner_maps[name] = inner_spec
     for src, name, raw in outer_raw:
-        spec = check_outer(src, name, raw, problems, cfg.inner_maps, inner_names, outer_names)
-        if spec is not None:
-            cfg.outer_maps[name] = spec
+        outer_spec = check_outer(src, name, raw, problems, cfg.inner_maps, inner_names, outer_names)
+        if outer_spec is not None:
+            cfg.outer_maps[name] = outer_spec
     return cfg
 
 

@@ -143,13 +143,14 @@ class Plan:
 
     def moved_since(self, now: LiveState) -> list[str]:
         """What changed in the pin root since the plan was made (empty: the plan still applies)."""
+        then: dict[str, Any]
+        current: dict[str, Any]
         if self.base is not None:  # compare the data itself: cheaper than digests of a million entries
             then = {**self.base.maps, **{s.pin: s.live for s in self.base.staged}}
             current = {**now.maps, **{s.pin: s.live for s in now.staged}}
-            changed = [n for n in then if n in current and then[n] != current[n]]
         else:
             then, current = self.saved_fingerprint, now.fingerprint()
-            changed = [n for n in then if n in current and then[n] != current[n]]
+        changed = [n for n in then if n in current and then[n] != current[n]]
         return ([f"map '{n}' appeared" for n in current if n not in then]
                 + [f"map '{n}' disappeared" for n in then if n not in current]
                 + [f"map '{n}' changed" for n in changed])

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from itertools import compress
 from operator import ne
+from typing import Any
 
 from kmesh_apply.config.model import ARRAY_TYPES, Config, InnerMapSpec, OuterMapSpec
 from kmesh_apply.plan.model import CreateMap, MapChange, MapDef, MovePin, Plan, RemovePin, SetSlots, Step, WriteEntries
@@ -61,8 +62,9 @@ def template_mismatch(template: MapDef, inner: LiveMap) -> list[str]:
     return [f"{p} {getattr(inner, p)} -> {getattr(template, p)}" for p in props if getattr(inner, p) != getattr(template, p)]
 
 
-def entry_diff(desired: dict[bytes, bytes], live: dict[bytes, bytes], is_array: bool) -> tuple[dict[bytes, bytes], list[bytes]]:
-    """Entries to put and keys to delete. Array slots cannot be deleted: unnamed ones are zeroed instead."""
+def entry_diff(desired: dict[bytes, Any], live: dict[bytes, Any], is_array: bool) -> tuple[dict[bytes, Any], list[bytes]]:
+    """Entries (values, or for outer maps the inner map in a slot) to put and keys to delete.
+    Array slots cannot be deleted: unnamed ones are zeroed instead."""
     if desired == live:  # the common case, compared in C
         return {}, []
     # Compared in C (map/compress), in the config's order: a million entries in 0.18 s, not 0.27 s.
@@ -78,7 +80,7 @@ def entry_diff(desired: dict[bytes, bytes], live: dict[bytes, bytes], is_array: 
     return put, gone
 
 
-def describe_entries(change: MapChange, put: dict[bytes, bytes], delete: list[bytes], live: dict[bytes, bytes]) -> None:
+def describe_entries(change: MapChange, put: dict[bytes, Any], delete: list[bytes], live: dict[bytes, Any]) -> None:
     for k, v in put.items():
         old = live.get(k)
         if old is None:
@@ -126,10 +128,10 @@ class _Planner:
                                                      reasons=[f"remove {s.pin} left by an interrupted apply"]))
 
     def plan(self) -> Plan:
-        for spec in self.config.inner_maps.values():
-            self._plan_inner(spec)
-        for spec in self.config.outer_maps.values():
-            self._plan_outer(spec)
+        for inner in self.config.inner_maps.values():
+            self._plan_inner(inner)
+        for outer in self.config.outer_maps.values():
+            self._plan_outer(outer)
         for name, have in sorted(self.live.items()):
             if name not in self.config.inner_maps and name not in self.config.outer_maps:
                 (self.remove_outer if have.is_outer else self.remove_inner).append(RemovePin(name, name))
@@ -214,11 +216,11 @@ class _Planner:
             current = self.live.get(name)
             if held is None or current is None or held != current.id:
                 set_[key] = self.instance[name]
-                old = names_by_id.get(held, f"id {held}") if held is not None else None
-                if old is None:
+                was = names_by_id.get(held, f"id {held}") if held is not None else None
+                if was is None:
                     change.added[key] = name
                 else:
-                    change.changed[key] = (old, name)
+                    change.changed[key] = (was, name)
             elif name in self.superseded:
                 set_[key] = self.instance[name]  # same map by name, new instance: not a change users see
         clear = [k for k in have.slots if k not in spec.slots]
