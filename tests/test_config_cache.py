@@ -253,3 +253,19 @@ def test_an_unchanged_file_is_not_cut_again(tmp_path: Path, cache_dir: Path, mon
     f.write_text(config_text(changed={0: inner("m0", {7: 7})}))
     same_config(load_config([f]), load_config([f], use_cache=False))
     assert len(cuts) == 1  # a changed file is cut again
+
+
+def test_the_newest_schema_shapes_are_kept(tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cache_mod, "KEEP_SHAPES", 2)
+    f = tmp_path / "c.yaml"
+    for size in (32, 40, 48, 56):  # four shapes, one after another
+        f.write_text(config_text(changed={1: inner("m1", {1: 1}).replace("max_entries: 64", f"max_entries: {size}")}))
+        load_config([f])
+    import jsonschema
+
+    class Refuse:
+        def __init__(self, *a: object) -> None:
+            raise AssertionError("jsonschema ran")
+
+    monkeypatch.setattr(jsonschema, "Draft202012Validator", Refuse)
+    load_config([f])  # the last shape is among the kept ones

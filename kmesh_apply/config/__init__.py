@@ -49,15 +49,13 @@ def load_config(paths: Sequence[str | os.PathLike] = (), *, inline: str | Mappin
             (sources if isinstance(parsed, Source) else diagnostics).append(parsed)  # type: ignore[arg-type]
     problems: list = []
     shapes = cache.known_shapes() if cache is not None else None
-    known = len(shapes or ())
     config = build_config(sources, problems, shapes)
     diagnostics += resolve(problems, {s.file: s for s in sources})
     if diagnostics:
         raise ConfigError(diagnostics)
-    if cache is not None:
+    if cache is not None and shapes is not None:
         _store(cache, sources, config)
-        if shapes is not None and len(shapes) > known:
-            cache.save_shapes(shapes)
+        cache.save_shapes(shapes)
     return config
 
 

@@ -62,7 +62,7 @@ class Pack:
             maps = marshal.loads(self.blob)
         except (ValueError, EOFError, TypeError):
             return {}
-        return {d: maps[d] for d in hits if isinstance(maps, dict) and d in maps}
+        return {d: maps[d] for d in hits if d in maps} if isinstance(maps, dict) else {}
 
 
 def cache_dir() -> Path | None:
@@ -95,6 +95,7 @@ class Cache:
         self.root = root
         self.salt = _salt(ncpus)
         self.min_bytes = MIN_FILE_BYTES
+        self._shapes: list[bytes] = []  # as read, oldest first
 
     @classmethod
     def open(cls, ncpus: int) -> Cache | None:
@@ -148,13 +149,15 @@ class Cache:
 
     def known_shapes(self) -> set[bytes]:
         """Digests of document shapes the JSON Schema passed (see validate.schema_problems)."""
-        if not self._usable():
-            return set()
-        shapes = self._read(self.root / SHAPES_FILE)
-        return set(shapes) if isinstance(shapes, list) else set()
+        shapes = self._read(self.root / SHAPES_FILE) if self._usable() else None
+        self._shapes = shapes if isinstance(shapes, list) else []
+        return set(self._shapes)
 
     def save_shapes(self, shapes: set[bytes]) -> None:
-        self._write(self.root / SHAPES_FILE, sorted(shapes)[:KEEP_SHAPES])
+        """Add the shapes not known at `known_shapes`; the newest KEEP_SHAPES stay."""
+        new = sorted(shapes.difference(self._shapes))
+        if new:
+            self._write(self.root / SHAPES_FILE, (self._shapes + new)[-KEEP_SHAPES:])
 
     def _read(self, path: Path) -> Any:
         """A blob's content, or None when it is missing, unreadable or from another salt."""
