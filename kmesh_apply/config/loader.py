@@ -114,13 +114,10 @@ class _Reuse:
     reused: dict[str, Payload]
     layout: Layout
     layout_stored: bool
-    blanked_sections: set[str]
 
     def fill(self, src: Source, text: str) -> None:
-        if isinstance(src.data, dict):
-            for section in self.blanked_sections:
-                if src.data.get(section, {}) is None:
-                    src.data[section] = {}  # every map of the section came from the cache
+        if self.reused and isinstance(src.data, dict) and src.data.get("inner_maps", {}) is None:
+            src.data["inner_maps"] = {}  # every inner map came from the cache
         src.text, src.reused, src.layout, src.layout_stored = text, self.reused, self.layout, self.layout_stored
 
 
@@ -146,7 +143,7 @@ def _reuse(raw: bytes, file: str, cache: Cache) -> _Reuse | None:
     hit = [c for c in inner if c.name in reused]
     reduced = blank_out(raw, hit).decode() if hit else None
     layout = (whole, [(c.section, c.name, c.start, c.end) for c in chunks], digests)
-    return _Reuse(reduced, reused, layout, stored and len(hit) == len(inner), {c.section for c in hit})
+    return _Reuse(reduced, reused, layout, stored and len(hit) == len(inner))
 
 
 def parse_text(text: str, file: str) -> Source | Diagnostic:
