@@ -40,9 +40,9 @@ def main(argv: list[str]) -> int:
         # what the cold apply left (--no-cache: none at all).
         env = dict(run._env(), KMESH_APPLY_CACHE_DIR=run.NO_CACHE if args.no_cache else str(Path(tmp) / "cache"))
         if args.phase != "cold":
-            subprocess.run(run.kmesh_cmd("apply", wdir / "config.yaml", pin_root)[2:], check=True,
+            subprocess.run(run.kmesh_argv("apply", wdir / "config.yaml", pin_root), check=True,
                            stdout=subprocess.DEVNULL, env=env)
-        cmd = run.kmesh_cmd(verb, wdir / config, pin_root)[2:]  # without the `env VAR=` prefix
+        cmd = run.kmesh_argv(verb, wdir / config, pin_root)
         proc = subprocess.run([sys.executable, "-m", "cProfile", "-o", str(out), *cmd], stdout=subprocess.DEVNULL,
                               env=env)
     if proc.returncode not in (0, 2) or not out.exists():

@@ -227,10 +227,14 @@ def kmesh_apply_bin() -> str:
     return str(local) if local.exists() else (shutil.which("kmesh-apply") or str(local))
 
 
-def kmesh_cmd(verb: str, config: Path, pin_root: str, cache: str | Path = NO_CACHE) -> list[str]:
-    """A kmesh-apply command line; `cache` is its config cache directory (or "off")."""
+def kmesh_argv(verb: str, config: Path, pin_root: str) -> list[str]:
     extra = ["--auto-approve"] if verb == "apply" else ["--detailed-exitcode"]
-    return ["env", f"KMESH_APPLY_CACHE_DIR={cache}", kmesh_apply_bin(), verb, str(config), "--pin-root", pin_root, *extra]
+    return [kmesh_apply_bin(), verb, str(config), "--pin-root", pin_root, *extra]
+
+
+def kmesh_cmd(verb: str, config: Path, pin_root: str, cache: str | Path = NO_CACHE) -> list[str]:
+    """A kmesh-apply command line run with `cache` as its config cache directory (or "off")."""
+    return ["env", f"KMESH_APPLY_CACHE_DIR={cache}", *kmesh_argv(verb, config, pin_root)]
 
 
 def build_c() -> None:
