@@ -155,4 +155,4 @@ def test_map_without_btf_has_no_types():
 
 def test_btf_errors_are_kernel_errors():
     with pytest.raises(KernelError):
-        B.decode_type(0xFFFFFF0, 1, 4)
+        B.decode_types(0xFFFFFF0, (1, 4))

@@ -239,11 +239,6 @@ class _Reader:
         raise _Unrepresentable(name)
 
 
-def decode_type(btf_id: int, type_id: int, size: int) -> CType:
-    """The CType of a map's key or value from its BTF; Raw(size) when BTF cannot say more."""
-    return decode_types(btf_id, (type_id, size))[0]
-
-
 def decode_types(btf_id: int, *types: tuple[int, int]) -> list[CType]:
     """The CTypes of (type_id, size) pairs of one BTF object, loaded once for all of them (a map's
     key and value: half the loads of decoding them one by one); Raw(size) where BTF cannot say more."""
