@@ -133,12 +133,18 @@ class Cache:
         if not self._usable():
             return Pack()
         own = self._pack_path(file)
-        for path in (own, *sorted(set(self.root.glob("*.pack")) - {own}, key=_mtime, reverse=True)[:1]):
-            content = self._read(path)
-            if isinstance(content, tuple) and len(content) == 3 and isinstance(content[2], bytes):
-                layout, digests, blob = content
-                return Pack(layout if path == own else None, frozenset(digests), blob)
-        return Pack()
+        pack = self._read_pack(own, own=True)
+        if pack is None:  # none of its own (or a stale one): the newest other pack
+            others = sorted(set(self.root.glob("*.pack")) - {own}, key=_mtime, reverse=True)
+            pack = self._read_pack(others[0], own=False) if others else None
+        return pack or Pack()
+
+    def _read_pack(self, path: Path, own: bool) -> Pack | None:
+        content = self._read(path)
+        if not (isinstance(content, tuple) and len(content) == 3 and isinstance(content[2], bytes)):
+            return None
+        layout, digests, blob = content
+        return Pack(layout if own else None, frozenset(digests), blob)
 
     def save(self, file: str, maps: dict[bytes, Payload], layout: Layout) -> None:
         """Replace `file`'s pack and drop the oldest packs beyond KEEP_PACKS."""
