@@ -11,6 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from kmesh_apply.config.model import ARRAY_TYPES
+from kmesh_apply.state import LiveState
+
 # Outcomes of one reconcile pass, the label values of kmesh_apply_reconciles_total.
 OUTCOMES = ("success", "noop", "error")
 
@@ -73,3 +76,18 @@ class MetricsSource(Protocol):
     def usage(self) -> list[MapUsage]: ...
 
     def health(self) -> Health: ...
+
+
+def map_usage(live: LiveState) -> list[MapUsage]:
+    """Usage of every map of a live state, fullest first. An array's indexes all exist, so its
+    entries are the indexes holding a non-zero value (the config's rule for unnamed indexes)."""
+    out = []
+    for name, m in live.maps.items():
+        if m.is_outer:
+            entries = len(m.slots)
+        elif m.type in ARRAY_TYPES:
+            entries = sum(1 for v in m.entries.values() if v.count(0) != len(v))
+        else:
+            entries = len(m.entries)
+        out.append(MapUsage(name, "outer" if m.is_outer else "inner", m.type, m.id, entries, m.max_entries, m.memlock))
+    return sorted(out, key=lambda u: (-u.fill, u.name))

@@ -15,8 +15,9 @@ class _Reader:
     """Reads the maps of one pin root, sharing what they have in common: the lookup buffers, and
     the type specs of their BTF (thousands of maps carry the same few types)."""
 
-    def __init__(self) -> None:
+    def __init__(self, memlock: bool = False) -> None:
         self.buffers = LookupBuffers()
+        self.memlock = memlock
         self._specs: dict[tuple[int, ...], tuple[Any, Any]] = {}
 
     def read_map(self, path: str, name: str) -> LiveMap:
@@ -34,16 +35,19 @@ class _Reader:
                 live.slots = m.slots(self.buffers)
             else:
                 live.entries = m.items(self.buffers)
+            if self.memlock:
+                live.memlock = m.memlock()
         return live
 
 
-def read_live(pin_root: str) -> LiveState:
-    """The live state of `pin_root` (empty if it does not exist yet)."""
+def read_live(pin_root: str, memlock: bool = False) -> LiveState:
+    """The live state of `pin_root` (empty if it does not exist yet); `memlock` also reads what
+    each map costs the kernel (one fdinfo read per map, which plans do not need)."""
     root = check_pin_root(pin_root)
     state = LiveState(pin_root)
     if not root.exists():
         return state
-    reader = _Reader()
+    reader = _Reader(memlock)
     for entry in sorted(os.scandir(root), key=lambda e: e.name):
         if entry.is_dir(follow_symlinks=False):
             if entry.name != STAGING_DIR:

@@ -30,6 +30,7 @@ class LiveMap:
     value_type: Any = None
     entries: dict[bytes, bytes] = field(default_factory=dict)
     slots: dict[bytes, int] = field(default_factory=dict)
+    memlock: int | None = None  # bytes the kernel charges (fdinfo), when read with memlock=True
 
     @property
     def is_outer(self) -> bool:
