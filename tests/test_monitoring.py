@@ -370,3 +370,26 @@ inner_maps:
 """)
     assert make_plan(cfg, LiveState("/sys/fs/bpf/kmesh-x")).warnings == [
         "inner map 'busy' would be 100% full (4 of 4 entries); raise its max_entries before it fills up"]
+
+
+def test_a_scrape_follows_the_source() -> None:
+    """The per-map families are reused between scrapes only while the usage is unchanged."""
+    from dataclasses import replace
+
+    from kmesh_apply.metrics import Scrape
+    from kmesh_apply.monitor import MapUsage
+
+    root = "/sys/fs/bpf/kmesh-x"
+    source = Snapshot(root, [MapUsage("a", "inner", "hash", 1, 1, 4, 100)])
+    scrape = Scrape(source, PrometheusRecorder(root))
+
+    def entries() -> float:
+        samples = {s.name: s.value for f in text_string_to_metric_families(scrape().decode()) for s in f.samples
+                   if s.labels.get("map") == "a"}
+        return samples["kmesh_apply_map_entries"]
+
+    assert entries() == 1
+    source.maps[0] = replace(source.maps[0], entries=3)  # the same list, changed in place
+    assert entries() == 3
+    source.maps = [MapUsage("a", "inner", "hash", 1, 3, 4, 100)]  # an equal list: reused
+    assert entries() == 3
