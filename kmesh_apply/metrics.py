@@ -257,6 +257,10 @@ class RunMetrics:
     drift: int = 0  # plan: maps that differ from the configuration
     usage: list[MapUsage] | None = None  # plan: the maps as it read them
 
+    def __post_init__(self) -> None:
+        if not self.path.parent.is_dir():
+            raise KmeshError(f"--metrics-file {self.path}: {self.path.parent} is not a directory")
+
     def finish(self, error: BaseException | None, read_usage: Callable[[str], list[MapUsage]]) -> None:
         """Write the run's metrics; `read_usage` reads the pin root's maps when the run has not."""
         previous = read_textfile(self.path, self.pin_root)
@@ -276,7 +280,10 @@ class RunMetrics:
         except (KmeshError, OSError) as e:
             maps = []
             reasons.append(f"cannot read the pin root: {e}")
-        write_textfile(self.path, Snapshot(self.pin_root, maps, Health(not reasons, reasons, last_success)), recorder)
+        try:
+            write_textfile(self.path, Snapshot(self.pin_root, maps, Health(not reasons, reasons, last_success)), recorder)
+        except OSError as e:
+            raise KmeshError(f"cannot write the metrics file {self.path}: {e.strerror or e}") from e
 
 
 # ---- the HTTP endpoint --------------------------------------------------------------------

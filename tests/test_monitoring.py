@@ -393,3 +393,11 @@ def test_a_scrape_follows_the_source() -> None:
     assert entries() == 3
     source.maps = [MapUsage("a", "inner", "hash", 1, 3, 4, 100)]  # an equal list: reused
     assert entries() == 3
+
+
+def test_metrics_file_in_a_missing_directory(pin_root: Path, tmp_path: Path) -> None:
+    res = run_cli("kmesh-apply", "apply", str(REPO / "examples" / "mesh"), "--auto-approve", "--pin-root", str(pin_root),
+                  "--metrics-file", str(tmp_path / "nowhere" / "kmesh.prom"))
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert f"--metrics-file {tmp_path}/nowhere/kmesh.prom: {tmp_path}/nowhere is not a directory" in res.stderr
+    assert not pin_root.exists()  # refused before anything was applied
