@@ -17,6 +17,7 @@ from kmesh_apply.config import load_config
 from kmesh_apply.config.model import Config, resolve_pin_root
 from kmesh_apply.errors import StalePlanError
 from kmesh_apply.executor import ApplyReport, Executor
+from kmesh_apply.monitor import MapUsage, map_usage
 from kmesh_apply.pinroot import PinRootLock
 from kmesh_apply.plan.model import Plan, Step
 from kmesh_apply.plan.planner import destroy_plan, make_plan
@@ -24,8 +25,8 @@ from kmesh_apply.plan.render import render_json, render_text
 from kmesh_apply.reader import read_live
 from kmesh_apply.show import show_document
 
-__all__ = ["Config", "Plan", "ApplyReport", "resolve_pin_root", "load_config", "plan", "plan_destroy", "apply",
-           "converge", "render_text", "render_json", "show", "DEFAULT_LOCK_TIMEOUT"]
+__all__ = ["Config", "Plan", "ApplyReport", "resolve_pin_root", "load_config", "plan", "plan_with_usage", "plan_destroy",
+           "apply", "converge", "render_text", "render_json", "show", "usage", "DEFAULT_LOCK_TIMEOUT"]
 
 DEFAULT_LOCK_TIMEOUT = 10.0
 
@@ -33,6 +34,12 @@ DEFAULT_LOCK_TIMEOUT = 10.0
 def plan(config: Config, pin_root: str) -> Plan:
     """What `apply` would do to make `pin_root` match `config` (no lock: plans are read-only)."""
     return make_plan(config, read_live(pin_root))
+
+
+def plan_with_usage(config: Config, pin_root: str) -> tuple[Plan, list[MapUsage]]:
+    """`plan`, and the usage of the maps it was made against, from one read of the pin root."""
+    live = read_live(pin_root, memlock=True)
+    return make_plan(config, live), map_usage(live)
 
 
 def plan_destroy(pin_root: str) -> Plan:
@@ -66,3 +73,8 @@ def converge(config: Config | None, pin_root: str, *, confirm: Callable[[Plan], 
 def show(pin_root: str) -> dict[str, Any]:
     """The live state of `pin_root` as a config document that `apply` accepts and plans clean."""
     return show_document(read_live(pin_root))
+
+
+def usage(pin_root: str) -> list[MapUsage]:
+    """How full each map of `pin_root` is and what it costs the kernel, fullest first."""
+    return map_usage(read_live(pin_root, memlock=True))

@@ -8,10 +8,10 @@ adapter over these two, computed at scrape time. Neither side imports the other.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Protocol
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
 
-from kmesh_apply.config.model import ARRAY_TYPES
+from kmesh_apply.config.model import NEARLY_FULL, used_entries
 from kmesh_apply.state import LiveState
 
 # Outcomes of one reconcile pass, the label values of kmesh_apply_reconciles_total.
@@ -38,21 +38,26 @@ class MapUsage:
 
 @dataclass
 class Health:
-    """Whether the pin root is being kept equal to its configuration; `reasons` say why not."""
+    """Whether the pin root is being kept equal to its configuration; `reasons` say why not
+    (the last apply failed, the configuration is broken, drift could not be corrected)."""
 
     ok: bool = True
     reasons: list[str] = field(default_factory=list)
-    last_success: float | None = None  # time.time() of the last successful reconcile
+    last_success: float | None = None  # time.time() of the last reconcile whose outcome was success or noop
 
 
 class Recorder(Protocol):
     """Told of every reconcile as it happens (counters and histograms live behind it)."""
 
-    def reconcile(self, outcome: str, seconds: float) -> None: ...
+    def reconcile(self, outcome: str, seconds: float) -> None:
+        """One reconcile pass ended with `outcome` (one of OUTCOMES) after `seconds`."""
 
-    def drift(self, differences: int) -> None: ...
+    def drift(self, differences: int) -> None:
+        """A check of the kernel found `differences` (> 0) made by someone else, before they are
+        corrected; the apply that corrects them is reported through `reconcile` afterwards."""
 
-    def config_error(self) -> None: ...
+    def config_error(self) -> None:
+        """The configuration could not be loaded or failed validation."""
 
 
 class NoopRecorder:
@@ -78,16 +83,70 @@ class MetricsSource(Protocol):
     def health(self) -> Health: ...
 
 
+@dataclass
+class Snapshot:
+    """A MetricsSource over data taken once: a CLI run's final state, or a test's."""
+
+    pin_root: str
+    maps: list[MapUsage] = field(default_factory=list)
+    status: Health = field(default_factory=Health)
+
+    def usage(self) -> list[MapUsage]:
+        return self.maps
+
+    def health(self) -> Health:
+        return self.status
+
+
 def map_usage(live: LiveState) -> list[MapUsage]:
-    """Usage of every map of a live state, fullest first. An array's indexes all exist, so its
-    entries are the indexes holding a non-zero value (the config's rule for unnamed indexes)."""
+    """Usage of every map of a live state, fullest first."""
     out = []
     for name, m in live.maps.items():
-        if m.is_outer:
-            entries = len(m.slots)
-        elif m.type in ARRAY_TYPES:
-            entries = sum(1 for v in m.entries.values() if v.count(0) != len(v))
-        else:
-            entries = len(m.entries)
+        entries = len(m.slots) if m.is_outer else used_entries(m.type, m.entries)
         out.append(MapUsage(name, "outer" if m.is_outer else "inner", m.type, m.id, entries, m.max_entries, m.memlock))
     return sorted(out, key=lambda u: (-u.fill, u.name))
+
+
+def usage_json(usage: list[MapUsage]) -> list[dict[str, Any]]:
+    """`show --usage --json`: one object per map, fill as a ratio 0..1."""
+    return [{**asdict(u), "fill": round(u.fill, 6)} for u in usage]
+
+
+def human_bytes(n: int | None) -> str:
+    """1536 -> "1.5 KiB"; None (not read) -> "-"."""
+    if n is None:
+        return "-"
+    if n < 1024:
+        return f"{n} B"
+    size, unit = n / 1024, "KiB"
+    for bigger in ("MiB", "GiB"):
+        if size < 1024:
+            break
+        size, unit = size / 1024, bigger
+    return f"{size:.1f} {unit}"
+
+
+USAGE_COLUMNS = ("map", "kind", "type", "entries", "max_entries", "fill", "memlock")
+
+
+def usage_rows(usage: list[MapUsage]) -> list[tuple[str, ...]]:
+    """The cells of `show --usage`, fullest first; a nearly full map's fill is marked with `!`."""
+    return [(u.name, u.kind, u.type, str(u.entries), str(u.max_entries),
+             f"{u.fill * 100:.1f}%{' !' if u.fill >= NEARLY_FULL else ''}", human_bytes(u.memlock_bytes))
+            for u in usage]
+
+
+def usage_total(usage: list[MapUsage]) -> str:
+    memlock = sum(u.memlock_bytes or 0 for u in usage)
+    entries = sum(u.entries for u in usage if u.kind == "inner")
+    return f"{len(usage)} maps, {entries} entries in inner maps, {human_bytes(memlock)} memlock"
+
+
+def usage_text(usage: list[MapUsage]) -> str:
+    """`show --usage` as plain aligned text (for pipes and logs)."""
+    rows = [USAGE_COLUMNS, *usage_rows(usage)]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(USAGE_COLUMNS))]
+    right = {3, 4, 5, 6}
+    lines = ["  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
+             for r in rows]
+    return "\n".join(lines + [usage_total(usage)]) + "\n"

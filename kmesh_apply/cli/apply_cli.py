@@ -6,11 +6,12 @@ commands so that `--help` stays instant.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Iterator, Optional
 
 import typer
 
@@ -19,6 +20,8 @@ from kmesh_apply.cli.common import PinRootOption, fail, make_app, run
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
 
+    from kmesh_apply.metrics import RunMetrics
+    from kmesh_apply.monitor import MapUsage
     from kmesh_apply.plan.model import Plan
 
 app = make_app("kmesh-apply", "Declarative manager for eBPF map-in-map state: plan and apply YAML against the "
@@ -28,6 +31,10 @@ Files = Annotated[list[Path], typer.Argument(help="Config files, or directories 
 AutoApprove = Annotated[bool, typer.Option("--auto-approve", help="Do not ask for confirmation.")]
 LockTimeout = Annotated[float, typer.Option("--lock-timeout", help="Seconds to wait for another apply on the same pin root.")]
 JsonOut = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
+MetricsFile = Annotated[Optional[Path], typer.Option(
+    "--metrics-file", help="Also write the run's metrics to this file (Prometheus text format, for node_exporter's "
+                           "textfile collector), atomically; counters continue from the file's previous run.",
+    show_default=False)]
 
 
 def _colour() -> bool:
@@ -94,7 +101,26 @@ def _report(plan: "Plan", report, action: str = "apply") -> None:
                f"{report.slots_set} slots set in {report.seconds:.2f}s).")
 
 
-def _converge(cfg, pin_root: str, auto_approve: bool, lock_timeout: float, action: str) -> None:
+@contextlib.contextmanager
+def _metrics(path: Optional[Path], pin_root: Optional[str], reconciling: bool) -> Iterator[Optional["RunMetrics"]]:
+    """With --metrics-file, write the run's metrics however the run ends (errors included)."""
+    if path is None:
+        yield None
+        return
+    from kmesh_apply import api
+    from kmesh_apply.metrics import RunMetrics
+
+    run = RunMetrics(path, api.resolve_pin_root(pin_root), reconciling)
+    try:
+        yield run
+    except BaseException as e:
+        run.finish(e, api.usage)
+        raise
+    run.finish(None, api.usage)
+
+
+def _converge(cfg, pin_root: str, auto_approve: bool, lock_timeout: float, action: str):
+    """Plan, confirm and apply; the apply's report, or None when nothing was applied."""
     from kmesh_apply import api
 
     ask = _confirm(auto_approve, action)
@@ -114,6 +140,7 @@ def _converge(cfg, pin_root: str, auto_approve: bool, lock_timeout: float, actio
         _report(plan, report, action)
     elif not plan.has_changes:
         typer.echo(api.render_text(plan), nl=False)
+    return report
 
 
 @app.command()
@@ -132,12 +159,19 @@ def plan(
     detailed_exitcode: Annotated[bool, typer.Option("--detailed-exitcode", help="Exit 0 for no changes, 2 for changes, 1 for errors.")] = False,
     json_out: JsonOut = False,
     out: Annotated[Optional[Path], typer.Option("--out", help="Save the plan to this file, for `apply PLAN`.")] = None,
+    metrics_file: MetricsFile = None,
 ) -> None:
     """Show what apply would change in the pin root (read-only)."""
     from kmesh_apply import api
 
-    cfg, root = _load(files, pin_root)
-    p = api.plan(cfg, root)
+    with _metrics(metrics_file, pin_root, reconciling=False) as run:
+        cfg, root = _load(files, pin_root)
+        if run:
+            run.pin_root = root
+            p, run.usage = api.plan_with_usage(cfg, root)
+            run.drift = len(p.changes)
+        else:
+            p = api.plan(cfg, root)
     if out is not None:
         out.write_text(json.dumps(p.to_saved()))
     if json_out:
@@ -177,14 +211,25 @@ def apply(
     pin_root: PinRootOption = None,
     auto_approve: AutoApprove = False,
     lock_timeout: LockTimeout = 10.0,
+    metrics_file: MetricsFile = None,
 ) -> None:
     """Make the pin root match the configuration (or perform a saved plan, if it is not stale)."""
+    with _metrics(metrics_file, pin_root, reconciling=True) as run:
+        if _apply(files, pin_root, auto_approve, lock_timeout, run) and run:
+            run.outcome = "success"
+
+
+def _apply(files: list[Path], pin_root: Optional[str], auto_approve: bool, lock_timeout: float,
+           run: Optional["RunMetrics"]) -> bool:
+    """`apply`'s work; True if it changed something."""
     from kmesh_apply import api
 
     saved = _saved_plan(files)
     if saved is not None:
         if pin_root and os.path.abspath(pin_root) != os.path.abspath(saved.pin_root):
             fail(f"the saved plan is for pin root {saved.pin_root}, not {pin_root}")
+        if run:
+            run.pin_root = saved.pin_root
         typer.echo(api.render_text(saved, color=_colour()), nl=False)
         progress = _Progress()
         progress.start(saved)
@@ -193,9 +238,11 @@ def apply(
         finally:
             progress.stop()
         _report(saved, report)
-        return
+        return saved.has_changes
     cfg, root = _load(files, pin_root)
-    _converge(cfg, root, auto_approve, lock_timeout, "apply")
+    if run:
+        run.pin_root = root
+    return _converge(cfg, root, auto_approve, lock_timeout, "apply") is not None
 
 
 @app.command()
@@ -207,13 +254,44 @@ def destroy(pin_root: PinRootOption = None, auto_approve: AutoApprove = False, l
 
 
 @app.command()
-def show(pin_root: PinRootOption = None, json_out: JsonOut = False) -> None:
-    """Print the live state as a config that apply accepts."""
+def show(
+    pin_root: PinRootOption = None,
+    json_out: JsonOut = False,
+    usage: Annotated[bool, typer.Option("--usage", help="Instead of the config: how full each map is (entries / "
+                                                        "max_entries) and its memlock, fullest first.")] = False,
+) -> None:
+    """Print the live state as a config that apply accepts (or, with --usage, how full each map is)."""
     from kmesh_apply import api
     from kmesh_apply.config import dump_yaml
 
-    doc = api.show(api.resolve_pin_root(pin_root))
+    root = api.resolve_pin_root(pin_root)
+    if usage:
+        _show_usage(root, api.usage(root), json_out)
+        return
+    doc = api.show(root)
     typer.echo(json.dumps(doc, indent=2) + "\n" if json_out else dump_yaml(doc), nl=False)
+
+
+def _show_usage(root: str, usage: list["MapUsage"], json_out: bool) -> None:
+    """JSON, a rich table on a terminal, else plain aligned text; nearly full maps stand out."""
+    from kmesh_apply import monitor
+
+    if json_out:
+        typer.echo(json.dumps({"pin_root": root, "maps": monitor.usage_json(usage)}, indent=2))
+    elif not sys.stdout.isatty():
+        typer.echo(monitor.usage_text(usage), nl=False)
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        from kmesh_apply.config.model import NEARLY_FULL
+
+        table = Table(title=f"Map usage in {root}", caption=monitor.usage_total(usage))
+        for i, column in enumerate(monitor.USAGE_COLUMNS):
+            table.add_column(column, justify="right" if i >= 3 else "left")
+        for u, cells in zip(usage, monitor.usage_rows(usage)):
+            table.add_row(*cells, style="bold red" if u.fill >= NEARLY_FULL else None)
+        Console().print(table)
 
 
 @app.command()

@@ -8,6 +8,7 @@ lays it out for syscalls).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from kmesh_apply.ctype import CType
@@ -24,6 +25,19 @@ UPDATE_STRATEGIES = ("swap", "in_place")
 ARRAY_TYPES = ("array", "percpu_array")
 PERCPU_TYPES = ("percpu_hash", "percpu_array", "lru_percpu_hash")
 DEFAULT_PIN_ROOT = "/sys/fs/bpf/kmesh"
+
+
+# A map at or above this fill (entries / max_entries) is nearly full: plan warns, show --usage marks it,
+# and examples/monitoring alerts on it.
+NEARLY_FULL = 0.9
+
+
+def used_entries(type_: str, entries: Mapping[bytes, bytes]) -> int:
+    """Entries a map holds. Every index of an array exists, so an array counts the indexes holding
+    a non-zero value (the config's rule for unnamed indexes)."""
+    if type_ in ARRAY_TYPES:
+        return sum(1 for v in entries.values() if v.count(0) != len(v))
+    return len(entries)
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from itertools import compress
 from operator import ne
 from typing import Any
 
-from kmesh_apply.config.model import ARRAY_TYPES, Config, InnerMapSpec, OuterMapSpec
+from kmesh_apply.config.model import ARRAY_TYPES, NEARLY_FULL, Config, InnerMapSpec, OuterMapSpec, used_entries
 from kmesh_apply.plan.model import CreateMap, MapChange, MapDef, MovePin, Plan, RemovePin, SetSlots, Step, WriteEntries
 from kmesh_apply.state import STAGING_DIR, LiveMap, LiveState
 
@@ -138,7 +138,19 @@ class _Planner:
                 self.result.changes.append(MapChange(name, "destroy", "outer" if have.is_outer else "inner"))
         self.result.steps = (self.recover + self.fill_new + self.in_place + self.build_aside + self.outer_create
                              + self.slots + self.move + self.remove_outer + self.remove_inner)
+        self._capacity_warnings()
         return self.result
+
+    def _capacity_warnings(self) -> None:
+        """Maps that would end nearly full: inserts start failing (LRU maps: evicting) soon after."""
+        usage = [("inner", s.name, used_entries(s.type, s.entries), s.max_entries, "entries")
+                 for s in self.config.inner_maps.values()]
+        usage += [("outer", s.name, len(s.slots), s.max_entries, "slots") for s in self.config.outer_maps.values()]
+        for kind, name, used, most, what in usage:
+            if used >= NEARLY_FULL * most:
+                self.result.warnings.append(
+                    f"{kind} map '{name}' would be {used * 100 // most}% full ({used} of {most} {what}); "
+                    "raise its max_entries before it fills up")
 
     def _plan_inner(self, spec: InnerMapSpec) -> None:
         want = map_def(spec)

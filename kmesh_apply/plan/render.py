@@ -61,7 +61,7 @@ def _paint(symbol: str, text: str, color: bool) -> str:
 def render_text(plan: Plan, color: bool = False) -> str:
     """The plan as a reviewer reads it: one block per map, entry diffs folded, then the summary line."""
     if not plan.has_changes:
-        return plan.summary() + "\n"
+        return "".join(f"Warning: {w}\n" for w in plan.warnings) + plan.summary() + "\n"
     out = [f"kmesh-apply will perform the following actions in {plan.pin_root}:", ""]
     budget = LINE_BUDGET
     for ch in plan.changes:

@@ -1,0 +1,368 @@
+"""Prometheus metrics (contract section 7): a recorder of reconciles, the families a scrape
+computes from a `MetricsSource`, an HTTP endpoint (`/metrics`, `/healthz`) and the
+textfile a CLI run leaves for node_exporter.
+
+A scrape never walks maps: it formats what the source already holds. The per-map
+families are written directly rather than through prometheus_client's generic writer,
+which is 13x slower on the 20,000 samples of 5,000 maps (bench/scrape.py).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+import threading
+import time
+from bisect import bisect_left
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from prometheus_client import generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.utils import floatToGoString
+
+from kmesh_apply.errors import ConfigError, KmeshError
+from kmesh_apply.monitor import OUTCOMES, Health, MapUsage, MetricsSource, Snapshot
+
+# Reconcile durations: from a no-op pass on a small pin root to a large first apply.
+BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+RECONCILES = "kmesh_apply_reconciles"
+DURATION = "kmesh_apply_reconcile_duration_seconds"
+DRIFT_EVENTS = "kmesh_apply_drift_events"
+DRIFT_DIFFERENCES = "kmesh_apply_drift_differences"
+CONFIG_ERRORS = "kmesh_apply_config_errors"
+LAST_DRIFT = "kmesh_apply_last_drift_timestamp_seconds"
+LAST_SUCCESS = "kmesh_apply_last_success_timestamp_seconds"
+
+
+class PrometheusRecorder:
+    """A `monitor.Recorder` that is also a prometheus_client collector: counters of reconciles
+    by outcome, their durations, drift found and configuration errors, for one pin root.
+    With a `registry` it registers itself there; start_server and write_textfile need none."""
+
+    def __init__(self, pin_root: str, registry: Any = None) -> None:
+        self.pin_root = pin_root
+        self._lock = threading.Lock()
+        self._reconciles = dict.fromkeys(OUTCOMES, 0.0)
+        self._buckets = [0.0] * (len(BUCKETS) + 1)  # per bucket, not cumulative; the last is +Inf
+        self._duration_sum = 0.0
+        self._drift_events = 0.0
+        self._drift_differences = 0.0
+        self._config_errors = 0.0
+        self._last_drift: float | None = None
+        if registry is not None:
+            registry.register(self)
+
+    def reconcile(self, outcome: str, seconds: float) -> None:
+        if outcome not in OUTCOMES:
+            raise ValueError(f"reconcile outcome {outcome!r} is not one of {', '.join(OUTCOMES)}")
+        with self._lock:
+            self._reconciles[outcome] += 1
+            self._buckets[bisect_left(BUCKETS, seconds)] += 1
+            self._duration_sum += seconds
+
+    def drift(self, differences: int) -> None:
+        if differences <= 0:
+            return
+        with self._lock:
+            self._drift_events += 1
+            self._drift_differences += differences
+            self._last_drift = time.time()
+
+    def config_error(self) -> None:
+        with self._lock:
+            self._config_errors += 1
+
+    def restore(self, samples: dict[tuple[str, str], float]) -> None:
+        """Continue the counters of an earlier run (see `read_textfile`), so they only ever grow."""
+        with self._lock:
+            for outcome in OUTCOMES:
+                self._reconciles[outcome] = samples.get((RECONCILES + "_total", outcome), 0.0)
+            below = 0.0
+            for i, le in enumerate([*map(floatToGoString, BUCKETS), "+Inf"]):
+                cumulative = samples.get((DURATION + "_bucket", le), below)
+                self._buckets[i], below = max(cumulative - below, 0.0), cumulative
+            self._duration_sum = samples.get((DURATION + "_sum", ""), 0.0)
+            self._drift_events = samples.get((DRIFT_EVENTS + "_total", ""), 0.0)
+            self._drift_differences = samples.get((DRIFT_DIFFERENCES + "_total", ""), 0.0)
+            self._config_errors = samples.get((CONFIG_ERRORS + "_total", ""), 0.0)
+            self._last_drift = samples.get((LAST_DRIFT, ""))
+
+    def collect(self) -> Iterator[Metric]:
+        root = [self.pin_root]
+        with self._lock:
+            reconciles = CounterMetricFamily(RECONCILES, "Reconcile passes (applies), by outcome.",
+                                             labels=["pin_root", "outcome"])
+            for outcome, n in self._reconciles.items():
+                reconciles.add_metric([*root, outcome], n)
+            duration = HistogramMetricFamily(DURATION, "Wall time of reconcile passes.", labels=["pin_root"])
+            cumulative, buckets = 0.0, []
+            for le, n in zip([*map(floatToGoString, BUCKETS), "+Inf"], self._buckets):
+                cumulative += n
+                buckets.append((le, cumulative))
+            duration.add_metric(root, buckets, self._duration_sum)
+            families: list[Metric] = [reconciles, duration]
+            for name, doc, value in (
+                (DRIFT_EVENTS, "Checks of the kernel that found maps changed by someone else.", self._drift_events),
+                (DRIFT_DIFFERENCES, "Differences those checks found.", self._drift_differences),
+                (CONFIG_ERRORS, "Configurations that could not be loaded or failed validation.", self._config_errors),
+            ):
+                counter = CounterMetricFamily(name, doc, labels=["pin_root"])
+                counter.add_metric(root, value)
+                families.append(counter)
+            if self._last_drift is not None:
+                last_drift = GaugeMetricFamily(LAST_DRIFT, "When drift was last found (Unix time).", labels=["pin_root"])
+                last_drift.add_metric(root, self._last_drift)
+                families.append(last_drift)
+        yield from families
+
+
+# ---- the families a scrape computes from a MetricsSource ----------------------------------
+
+
+def _escape(value: str) -> str:
+    if "\\" in value or '"' in value or "\n" in value:
+        return value.replace("\\", r"\\").replace('"', r"\"").replace("\n", r"\n")
+    return value
+
+
+def _family(out: list[str], name: str, doc: str, samples: list[str]) -> None:
+    out.append(f"# HELP {name} {doc}\n# TYPE {name} gauge\n")
+    out.extend(samples)
+
+
+def map_families(root: str, usage: list[MapUsage]) -> bytes:
+    """The per-map gauges; `root` is the pin_root label, already escaped."""
+    labels = [f'{{map="{_escape(u.name)}",pin_root="{root}"}} ' for u in usage]
+    out: list[str] = []
+    _family(out, "kmesh_apply_map_entries", "Entries a map holds (outer maps: slots holding an inner map; "
+            "arrays: indexes holding a non-zero value).", [f"kmesh_apply_map_entries{lab}{u.entries}\n"
+                                                           for lab, u in zip(labels, usage)])
+    _family(out, "kmesh_apply_map_max_entries", "A map's max_entries.",
+            [f"kmesh_apply_map_max_entries{lab}{u.max_entries}\n" for lab, u in zip(labels, usage)])
+    _family(out, "kmesh_apply_map_fill_ratio", "entries / max_entries, 0 to 1.",
+            [f"kmesh_apply_map_fill_ratio{lab}{u.fill!r}\n" for lab, u in zip(labels, usage)])
+    _family(out, "kmesh_apply_map_memlock_bytes", "Bytes the kernel charges for a map (bpftool's bytes_memlock).",
+            [f"kmesh_apply_map_memlock_bytes{lab}{u.memlock_bytes}\n" for lab, u in zip(labels, usage)
+             if u.memlock_bytes is not None])
+    return "".join(out).encode()
+
+
+def pin_root_families(root: str, usage: list[MapUsage], health: Health) -> bytes:
+    """The gauges of the whole pin root: totals, health, last success."""
+    label = f'pin_root="{root}"'
+    outer = [u for u in usage if u.kind == "outer"]
+    out: list[str] = []
+    _family(out, "kmesh_apply_maps", "Maps pinned in the pin root, by kind.",
+            [f'kmesh_apply_maps{{kind="inner",{label}}} {len(usage) - len(outer)}\n',
+             f'kmesh_apply_maps{{kind="outer",{label}}} {len(outer)}\n'])
+    totals = (
+        ("kmesh_apply_entries", "Entries of all inner maps of the pin root.",
+         sum(u.entries for u in usage) - sum(u.entries for u in outer)),
+        ("kmesh_apply_outer_slots_used", "Slots of all outer maps that hold an inner map.", sum(u.entries for u in outer)),
+        ("kmesh_apply_outer_slots_max", "Slots all outer maps can hold (their max_entries).",
+         sum(u.max_entries for u in outer)),
+        ("kmesh_apply_memlock_bytes", "Bytes the kernel charges for all maps of the pin root.",
+         sum(u.memlock_bytes or 0 for u in usage)),
+        ("kmesh_apply_healthy", "1 while the pin root is kept equal to its configuration, else 0 (see /healthz).",
+         int(health.ok)),
+    )
+    for name, doc, value in totals:
+        _family(out, name, doc, [f"{name}{{{label}}} {value}\n"])
+    if health.last_success is not None:
+        _family(out, LAST_SUCCESS, "When a reconcile last succeeded (Unix time).",
+                [f"{LAST_SUCCESS}{{{label}}} {health.last_success!r}\n"])
+    return "".join(out).encode()
+
+
+class Scrape:
+    """Formats the scrapes of one source and recorder. The per-map families are kept and reused
+    while the source's usage is unchanged, the common case between two scrapes: comparing
+    5,000 maps' usage costs a fraction of formatting them again."""
+
+    def __init__(self, source: MetricsSource, recorder: PrometheusRecorder) -> None:
+        self.source = source
+        self.recorder = recorder
+        self._lock = threading.Lock()
+        self._usage: list[MapUsage] | None = None
+        self._maps = b""
+
+    def __call__(self) -> bytes:
+        usage = self.source.usage()
+        health = self.source.health()
+        root = _escape(self.source.pin_root)
+        with self._lock:
+            if usage != self._usage:
+                self._maps = map_families(root, usage)
+                self._usage = list(usage)
+            maps = self._maps
+        return generate_latest(self.recorder) + maps + pin_root_families(root, usage, health)  # type: ignore[arg-type]
+
+
+# ---- node_exporter's textfile collector ---------------------------------------------------
+
+
+def write_textfile(path: Path, source: MetricsSource, recorder: PrometheusRecorder) -> None:
+    """Write a scrape to `path` atomically: aside in the same directory (a name the collector
+    skips), then rename(2) over it, so node_exporter never reads half a file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(Scrape(source, recorder)())
+            os.fchmod(f.fileno(), 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+# Families a run continues from the file the previous run left.
+_CARRIED = (RECONCILES, DURATION, DRIFT_EVENTS, DRIFT_DIFFERENCES, CONFIG_ERRORS, LAST_DRIFT, LAST_SUCCESS)
+
+
+def read_textfile(path: Path, pin_root: str) -> dict[tuple[str, str], float]:
+    """The samples of `pin_root`'s counters and timestamps in a file written earlier, keyed by
+    (sample name, outcome or le); empty if there is none or it is unreadable (counters restart)."""
+    try:
+        text = path.read_text()
+    except (FileNotFoundError, UnicodeDecodeError):
+        return {}
+    wanted = "".join(line + "\n" for line in text.splitlines() if line.startswith(_CARRIED))
+    out = {}
+    try:
+        for family in text_string_to_metric_families(wanted):
+            for s in family.samples:
+                if s.labels.get("pin_root") == pin_root:
+                    out[(s.name, s.labels.get("outcome") or s.labels.get("le") or "")] = s.value
+    except ValueError:
+        return {}
+    return out
+
+
+@dataclass
+class RunMetrics:
+    """What one CLI run (`plan`, `apply`) writes with --metrics-file. The command fills in what
+    it learns; `finish` writes the file, continuing the counters the previous run left there."""
+
+    path: Path
+    pin_root: str  # until the configuration names its own
+    reconciling: bool  # apply: the run is a reconcile; plan: it only looks for drift
+    started: float = field(default_factory=time.monotonic)
+    outcome: str = "noop"  # apply: "success" once it changed something
+    drift: int = 0  # plan: maps that differ from the configuration
+    usage: list[MapUsage] | None = None  # plan: the maps as it read them
+
+    def __post_init__(self) -> None:
+        if not self.path.parent.is_dir():
+            raise KmeshError(f"--metrics-file {self.path}: {self.path.parent} is not a directory")
+
+    def finish(self, error: BaseException | None, read_usage: Callable[[str], list[MapUsage]]) -> None:
+        """Write the run's metrics; `read_usage` reads the pin root's maps when the run has not."""
+        previous = read_textfile(self.path, self.pin_root)
+        recorder = PrometheusRecorder(self.pin_root)
+        recorder.restore(previous)
+        last_success = previous.get((LAST_SUCCESS, ""))
+        if isinstance(error, ConfigError):
+            recorder.config_error()
+        if self.reconciling:
+            recorder.reconcile("error" if error else self.outcome, time.monotonic() - self.started)
+            if error is None:
+                last_success = time.time()
+        recorder.drift(self.drift)
+        reasons = [str(error).splitlines()[0] if str(error) else type(error).__name__] if error else []
+        try:
+            maps = self.usage if self.usage is not None else read_usage(self.pin_root)
+        except (KmeshError, OSError) as e:
+            maps = []
+            reasons.append(f"cannot read the pin root: {e}")
+        try:
+            write_textfile(self.path, Snapshot(self.pin_root, maps, Health(not reasons, reasons, last_success)), recorder)
+        except OSError as e:
+            raise KmeshError(f"cannot write the metrics file {self.path}: {e.strerror or e}") from e
+
+
+# ---- the HTTP endpoint --------------------------------------------------------------------
+
+
+def parse_address(addr: str) -> tuple[str, int]:
+    """HOST:PORT ([::1]:9464 for IPv6; an empty host means every interface) -> (host, port)."""
+    host, sep, port = addr.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise KmeshError(f"metrics address {addr!r}: expected HOST:PORT, e.g. 127.0.0.1:9464 or [::1]:9464")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    return host or "0.0.0.0", int(port)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: "_Server"
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        path = self.path.split("?", 1)[0]
+        if path == "/metrics":
+            self._send(200, self.server.scrape(), CONTENT_TYPE)
+        elif path == "/healthz":
+            health = self.server.source.health()
+            body = "ok\n" if health.ok else "".join(f"{r}\n" for r in health.reasons or ["unhealthy"])
+            self._send(200 if health.ok else 503, body.encode(), "text/plain; charset=utf-8")
+        else:
+            self._send(404, b"not found: try /metrics or /healthz\n", "text/plain; charset=utf-8")
+
+    def _send(self, status: int, body: bytes, content_type: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # scrapes every few seconds would flood the log
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], source: MetricsSource, recorder: PrometheusRecorder) -> None:
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self.source = source
+        self.scrape = Scrape(source, recorder)
+        super().__init__(address, _Handler)
+
+
+class MetricsServer:
+    """A running endpoint; `address` is where it listens (the real port when 0 was asked)."""
+
+    def __init__(self, server: _Server) -> None:
+        self._server = server
+        self.address: tuple[str, int] = server.server_address[:2]  # type: ignore[assignment]
+        self._thread = threading.Thread(target=server.serve_forever, name="kmesh-apply-metrics", daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        host, port = self.address
+        return f"http://{f'[{host}]' if ':' in host else host}:{port}"
+
+    def close(self) -> None:
+        """Stop serving and release the port."""
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join()
+
+    def __enter__(self) -> "MetricsServer":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def start_server(addr: str, source: MetricsSource, recorder: PrometheusRecorder) -> MetricsServer:
+    """Serve /metrics and /healthz on HOST:PORT from a background thread."""
+    try:
+        return MetricsServer(_Server(parse_address(addr), source, recorder))
+    except OSError as e:
+        raise KmeshError(f"cannot serve metrics on {addr}: {e.strerror or e}") from e
