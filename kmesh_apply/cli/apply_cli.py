@@ -28,6 +28,9 @@ Files = Annotated[list[Path], typer.Argument(help="Config files, or directories 
 AutoApprove = Annotated[bool, typer.Option("--auto-approve", help="Do not ask for confirmation.")]
 LockTimeout = Annotated[float, typer.Option("--lock-timeout", help="Seconds to wait for another apply on the same pin root.")]
 JsonOut = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
+AllowReplaceInUse = Annotated[bool, typer.Option(
+    "--allow-replace-in-use", help="Replace maps even while loaded BPF programs hold them (they keep the old maps "
+                                   "until reloaded; plan reports that as drift).")]
 
 
 def _colour() -> bool:
@@ -94,7 +97,8 @@ def _report(plan: "Plan", report, action: str = "apply") -> None:
                f"{report.slots_set} slots set in {report.seconds:.2f}s).")
 
 
-def _converge(cfg, pin_root: str, auto_approve: bool, lock_timeout: float, action: str) -> None:
+def _converge(cfg, pin_root: str, auto_approve: bool, lock_timeout: float, action: str,
+              allow_replace_in_use: bool = False) -> None:
     from kmesh_apply import api
 
     ask = _confirm(auto_approve, action)
@@ -107,7 +111,8 @@ def _converge(cfg, pin_root: str, auto_approve: bool, lock_timeout: float, actio
         return True
 
     try:
-        plan, report = api.converge(cfg, pin_root, confirm=confirm, lock_timeout=lock_timeout, on_step=progress.tick)
+        plan, report = api.converge(cfg, pin_root, confirm=confirm, lock_timeout=lock_timeout,
+                                    allow_replace_in_use=allow_replace_in_use, on_step=progress.tick)
     finally:
         progress.stop()
     if report is not None:
@@ -129,7 +134,8 @@ def validate(files: Files, pin_root: PinRootOption = None) -> None:
 def plan(
     files: Files,
     pin_root: PinRootOption = None,
-    detailed_exitcode: Annotated[bool, typer.Option("--detailed-exitcode", help="Exit 0 for no changes, 2 for changes, 1 for errors.")] = False,
+    detailed_exitcode: Annotated[bool, typer.Option("--detailed-exitcode", help="Exit 0 for no changes, 2 for changes "
+                                                   "or programs still holding replaced maps, 1 for errors.")] = False,
     json_out: JsonOut = False,
     out: Annotated[Optional[Path], typer.Option("--out", help="Save the plan to this file, for `apply PLAN`.")] = None,
 ) -> None:
@@ -146,7 +152,7 @@ def plan(
         typer.echo(api.render_text(p, color=_colour()), nl=False)
         if out is not None:
             typer.echo(f"\nSaved the plan to {out}; apply it exactly with: kmesh-apply apply {out}")
-    if detailed_exitcode and p.has_changes:
+    if detailed_exitcode and p.drift:
         raise typer.Exit(2)
 
 
@@ -177,6 +183,7 @@ def apply(
     pin_root: PinRootOption = None,
     auto_approve: AutoApprove = False,
     lock_timeout: LockTimeout = 10.0,
+    allow_replace_in_use: AllowReplaceInUse = False,
 ) -> None:
     """Make the pin root match the configuration (or perform a saved plan, if it is not stale)."""
     from kmesh_apply import api
@@ -189,13 +196,14 @@ def apply(
         progress = _Progress()
         progress.start(saved)
         try:
-            report = api.apply(saved, lock_timeout=lock_timeout, on_step=progress.tick)
+            report = api.apply(saved, lock_timeout=lock_timeout, allow_replace_in_use=allow_replace_in_use,
+                               on_step=progress.tick)
         finally:
             progress.stop()
         _report(saved, report)
         return
     cfg, root = _load(files, pin_root)
-    _converge(cfg, root, auto_approve, lock_timeout, "apply")
+    _converge(cfg, root, auto_approve, lock_timeout, "apply", allow_replace_in_use)
 
 
 @app.command()
