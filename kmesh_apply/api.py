@@ -66,10 +66,10 @@ def converge(config: Config | None, pin_root: str, *, confirm: Callable[[Plan], 
         if not p.has_changes:
             record_replaced(pin_root, live, {})  # prune what programs let go of
             return p, None
-        _refuse_in_use(p, live, allow_replace_in_use)
+        held = _refuse_in_use(p, live, allow_replace_in_use)
         if not confirm(p):
             return p, None
-        return p, perform(p, live, allow_replace_in_use=allow_replace_in_use, on_step=on_step)
+        return p, _execute(p, live, held, on_step)
 
 
 def perform(plan: Plan, live: LiveState, *, allow_replace_in_use: bool = False,
@@ -78,7 +78,11 @@ def perform(plan: Plan, live: LiveState, *, allow_replace_in_use: bool = False,
     Refuses (ReplaceInUseError, nothing changed) to replace or swap a map that loaded programs hold,
     unless `allow_replace_in_use`; then it first records the maps it replaces, so that plans report
     drift while the programs still hold them."""
-    held = _refuse_in_use(plan, live, allow_replace_in_use)
+    return _execute(plan, live, _refuse_in_use(plan, live, allow_replace_in_use), on_step)
+
+
+def _execute(plan: Plan, live: LiveState, held: dict[int, str], on_step: Callable[[Step], None] | None) -> ApplyReport:
+    """Record the held maps about to be replaced (first: a killed apply forgets nothing), then run the steps."""
     record_replaced(plan.pin_root, live, held)
     return Executor(plan.pin_root, on_step).run(plan)
 

@@ -49,31 +49,17 @@ def map_holders(map_ids: Iterable[int]) -> dict[int, tuple[Program, ...]]:
     absent). One pass over all loaded programs (three bpf() calls each), plus one over the
     links when some program matched; programs that unload meanwhile are skipped."""
     wanted = set(map_ids)
-    found: dict[int, list[tuple[int, str, str]]] = {}
     if not wanted:
         return {}
+    found: dict[int, list[tuple[int, str, str]]] = {}
     buf = (ctypes.c_uint32 * _MAP_IDS)()
     info = L.BpfProgInfo()
-    size = ctypes.c_uint32()
-    for prog_id in _ids(L.bpf_prog_get_next_id, "program"):
-        fd = L.bpf_prog_get_fd_by_id(prog_id)
-        if fd < 0:
-            if -fd == E.ENOENT:
-                continue  # unloaded since the walk saw it
-            raise fail("open program by ID", f"program ID {prog_id}", -fd)
-        try:
-            while True:
-                ctypes.memset(ctypes.byref(info), 0, ctypes.sizeof(info))
-                info.nr_map_ids, info.map_ids = len(buf), ctypes.addressof(buf)
-                size.value = ctypes.sizeof(info)
-                ret = L.bpf_obj_get_info_by_fd(fd, ctypes.byref(info), ctypes.byref(size))
-                if ret < 0:
-                    raise fail("get program info", f"program ID {prog_id}", -ret)
-                if info.nr_map_ids <= len(buf):
-                    break
-                buf = (ctypes.c_uint32 * info.nr_map_ids)()
-        finally:
-            os.close(fd)
+    for prog_id, fd in _each(L.bpf_prog_get_next_id, L.bpf_prog_get_fd_by_id, "program"):
+        while True:
+            _fill(fd, info, f"program ID {prog_id}", nr_map_ids=len(buf), map_ids=ctypes.addressof(buf))
+            if info.nr_map_ids <= len(buf):
+                break
+            buf = (ctypes.c_uint32 * info.nr_map_ids)()
         held = wanted.intersection(buf[:info.nr_map_ids])
         if held:
             entry = (prog_id, info.name.decode(errors="replace"), _prog_type(info.type))
@@ -85,8 +71,9 @@ def map_holders(map_ids: Iterable[int]) -> dict[int, tuple[Program, ...]]:
     return {m: tuple(Program(i, n, t, tuple(attached.get(i, ()))) for i, n, t in progs) for m, progs in found.items()}
 
 
-def _ids(next_id: Callable[..., int], what: str) -> Iterator[int]:
-    """IDs in ascending order from bpf_{prog,link}_get_next_id, until the kernel has no more."""
+def _each(next_id: Callable[..., int], get_fd: Callable[[int], int], what: str) -> Iterator[tuple[int, int]]:
+    """(ID, fd) of every loaded program or link, in ID order; each fd is closed when the caller moves on,
+    and an object gone since the walk saw its ID is skipped."""
     current, nxt = 0, ctypes.c_uint32()
     while True:
         ret = next_id(current, ctypes.byref(nxt))
@@ -95,28 +82,35 @@ def _ids(next_id: Callable[..., int], what: str) -> Iterator[int]:
         if ret < 0:
             raise fail(f"list {what} IDs", f"{what} IDs after {current}", -ret)
         current = nxt.value
-        yield current
+        fd = get_fd(current)
+        if fd < 0:
+            if -fd == E.ENOENT:
+                continue
+            raise fail(f"open {what} by ID", f"{what} ID {current}", -fd)
+        try:
+            yield current, fd
+        finally:
+            os.close(fd)
+
+
+def _fill(fd: int, info: ctypes.Structure, target: str, **fields: int) -> None:
+    """bpf_obj_get_info_by_fd into `info`, zeroed but for `fields` (zero buffer pointers: the kernel only
+    reports the lengths of what it would copy there)."""
+    ctypes.memset(ctypes.byref(info), 0, ctypes.sizeof(info))
+    for name, value in fields.items():
+        setattr(info, name, value)
+    size = ctypes.c_uint32(ctypes.sizeof(info))
+    ret = L.bpf_obj_get_info_by_fd(fd, ctypes.byref(info), ctypes.byref(size))
+    if ret < 0:
+        raise fail("get info", target, -ret)
 
 
 def _attachments(prog_ids: set[int]) -> dict[int, list[str]]:
     """What the links of these programs attach them to, by program ID."""
     out: dict[int, list[str]] = {}
     info = L.BpfLinkInfo()
-    size = ctypes.c_uint32()
-    for link_id in _ids(L.bpf_link_get_next_id, "link"):
-        fd = L.bpf_link_get_fd_by_id(link_id)
-        if fd < 0:
-            if -fd == E.ENOENT:
-                continue
-            raise fail("open link by ID", f"link ID {link_id}", -fd)
-        try:
-            ctypes.memset(ctypes.byref(info), 0, ctypes.sizeof(info))  # no name buffers: the kernel only reports lengths
-            size.value = ctypes.sizeof(info)
-            ret = L.bpf_obj_get_info_by_fd(fd, ctypes.byref(info), ctypes.byref(size))
-        finally:
-            os.close(fd)
-        if ret < 0:
-            raise fail("get link info", f"link ID {link_id}", -ret)
+    for link_id, fd in _each(L.bpf_link_get_next_id, L.bpf_link_get_fd_by_id, "link"):
+        _fill(fd, info, f"link ID {link_id}")
         if info.prog_id in prog_ids:
             out.setdefault(info.prog_id, []).append(_describe_link(info))
     return out

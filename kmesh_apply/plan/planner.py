@@ -152,7 +152,7 @@ class _Planner:
             if name not in self.config.inner_maps and name not in self.config.outer_maps:
                 (self.remove_outer if have.is_outer else self.remove_inner).append(RemovePin(name, name))
                 self.result.changes.append(MapChange(name, "destroy", "outer" if have.is_outer else "inner",
-                                                     holders=list(self.holders.get(have.id, ()))))
+                                                     holders=self._holders(have)))
         self.result.steps = (self.recover + self.fill_new + self.in_place + self.build_aside + self.outer_create
                              + self.slots + self.move + self.remove_outer + self.remove_inner)
         return self.result
@@ -178,7 +178,7 @@ class _Planner:
         if not put and not delete:
             return
         swap = spec.update == "swap" and have.id in self.slot_held and len(put) + len(delete) > 1
-        holders = list(self.holders.get(have.id, ()))
+        holders = self._holders(have)
         change = MapChange(spec.name, "update", "inner", want, holders=holders)
         if swap and holders:  # they hold this very map, not the slot: a swap would leave them on the old one
             swap = False
@@ -251,9 +251,13 @@ class _Planner:
         if change.added or change.changed or change.removed:
             self.result.changes.append(change)
 
+    def _holders(self, have: LiveMap) -> list[Program]:
+        """The loaded programs holding this very map (not those reaching it through a slot)."""
+        return list(self.holders.get(have.id, ()))
+
     def _in_use(self, name: str, have: LiveMap) -> list[Program]:
         """The programs holding a map about to be replaced; apply refuses while there are any."""
-        holders = list(self.holders.get(have.id, ()))
+        holders = self._holders(have)
         if holders:
             self.result.warnings.append(
                 f"map '{name}' (ID {have.id}) is held by {_programs(holders)}: apply refuses to replace it unless "
