@@ -146,6 +146,9 @@ def test_holders_are_found_with_their_links_and_listed(pin_root: Path, tmp_path:
 def test_replacing_a_held_map_is_named_refused_then_drift_until_unloaded(pin_root: Path, tmp_path: Path, load):
     one, bigger = write(tmp_path, "one.yaml", sum_config(1)), write(tmp_path, "bigger.yaml", bigger_outer(1))
     cli("apply", str(one), "--auto-approve", root=pin_root)
+    saved = tmp_path / "bigger.plan"  # made before the program is loaded: apply checks again under the lock
+    cli("plan", str(bigger), "--out", str(saved), root=pin_root)
+    assert all(not c["holders"] for c in json.loads(saved.read_text())["changes"])
     prog = load(SUM_PROG, "sum", {"outer": pin_root / "outer"})
 
     # The plan names the holder, in text and JSON.
@@ -156,8 +159,6 @@ def test_replacing_a_held_map_is_named_refused_then_drift_until_unloaded(pin_roo
 
     # apply refuses (from the config and from a saved plan) and changes nothing.
     before = maps_as_bpftool_sees_them(pin_root)
-    saved = tmp_path / "bigger.plan"
-    cli("plan", str(bigger), "--out", str(saved), root=pin_root)
     for args in ([str(bigger), "--auto-approve"], [str(saved)]):
         res = cli("apply", *args, root=pin_root, check=1)
         assert f"'outer' (map ID {before['outer'][0]}) is held by program {prog.id} \"sum\"" in res.stderr
