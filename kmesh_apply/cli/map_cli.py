@@ -284,7 +284,7 @@ def info(map_id: MapId, as_json: Json = False, pin_root: PinRootOption = None) -
         elif k == "programs":
             print("held by programs:" + ("" if v else " none"))
             for p in v:
-                print(f"  {Program(**p)}")
+                print(f"  {Program.from_dict(p)}")
         elif v is not None and v != "":
             print(f"{k}: {json.dumps(v) if isinstance(v, (dict, list)) else v}")
 

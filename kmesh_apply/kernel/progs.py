@@ -15,7 +15,7 @@ import errno as E
 import os
 import socket
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from kmesh_apply.kernel import libbpf as L
 from kmesh_apply.kernel.maps import fail
@@ -38,6 +38,11 @@ class Program:
     name: str
     type: str
     attached: tuple[str, ...] = ()
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> Program:
+        """The inverse of dataclasses.asdict, after a trip through JSON (a saved plan, `kmesh map info --json`)."""
+        return cls(raw["id"], raw["name"], raw["type"], tuple(raw["attached"]))
 
     def __str__(self) -> str:
         where = "; ".join(self.attached)

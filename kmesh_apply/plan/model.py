@@ -248,7 +248,7 @@ class Plan:
 def _programs(raw: list[dict[str, Any]]) -> list[Program]:
     from kmesh_apply.kernel.progs import Program
 
-    return [Program(p["id"], p["name"], p["type"], tuple(p["attached"])) for p in raw]
+    return [Program.from_dict(p) for p in raw]
 
 
 def _mapdef(raw: dict[str, Any]) -> MapDef:
