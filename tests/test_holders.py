@@ -223,3 +223,9 @@ def test_an_inner_map_a_program_holds_directly_is_written_in_place(pin_root: Pat
     res = cli("apply", str(bigger), "--auto-approve", root=pin_root, check=1)
     assert f"'values' (map ID {values_id}) is held by program {prog.id}" in res.stderr
     assert bpftool_json("map", "show", "pinned", str(pin_root / "values"))["id"] == values_id
+
+
+def test_the_record_of_replaced_maps_has_a_reserved_name(tmp_path: Path):
+    cfg = write(tmp_path, "c.yaml", sum_config(1).replace("  values:", f"  {REPLACED_PIN}:").replace(": values", f": {REPLACED_PIN}"))
+    res = run_cli("kmesh-apply", "validate", str(cfg))
+    assert res.returncode == 1 and f"the name '{REPLACED_PIN}' is reserved" in res.stderr, res.stderr
