@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 from kmesh_apply.config import load_config
 from kmesh_apply.config.model import Config, resolve_pin_root
-from kmesh_apply.errors import StalePlanError
+from kmesh_apply.errors import ReplaceInUseError, StalePlanError
 from kmesh_apply.executor import ApplyReport, Executor
 from kmesh_apply.monitor import MapUsage, map_usage
 from kmesh_apply.pinroot import PinRootLock
@@ -23,10 +23,12 @@ from kmesh_apply.plan.model import Plan, Step
 from kmesh_apply.plan.planner import destroy_plan, make_plan
 from kmesh_apply.plan.render import render_json, render_text
 from kmesh_apply.reader import read_live
+from kmesh_apply.replaced import record_replaced
 from kmesh_apply.show import show_document
+from kmesh_apply.state import LiveState
 
 __all__ = ["Config", "Plan", "ApplyReport", "resolve_pin_root", "load_config", "plan", "plan_with_usage", "plan_destroy",
-           "apply", "converge", "render_text", "render_json", "show", "usage", "DEFAULT_LOCK_TIMEOUT"]
+           "apply", "converge", "perform", "render_text", "render_json", "show", "usage", "DEFAULT_LOCK_TIMEOUT"]
 
 DEFAULT_LOCK_TIMEOUT = 10.0
 
@@ -47,32 +49,67 @@ def plan_destroy(pin_root: str) -> Plan:
     return destroy_plan(read_live(pin_root))
 
 
-def apply(plan: Plan, *, lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+def apply(plan: Plan, *, lock_timeout: float = DEFAULT_LOCK_TIMEOUT, allow_replace_in_use: bool = False,
           on_step: Callable[[Step], None] | None = None) -> ApplyReport:
-    """Perform a plan made earlier (maybe saved), refusing it if the live state moved since."""
+    """Perform a plan made earlier (maybe saved), refusing it if the live state moved since, or if
+    it replaces maps that loaded programs hold now (unless `allow_replace_in_use`)."""
     with PinRootLock(plan.pin_root, lock_timeout):
-        moved = plan.moved_since(read_live(plan.pin_root))
+        live = read_live(plan.pin_root)
+        moved = plan.moved_since(live)
         if moved:
             raise StalePlanError(f"the plan is stale: since it was made, {'; '.join(moved)}. "
                                  "Make a new plan and review it.")
-        return Executor(plan.pin_root, on_step).run(plan)
+        return perform(plan, live, allow_replace_in_use=allow_replace_in_use, on_step=on_step)
 
 
 def converge(config: Config | None, pin_root: str, *, confirm: Callable[[Plan], bool] = lambda p: True,
-             lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+             lock_timeout: float = DEFAULT_LOCK_TIMEOUT, allow_replace_in_use: bool = False,
              on_step: Callable[[Step], None] | None = None) -> tuple[Plan, ApplyReport | None]:
-    """Plan and apply under one lock (config None: destroy). `confirm` sees the plan; False applies nothing."""
+    """Plan and apply under one lock (config None: destroy). `confirm` sees the plan; False applies nothing.
+    A plan that replaces maps loaded programs hold is refused before `confirm`, unless `allow_replace_in_use`."""
     with PinRootLock(pin_root, lock_timeout):
         live = read_live(pin_root)
         p = make_plan(config, live) if config is not None else destroy_plan(live)
-        if not p.has_changes or not confirm(p):
+        if not p.has_changes:
+            record_replaced(pin_root, live, {})  # prune what programs let go of
             return p, None
-        return p, Executor(pin_root, on_step).run(p)
+        held = _refuse_in_use(p, live, allow_replace_in_use)
+        if not confirm(p):
+            return p, None
+        return p, _execute(p, live, held, on_step)
+
+
+def perform(plan: Plan, live: LiveState, *, allow_replace_in_use: bool = False,
+            on_step: Callable[[Step], None] | None = None) -> ApplyReport:
+    """Run `plan`'s steps; `live` is the state read under the pin root's lock, which the caller holds.
+    Refuses (ReplaceInUseError, nothing changed) to replace or swap a map that loaded programs hold,
+    unless `allow_replace_in_use`; then it first records the maps it replaces, so that plans report
+    drift while the programs still hold them."""
+    return _execute(plan, live, _refuse_in_use(plan, live, allow_replace_in_use), on_step)
+
+
+def _execute(plan: Plan, live: LiveState, held: dict[int, str], on_step: Callable[[Step], None] | None) -> ApplyReport:
+    """Record the held maps about to be replaced (first: a killed apply forgets nothing), then run the steps."""
+    record_replaced(plan.pin_root, live, held)
+    return Executor(plan.pin_root, on_step).run(plan)
+
+
+def _refuse_in_use(plan: Plan, live: LiveState, allow: bool) -> dict[int, str]:
+    """The maps the plan would move another map over while programs hold them (ID -> pin name)."""
+    held = {i: name for i, name in plan.displaced(live).items() if live.holders.get(i)}
+    if held and not allow:
+        lines = [f"  '{name}' (map ID {i}) is held by {', '.join(map(str, live.holders[i]))}" for i, name in held.items()]
+        raise ReplaceInUseError(
+            "refusing to replace maps that loaded BPF programs hold: they would go on reading the old maps.\n"
+            + "\n".join(lines) + "\nNothing was changed. Reload or unload those programs first, or pass "
+            "--allow-replace-in-use (Ansible: allow_replace_in_use: true) to replace them anyway; "
+            "`plan --detailed-exitcode` then reports drift until the programs let go of the old maps.")
+    return held
 
 
 def show(pin_root: str) -> dict[str, Any]:
     """The live state of `pin_root` as a config document that `apply` accepts and plans clean."""
-    return show_document(read_live(pin_root))
+    return show_document(read_live(pin_root, holders=False))
 
 
 def usage(pin_root: str) -> list[MapUsage]:

@@ -89,3 +89,7 @@ class ApplyError(KmeshError):
             lines += [f"  skipped: {s}" for s in not_applied]
         lines.append("Fix the cause and run apply again: it converges from here.")
         super().__init__("\n".join(lines))
+
+
+class ReplaceInUseError(KmeshError):
+    """A plan would replace maps that loaded programs hold, and replacing them was not allowed."""

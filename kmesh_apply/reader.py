@@ -7,8 +7,10 @@ from typing import Any
 
 from kmesh_apply.errors import KmeshError
 from kmesh_apply.kernel.maps import LookupBuffers, Map
+from kmesh_apply.kernel.progs import map_holders
 from kmesh_apply.pinroot import check_pin_root
-from kmesh_apply.state import STAGING_DIR, LiveMap, LiveState, StagedMap
+from kmesh_apply.replaced import read_replaced
+from kmesh_apply.state import REPLACED_PIN, STAGING_DIR, LiveMap, LiveState, StagedMap
 
 
 class _Reader:
@@ -40,9 +42,11 @@ class _Reader:
         return live
 
 
-def read_live(pin_root: str, memlock: bool = False) -> LiveState:
+def read_live(pin_root: str, memlock: bool = False, holders: bool = True) -> LiveState:
     """The live state of `pin_root` (empty if it does not exist yet); `memlock` also reads what
-    each map costs the kernel (one fdinfo read per map, which plans do not need)."""
+    each map costs the kernel (one fdinfo read per map, which plans do not need); `holders`
+    finds the loaded programs holding its maps and the maps it replaced (one walk over every
+    loaded program; plans and applies need it, `show` does not)."""
     root = check_pin_root(pin_root)
     state = LiveState(pin_root)
     if not root.exists():
@@ -57,5 +61,11 @@ def read_live(pin_root: str, memlock: bool = False) -> LiveState:
                 pin = f"{STAGING_DIR}/{staged.name}"
                 state.staged.append(StagedMap(pin, staged.name, reader.read_map(staged.path, staged.name)))
             continue
+        if entry.name == REPLACED_PIN:
+            state.replaced = read_replaced(entry.path, reader.buffers)
+            continue
         state.maps[entry.name] = reader.read_map(entry.path, entry.name)
+    if holders:
+        ids = [m.id for m in state.maps.values()] + [s.live.id for s in state.staged] + list(state.replaced)
+        state.holders = map_holders(ids)
     return state

@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from kmesh_apply.kernel.progs import Program
 
 # Maps built aside during an apply are pinned here until they are moved into place;
 # a killed apply leaves them behind and the next run adopts or removes them.
 STAGING_DIR = "_kmesh_staging"
+# The tool's record of maps it replaced while loaded programs held them (see replaced.py).
+REPLACED_PIN = "_kmesh_replaced"
 
 
 @dataclass
@@ -60,6 +65,10 @@ class LiveState:
     pin_root: str
     maps: dict[str, LiveMap] = field(default_factory=dict)
     staged: list[StagedMap] = field(default_factory=list)
+    # Loaded programs holding a map, by map ID: the maps above, staged ones and replaced ones.
+    holders: dict[int, tuple[Program, ...]] = field(default_factory=dict)
+    # Maps that pins of this root replaced while programs held them: map ID -> the pin's name.
+    replaced: dict[int, str] = field(default_factory=dict)
 
     def fingerprint(self) -> dict[str, str]:
         """Per-map digests, so a refused saved plan can say which map moved."""

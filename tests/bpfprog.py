@@ -35,6 +35,9 @@ _lib.bpf_prog_test_run_opts.argtypes = [ctypes.c_int, ctypes.POINTER(_TestRunOpt
 _lib.bpf_prog_test_run_opts.restype = ctypes.c_int
 _lib.bpf_obj_get.argtypes = [ctypes.c_char_p]
 _lib.bpf_obj_get.restype = ctypes.c_int
+_lib.bpf_link_create.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
+_lib.bpf_link_create.restype = ctypes.c_int
+BPF_XDP = 37  # enum bpf_attach_type
 
 
 class BpfProgram:
@@ -65,6 +68,13 @@ class BpfProgram:
         if rc < 0:
             raise OSError(-rc, "BPF_PROG_TEST_RUN")
         return opts.retval
+
+    def attach_xdp(self, ifindex: int) -> int:
+        """Attach the program to a network device through a BPF link; returns the link's fd (close it to detach)."""
+        fd = _lib.bpf_link_create(self.fd, ifindex, BPF_XDP, None)
+        if fd < 0:
+            raise OSError(-fd, "bpf_link_create (xdp)")
+        return fd
 
     def close(self) -> None:
         import os

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from conftest import REPO
+from test_holders import load  # noqa: F401 (a fixture: programs loaded for the test, unloaded after)
 
 testing = pytest.importorskip("ansible.module_utils.testing", reason="ansible-core 2.19+ has patch_module_args")
 
@@ -100,3 +101,20 @@ def test_bad_inline_config_names_map_and_key(run, pin_root: Path):
                                                                              "colour": "red"}}})
     assert result["failed"] is True and "backends" in result["msg"] and "colour" in result["msg"], result
     assert "Traceback" not in result["msg"] and not pin_root.exists()
+
+
+def test_replacing_a_map_a_program_holds_needs_allow_replace_in_use(run, load, pin_root: Path, bpftool):
+    from test_safety import SUM_PROG
+
+    run(config=CONFIG.format(root=pin_root))
+    prog = load(SUM_PROG, "sum", {"outer": pin_root / "services"})
+    before = bpftool("map", "show", "pinned", str(pin_root / "services"))["id"]
+    bigger = CONFIG.format(root=pin_root).replace("max_entries: 4", "max_entries: 8")
+    refused = run(config=bigger)
+    assert refused["failed"] is True and f'held by program {prog.id} "sum"' in refused["msg"], refused
+    assert "allow_replace_in_use: true" in refused["msg"]
+    assert bpftool("map", "show", "pinned", str(pin_root / "services"))["id"] == before
+    forced = run(config=bigger, allow_replace_in_use=True)
+    assert forced["changed"] is True and forced["changes"][0]["holders"][0]["id"] == prog.id, forced
+    again = run(config=bigger)
+    assert again["changed"] is False and again["drift"] is True and "still held" in again["plan_text"]

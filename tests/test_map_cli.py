@@ -70,7 +70,7 @@ def test_info_list_and_json(seeded, pin_root):
     rows = json.loads(kmesh(pin_root, "kmesh map list --json"))
     assert {(r["pin"], r["id"]) for r in rows} == {(f"inner-{inner}", inner), (f"outer-{outer}", outer)}
     table = kmesh(pin_root, "kmesh map list").splitlines()
-    assert table[0].split() == ["PIN", "ID", "TYPE", "KEY", "VALUE", "MAX", "ENTRIES"] and len(table) == 3
+    assert table[0].split() == ["PIN", "ID", "TYPE", "KEY", "VALUE", "MAX", "ENTRIES", "PROGRAMS"] and len(table) == 3
     looked = json.loads(kmesh(pin_root, f"kmesh map lookup {outer} --outer-key=1 --inner-key=100 --json"))
     assert looked == {"outer_map": outer, "inner_map": inner, "value": 200, "value_hex": "c800000000000000"}
 

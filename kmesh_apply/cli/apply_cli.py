@@ -35,6 +35,9 @@ MetricsFile = Annotated[Optional[Path], typer.Option(
     "--metrics-file", help="Also write the run's metrics to this file (Prometheus text format, for node_exporter's "
                            "textfile collector), atomically; counters continue from the file's previous run.",
     show_default=False)]
+AllowReplaceInUse = Annotated[bool, typer.Option(
+    "--allow-replace-in-use", help="Replace maps even while loaded BPF programs hold them (they keep the old maps "
+                                   "until reloaded; plan reports that as drift).")]
 
 
 def _colour() -> bool:
@@ -119,7 +122,8 @@ def _metrics(path: Optional[Path], pin_root: Optional[str], reconciling: bool) -
     run.finish(None, api.usage)
 
 
-def _converge(cfg, pin_root: str, auto_approve: bool, lock_timeout: float, action: str):
+def _converge(cfg, pin_root: str, auto_approve: bool, lock_timeout: float, action: str,
+              allow_replace_in_use: bool = False):
     """Plan, confirm and apply; the apply's report, or None when nothing was applied."""
     from kmesh_apply import api
 
@@ -133,7 +137,8 @@ def _converge(cfg, pin_root: str, auto_approve: bool, lock_timeout: float, actio
         return True
 
     try:
-        plan, report = api.converge(cfg, pin_root, confirm=confirm, lock_timeout=lock_timeout, on_step=progress.tick)
+        plan, report = api.converge(cfg, pin_root, confirm=confirm, lock_timeout=lock_timeout,
+                                    allow_replace_in_use=allow_replace_in_use, on_step=progress.tick)
     finally:
         progress.stop()
     if report is not None:
@@ -156,7 +161,8 @@ def validate(files: Files, pin_root: PinRootOption = None) -> None:
 def plan(
     files: Files,
     pin_root: PinRootOption = None,
-    detailed_exitcode: Annotated[bool, typer.Option("--detailed-exitcode", help="Exit 0 for no changes, 2 for changes, 1 for errors.")] = False,
+    detailed_exitcode: Annotated[bool, typer.Option("--detailed-exitcode", help="Exit 0 for no changes, 2 for changes "
+                                                   "or programs still holding replaced maps, 1 for errors.")] = False,
     json_out: JsonOut = False,
     out: Annotated[Optional[Path], typer.Option("--out", help="Save the plan to this file, for `apply PLAN`.")] = None,
     metrics_file: MetricsFile = None,
@@ -169,7 +175,7 @@ def plan(
         if run:
             run.pin_root = root
             p, run.usage = api.plan_with_usage(cfg, root)
-            run.drift = len(p.changes)
+            run.drift = len(p.changes) + len(p.held_replaced)
         else:
             p = api.plan(cfg, root)
     if out is not None:
@@ -180,7 +186,7 @@ def plan(
         typer.echo(api.render_text(p, color=_colour()), nl=False)
         if out is not None:
             typer.echo(f"\nSaved the plan to {out}; apply it exactly with: kmesh-apply apply {out}")
-    if detailed_exitcode and p.has_changes:
+    if detailed_exitcode and p.drift:
         raise typer.Exit(2)
 
 
@@ -212,15 +218,16 @@ def apply(
     auto_approve: AutoApprove = False,
     lock_timeout: LockTimeout = 10.0,
     metrics_file: MetricsFile = None,
+    allow_replace_in_use: AllowReplaceInUse = False,
 ) -> None:
     """Make the pin root match the configuration (or perform a saved plan, if it is not stale)."""
     with _metrics(metrics_file, pin_root, reconciling=True) as run:
-        if _apply(files, pin_root, auto_approve, lock_timeout, run) and run:
+        if _apply(files, pin_root, auto_approve, lock_timeout, allow_replace_in_use, run) and run:
             run.outcome = "success"
 
 
 def _apply(files: list[Path], pin_root: Optional[str], auto_approve: bool, lock_timeout: float,
-           run: Optional["RunMetrics"]) -> bool:
+           allow_replace_in_use: bool, run: Optional["RunMetrics"]) -> bool:
     """`apply`'s work; True if it changed something."""
     from kmesh_apply import api
 
@@ -234,7 +241,8 @@ def _apply(files: list[Path], pin_root: Optional[str], auto_approve: bool, lock_
         progress = _Progress()
         progress.start(saved)
         try:
-            report = api.apply(saved, lock_timeout=lock_timeout, on_step=progress.tick)
+            report = api.apply(saved, lock_timeout=lock_timeout, allow_replace_in_use=allow_replace_in_use,
+                               on_step=progress.tick)
         finally:
             progress.stop()
         _report(saved, report)
@@ -242,7 +250,7 @@ def _apply(files: list[Path], pin_root: Optional[str], auto_approve: bool, lock_
     cfg, root = _load(files, pin_root)
     if run:
         run.pin_root = root
-    return _converge(cfg, root, auto_approve, lock_timeout, "apply") is not None
+    return _converge(cfg, root, auto_approve, lock_timeout, "apply", allow_replace_in_use) is not None
 
 
 @app.command()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import asdict
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
@@ -24,6 +25,7 @@ from kmesh_apply.errors import KmeshError
 
 if TYPE_CHECKING:
     from kmesh_apply.kernel.maps import Map
+    from kmesh_apply.kernel.progs import Program
     from kmesh_apply.manager import MapInMapManager
 
 app = make_app("kmesh", "Imperative tools for eBPF map-in-map state (see also kmesh-apply).")
@@ -234,7 +236,7 @@ def _pinned_paths(root: str) -> list[str]:
     return sorted(os.path.join(d, f) for d, _, files in os.walk(root) for f in files)
 
 
-def _describe(m: Map, pin: str | None) -> dict[str, Any]:
+def _describe(m: Map, pin: str | None, holders: tuple[Program, ...]) -> dict[str, Any]:
     from kmesh_apply.kernel.maps import OUTER_TYPES
 
     info = m.info
@@ -253,6 +255,7 @@ def _describe(m: Map, pin: str | None) -> dict[str, Any]:
                 out[what] = typ.spec()
     out["memlock"] = m.memlock()
     out["pinned"] = pin
+    out["programs"] = [asdict(p) for p in holders]  # loaded programs holding this very map (not via a slot)
     return out
 
 
@@ -260,11 +263,12 @@ def _describe(m: Map, pin: str | None) -> dict[str, Any]:
 def info(map_id: MapId, as_json: Json = False, pin_root: PinRootOption = None) -> None:
     """Describe a map: type, sizes, flags, entries in use, memory, and an outer map's slots."""
     from kmesh_apply.config.model import resolve_pin_root
+    from kmesh_apply.kernel.progs import Program, map_holders
 
     with _manager(pin_root) as mgr:
         m = mgr.map(_map_id(map_id))
         root = resolve_pin_root(pin_root)
-        desc = _describe(m, _pins(root).get(m.id) if os.path.isdir(root) else None)
+        desc = _describe(m, _pins(root).get(m.id) if os.path.isdir(root) else None, map_holders([m.id]).get(m.id, ()))
     if as_json:
         print(json.dumps(desc))
         return
@@ -277,6 +281,10 @@ def info(map_id: MapId, as_json: Json = False, pin_root: PinRootOption = None) -
             print(f"flags: {', '.join(v) or 'none'}")
         elif k == "memlock" and v is not None:
             print(f"memlock: {v} bytes")
+        elif k == "programs":
+            print("held by programs:" + ("" if v else " none"))
+            for p in v:
+                print(f"  {Program.from_dict(p)}")
         elif v is not None and v != "":
             print(f"{k}: {json.dumps(v) if isinstance(v, (dict, list)) else v}")
 
@@ -286,26 +294,36 @@ def list_maps(as_json: Json = False, pin_root: PinRootOption = None) -> None:
     """List the maps pinned under the pin root."""
     from kmesh_apply.config.model import resolve_pin_root
     from kmesh_apply.kernel.maps import Map
+    from kmesh_apply.kernel.progs import map_holders
 
     root = resolve_pin_root(pin_root)
     if not os.path.isdir(root):
         raise KmeshError(f"pin root {root} does not exist (nothing has been pinned there)")
-    rows = []
+    opened: list[tuple[str, Map | KmeshError]] = []
     for path in _pinned_paths(root):
         try:
-            with Map.open_pinned(path) as m:
-                row = _describe(m, path)
+            opened.append((path, Map.open_pinned(path)))
         except KmeshError as e:  # a program or link pinned beside the maps: say so, keep listing
-            row = {"id": None, "type": f"({e.hint or e})" if hasattr(e, "hint") else str(e), "key_size": None,
-                   "value_size": None, "max_entries": None, "entries": None}
+            opened.append((path, e))
+    holders = map_holders(m.id for _, m in opened if not isinstance(m, KmeshError))  # one walk for every map
+    rows: list[dict[str, Any]] = []
+    for path, m in opened:
+        row: dict[str, Any]
+        if isinstance(m, KmeshError):
+            row = {"id": None, "type": f"({m.hint or m})" if hasattr(m, "hint") else str(m), "key_size": None,
+                   "value_size": None, "max_entries": None, "entries": None, "programs": []}
+        else:
+            with m:
+                row = _describe(m, path, holders.get(m.id, ()))
         row["pin"] = os.path.relpath(path, root)
         rows.append(row)
     if as_json:
         print(json.dumps(rows))
         return
-    header = ("PIN", "ID", "TYPE", "KEY", "VALUE", "MAX", "ENTRIES")
+    header: tuple[str, ...] = ("PIN", "ID", "TYPE", "KEY", "VALUE", "MAX", "ENTRIES", "PROGRAMS")
     table: list[tuple[str, ...]] = [header] + [
         tuple("-" if r[k] is None else str(r[k]) for k in ("pin", "id", "type", "key_size", "value_size", "max_entries", "entries"))
+        + (",".join(f"{p['id']}:{p['name']}" for p in r["programs"]) or "-",)
         for r in rows]
     widths = [max(len(line[i]) for line in table) for i in range(len(header))]
     for line in table:

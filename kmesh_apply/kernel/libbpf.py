@@ -64,6 +64,36 @@ class BpfMapInfo(ctypes.Structure):
     ]
 
 
+class BpfProgInfo(ctypes.Structure):
+    """struct bpf_prog_info (linux/bpf.h) up to ifindex: the kernel fills only as much as we give it
+    room for, and fills map_ids (up to nr_map_ids of them) only when we point it at a buffer."""
+
+    _fields_ = [
+        ("type", c_uint32),
+        ("id", c_uint32),
+        ("tag", ctypes.c_uint8 * 8),
+        ("jited_prog_len", c_uint32),
+        ("xlated_prog_len", c_uint32),
+        ("jited_prog_insns", c_uint64),
+        ("xlated_prog_insns", c_uint64),
+        ("load_time", c_uint64),
+        ("created_by_uid", c_uint32),
+        ("nr_map_ids", c_uint32),
+        ("map_ids", c_uint64),
+        ("name", ctypes.c_char * BPF_OBJ_NAME_LEN),
+        ("ifindex", c_uint32),
+        ("_flags", c_uint32),
+    ]
+
+
+class BpfLinkInfo(ctypes.Structure):
+    """struct bpf_link_info (linux/bpf.h): type, IDs, and the per-type union as raw 32-bit words
+    (their meaning depends on the link type; see kernel/progs.py)."""
+
+    _fields_ = [("type", c_uint32), ("id", c_uint32), ("prog_id", c_uint32), ("_pad", c_uint32),
+                ("words", c_uint32 * 12)]
+
+
 class BtfType(ctypes.Structure):
     """struct btf_type (linux/btf.h): the common head; kind-specific data follows it."""
 
@@ -96,6 +126,13 @@ bpf_map_create = _bind("bpf_map_create", c_int, c_int, c_char_p, c_uint32, c_uin
 bpf_obj_pin = _bind("bpf_obj_pin", c_int, c_int, c_char_p)
 bpf_obj_get = _bind("bpf_obj_get", c_int, c_char_p)
 bpf_map_get_fd_by_id = _bind("bpf_map_get_fd_by_id", c_int, c_uint32)
+bpf_prog_get_next_id = _bind("bpf_prog_get_next_id", c_int, c_uint32, c_u32_p)
+bpf_prog_get_fd_by_id = _bind("bpf_prog_get_fd_by_id", c_int, c_uint32)
+bpf_link_get_next_id = _bind("bpf_link_get_next_id", c_int, c_uint32, c_u32_p)
+bpf_link_get_fd_by_id = _bind("bpf_link_get_fd_by_id", c_int, c_uint32)
+libbpf_bpf_prog_type_str = _bind("libbpf_bpf_prog_type_str", c_char_p, c_int)
+libbpf_bpf_link_type_str = _bind("libbpf_bpf_link_type_str", c_char_p, c_int)
+libbpf_bpf_attach_type_str = _bind("libbpf_bpf_attach_type_str", c_char_p, c_int)
 bpf_obj_get_info_by_fd = _bind("bpf_obj_get_info_by_fd", c_int, c_int, c_void_p, c_u32_p)
 bpf_map_update_elem = _bind("bpf_map_update_elem", c_int, c_int, c_void_p, c_void_p, c_uint64)
 bpf_map_lookup_elem = _bind("bpf_map_lookup_elem", c_int, c_int, c_void_p, c_void_p)

@@ -11,9 +11,12 @@ Map instances in steps are named by their pin path relative to the pin root:
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Union
 
 from kmesh_apply.state import LiveState
+
+if TYPE_CHECKING:
+    from kmesh_apply.kernel.progs import Program
 
 PLAN_FORMAT = 1
 
@@ -126,6 +129,19 @@ class MapChange:
     changed: dict[bytes, tuple[Any, Any]] = field(default_factory=dict)  # key -> (old, new)
     removed: dict[bytes, Any] = field(default_factory=dict)  # key -> old value
     swap: bool = False  # entries change by building a new map and switching slots at once
+    holders: list[Program] = field(default_factory=list)  # loaded programs holding the live map
+
+
+@dataclass
+class HeldReplaced:
+    """A map a pin of this pin root replaced, still held by loaded programs: drift until they let go."""
+
+    name: str  # the pin it was replaced at
+    id: int  # its kernel ID
+    programs: list[Program] = field(default_factory=list)
+
+    def describe(self) -> str:
+        return f"the replaced map '{self.name}' (ID {self.id}) is still held by {', '.join(map(str, self.programs))}"
 
 
 @dataclass
@@ -134,6 +150,7 @@ class Plan:
     changes: list[MapChange] = field(default_factory=list)
     steps: list[Step] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    held_replaced: list[HeldReplaced] = field(default_factory=list)
     # What the plan was made from: the live state itself while in memory, its digests once saved.
     base: LiveState | None = field(default=None, repr=False, compare=False)
     saved_fingerprint: dict[str, str] = field(default_factory=dict, repr=False)
@@ -160,6 +177,16 @@ class Plan:
         return bool(self.steps)
 
     @property
+    def drift(self) -> bool:
+        """The pin root differs from what it should be: steps to apply, or programs still on replaced maps
+        (which no apply can fix: `plan --detailed-exitcode` exits 2 until they are reloaded)."""
+        return self.has_changes or bool(self.held_replaced)
+
+    def displaced(self, live: LiveState) -> dict[int, str]:
+        """The live maps this plan moves another map over (replaced or swapped), by kernel ID."""
+        return {live.maps[s.dst].id: s.dst for s in self.steps if isinstance(s, MovePin) and s.dst in live.maps}
+
+    @property
     def counts(self) -> dict[str, int]:
         """Terraform's counting: a replaced map is one created and one destroyed."""
         c = {"create": 0, "update": 0, "destroy": 0}
@@ -175,6 +202,9 @@ class Plan:
 
     def summary(self) -> str:
         if not self.has_changes:
+            if self.held_replaced:
+                return (f"No changes to apply, but {len(self.held_replaced)} replaced map(s) are still held by loaded "
+                        "programs: reload or unload them.")
             return "No changes. The pin root matches the configuration."
         c = self.counts
         return f"Plan: {c['create']} to create, {c['update']} to update, {c['destroy']} to destroy."
@@ -187,6 +217,7 @@ class Plan:
             "pin_root": self.pin_root,
             "fingerprint": self.fingerprint(),
             "warnings": self.warnings,
+            "held_replaced": [asdict(h) for h in self.held_replaced],
             "changes": [_hexify(asdict(c)) for c in self.changes],
             "steps": [_hexify(asdict(s)) for s in self.steps],
         }
@@ -207,8 +238,17 @@ class Plan:
             raw = _unhexify(raw)
             raw["definition"] = _mapdef(raw["definition"]) if raw["definition"] else None
             raw["changed"] = {k: tuple(v) for k, v in raw["changed"].items()}
+            raw["holders"] = _programs(raw.get("holders", []))
             changes.append(MapChange(**raw))
-        return Plan(data["pin_root"], changes, steps, data.get("warnings", []), saved_fingerprint=data["fingerprint"])
+        held = [HeldReplaced(h["name"], h["id"], _programs(h["programs"])) for h in data.get("held_replaced", [])]
+        return Plan(data["pin_root"], changes, steps, data.get("warnings", []), held,
+                    saved_fingerprint=data["fingerprint"])
+
+
+def _programs(raw: list[dict[str, Any]]) -> list[Program]:
+    from kmesh_apply.kernel.progs import Program
+
+    return [Program.from_dict(p) for p in raw]
 
 
 def _mapdef(raw: dict[str, Any]) -> MapDef:

@@ -17,11 +17,25 @@ from __future__ import annotations
 
 from itertools import compress
 from operator import ne
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kmesh_apply.config.model import ARRAY_TYPES, NEARLY_FULL, Config, InnerMapSpec, OuterMapSpec, used_entries
-from kmesh_apply.plan.model import CreateMap, MapChange, MapDef, MovePin, Plan, RemovePin, SetSlots, Step, WriteEntries
+from kmesh_apply.plan.model import (
+    CreateMap,
+    HeldReplaced,
+    MapChange,
+    MapDef,
+    MovePin,
+    Plan,
+    RemovePin,
+    SetSlots,
+    Step,
+    WriteEntries,
+)
 from kmesh_apply.state import STAGING_DIR, LiveMap, LiveState
+
+if TYPE_CHECKING:
+    from kmesh_apply.kernel.progs import Program
 
 FIXED_PROPERTIES = ("type", "key_size", "value_size", "max_entries", "flags")
 
@@ -97,6 +111,7 @@ class _Planner:
     def __init__(self, config: Config, live: LiveState):
         self.config = config
         self.live = dict(live.maps)
+        self.holders = live.holders
         self.result = Plan(live.pin_root, base=live)
         self.recover: list[Step] = []
         self.fill_new: list[Step] = []
@@ -113,6 +128,7 @@ class _Planner:
         self.superseded: set[str] = set()
         self._adopt_staged(live)
         self.slot_held = {i for m in self.live.values() if m.is_outer for i in m.slots.values()}
+        self._held_replaced(live)
 
     def _adopt_staged(self, live: LiveState) -> None:
         """A staged map some slot already points at was complete: finish its move. Others are discarded."""
@@ -135,7 +151,8 @@ class _Planner:
         for name, have in sorted(self.live.items()):
             if name not in self.config.inner_maps and name not in self.config.outer_maps:
                 (self.remove_outer if have.is_outer else self.remove_inner).append(RemovePin(name, name))
-                self.result.changes.append(MapChange(name, "destroy", "outer" if have.is_outer else "inner"))
+                self.result.changes.append(MapChange(name, "destroy", "outer" if have.is_outer else "inner",
+                                                     holders=self._holders(have)))
         self.result.steps = (self.recover + self.fill_new + self.in_place + self.build_aside + self.outer_create
                              + self.slots + self.move + self.remove_outer + self.remove_inner)
         self._capacity_warnings()
@@ -164,7 +181,7 @@ class _Planner:
         reasons = replace_reasons(want, have)
         if reasons:
             self._build_aside(spec, want)
-            change = MapChange(spec.name, "replace", "inner", want, reasons)
+            change = MapChange(spec.name, "replace", "inner", want, reasons, holders=self._in_use(spec.name, have))
             describe_entries(change, *entry_diff(spec.entries, have.entries, want.type in ARRAY_TYPES), have.entries)
             self.result.changes.append(change)
             return
@@ -173,7 +190,13 @@ class _Planner:
         if not put and not delete:
             return
         swap = spec.update == "swap" and have.id in self.slot_held and len(put) + len(delete) > 1
-        change = MapChange(spec.name, "update", "inner", want, swap=swap)
+        holders = self._holders(have)
+        change = MapChange(spec.name, "update", "inner", want, holders=holders)
+        if swap and holders:  # they hold this very map, not the slot: a swap would leave them on the old one
+            swap = False
+            change.reasons.append(f"written in place, not swapped: {_programs(holders)} hold(s) this inner map "
+                                  "directly and would stay on the old map; readers may see the change half done")
+        change.swap = swap
         describe_entries(change, put, delete, have.entries)
         self.result.changes.append(change)
         if swap:
@@ -213,10 +236,7 @@ class _Planner:
                 self.result.changes.append(MapChange(spec.name, "create", "outer", want, added=dict(spec.slots)))
             else:
                 self.move.append(MovePin(spec.name, pin, spec.name))
-                self.result.warnings.append(
-                    f"outer map '{spec.name}' is replaced: BPF programs that already hold it keep reading the old "
-                    "map until they are reloaded")
-                change = MapChange(spec.name, "replace", "outer", want, reasons)
+                change = MapChange(spec.name, "replace", "outer", want, reasons, holders=self._in_use(spec.name, have))
                 old = {k: names_by_id.get(i, f"id {i}") for k, i in have.slots.items()} if have.is_outer else {}
                 describe_entries(change, *entry_diff(dict(spec.slots), old, False), old)
                 self.result.changes.append(change)
@@ -243,6 +263,28 @@ class _Planner:
         if change.added or change.changed or change.removed:
             self.result.changes.append(change)
 
+    def _holders(self, have: LiveMap) -> list[Program]:
+        """The loaded programs holding this very map (not those reaching it through a slot)."""
+        return list(self.holders.get(have.id, ()))
+
+    def _in_use(self, name: str, have: LiveMap) -> list[Program]:
+        """The programs holding a map about to be replaced; apply refuses while there are any."""
+        holders = self._holders(have)
+        if holders:
+            self.result.warnings.append(
+                f"map '{name}' (ID {have.id}) is held by {_programs(holders)}: apply refuses to replace it unless "
+                "--allow-replace-in-use, and then they keep reading the old map until they are reloaded")
+        return holders
+
+    def _held_replaced(self, live: LiveState) -> None:
+        """Maps this pin root replaced that programs still hold (not the map now at the pin: a replacement
+        that never happened)."""
+        for map_id, name in sorted(live.replaced.items()):
+            programs = live.holders.get(map_id)
+            current = live.maps.get(name)
+            if programs and (current is None or current.id != map_id):
+                self.result.held_replaced.append(HeldReplaced(name, map_id, list(programs)))
+
     def _template_reasons(self, template: MapDef, have: LiveMap) -> list[str]:
         """The kernel does not report an outer map's template; the inner maps in its slots reveal it."""
         by_id = {m.id: m for m in self.live.values()}
@@ -254,6 +296,10 @@ class _Planner:
                     return [f"inner map template: {', '.join(mismatch)}"]
                 return []
         return []
+
+
+def _programs(programs: list[Program]) -> str:
+    return ", ".join(map(str, programs))
 
 
 def make_plan(config: Config, live: LiveState) -> Plan:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from itertools import chain, islice
 from typing import Any, Callable
 
@@ -60,9 +61,9 @@ def _paint(symbol: str, text: str, color: bool) -> str:
 
 def render_text(plan: Plan, color: bool = False) -> str:
     """The plan as a reviewer reads it: one block per map, entry diffs folded, then the summary line."""
-    if not plan.has_changes:
+    if not plan.drift:
         return "".join(f"Warning: {w}\n" for w in plan.warnings) + plan.summary() + "\n"
-    out = [f"kmesh-apply will perform the following actions in {plan.pin_root}:", ""]
+    out = [f"kmesh-apply will perform the following actions in {plan.pin_root}:", ""] if plan.has_changes else []
     budget = LINE_BUDGET
     for ch in plan.changes:
         sym = SYMBOL[ch.action]
@@ -75,6 +76,8 @@ def render_text(plan: Plan, color: bool = False) -> str:
         out.append(_paint(sym, f"  {sym} {what}", color))
         for r in ch.reasons:
             out.append(f"      # {r}")
+        for p in ch.holders:
+            out.append(f"      # held by {p}")
         shown, folded = _entry_lines(ch, min(FOLD_AFTER, budget))
         budget -= len(shown)
         out += [_paint(line[0], f"      {line}", color) for line in shown]
@@ -84,6 +87,10 @@ def render_text(plan: Plan, color: bool = False) -> str:
     for w in plan.warnings:
         out.append(f"Warning: {w}")
     if plan.warnings:
+        out.append("")
+    if plan.held_replaced:
+        out.append(f"Drift in {plan.pin_root}: loaded programs still read maps it replaced, until they are reloaded or unloaded:")
+        out += [f"  ! {h.describe()}" for h in plan.held_replaced]
         out.append("")
     out.append(plan.summary())
     return "\n".join(out) + "\n"
@@ -101,6 +108,7 @@ def render_json(plan: Plan) -> dict[str, Any]:
             "action": ch.action,
             "reasons": ch.reasons,
             "swap": ch.swap,
+            "holders": [asdict(p) for p in ch.holders],
             "counts": {"added": len(ch.added), "changed": len(ch.changed), "removed": len(ch.removed)},
             "added": [{"key": key(k), "value": value(v)} for k, v in ch.added.items()],
             "changed": [{"key": key(k), "old": value(o), "new": value(n)} for k, (o, n) in ch.changed.items()],
@@ -110,9 +118,11 @@ def render_json(plan: Plan) -> dict[str, Any]:
         "format_version": 1,
         "pin_root": plan.pin_root,
         "has_changes": plan.has_changes,
+        "drift": plan.drift,
         "counts": plan.counts,
         "summary": plan.summary(),
         "warnings": plan.warnings,
+        "held_replaced": [asdict(h) for h in plan.held_replaced],
         "changes": changes,
         "steps": [{"op": s.op, "description": s.describe()} for s in plan.steps],
     }

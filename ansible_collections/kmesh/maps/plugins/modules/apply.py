@@ -46,6 +46,14 @@ options:
       - Seconds to wait for another apply on the same pin root.
     type: float
     default: 10.0
+  allow_replace_in_use:
+    description:
+      - Replace maps even while loaded BPF programs hold them, as C(--allow-replace-in-use).
+      - Without it the module fails, changing nothing, when the plan would replace a map a loaded program holds
+        (the program would keep reading the old map). With it, later plans report drift (RV(drift)) until those
+        programs are reloaded or unloaded.
+    type: bool
+    default: false
 attributes:
   check_mode:
     support: full
@@ -104,8 +112,14 @@ plan_text:
   description: The plan as C(kmesh-apply plan) prints it.
   returned: always
   type: str
+drift:
+  description: The pin root differs from the configuration, or loaded programs still hold maps it replaced
+    (C(kmesh-apply plan --detailed-exitcode) would exit 2). Checked before applying.
+  returned: always
+  type: bool
 changes:
-  description: Per map, its name, kind (inner or outer), action and entry counts, from C(kmesh-apply plan --json).
+  description: Per map, its name, kind (inner or outer), action, entry counts and the loaded programs holding it,
+    from C(kmesh-apply plan --json).
   returned: always
   type: list
   elements: dict
@@ -137,7 +151,8 @@ else:
 def _changes(plan_json):
     """The per-map summary a play needs, without the (possibly huge) entry lists."""
     return [
-        {"name": c["name"], "kind": c["kind"], "action": c["action"], "reasons": c["reasons"], "counts": c["counts"]}
+        {"name": c["name"], "kind": c["kind"], "action": c["action"], "reasons": c["reasons"], "counts": c["counts"],
+         "holders": c["holders"]}
         for c in plan_json["changes"]
     ]
 
@@ -160,6 +175,7 @@ def run_module():
             pin_root=dict(type="str"),
             state=dict(type="str", default="present", choices=["present", "absent"]),
             lock_timeout=dict(type="float", default=10.0),
+            allow_replace_in_use=dict(type="bool", default=False),
         ),
         mutually_exclusive=[["src", "config"]],
         required_if=[["state", "present", ["src", "config"], True]],
@@ -179,6 +195,7 @@ def run_module():
         text = api.render_text(plan)
         result = dict(
             changed=plan.has_changes,
+            drift=plan.drift,
             plan=plan.counts,
             summary=plan.summary(),
             plan_text=text,
@@ -188,7 +205,7 @@ def run_module():
         if module._diff:
             result["diff"] = {"prepared": text}
         if plan.has_changes and not module.check_mode:
-            report = api.apply(plan, lock_timeout=p["lock_timeout"])
+            report = api.apply(plan, lock_timeout=p["lock_timeout"], allow_replace_in_use=p["allow_replace_in_use"])
             result["applied"] = dict(steps=report.steps, entries_written=report.entries_written,
                                      entries_deleted=report.entries_deleted, slots_set=report.slots_set,
                                      seconds=round(report.seconds, 3))
