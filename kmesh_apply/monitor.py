@@ -29,6 +29,7 @@ class MapUsage:
     entries: int  # entries present; for an outer map, slots that hold an inner map
     max_entries: int
     memlock_bytes: int | None  # the kernel's own figure (fdinfo `memlock:`), None when not read
+    programs: tuple[str, ...] = ()  # the loaded programs holding the map, as `ID:name`
 
     @property
     def fill(self) -> float:
@@ -103,7 +104,9 @@ def map_usage(live: LiveState) -> list[MapUsage]:
     out = []
     for name, m in live.maps.items():
         entries = len(m.slots) if m.is_outer else used_entries(m.type, m.entries)
-        out.append(MapUsage(name, "outer" if m.is_outer else "inner", m.type, m.id, entries, m.max_entries, m.memlock))
+        programs = tuple(f"{p.id}:{p.name}" for p in live.holders.get(m.id, ()))
+        out.append(MapUsage(name, "outer" if m.is_outer else "inner", m.type, m.id, entries, m.max_entries, m.memlock,
+                            programs))
     return sorted(out, key=lambda u: (-u.fill, u.name))
 
 
@@ -126,13 +129,14 @@ def human_bytes(n: int | None) -> str:
     return f"{size:.1f} {unit}"
 
 
-USAGE_COLUMNS = ("map", "kind", "type", "entries", "max_entries", "fill", "memlock")
+USAGE_COLUMNS = ("map", "kind", "type", "entries", "max_entries", "fill", "memlock", "programs")
 
 
 def usage_rows(usage: list[MapUsage]) -> list[tuple[str, ...]]:
     """The cells of `show --usage`, fullest first; a nearly full map's fill is marked with `!`."""
     return [(u.name, u.kind, u.type, str(u.entries), str(u.max_entries),
-             f"{u.fill * 100:.1f}%{' !' if u.fill >= NEARLY_FULL else ''}", human_bytes(u.memlock_bytes))
+             f"{u.fill * 100:.1f}%{' !' if u.fill >= NEARLY_FULL else ''}", human_bytes(u.memlock_bytes),
+             ", ".join(u.programs) or "-")
             for u in usage]
 
 

@@ -138,6 +138,10 @@ def test_holders_are_found_with_their_links_and_listed(pin_root: Path, tmp_path:
         info = run_cli("kmesh", "map", "info", str(outer), env=env).stdout
         assert f'held by programs:\n  program {prog.id} "sum" (xdp, xdp link {link_id} on {veth})' in info
         assert "held by programs: none" in run_cli("kmesh", "map", "info", str(inner), env=env).stdout
+        usage = {m["name"]: m for m in json.loads(run_cli("kmesh-apply", "show", "--usage", "--json", env=env).stdout)["maps"]}
+        assert usage["outer"]["programs"] == [f"{prog.id}:sum"] and usage["values"]["programs"] == []
+        text = run_cli("kmesh-apply", "show", "--usage", env=env).stdout.splitlines()
+        assert text[0].split()[-1] == "programs" and next(r for r in text if r.startswith("outer")).endswith(f"{prog.id}:sum")
     finally:
         os.close(link)
 

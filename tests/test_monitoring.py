@@ -263,7 +263,7 @@ def test_show_usage(applied: Path, pin_root: Path) -> None:
     res = run_cli("kmesh-apply", "show", "--usage", "--pin-root", str(pin_root))
     assert res.returncode == 0, res.stderr
     lines = res.stdout.splitlines()
-    assert lines[0].split() == ["map", "kind", "type", "entries", "max_entries", "fill", "memlock"]
+    assert lines[0].split() == ["map", "kind", "type", "entries", "max_entries", "fill", "memlock", "programs"]
     assert lines[1].split()[:6] == ["full", "inner", "hash", "9", "10", "90.0%"] and lines[1].split()[6] == "!"
     assert lines[-1].startswith("5 maps, 15 entries in inner maps, ")
 
