@@ -59,3 +59,8 @@ def read_live(pin_root: str, memlock: bool = False) -> LiveState:
             continue
         state.maps[entry.name] = reader.read_map(entry.path, entry.name)
     return state
+
+
+def read_map(pin_root: str, pin: str, memlock: bool = False) -> LiveMap:
+    """One map of a pin root (`pin` relative to it), as `read_live` reads it: for a map just created."""
+    return _Reader(memlock).read_map(os.path.join(pin_root, pin), os.path.basename(pin))
