@@ -58,6 +58,7 @@ class Synchroniser:
         self._config_error: str | None = None
         self._verify_error: str | None = None
         self._last_success: float | None = None
+        self.last_changes: list[MapChange] = []  # what the last flush or verify changed, for logs
         try:
             self._cache: LiveState = self._kernel.read()
         except BaseException:
@@ -152,6 +153,7 @@ class Synchroniser:
     def _flush(self) -> ApplyReport:
         start = time.monotonic()
         if self._desired is None or (not self._dirty and not self._plan_all):
+            self.last_changes = []
             self.recorder.reconcile("noop", time.monotonic() - start)
             return ApplyReport()
         if not self._cache_valid:
@@ -166,6 +168,7 @@ class Synchroniser:
 
     def _run(self, plan: Plan, names: set[str], start: float) -> ApplyReport:
         """Perform `plan` and replay it on the cache; `names` become applied (or failed)."""
+        self.last_changes = plan.changes
         if not plan.has_changes:
             self._succeeded(names)
             self.recorder.reconcile("noop", time.monotonic() - start)
