@@ -29,17 +29,15 @@ class Mirror:
 
     def __call__(self, step: Step) -> None:
         maps = self.state.maps
+        self.touched.add(step.map.name if isinstance(step, CreateMap) else step.map)
         if isinstance(step, CreateMap):
-            self.touched.add(step.map.name)
             live = self.created(step.pin)
             live.name = step.map.name
             if step.pin == step.map.name:
                 maps[step.pin] = live
             else:
                 self.aside[step.pin] = live
-            return
-        self.touched.add(step.map)
-        if isinstance(step, WriteEntries):
+        elif isinstance(step, WriteEntries):
             entries = self._at(step.pin).entries
             entries.update(step.put)
             for key in step.delete:
