@@ -1,0 +1,88 @@
+"""ConfigFiles: only changed files are read again, a changed inner-map file is merged into the last
+good configuration, and anything a merge could get wrong is loaded in full (no kernel needed)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from kmesh_apply import ConfigError, load_config
+from kmesh_apply.sync.files import ConfigFiles
+
+OUTER = """outer_maps:
+  services: {type: hash_of_maps, key: u32, max_entries: 16, inner_map: svc-0, entries: {0: svc-0, 1: svc-1}}
+"""
+
+
+def service(name: str, value: int, max_entries: int = 8) -> str:
+    return f"""inner_maps:
+  {name}:
+    type: hash
+    key: u32
+    value: u64
+    max_entries: {max_entries}
+    entries: {{0: {value}, 1: {value + 1}}}
+"""
+
+
+def save(path: Path, text: str) -> None:
+    """An editor's atomic save: write aside, rename over."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    (tmp_path / "outer.yaml").write_text(OUTER)
+    for i in range(3):
+        (tmp_path / f"svc-{i}.yaml").write_text(service(f"svc-{i}", 10 * i))
+    return tmp_path
+
+
+def test_an_unchanged_tree_loads_once(tree: Path):
+    files = ConfigFiles([tree])
+    config, changed = files.load()
+    assert len(changed) == 4 and set(config.inner_maps) == {"svc-0", "svc-1", "svc-2"}
+    assert files.load() is None
+
+
+def test_a_changed_service_file_is_merged_and_equals_a_full_load(tree: Path):
+    files = ConfigFiles([tree])
+    before, _ = files.load()
+    save(tree / "svc-1.yaml", service("svc-1", 500))
+    (tree / "svc-3.yaml").write_text(service("svc-3", 7))
+    (tree / "svc-2.yaml").unlink()
+    after, changed = files.load()
+    assert changed == [str(tree / "svc-1.yaml"), str(tree / "svc-3.yaml"), str(tree / "svc-2.yaml")]
+    assert after.inner_maps["svc-0"] is before.inner_maps["svc-0"], "an unchanged map keeps its spec object"
+    assert after.outer_maps["services"] is before.outer_maps["services"]
+    full = load_config([tree])
+    assert after.inner_maps == full.inner_maps and after.outer_maps == full.outer_maps
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda t: (t / "svc-1.yaml").unlink(), "'svc-1' is not defined under inner_maps"),
+    (lambda t: save(t / "svc-2.yaml", service("svc-0", 1)), "'svc-0' is defined again"),
+    (lambda t: save(t / "svc-0.yaml", service("svc-0", 1).replace("value: u64", "value: u32")), "incompatible"),
+    (lambda t: save(t / "svc-1.yaml", service("svc-1", 1) + "  broken: ["), "svc-1.yaml:8: invalid YAML"),
+])
+def test_what_a_merge_cannot_decide_is_loaded_in_full(tree: Path, change, message):
+    files = ConfigFiles([tree])
+    good, _ = files.load()
+    change(tree)
+    with pytest.raises(ConfigError, match=message):
+        files.load()
+    assert files.config is good, "the last good configuration stays"
+    for i in range(3):  # the fix arrives
+        save(tree / f"svc-{i}.yaml", service(f"svc-{i}", 1))
+    fixed, _ = files.load()
+    assert fixed.inner_maps == load_config([tree]).inner_maps
+
+
+def test_a_file_argument_is_watched_through_its_directory(tree: Path):
+    files = ConfigFiles([tree / "svc-0.yaml", tree / "outer.yaml", tree / "svc-1.yaml"])
+    assert files.directories() == [str(tree)]
+    assert set(files.load()[0].inner_maps) == {"svc-0", "svc-1"}
