@@ -82,6 +82,19 @@ def test_what_a_merge_cannot_decide_is_loaded_in_full(tree: Path, change, messag
     assert fixed.inner_maps == load_config([tree]).inner_maps
 
 
+def test_only_the_files_events_name_are_read_again(tree: Path):
+    files = ConfigFiles([tree])
+    files.load()
+    save(tree / "svc-1.yaml", service("svc-1", 100))
+    save(tree / "svc-2.yaml", service("svc-2", 200))
+    (tree / ".svc-1.yaml.swp").write_text("editor state")
+    config, changed = files.load(touched={str(tree / "svc-1.yaml"), str(tree / ".svc-1.yaml.swp")})
+    assert changed == [str(tree / "svc-1.yaml")]
+    assert files.load(touched={str(tree / "svc-0.yaml")}) is None
+    config, changed = files.load(touched={str(tree / "..data")})  # a ConfigMap swap: everything is looked at
+    assert changed == [str(tree / "svc-2.yaml")]
+
+
 def test_a_file_argument_is_watched_through_its_directory(tree: Path):
     files = ConfigFiles([tree / "svc-0.yaml", tree / "outer.yaml", tree / "svc-1.yaml"])
     assert files.directories() == [str(tree)]

@@ -16,7 +16,7 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
 from kmesh_apply.config import load_config
 from kmesh_apply.config.loader import Source, config_files, read_source, resolve
@@ -24,6 +24,8 @@ from kmesh_apply.config.model import Config, InnerMapSpec
 from kmesh_apply.config.validate import build_config, incompatible
 from kmesh_apply.errors import ConfigError, Diagnostic
 from kmesh_apply.plan.planner import FIXED_PROPERTIES
+
+CONFIG_SUFFIXES = (".yaml", ".yml")  # what config_files takes from a directory
 
 
 @dataclass
@@ -42,7 +44,7 @@ class ConfigFiles:
     """Tracks the files or directories given to `watch`; `load()` gives a new Config when they changed."""
 
     def __init__(self, paths: Sequence[str | os.PathLike]):
-        self.paths = [Path(p) for p in paths]
+        self.paths = [Path(os.path.abspath(p)) for p in paths]  # as file events name them
         self.files: dict[str, _File] = {}
         self.config: Config | None = None  # the last good configuration
 
@@ -51,17 +53,47 @@ class ConfigFiles:
         dirs = [str(p if p.is_dir() else p.parent) for p in self.paths]
         return sorted(set(dirs))
 
-    def load(self, everything: bool = False) -> tuple[Config, list[str]] | None:
-        """(the new Config, the files that changed), or None when no file changed; `everything`
-        re-reads every file. Raises ConfigError, and the last good configuration stays."""
+    def _listing(self, touched: Iterable[str] | None) -> tuple[list[Path], set[str] | None]:
+        """The config files now, and which of them to look at (None: all). With the paths events
+        named (`touched`), only those, unless one could change more than itself (a directory, or a
+        link such as a ConfigMap's `..data`): then every file is listed and looked at."""
+        if touched is not None and self.files:
+            dirs = {str(p) for p in self.paths if p.is_dir()}
+            args = {str(p) for p in self.paths}
+            known = set(self.files)
+            named = set()
+            for path in touched:
+                head, name = os.path.split(path)
+                if name.startswith(".."):
+                    break  # Kubernetes' ..data and its timestamped directories: every file may have moved
+                if path in args or (head in dirs and os.path.splitext(name)[1] in CONFIG_SUFFIXES):
+                    if os.path.isdir(path):
+                        break
+                    named.add(path)
+                    if os.path.isfile(path):
+                        known.add(path)
+                    else:
+                        known.discard(path)
+            else:
+                return [Path(p) for p in sorted(known)], named
         found, problems = config_files(self.paths)
         if problems:
             raise ConfigError(problems)
+        return found, None
+
+    def load(self, everything: bool = False, touched: Iterable[str] | None = None) -> tuple[Config, list[str]] | None:
+        """(the new Config, the files that changed), or None when no file changed. `touched`: the
+        paths file events named (others are not looked at); `everything` re-reads every file.
+        Raises ConfigError, and the last good configuration stays."""
+        found, look_at = self._listing(None if everything else touched)
         now: dict[str, _File] = {}
         changed: dict[str, Path] = {}
         for path in found:
             name = str(path)
             old = self.files.get(name)
+            if old is not None and look_at is not None and name not in look_at:
+                now[name] = old  # no event named it
+                continue
             try:
                 stat = _stat(path)
                 if old is not None and old.stat == stat and not everything:

@@ -102,7 +102,7 @@ class Watcher:
                     self._reconcile_files(everything=True)
                     next_drift = time.monotonic()
                 elif isinstance(events, set) and events:
-                    self._reconcile_files()
+                    self._reconcile_files(touched={path for _, path in events})
                 retry = self.sync.retry_in()
                 if retry is not None and retry <= 0:
                     self._flush("retry")
@@ -119,9 +119,9 @@ class Watcher:
         health = self.sync.health()
         return "in sync" if health.ok else "; ".join(health.reasons)
 
-    def _load(self, everything: bool = False) -> tuple | None:
+    def _load(self, everything: bool = False, touched: set[str] | None = None) -> tuple | None:
         try:
-            return self.files.load(everything)
+            return self.files.load(everything, touched)
         except ConfigError as e:
             self._reject(e)
             return None
@@ -132,9 +132,9 @@ class Watcher:
         if self.sync is not None:
             self.sync.reject_config(e)
 
-    def _reconcile_files(self, everything: bool = False) -> None:
+    def _reconcile_files(self, everything: bool = False, touched: set[str] | None = None) -> None:
         assert self.sync is not None
-        loaded = self._load(everything)
+        loaded = self._load(everything, touched)
         if loaded is None:
             return
         config, changed_files = loaded
