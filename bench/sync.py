@@ -237,6 +237,7 @@ def watch_figures(wdir: Path, data: workloads.Data, edits: int, burst: int, tmp:
             last = names[burst - 1]
             w.wait(lambda: _applied_two(root, last, burst - 1))
             elapsed = time.perf_counter() - t
+            w.wait(lambda: any(str(per_service / f"{last}.yaml") in e.get("files", []) for e in w.events[before:]))
             passes = [e for e in w.events[before:] if e["event"] == "reconcile"]
             live = read_live(root)
             missing = [n for i, n in enumerate(names[:burst])

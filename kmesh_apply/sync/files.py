@@ -53,75 +53,71 @@ class ConfigFiles:
         dirs = [str(p if p.is_dir() else p.parent) for p in self.paths]
         return sorted(set(dirs))
 
-    def _listing(self, touched: Iterable[str] | None) -> tuple[list[Path], set[str] | None]:
-        """The config files now, and which of them to look at (None: all). With the paths events
-        named (`touched`), only those, unless one could change more than itself (a directory, or a
-        link such as a ConfigMap's `..data`): then every file is listed and looked at."""
-        if touched is not None and self.files:
-            dirs = {str(p) for p in self.paths if p.is_dir()}
-            args = {str(p) for p in self.paths}
-            known = set(self.files)
-            named = set()
-            for path in touched:
-                head, name = os.path.split(path)
-                if name.startswith(".."):
-                    break  # Kubernetes' ..data and its timestamped directories: every file may have moved
-                if path in args or (head in dirs and os.path.splitext(name)[1] in CONFIG_SUFFIXES):
-                    if os.path.isdir(path):
-                        break
-                    named.add(path)
-                    if os.path.isfile(path):
-                        known.add(path)
-                    else:
-                        known.discard(path)
-            else:
-                return [Path(p) for p in sorted(known)], named
-        found, problems = config_files(self.paths)
-        if problems:
-            raise ConfigError(problems)
-        return found, None
+    def _named(self, touched: Iterable[str] | None) -> set[str] | None:
+        """The config files among the paths file events named, or None when every file must be
+        listed and looked at: no events given, or one that could change more than its own file
+        (a directory, or a link such as a ConfigMap's `..data`)."""
+        if touched is None or not self.files:
+            return None
+        dirs = {str(p) for p in self.paths if p.is_dir()}
+        args = {str(p) for p in self.paths}
+        named = set()
+        for path in touched:
+            head, name = os.path.split(path)
+            if name.startswith(".."):
+                return None  # Kubernetes' ..data and its timestamped directories: every file may have moved
+            if path in args or (head in dirs and os.path.splitext(name)[1] in CONFIG_SUFFIXES):
+                if os.path.isdir(path):
+                    return None
+                named.add(path)
+        return named
 
     def load(self, everything: bool = False, touched: Iterable[str] | None = None) -> tuple[Config, list[str]] | None:
         """(the new Config, the files that changed), or None when no file changed. `touched`: the
-        paths file events named (others are not looked at); `everything` re-reads every file.
+        paths file events named (other files are not looked at); `everything` re-reads every file.
         Raises ConfigError, and the last good configuration stays."""
-        found, look_at = self._listing(None if everything else touched)
-        now: dict[str, _File] = {}
+        named = None if everything else self._named(touched)
+        if named is None:
+            found, problems = config_files(self.paths)
+            if problems:
+                raise ConfigError(problems)
+            candidates, now = [str(p) for p in found], {}
+        else:
+            candidates, now = sorted(named), dict(self.files)
         changed: dict[str, Path] = {}
-        for path in found:
-            name = str(path)
+        for name in candidates:
             old = self.files.get(name)
-            if old is not None and look_at is not None and name not in look_at:
-                now[name] = old  # no event named it
-                continue
+            path = Path(name)
             try:
                 stat = _stat(path)
                 if old is not None and old.stat == stat and not everything:
                     now[name] = old
                     continue
                 digest = hashlib.blake2b(path.read_bytes(), digest_size=16).digest()
-            except OSError as e:  # removed between the listing and the read: the next event tells
+            except FileNotFoundError:
+                now.pop(name, None)  # removed since the event (or the listing)
+                continue
+            except OSError as e:
                 raise ConfigError([Diagnostic(f"cannot read: {e.strerror}", name)]) from None
             if old is not None and old.digest == digest and not everything:
                 now[name] = _File(stat, digest, old.inner)
                 continue
             now[name] = _File(stat, digest, None)
             changed[name] = path
-        removed = [self.files[n] for n in self.files if n not in now]
-        if not changed and not removed and self.config is not None:
+        gone = sorted(self.files.keys() - now.keys())
+        if not changed and not gone and self.config is not None:
             self.files = now
             return None
-        names = sorted(changed) + sorted(set(self.files) - set(now))
         try:
-            config = self._merge(now, changed, removed) if self.config is not None else None
+            config = self._merge(now, changed, [self.files[n] for n in gone]) if self.config is not None else None
             if config is None:
-                config = load_config(found)
+                config = load_config(self.paths)
                 self._split(config, now)
         except ConfigError:
             self.files = now  # remembered as changed (inner None): the fix is loaded in full
             raise
         self.files, self.config = now, config
-        return config, names
+        return config, sorted(changed) + gone
 
     def _merge(self, now: dict[str, _File], changed: dict[str, Path], removed: list[_File]) -> Config | None:
         """The last good config with the changed inner-map-only files swapped in; None when only
@@ -156,9 +152,10 @@ class ConfigFiles:
                     return None  # defined twice: load_config names both places
                 inner[n] = spec
         templates = {o.inner_map for o in outer.values()}
+        held = {o.name: set(o.slots.values()) for o in outer.values()} if before else {}
         for n, old_spec in before.items():
             new = inner.get(n)
-            held_by = [o for o in outer.values() if n in o.slots.values()] if new is not old_spec else []
+            held_by = [outer[o] for o, names in held.items() if n in names] if new is not old_spec else []
             if n in templates and (new is None or any(getattr(new, p) != getattr(old_spec, p) for p in FIXED_PROPERTIES)):
                 return None
             if new is None and held_by:

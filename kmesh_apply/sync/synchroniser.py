@@ -179,9 +179,9 @@ class Synchroniser:
         except ApplyError as e:
             self._failed(e, names, _step_map(plan.steps[len(e.applied)]) if len(e.applied) < len(plan.steps) else None, start)
             raise
-        for name in mirror.touched:
+        for name in mirror.touched:  # a preallocated map costs the same whatever it holds
             live = self._cache.maps.get(name)
-            if live is not None:
+            if live is not None and "no_prealloc" in live.flags:
                 live.memlock = self._kernel.memlock(name)
         self._succeeded(names)
         self._last_success = time.time()
@@ -316,7 +316,8 @@ class Synchroniser:
 
 def _changed(old: Mapping[str, Any], new: Mapping[str, Any]) -> set[str]:
     """Names whose spec differs (unchanged specs are usually the very same objects: compared by identity first)."""
-    return {n for n in old.keys() | new.keys() if old.get(n) is not new.get(n) and old.get(n) != new.get(n)}
+    differ = {n for n, spec in new.items() if old.get(n) is not spec}
+    return {n for n in differ if old.get(n) != new[n]} | (old.keys() - new.keys())
 
 
 def _step_map(step: Step) -> str:
