@@ -82,6 +82,24 @@ def test_what_a_merge_cannot_decide_is_loaded_in_full(tree: Path, change, messag
     assert fixed.inner_maps == load_config([tree]).inner_maps
 
 
+def test_one_big_file_is_merged_map_by_map(tmp_path: Path):
+    """One file holding everything: a changed inner map is parsed alone; an outer map's change loads all."""
+    big = tmp_path / "all.yaml"
+    services = "".join(service(f"svc-{i}", 10 * i).removeprefix("inner_maps:\n") for i in range(3))
+    outer = OUTER.replace("  services: {", "  services:\n    {")  # map headers alone on their line (chunks.py)
+    big.write_text("pin_root: /sys/fs/bpf/x\ninner_maps:\n" + services + outer)
+    files = ConfigFiles([big])
+    before, _ = files.load()
+    save(big, big.read_text().replace("{0: 10, 1: 11}", "{0: 10, 1: 12, 2: 13}"))
+    after, changed = files.load(touched={str(big)})
+    assert changed == [str(big)]
+    assert after.inner_maps["svc-0"] is before.inner_maps["svc-0"] and after.inner_maps["svc-1"] is not before.inner_maps["svc-1"]
+    assert after.inner_maps == load_config([big]).inner_maps and after.pin_root == "/sys/fs/bpf/x"
+    save(big, big.read_text().replace("1: svc-1}", "1: svc-1, 2: svc-2}"))
+    after, _ = files.load(touched={str(big)})
+    assert after.outer_maps == load_config([big]).outer_maps and after.inner_maps["svc-0"] is not before.inner_maps["svc-0"]
+
+
 def test_only_the_files_events_name_are_read_again(tree: Path):
     files = ConfigFiles([tree])
     files.load()

@@ -1,13 +1,15 @@
 """The config files `watch` follows: which changed, and the configuration they make now.
 
-A change re-reads only the files whose content changed (stat first, then a content
-hash: editors' atomic saves and Kubernetes' `..data` swaps change the inode, not
-always the size or time). A changed file that holds only inner maps is validated
-alone and merged into the last good configuration, keeping every other map's spec
-object as it was (so the synchroniser sees at once what changed); whenever the merge
-could differ from loading everything (an outer map or pin_root in the file, a name
-defined twice, a map an outer map needs removed or made incompatible), every file is
-loaded again with load_config, which also gives the located diagnostics.
+Only files that file events name are looked at (stat, then a content hash: editors'
+atomic saves and Kubernetes' `..data` swaps change the inode, not always the size or
+time). A changed file is cut into one chunk of text per map (config/chunks.py, as the
+config cache does); when only inner maps' chunks changed, just those are parsed and
+validated and merged into the last good configuration, and every other map keeps its
+spec object (so the synchroniser sees at once what changed). Whenever a merge could
+differ from loading everything (an outer map or anything else outside the inner maps
+changed, a name defined twice, a map an outer map needs removed or made incompatible,
+a chunk with a problem), every file is loaded again with load_config, which also gives
+the located diagnostics.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from kmesh_apply.config import load_config
-from kmesh_apply.config.loader import Source, config_files, read_source, resolve
+from kmesh_apply.config.chunks import split
+from kmesh_apply.config.loader import Source, config_files, parse_text
 from kmesh_apply.config.model import Config, InnerMapSpec
 from kmesh_apply.config.validate import build_config, incompatible
 from kmesh_apply.errors import ConfigError, Diagnostic
@@ -28,11 +31,31 @@ from kmesh_apply.plan.planner import FIXED_PROPERTIES
 CONFIG_SUFFIXES = (".yaml", ".yml")  # what config_files takes from a directory
 
 
+def _digest(data: bytes) -> bytes:
+    return hashlib.blake2b(data, digest_size=16).digest()
+
+
 @dataclass
 class _File:
     stat: tuple[int, ...]
     digest: bytes
-    inner: dict[str, InnerMapSpec] | None  # its maps, when it holds inner maps only (None: load everything)
+    maps: dict[str, bytes] | None = None  # inner map -> digest of its chunk (None: unknown, load everything)
+    rest: bytes = b""  # digest of the text outside the inner maps' chunks
+    outer: bool = True  # it defines an outer map (removing it needs a full load)
+
+
+def _cut(raw: bytes) -> tuple[dict[str, bytes], bytes] | None:
+    """The file's inner-map chunks by name, and the digest of everything else (None: cannot cut)."""
+    chunks = split(raw)
+    if chunks is None:
+        return None
+    inner = [c for c in chunks if c.section == "inner_maps"]
+    rest, pos = [], 0
+    for c in inner:
+        rest.append(raw[pos:c.start])
+        pos = c.end
+    rest.append(raw[pos:])
+    return {c.name: raw[c.start:c.end] for c in inner}, _digest(b"".join(rest))
 
 
 def _stat(path: Path) -> tuple[int, ...]:
@@ -84,7 +107,7 @@ class ConfigFiles:
             candidates, now = [str(p) for p in found], {}
         else:
             candidates, now = sorted(named), dict(self.files)
-        changed: dict[str, Path] = {}
+        changed: dict[str, bytes] = {}  # file -> its new content
         for name in candidates:
             old = self.files.get(name)
             path = Path(name)
@@ -93,17 +116,18 @@ class ConfigFiles:
                 if old is not None and old.stat == stat and not everything:
                     now[name] = old
                     continue
-                digest = hashlib.blake2b(path.read_bytes(), digest_size=16).digest()
+                raw = path.read_bytes()
             except FileNotFoundError:
                 now.pop(name, None)  # removed since the event (or the listing)
                 continue
             except OSError as e:
                 raise ConfigError([Diagnostic(f"cannot read: {e.strerror}", name)]) from None
+            digest = _digest(raw)
             if old is not None and old.digest == digest and not everything:
-                now[name] = _File(stat, digest, old.inner)
+                now[name] = _File(stat, digest, old.maps, old.rest, old.outer)
                 continue
-            now[name] = _File(stat, digest, None)
-            changed[name] = path
+            now[name] = _File(stat, digest)
+            changed[name] = raw
         gone = sorted(self.files.keys() - now.keys())
         if not changed and not gone and self.config is not None:
             self.files = now
@@ -112,67 +136,83 @@ class ConfigFiles:
             config = self._merge(now, changed, [self.files[n] for n in gone]) if self.config is not None else None
             if config is None:
                 config = load_config(self.paths)
-                self._split(config, now)
+                self._describe(config, now, changed)
         except ConfigError:
             self.files = now  # remembered as changed (inner None): the fix is loaded in full
             raise
         self.files, self.config = now, config
         return config, sorted(changed) + gone
 
-    def _merge(self, now: dict[str, _File], changed: dict[str, Path], removed: list[_File]) -> Config | None:
-        """The last good config with the changed inner-map-only files swapped in; None when only
-        loading everything gives the right answer."""
+    def _merge(self, now: dict[str, _File], changed: dict[str, bytes], removed: list[_File]) -> Config | None:
+        """The last good config with the changed inner maps swapped in; None when only loading
+        everything gives the right answer."""
         assert self.config is not None
-        if any(f.inner is None for f in removed):
+        if any(f.outer or f.maps is None for f in removed):
             return None
-        parts: dict[str, dict[str, InnerMapSpec]] = {}
-        for name, path in changed.items():
+        replaced = {n for f in removed for n in f.maps or ()}  # inner maps whose old spec goes
+        specs: dict[str, InnerMapSpec] = {}
+        for name, raw in changed.items():
             old = self.files.get(name)
-            if old is not None and old.inner is None:
+            cut = _cut(raw)
+            if cut is None or (old is not None and (old.maps is None or old.rest != cut[1])):
                 return None
-            src = read_source(path)
-            if not isinstance(src, Source):
-                raise ConfigError([src])
-            if not isinstance(src.data, dict) or not set(src.data) <= {"inner_maps"}:
-                return None
-            problems: list = []
-            part = build_config([src], problems)
-            if problems:
-                raise ConfigError(resolve(problems, {src.file: src}))
-            parts[name] = part.inner_maps
+            chunks, rest = cut
+            digests = {n: _digest(t) for n, t in chunks.items()}
+            if old is None:
+                text = raw.decode("utf-8", "replace")  # a new file: all of it, if it holds inner maps only
+            else:
+                fresh = [chunks[n] for n in digests if old.maps.get(n) != digests[n]]  # type: ignore[union-attr]
+                replaced |= {n for n in old.maps or () if old.maps[n] != digests.get(n)}  # type: ignore[index]
+                text = "inner_maps:\n" + b"".join(fresh).decode("utf-8", "replace") if fresh else ""
+            if text:
+                src = parse_text(text, name)
+                if not isinstance(src, Source) or not isinstance(src.data, dict) or set(src.data) - {"inner_maps"}:
+                    return None
+                problems: list = []
+                part = build_config([src], problems)
+                if problems or not specs.keys().isdisjoint(part.inner_maps):
+                    return None  # load everything, for diagnostics with the file's own line numbers
+                specs.update(part.inner_maps)
+            now[name].maps, now[name].rest, now[name].outer = digests, rest, old.outer if old else False
+        return self._swap(replaced, specs, tuple(now))
+
+    def _swap(self, replaced: set[str], specs: dict[str, InnerMapSpec], files: tuple[str, ...]) -> Config | None:
+        """The last good config with `replaced` inner maps removed and `specs` added, if that is
+        what loading everything would give."""
+        assert self.config is not None
         inner = dict(self.config.inner_maps)
         outer = self.config.outer_maps
-        replaced = [*removed, *(self.files[file] for file in parts if file in self.files)]
-        before = {n: inner[n] for f in replaced for n in (f.inner or {})}  # the maps those files held
-        for n in before:
-            del inner[n]
-        for specs in parts.values():
-            for n, spec in specs.items():
-                if n in inner or n in outer:
-                    return None  # defined twice: load_config names both places
-                inner[n] = spec
+        before = {n: inner.pop(n) for n in replaced if n in inner}
+        for n, spec in specs.items():
+            if n in inner or n in outer:
+                return None  # defined twice: load_config names both places
+            inner[n] = spec
         templates = {o.inner_map for o in outer.values()}
         held = {o.name: set(o.slots.values()) for o in outer.values()} if before else {}
         for n, old_spec in before.items():
             new = inner.get(n)
-            held_by = [outer[o] for o, names in held.items() if n in names] if new is not old_spec else []
+            held_by = [outer[o] for o, names in held.items() if n in names]
             if n in templates and (new is None or any(getattr(new, p) != getattr(old_spec, p) for p in FIXED_PROPERTIES)):
                 return None
             if new is None and held_by:
                 return None
             if new is not None and any(incompatible(inner[o.inner_map], new) for o in held_by):
                 return None
-        for name, specs in parts.items():
-            now[name].inner = specs
-        return Config(inner, dict(outer), self.config.pin_root, tuple(now))
+        return Config(inner, dict(outer), self.config.pin_root, files)
 
-    @staticmethod
-    def _split(config: Config, now: dict[str, _File]) -> None:
-        """After loading everything: which maps each file holds (files holding an outer map load in full)."""
-        by_file: dict[str, dict[str, InnerMapSpec]] = {name: {} for name in now}
+    def _describe(self, config: Config, now: dict[str, _File], changed: dict[str, bytes]) -> None:
+        """After loading everything: each file's map chunks, for the next change to be merged."""
+        by_file: dict[str, set[str]] = {}
         for spec in config.inner_maps.values():
-            by_file.setdefault(spec.location.file, {})[spec.name] = spec
+            by_file.setdefault(spec.location.file, set()).add(spec.name)
         with_outer = {spec.location.file for spec in config.outer_maps.values()}
         for name, f in now.items():
-            f.inner = None if name in with_outer else by_file.get(name, {})
-
+            f.outer = name in with_outer
+            if name not in changed and f.maps is not None:
+                continue
+            try:
+                cut = _cut(changed[name] if name in changed else Path(name).read_bytes())
+            except OSError:
+                cut = None
+            ok = cut is not None and set(cut[0]) == by_file.get(name, set())  # the cut saw what the parser saw
+            f.maps, f.rest = ({n: _digest(t) for n, t in cut[0].items()}, cut[1]) if ok else (None, b"")  # type: ignore[index]
