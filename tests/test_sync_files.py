@@ -100,6 +100,39 @@ def test_one_big_file_is_merged_map_by_map(tmp_path: Path):
     assert after.outer_maps == load_config([big]).outer_maps and after.inner_maps["svc-0"] is not before.inner_maps["svc-0"]
 
 
+def test_any_edit_of_a_file_gives_what_a_full_load_gives(tmp_path: Path):
+    big = tmp_path / "all.yaml"
+    outer = OUTER.replace("  services: {", "  services:\n    {")
+    text = "inner_maps:\n" + "".join(service(f"svc-{i}", 10 * i).removeprefix("inner_maps:\n") for i in range(4)) + outer
+    big.write_text(text)
+    files = ConfigFiles([big])
+    files.load()
+    edits = [
+        ("{0: 20, 1: 21}", "{0: 20, 1: 22}"),                           # a value
+        ("  svc-3:\n", "  # a comment\n  svc-3:\n"),                  # a comment between maps
+        ("  svc-3:\n", "  svc-9:\n  svc-3:\n"),                        # a broken map (no definition)
+        ("  svc-9:\n  svc-3:\n", "  svc-3:\n"),                        # fixed again
+        ("  svc-2:\n", "  svc-4:\n"),                                  # a rename
+        ("outer_maps:", "  svc-5:\n    type: hash\n    key: u32\n    value: u64\n    max_entries: 8\nouter_maps:"),
+        ("max_entries: 16", "max_entries: 17"),                         # the outer map
+        ("  svc-4:\n    type: hash", "  svc-4:\n    type: lru_hash"),  # not held by a slot: fine
+        ("  svc-1:\n    type: hash", "  svc-1:\n    type: lru_hash"),  # held by a slot: incompatible
+    ]
+    for old, new in edits:
+        assert old in text, old
+        text = text.replace(old, new, 1)
+        save(big, text)
+        try:
+            merged = files.load(touched={str(big)})[0]
+        except ConfigError as e:
+            with pytest.raises(ConfigError) as full:
+                load_config([big])
+            assert str(e) == str(full.value)
+            continue
+        full = load_config([big])
+        assert (merged.inner_maps, merged.outer_maps) == (full.inner_maps, full.outer_maps), (old, new)
+
+
 def test_only_the_files_events_name_are_read_again(tree: Path):
     files = ConfigFiles([tree])
     files.load()

@@ -18,7 +18,7 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 from kmesh_apply.config import load_config
 from kmesh_apply.config.chunks import split
@@ -35,27 +35,47 @@ def _digest(data: bytes) -> bytes:
     return hashlib.blake2b(data, digest_size=16).digest()
 
 
+Span = tuple[str, int, int]  # an inner map's chunk: name, start and end byte in the file
+
+
 @dataclass
 class _File:
     stat: tuple[int, ...]
     digest: bytes
-    maps: dict[str, bytes] | None = None  # inner map -> digest of its chunk (None: unknown, load everything)
-    rest: bytes = b""  # digest of the text outside the inner maps' chunks
+    raw: bytes = b""  # the content of the last good load
+    spans: list[Span] | None = None  # its inner maps' chunks in file order (None: unknown, load everything)
     outer: bool = True  # it defines an outer map (removing it needs a full load)
 
 
-def _cut(raw: bytes) -> tuple[dict[str, bytes], bytes] | None:
-    """The file's inner-map chunks by name, and the digest of everything else (None: cannot cut)."""
+def _spans(raw: bytes, offset: int = 0) -> list[Span] | None:
+    """The inner maps' chunks of a file's bytes (shifted by `offset`), or None when it cannot be cut."""
     chunks = split(raw)
     if chunks is None:
         return None
-    inner = [c for c in chunks if c.section == "inner_maps"]
-    rest, pos = [], 0
-    for c in inner:
-        rest.append(raw[pos:c.start])
-        pos = c.end
-    rest.append(raw[pos:])
-    return {c.name: raw[c.start:c.end] for c in inner}, _digest(b"".join(rest))
+    return [(c.name, c.start + offset, c.end + offset) for c in chunks if c.section == "inner_maps"]
+
+
+def _common(a: memoryview, b: memoryview, at: Callable[[memoryview, int, int], memoryview]) -> int:
+    """How many bytes `a` and `b` share from one end (`at(view, i, j)`: the bytes i..j from that end)."""
+    n, lo, block = min(len(a), len(b)), 0, 1 << 16
+    while lo + block <= n and at(a, lo, lo + block) == at(b, lo, lo + block):
+        lo += block
+    hi = min(lo + block, n)
+    while lo < hi:  # a and b share lo bytes; find how many of the next hi - lo
+        mid = (lo + hi + 1) // 2
+        if at(a, lo, mid) == at(b, lo, mid):
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def _edited(old: bytes, new: bytes) -> tuple[int, int, int]:
+    """Where `new` differs from `old`: (start, end in old, end in new)."""
+    a, b = memoryview(old), memoryview(new)
+    head = _common(a, b, lambda v, i, j: v[i:j])
+    tail = _common(a[head:], b[head:], lambda v, i, j: v[len(v) - j:len(v) - i])
+    return head, len(old) - tail, len(new) - tail
 
 
 def _stat(path: Path) -> tuple[int, ...]:
@@ -124,7 +144,7 @@ class ConfigFiles:
                 raise ConfigError([Diagnostic(f"cannot read: {e.strerror}", name)]) from None
             digest = _digest(raw)
             if old is not None and old.digest == digest and not everything:
-                now[name] = _File(stat, digest, old.maps, old.rest, old.outer)
+                now[name] = _File(stat, digest, old.raw, old.spans, old.outer)
                 continue
             now[name] = _File(stat, digest)
             changed[name] = raw
@@ -147,34 +167,55 @@ class ConfigFiles:
         """The last good config with the changed inner maps swapped in; None when only loading
         everything gives the right answer."""
         assert self.config is not None
-        if any(f.outer or f.maps is None for f in removed):
+        if any(f.outer or f.spans is None for f in removed):
             return None
-        replaced = {n for f in removed for n in f.maps or ()}  # inner maps whose old spec goes
+        replaced = {n for f in removed for n, _, _ in f.spans or ()}  # inner maps whose old spec goes
         specs: dict[str, InnerMapSpec] = {}
         for name, raw in changed.items():
             old = self.files.get(name)
-            cut = _cut(raw)
-            if cut is None or (old is not None and (old.maps is None or old.rest != cut[1])):
-                return None
-            chunks, rest = cut
-            digests = {n: _digest(t) for n, t in chunks.items()}
-            if old is None:
-                text = raw.decode("utf-8", "replace")  # a new file: all of it, if it holds inner maps only
+            if old is None:  # a new file: all of it, if it holds inner maps only
+                text, spans = raw, _spans(raw)
+                cut = spans
             else:
-                fresh = [chunks[n] for n in digests if old.maps.get(n) != digests[n]]  # type: ignore[union-attr]
-                replaced |= {n for n in old.maps or () if old.maps[n] != digests.get(n)}  # type: ignore[index]
-                text = "inner_maps:\n" + b"".join(fresh).decode("utf-8", "replace") if fresh else ""
-            if text:
-                src = parse_text(text, name)
-                if not isinstance(src, Source) or not isinstance(src.data, dict) or set(src.data) - {"inner_maps"}:
+                edit = self._edit(old, raw)
+                if edit is None:
                     return None
-                problems: list = []
-                part = build_config([src], problems)
-                if problems or not specs.keys().isdisjoint(part.inner_maps):
-                    return None  # load everything, for diagnostics with the file's own line numbers
-                specs.update(part.inner_maps)
-            now[name].maps, now[name].rest, now[name].outer = digests, rest, old.outer if old else False
+                text, spans, cut, gone = edit
+                replaced |= gone
+            src = parse_text(text.decode("utf-8", "replace"), name)
+            if not isinstance(src, Source) or not isinstance(src.data, dict) or set(src.data) - {"inner_maps"}:
+                return None
+            problems: list = []
+            part = build_config([src], problems)
+            if problems or not specs.keys().isdisjoint(part.inner_maps):
+                return None  # load everything, for diagnostics with the file's own line numbers
+            if cut is None or {n for n, _, _ in cut} != set(part.inner_maps):
+                return None  # the cut saw other maps than the parser
+            specs.update(part.inner_maps)
+            f = now[name]
+            f.raw, f.spans, f.outer = raw, spans, old.outer if old is not None else False
         return self._swap(replaced, specs, tuple(now))
+
+    @staticmethod
+    def _edit(old: _File, raw: bytes) -> tuple[bytes, list[Span], list[Span], set[str]] | None:
+        """For a known file: the text of the inner maps the edit touched (as a document), the file's
+        new spans, those of the touched maps, and the names they had. None when the edit reaches
+        outside the inner maps."""
+        if not old.spans or not old.raw:
+            return None
+        start, old_end, new_end = _edited(old.raw, raw)
+        hit = [i for i, (_, a, b) in enumerate(old.spans) if a <= old_end and b >= start]
+        if not hit or start < old.spans[hit[0]][1] or old_end > old.spans[hit[-1]][2]:
+            return None  # outside every inner map: an outer map, pin_root, the section header...
+        shift = len(raw) - len(old.raw)
+        a, b = old.spans[hit[0]][1], old.spans[hit[-1]][2] + shift
+        header = b"inner_maps:\n"
+        text = header + raw[a:b]
+        cut = _spans(text, a - len(header))
+        if cut is None or not cut:
+            return None
+        spans = old.spans[:hit[0]] + cut + [(n, s + shift, e + shift) for n, s, e in old.spans[hit[-1] + 1:]]
+        return text, spans, cut, {old.spans[i][0] for i in hit}
 
     def _swap(self, replaced: set[str], specs: dict[str, InnerMapSpec], files: tuple[str, ...]) -> Config | None:
         """The last good config with `replaced` inner maps removed and `specs` added, if that is
@@ -208,11 +249,13 @@ class ConfigFiles:
         with_outer = {spec.location.file for spec in config.outer_maps.values()}
         for name, f in now.items():
             f.outer = name in with_outer
-            if name not in changed and f.maps is not None:
+            if name not in changed and f.spans is not None:
                 continue
             try:
-                cut = _cut(changed[name] if name in changed else Path(name).read_bytes())
+                f.raw = changed[name] if name in changed else Path(name).read_bytes()
             except OSError:
-                cut = None
-            ok = cut is not None and set(cut[0]) == by_file.get(name, set())  # the cut saw what the parser saw
-            f.maps, f.rest = ({n: _digest(t) for n, t in cut[0].items()}, cut[1]) if ok else (None, b"")  # type: ignore[index]
+                f.raw, f.spans = b"", None
+                continue
+            spans = _spans(f.raw)
+            ok = spans is not None and {n for n, _, _ in spans} == by_file.get(name, set())  # the cut saw what the parser saw
+            f.spans = spans if ok else None
