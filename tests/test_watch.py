@@ -173,3 +173,19 @@ def test_sigkill_mid_flush_then_restart_converges(pin_root: Path, tmp_path: Path
                           capture_output=True, text=True)
     assert plan.returncode == 0, plan.stdout + plan.stderr
     assert not (pin_root / "_kmesh_staging").exists()
+
+
+def test_sighup_rereads_files_and_the_pin_root(pin_root: Path, tmp_path: Path):
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    (conf / "mesh.yaml").write_text(MESH.read_text())
+    w = Watch([conf], pin_root, "--drift-interval", "600")
+    try:
+        w.wait_for(lambda: w.events("reconcile"), "the first apply")
+        subprocess.run(["bpftool", "map", "update", "pinned", str(pin_root / "counters"), "key", "2", "0", "0", "0",
+                        "value", "5", "0", "0", "0", "0", "0", "0", "0"], check=True)
+        w.proc.send_signal(signal.SIGHUP)
+        w.wait_for(lambda: w.events("drift"), "SIGHUP to find the out-of-band update")
+        assert w.events("reread") and value(pin_root, "counters", 2) == bytes(8)
+    finally:
+        assert w.stop() == 0

@@ -1,11 +1,12 @@
 """The config files `watch` follows: which changed, and the configuration they make now.
 
-Only files that file events name are looked at (stat, then a content hash: editors'
+Only files that file events name are looked at (stat, then the content: editors'
 atomic saves and Kubernetes' `..data` swaps change the inode, not always the size or
-time). A changed file is cut into one chunk of text per map (config/chunks.py, as the
-config cache does); when only inner maps' chunks changed, just those are parsed and
-validated and merged into the last good configuration, and every other map keeps its
-spec object (so the synchroniser sees at once what changed). Whenever a merge could
+time). Each file is known as one chunk of text per map (config/chunks.py, as the config
+cache cuts it); a change is compared with the file's last content to find the bytes
+edited, and when they lie within inner maps, just those maps are parsed and validated
+and merged into the last good configuration, and every other map keeps its spec object
+(so the synchroniser sees at once what changed). Whenever a merge could
 differ from loading everything (an outer map or anything else outside the inner maps
 changed, a name defined twice, a map an outer map needs removed or made incompatible,
 a chunk with a problem), every file is loaded again with load_config, which also gives
@@ -14,7 +15,6 @@ the located diagnostics.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,18 +31,13 @@ from kmesh_apply.plan.planner import FIXED_PROPERTIES
 CONFIG_SUFFIXES = (".yaml", ".yml")  # what config_files takes from a directory
 
 
-def _digest(data: bytes) -> bytes:
-    return hashlib.blake2b(data, digest_size=16).digest()
-
-
 Span = tuple[str, int, int]  # an inner map's chunk: name, start and end byte in the file
 
 
 @dataclass
 class _File:
     stat: tuple[int, ...]
-    digest: bytes
-    raw: bytes = b""  # the content of the last good load
+    raw: bytes  # its content when last read
     spans: list[Span] | None = None  # its inner maps' chunks in file order (None: unknown, load everything)
     outer: bool = True  # it defines an outer map (removing it needs a full load)
 
@@ -55,8 +50,9 @@ def _spans(raw: bytes, offset: int = 0) -> list[Span] | None:
     return [(c.name, c.start + offset, c.end + offset) for c in chunks if c.section == "inner_maps"]
 
 
-def _common(a: memoryview, b: memoryview, at: Callable[[memoryview, int, int], memoryview]) -> int:
-    """How many bytes `a` and `b` share from one end (`at(view, i, j)`: the bytes i..j from that end)."""
+def _common(a: bytes, b: bytes, at: Callable[[bytes, int, int], bytes]) -> int:
+    """How many bytes `a` and `b` share from one end (`at(x, i, j)`: the bytes i..j from that end),
+    compared by blocks, then by halving (bytes compare with memcmp)."""
     n, lo, block = min(len(a), len(b)), 0, 1 << 16
     while lo + block <= n and at(a, lo, lo + block) == at(b, lo, lo + block):
         lo += block
@@ -72,9 +68,9 @@ def _common(a: memoryview, b: memoryview, at: Callable[[memoryview, int, int], m
 
 def _edited(old: bytes, new: bytes) -> tuple[int, int, int]:
     """Where `new` differs from `old`: (start, end in old, end in new)."""
-    a, b = memoryview(old), memoryview(new)
-    head = _common(a, b, lambda v, i, j: v[i:j])
-    tail = _common(a[head:], b[head:], lambda v, i, j: v[len(v) - j:len(v) - i])
+    head = _common(old, new, lambda x, i, j: x[i:j])
+    room = min(len(old), len(new)) - head  # the shared tail may not overlap the shared head
+    tail = min(_common(old, new, lambda x, i, j: x[len(x) - j:len(x) - i]), room)
     return head, len(old) - tail, len(new) - tail
 
 
@@ -142,11 +138,10 @@ class ConfigFiles:
                 continue
             except OSError as e:
                 raise ConfigError([Diagnostic(f"cannot read: {e.strerror}", name)]) from None
-            digest = _digest(raw)
-            if old is not None and old.digest == digest and not everything:
-                now[name] = _File(stat, digest, old.raw, old.spans, old.outer)
+            if old is not None and old.raw == raw and not everything:
+                now[name] = _File(stat, raw, old.spans, old.outer)
                 continue
-            now[name] = _File(stat, digest)
+            now[name] = _File(stat, raw)
             changed[name] = raw
         gone = sorted(self.files.keys() - now.keys())
         if not changed and not gone and self.config is not None:
@@ -192,8 +187,7 @@ class ConfigFiles:
             if cut is None or {n for n, _, _ in cut} != set(part.inner_maps):
                 return None  # the cut saw other maps than the parser
             specs.update(part.inner_maps)
-            f = now[name]
-            f.raw, f.spans, f.outer = raw, spans, old.outer if old is not None else False
+            now[name].spans, now[name].outer = spans, old.outer if old is not None else False
         return self._swap(replaced, specs, tuple(now))
 
     @staticmethod
@@ -250,11 +244,6 @@ class ConfigFiles:
         for name, f in now.items():
             f.outer = name in with_outer
             if name not in changed and f.spans is not None:
-                continue
-            try:
-                f.raw = changed[name] if name in changed else Path(name).read_bytes()
-            except OSError:
-                f.raw, f.spans = b"", None
                 continue
             spans = _spans(f.raw)
             ok = spans is not None and {n for n, _, _ in spans} == by_file.get(name, set())  # the cut saw what the parser saw
