@@ -74,10 +74,15 @@ class Watcher:
         dirs = self.files.directories()
         # Watch before the first load, so that a change made meanwhile is not missed.
         with RustNotify(dirs, False, False, 50, False, False) as notify:
-            first = self._load(everything=True)
+            try:
+                first, broken = self.files.load(everything=True), None
+            except ConfigError as e:
+                first, broken = None, e
             root = resolve_pin_root(self.pin_root_flag, self.files.config)
             self.sync = Synchroniser(root, lock_timeout=self.lock_timeout)
             self.log.event("start", f"watching {', '.join(dirs)} for pin root {root}", pin_root=root, dirs=dirs)
+            if broken is not None:
+                self._reject(broken)  # nothing applied; the fix is applied when it arrives
             if first is not None:
                 self._apply(first[0], "start", first[1])
             self.notifier.ready(self._status())
