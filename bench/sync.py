@@ -205,7 +205,7 @@ def split_per_service(wdir: Path, into: Path) -> dict[str, str]:
     head, outer = text.split("\nouter_maps:\n")
     blocks = re.split(r"(?m)^(?=  \S)", head.split("inner_maps:\n", 1)[1])
     files = {}
-    for block in blocks:
+    for block in filter(None, blocks):
         name = block.split(":", 1)[0].strip()
         files[name] = "inner_maps:\n" + block
         (into / f"{name}.yaml").write_text(files[name])

@@ -86,6 +86,7 @@ class ConfigFiles:
         self.paths = [Path(os.path.abspath(p)) for p in paths]  # as file events name them
         self.files: dict[str, _File] = {}
         self.config: Config | None = None  # the last good configuration
+        self.shapes: set[bytes] = set()  # document shapes the JSON Schema accepted (validate.schema_problems)
 
     def directories(self) -> list[str]:
         """What to watch: a directory itself, a file's directory (a watched file is lost at its first atomic save)."""
@@ -181,7 +182,7 @@ class ConfigFiles:
             if not isinstance(src, Source) or not isinstance(src.data, dict) or set(src.data) - {"inner_maps"}:
                 return None
             problems: list = []
-            part = build_config([src], problems)
+            part = build_config([src], problems, self.shapes)
             if problems or not specs.keys().isdisjoint(part.inner_maps):
                 return None  # load everything, for diagnostics with the file's own line numbers
             if cut is None or {n for n, _, _ in cut} != set(part.inner_maps):
