@@ -275,7 +275,7 @@ def _two_endpoint_edit(text: str, name: str, i: int) -> str:
     for n, m in enumerate(ENDPOINT.finditer(text, start)):
         if n == 2:
             break
-        out.append(text[pos:m.start()] + f"{m.group(1)}{(1000 if n == 0 else 2000) + i}}}")
+        out.append(text[pos:m.start()] + f"{m.group(1)}{(5000 if n == 0 else 2000) + i}}}")
         pos = m.end()
     return "".join(out) + text[pos:]
 
