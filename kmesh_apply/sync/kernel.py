@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Callable, Protocol
 
+from kmesh_apply.errors import KmeshError
 from kmesh_apply.executor import ApplyReport, Executor
 from kmesh_apply.kernel.maps import Map
 from kmesh_apply.pinroot import PinRootLock
@@ -44,7 +45,10 @@ class PinRootKernel:
 
     def read(self) -> LiveState:
         self._drop_handles()  # pins may have been replaced behind our back: reopen them when next needed
-        return read_live(self.pin_root, memlock=True)
+        try:
+            return read_live(self.pin_root, memlock=True)
+        except OSError as e:
+            raise KmeshError(f"cannot read pin root {self.pin_root}: {e.strerror or e}") from None
 
     def run(self, plan: Plan, on_step: Callable[[Step], None]) -> ApplyReport:
         try:

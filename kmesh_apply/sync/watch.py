@@ -163,7 +163,7 @@ class Watcher:
         start = time.monotonic()
         try:
             drift = self.sync.verify()
-        except KmeshError as e:
+        except (KmeshError, OSError) as e:  # the watcher lives on; the next pass or check retries
             self.log.event("error", f"drift check failed ({e}); retrying", trigger="drift")
             return
         if drift:
@@ -178,7 +178,7 @@ class Watcher:
         start = time.monotonic()
         try:
             report: ApplyReport = action()
-        except KmeshError as e:
+        except (KmeshError, OSError) as e:  # logged; retried after the backoff
             retry = self.sync.retry_in()
             self.log.event("error", f"{e}\nretrying in {max(retry or 0, 0):.1f}s", trigger=trigger,
                            retry_in=retry)
