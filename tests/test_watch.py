@@ -189,3 +189,22 @@ def test_sighup_rereads_files_and_the_pin_root(pin_root: Path, tmp_path: Path):
         assert w.events("reread") and value(pin_root, "counters", 2) == bytes(8)
     finally:
         assert w.stop() == 0
+
+
+def test_sigterm_during_an_apply_finishes_it(pin_root: Path, tmp_path: Path):
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    (conf / "services.yaml").write_text(big_config(20, 500, 1))
+    w = Watch([conf], pin_root)
+    try:
+        w.wait_for(lambda: w.events("reconcile"), "the first apply")
+        save(conf / "services.yaml", big_config(20, 500, 9))  # 20 maps swapped
+        w.wait_for(lambda: (pin_root / "_kmesh_staging").exists() or len(w.events("reconcile")) > 1,
+                   "the apply to start")
+    finally:
+        assert w.stop() == 0, "".join(w.raw)
+    assert not (pin_root / "_kmesh_staging").exists()
+    assert len(w.events("reconcile")) == 2, "the apply in flight was finished and logged"
+    live = read_live(str(pin_root))
+    assert all(m.entries[(0).to_bytes(4, "little")] == (9).to_bytes(8, "little") for n, m in live.maps.items()
+               if n != "services")
