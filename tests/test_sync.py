@@ -4,13 +4,13 @@ kernel without re-reading it, drift is found and corrected, and the pin root sta
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 from conftest import run_cli
 from test_safety import SUM_PROG, sum_config
+from test_watch import poke_counter
 
 from kmesh_apply import ConfigError, Synchroniser, load_config
 from kmesh_apply.reader import read_live
@@ -94,8 +94,7 @@ def test_verify_finds_and_corrects_an_out_of_band_update(pin_root: Path, bpftool
     with Synchroniser(str(pin_root)) as sync:
         sync.apply(load_config([MESH]))
         assert sync.verify() == []
-        subprocess.run(["bpftool", "map", "update", "pinned", str(pin_root / "counters"), "key", "1", "0", "0", "0",
-                        "value", "9", "0", "0", "0", "0", "0", "0", "0"], check=True)
+        poke_counter(pin_root, 1, 9)
         drift = sync.verify()
         assert [(c.name, c.action) for c in drift] == [("counters", "update")]
         assert sync.verify() == []

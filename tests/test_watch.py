@@ -74,6 +74,20 @@ def save(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def conf_dir(tmp_path: Path, name: str, text: str) -> Path:
+    """A config directory holding one file."""
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    (conf / name).write_text(text)
+    return conf
+
+
+def poke_counter(root: Path, key: int, value: int) -> None:
+    """An out-of-band write, as an operator would make it: bpftool on the `counters` array."""
+    subprocess.run(["bpftool", "map", "update", "pinned", str(root / "counters"), "key", str(key), "0", "0", "0",
+                    "value", str(value), "0", "0", "0", "0", "0", "0", "0"], check=True)
+
+
 def value(root: Path, name: str, key: int) -> bytes | None:
     live = read_live(str(root)).maps.get(name)
     return None if live is None else live.entries.get(key.to_bytes(4, "little"))
@@ -86,9 +100,7 @@ def weight(root: Path) -> int | None:
 
 
 def test_edits_broken_files_drift_systemd_and_sigterm(pin_root: Path, tmp_path: Path):
-    conf = tmp_path / "conf"
-    conf.mkdir()
-    (conf / "mesh.yaml").write_text(MESH.read_text())
+    conf = conf_dir(tmp_path, "mesh.yaml", MESH.read_text())
     sock_path = tmp_path / "notify.sock"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(str(sock_path))
@@ -113,8 +125,7 @@ def test_edits_broken_files_drift_systemd_and_sigterm(pin_root: Path, tmp_path: 
         save(conf / "mesh.yaml", MESH.read_text().replace("weight: 50}", "weight: 53}"))
         w.wait_for(lambda: weight(pin_root) == 53, "the fix to be applied")
 
-        subprocess.run(["bpftool", "map", "update", "pinned", str(pin_root / "counters"), "key", "1", "0", "0", "0",
-                        "value", "9", "0", "0", "0", "0", "0", "0", "0"], check=True)
+        poke_counter(pin_root, 1, 9)
         w.wait_for(lambda: w.events("drift"), "the out-of-band update to be corrected")
         assert value(pin_root, "counters", 1) == bytes(8)
         assert w.events("drift")[0]["maps"] == ["counters"]
@@ -150,9 +161,7 @@ def test_a_configmap_data_swap_is_applied(pin_root: Path, tmp_path: Path):
 
 def test_sigkill_mid_flush_then_restart_converges(pin_root: Path, tmp_path: Path):
     """Killed between switching the slots and moving the swapped maps into place (the first rename)."""
-    conf = tmp_path / "conf"
-    conf.mkdir()
-    (conf / "services.yaml").write_text(big_config(6, 200, 1))
+    conf = conf_dir(tmp_path, "services.yaml", big_config(6, 200, 1))
     w = Watch([conf], pin_root, env={"KMESH_APPLY_CACHE_DIR": "off"},  # the cache renames files too
               prefix=["strace", "-f", "-qq", "-o", "/dev/null", "-e", "inject=rename,renameat,renameat2:when=1:signal=KILL"])
     try:
@@ -176,14 +185,11 @@ def test_sigkill_mid_flush_then_restart_converges(pin_root: Path, tmp_path: Path
 
 
 def test_sighup_rereads_files_and_the_pin_root(pin_root: Path, tmp_path: Path):
-    conf = tmp_path / "conf"
-    conf.mkdir()
-    (conf / "mesh.yaml").write_text(MESH.read_text())
+    conf = conf_dir(tmp_path, "mesh.yaml", MESH.read_text())
     w = Watch([conf], pin_root, "--drift-interval", "600")
     try:
         w.wait_for(lambda: w.events("reconcile"), "the first apply")
-        subprocess.run(["bpftool", "map", "update", "pinned", str(pin_root / "counters"), "key", "2", "0", "0", "0",
-                        "value", "5", "0", "0", "0", "0", "0", "0", "0"], check=True)
+        poke_counter(pin_root, 2, 5)
         w.proc.send_signal(signal.SIGHUP)
         w.wait_for(lambda: w.events("drift"), "SIGHUP to find the out-of-band update")
         assert w.events("reread") and value(pin_root, "counters", 2) == bytes(8)
@@ -192,9 +198,7 @@ def test_sighup_rereads_files_and_the_pin_root(pin_root: Path, tmp_path: Path):
 
 
 def test_sigterm_during_an_apply_finishes_it(pin_root: Path, tmp_path: Path):
-    conf = tmp_path / "conf"
-    conf.mkdir()
-    (conf / "services.yaml").write_text(big_config(20, 500, 1))
+    conf = conf_dir(tmp_path, "services.yaml", big_config(20, 500, 1))
     w = Watch([conf], pin_root)
     try:
         w.wait_for(lambda: w.events("reconcile"), "the first apply")
