@@ -133,6 +133,18 @@ def test_any_edit_of_a_file_gives_what_a_full_load_gives(tmp_path: Path):
         assert (merged.inner_maps, merged.outer_maps) == (full.inner_maps, full.outer_maps), (old, new)
 
 
+def test_edits_made_with_a_rejected_change_are_not_lost(tree: Path):
+    files = ConfigFiles([tree])
+    files.load()
+    save(tree / "svc-1.yaml", service("svc-1", 100))
+    save(tree / "svc-2.yaml", service("svc-0", 1))  # defined twice: the whole change is rejected
+    with pytest.raises(ConfigError):
+        files.load(touched={str(tree / "svc-1.yaml"), str(tree / "svc-2.yaml")})
+    save(tree / "svc-2.yaml", service("svc-2", 200))  # the fix names only svc-2
+    config, _ = files.load(touched={str(tree / "svc-2.yaml")})
+    assert config.inner_maps == load_config([tree]).inner_maps  # svc-1's edit is there too
+
+
 def test_only_the_files_events_name_are_read_again(tree: Path):
     files = ConfigFiles([tree])
     files.load()

@@ -154,7 +154,9 @@ class ConfigFiles:
                 config = load_config(self.paths)
                 self._describe(config, now, changed)
         except ConfigError:
-            self.files = now  # remembered as changed (inner None): the fix is loaded in full
+            for name in changed:  # content the last good config does not hold: load it in full next time
+                now[name].spans = None
+            self.files = now
             raise
         self.files, self.config = now, config
         return config, sorted(changed) + gone
