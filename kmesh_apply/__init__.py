@@ -1,6 +1,6 @@
 """kmesh-apply: declarative and imperative management of eBPF map-in-map state.
 
-The seed's imperative API and the error types are importable from here; they
+The seed's imperative API, the synchroniser and the error types are importable from here; they
 load lazily so that `import kmesh_apply` (and every CLI's --help) stays cheap.
 """
 
@@ -21,6 +21,8 @@ _EXPORTS = {
     "LockError": "kmesh_apply.errors",
     "StalePlanError": "kmesh_apply.errors",
     "ApplyError": "kmesh_apply.errors",
+    "Synchroniser": "kmesh_apply.sync",
+    "load_config": "kmesh_apply.config",
 }
 __all__ = list(_EXPORTS)
 

@@ -38,11 +38,14 @@ def kernel_name(name: str) -> str:
 
 
 class Executor:
-    """Runs steps with one open handle per pin, closed when done."""
+    """Runs steps with one open handle per pin, closed when done; a caller that keeps running
+    plans (the synchroniser) passes its own `handles`, which then stay open for the next run."""
 
-    def __init__(self, pin_root: str, on_step: Callable[[Step], None] | None = None):
+    def __init__(self, pin_root: str, on_step: Callable[[Step], None] | None = None,
+                 handles: dict[str, Map] | None = None):
         self.root = Path(pin_root)
-        self.handles: dict[str, Map] = {}
+        self.owns_handles = handles is None
+        self.handles: dict[str, Map] = {} if handles is None else handles
         self.on_step = on_step
         self.report = ApplyReport()
 
@@ -77,7 +80,8 @@ class Executor:
                 if self.on_step:
                     self.on_step(step)
         finally:
-            self.close()
+            if self.owns_handles:
+                self.close()
         self.report.seconds = time.monotonic() - start
         return self.report
 

@@ -94,7 +94,7 @@ class PinRootLock:
             if time.monotonic() >= deadline:
                 holder = _lock_holder(self.path)
                 os.close(self.fd)
-                raise LockError(f"pin root {self.path} is locked by {holder} (an apply or destroy in progress); "
+                raise LockError(f"pin root {self.path} is locked by {holder} (an apply, destroy or watch in progress); "
                                 f"gave up after {self.timeout:g}s: retry later or raise --lock-timeout")
             time.sleep(0.05)
 

@@ -69,3 +69,8 @@ def read_live(pin_root: str, memlock: bool = False, holders: bool = True) -> Liv
         ids = [m.id for m in state.maps.values()] + [s.live.id for s in state.staged] + list(state.replaced)
         state.holders = map_holders(ids)
     return state
+
+
+def read_map(pin_root: str, pin: str, memlock: bool = False) -> LiveMap:
+    """One map of a pin root (`pin` relative to it), as `read_live` reads it: for a map just created."""
+    return _Reader(memlock).read_map(os.path.join(pin_root, pin), os.path.basename(pin))

@@ -151,6 +151,38 @@ def test_interrupted_swap_is_adopted_and_orphans_removed():
         ("move", f"{STAGING_DIR}/a"), ("remove", f"{STAGING_DIR}/b")]
 
 
+def test_scoped_plan_touches_only_the_named_maps():
+    cfg = config(inner("a", {1: 10, 2: 21}), inner("b", {3: 31}), outer("svc", "a", {0: "a", 1: "b"}))
+    live = live_of(BASE, IDS)
+    live.maps["stray"] = LiveMap("stray", 99, "hash", 4, 8, 10, (), "u32", "u64")
+    plan = make_plan(cfg, live, only={"a"})
+    assert [(s.op, s.map) for s in plan.steps] == [("write", "a")]  # b's change and the stray map wait
+    assert [c.name for c in plan.changes] == ["a"]
+
+
+def test_scoped_plan_destroys_a_named_map_the_config_dropped():
+    cfg = config(inner("a", {1: 10, 2: 20}), outer("svc", "a", {0: "a"}))
+    plan = make_plan(cfg, live_of(BASE, IDS), only={"b", "svc"})
+    assert ops(plan) == ["slots", "remove"] and plan.steps[1].pin == "b"
+
+
+def test_scoped_swap_moves_the_slots_of_outer_maps_holding_the_map():
+    cfg = config(inner("a", {1: 11, 5: 50}), inner("b", {3: 30}), outer("svc", "a", {0: "a", 1: "b"}))
+    scoped = make_plan(cfg, live_of(BASE, IDS), only={"a"})
+    assert ops(scoped) == ["create", "write", "slots", "move"]
+    assert scoped.steps[2].set == {k(0): f"{STAGING_DIR}/a"}
+
+
+def test_scoped_plan_equals_the_full_plan_when_scoped_to_every_changed_map():
+    cfg = config(inner("a", {1: 11, 5: 50}), inner("b", {3: 30}, max_entries=200), inner("c", {7: 70}),
+                 outer("svc", "a", {0: "a", 1: "b", 2: "c"}))
+    live = live_of(BASE, IDS)
+    full = make_plan(cfg, live)
+    scoped = make_plan(cfg, live, only={c.name for c in full.changes})
+    assert sorted(s.describe() for s in scoped.steps) == sorted(s.describe() for s in full.steps)
+    assert ops(scoped) == ops(full)
+
+
 def test_destroy_removes_outer_before_inner():
     plan = destroy_plan(live_of(BASE, IDS))
     assert [s.pin for s in plan.steps] == ["svc", "a", "b"]

@@ -1,4 +1,4 @@
-"""`kmesh-apply`: validate, plan, apply, show, destroy, schema.
+"""`kmesh-apply`: validate, plan, apply, show, destroy, watch, schema.
 
 Heavy modules (yaml, jsonschema, libbpf bindings) are imported inside the
 commands so that `--help` stays instant.
@@ -300,6 +300,29 @@ def _show_usage(root: str, usage: list["MapUsage"], json_out: bool) -> None:
         for u, cells in zip(usage, monitor.usage_rows(usage)):
             table.add_row(*cells, style="bold red" if u.fill >= NEARLY_FULL else None)
         Console().print(table)
+
+
+@app.command()
+def watch(
+    paths: Annotated[list[Path], typer.Argument(help="Config files or directories to follow (directories are watched).",
+                                                show_default=False)],
+    pin_root: PinRootOption = None,
+    drift_interval: Annotated[float, typer.Option("--drift-interval", min=0.01,
+                                                  help="Seconds between checks of the kernel for changes made by "
+                                                       "anyone else (corrected).")] = 60.0,
+    log_format: Annotated[str, typer.Option("--log-format", help="text, or json for log collectors.")] = "text",
+    lock_timeout: LockTimeout = 10.0,
+) -> None:
+    """Keep the pin root equal to the files for as long as it runs (SIGTERM/SIGINT: stop, SIGHUP: re-read all)."""
+    from kmesh_apply.sync.log import LOG_FORMATS, Log
+    from kmesh_apply.sync.watch import Watcher
+
+    if log_format not in LOG_FORMATS:
+        fail(f"--log-format must be one of {', '.join(LOG_FORMATS)}, not {log_format!r}")
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        fail(f"no such file or directory: {', '.join(missing)}")
+    raise typer.Exit(Watcher([str(p) for p in paths], pin_root, drift_interval, Log(log_format), lock_timeout).run())
 
 
 @app.command()

@@ -15,6 +15,8 @@ through a slot sees either the whole old inner map or the whole new one.
 
 from __future__ import annotations
 
+from collections.abc import Collection
+from functools import cached_property
 from itertools import compress
 from operator import ne
 from typing import TYPE_CHECKING, Any
@@ -108,9 +110,11 @@ def describe_entries(change: MapChange, put: dict[bytes, Any], delete: list[byte
 class _Planner:
     """Holds the working sets of one planning pass; `plan()` is the whole algorithm."""
 
-    def __init__(self, config: Config, live: LiveState):
+    def __init__(self, config: Config, live: LiveState, only: Collection[str] | None = None):
         self.config = config
-        self.live = dict(live.maps)
+        self.only = only
+        # Copied only when staged maps are adopted into it (a copy of 5,000 maps costs more than a scoped plan).
+        self.live = dict(live.maps) if live.staged else live.maps
         self.holders = live.holders
         self.result = Plan(live.pin_root, base=live)
         self.recover: list[Step] = []
@@ -127,11 +131,21 @@ class _Planner:
         # Inner maps whose live instance is superseded (swapped or replaced): every slot holding them moves.
         self.superseded: set[str] = set()
         self._adopt_staged(live)
-        self.slot_held = {i for m in self.live.values() if m.is_outer for i in m.slots.values()}
         self._held_replaced(live)
+
+    @cached_property
+    def slot_held(self) -> set[int]:
+        """IDs of the inner maps some outer slot holds (computed only when a multi-entry change asks)."""
+        return {i for m in self.live.values() if m.is_outer for i in m.slots.values()}
+
+    @cached_property
+    def names_by_id(self) -> dict[int, str]:
+        return {m.id: n for n, m in self.live.items()}
 
     def _adopt_staged(self, live: LiveState) -> None:
         """A staged map some slot already points at was complete: finish its move. Others are discarded."""
+        if not live.staged:
+            return
         held = {i for m in live.maps.values() if m.is_outer for i in m.slots.values()}
         for s in live.staged:
             if s.live.id in held and not s.live.is_outer:
@@ -144,12 +158,22 @@ class _Planner:
                                                      reasons=[f"remove {s.pin} left by an interrupted apply"]))
 
     def plan(self) -> Plan:
-        for inner in self.config.inner_maps.values():
-            self._plan_inner(inner)
-        for outer in self.config.outer_maps.values():
+        inner_maps, outer_maps = self.config.inner_maps, self.config.outer_maps
+        if self.only is None:
+            for inner in inner_maps.values():
+                self._plan_inner(inner)
+            outers = list(outer_maps.values())
+            candidates = sorted(self.live.items())
+        else:
+            for name in sorted(self.only):
+                if name in inner_maps:
+                    self._plan_inner(inner_maps[name])
+            outers = [o for o in outer_maps.values() if o.name in self.only or self._holds_superseded(o.name)]
+            candidates = [(n, self.live[n]) for n in sorted(self.only) if n in self.live]
+        for outer in outers:
             self._plan_outer(outer)
-        for name, have in sorted(self.live.items()):
-            if name not in self.config.inner_maps and name not in self.config.outer_maps:
+        for name, have in candidates:
+            if name not in inner_maps and name not in outer_maps:
                 (self.remove_outer if have.is_outer else self.remove_inner).append(RemovePin(name, name))
                 self.result.changes.append(MapChange(name, "destroy", "outer" if have.is_outer else "inner",
                                                      holders=self._holders(have)))
@@ -189,7 +213,7 @@ class _Planner:
         put, delete = entry_diff(spec.entries, have.entries, want.type in ARRAY_TYPES)
         if not put and not delete:
             return
-        swap = spec.update == "swap" and have.id in self.slot_held and len(put) + len(delete) > 1
+        swap = spec.update == "swap" and len(put) + len(delete) > 1 and have.id in self.slot_held
         holders = self._holders(have)
         change = MapChange(spec.name, "update", "inner", want, holders=holders)
         if swap and holders:  # they hold this very map, not the slot: a swap would leave them on the old one
@@ -212,6 +236,12 @@ class _Planner:
             entries = spec.entries
         return [WriteEntries(spec.name, pin, entries)] if entries else []
 
+    def _holds_superseded(self, outer: str) -> bool:
+        """Whether a live outer map holds an inner map this plan swaps or replaces (its slots must move too)."""
+        have = self.live.get(outer)
+        ids = {self.live[n].id for n in self.superseded if n in self.live}
+        return have is not None and bool(ids) and not ids.isdisjoint(have.slots.values())
+
     def _build_aside(self, spec: InnerMapSpec, want: MapDef) -> None:
         pin = staging_pin(spec.name)
         self.instance[spec.name] = pin
@@ -226,18 +256,17 @@ class _Planner:
         reasons = replace_reasons(want, have) if have is not None else []
         if have is not None and not reasons and have.is_outer:
             reasons = self._template_reasons(template, have)
-        names_by_id = {m.id: n for n, m in self.live.items()}
         if have is None or reasons:
             pin = spec.name if have is None else staging_pin(spec.name)
-            self.outer_create.append(CreateMap(want, pin, template=self.instance[spec.inner_map]))
+            self.outer_create.append(CreateMap(want, pin, template=self._instance(spec.inner_map)))
             if spec.slots:
-                self.slots.append(SetSlots(spec.name, pin, {k: self.instance[n] for k, n in spec.slots.items()}))
+                self.slots.append(SetSlots(spec.name, pin, {k: self._instance(n) for k, n in spec.slots.items()}))
             if have is None:
                 self.result.changes.append(MapChange(spec.name, "create", "outer", want, added=dict(spec.slots)))
             else:
                 self.move.append(MovePin(spec.name, pin, spec.name))
                 change = MapChange(spec.name, "replace", "outer", want, reasons, holders=self._in_use(spec.name, have))
-                old = {k: names_by_id.get(i, f"id {i}") for k, i in have.slots.items()} if have.is_outer else {}
+                old = {k: self.names_by_id.get(i, f"id {i}") for k, i in have.slots.items()} if have.is_outer else {}
                 describe_entries(change, *entry_diff(dict(spec.slots), old, False), old)
                 self.result.changes.append(change)
             return
@@ -247,8 +276,8 @@ class _Planner:
             held = have.slots.get(key)
             current = self.live.get(name)
             if held is None or current is None or held != current.id:
-                set_[key] = self.instance[name]
-                was = names_by_id.get(held, f"id {held}") if held is not None else None
+                set_[key] = self._instance(name)
+                was = self.names_by_id.get(held, f"id {held}") if held is not None else None
                 if was is None:
                     change.added[key] = name
                 else:
@@ -257,7 +286,7 @@ class _Planner:
                 set_[key] = self.instance[name]  # same map by name, new instance: not a change users see
         clear = [k for k in have.slots if k not in spec.slots]
         for k in clear:
-            change.removed[k] = names_by_id.get(have.slots[k], f"id {have.slots[k]}")
+            change.removed[k] = self.names_by_id.get(have.slots[k], f"id {have.slots[k]}")
         if set_ or clear:
             self.slots.append(SetSlots(spec.name, spec.name, set_, clear))
         if change.added or change.changed or change.removed:
@@ -284,6 +313,9 @@ class _Planner:
             current = live.maps.get(name)
             if programs and (current is None or current.id != map_id):
                 self.result.held_replaced.append(HeldReplaced(name, map_id, list(programs)))
+    def _instance(self, name: str) -> str:
+        """The pin an inner map will have when slots are set (its own, when this plan leaves it alone)."""
+        return self.instance.get(name, name)
 
     def _template_reasons(self, template: MapDef, have: LiveMap) -> list[str]:
         """The kernel does not report an outer map's template; the inner maps in its slots reveal it."""
@@ -302,9 +334,13 @@ def _programs(programs: list[Program]) -> str:
     return ", ".join(map(str, programs))
 
 
-def make_plan(config: Config, live: LiveState) -> Plan:
-    """Diff `config` against `live` into an ordered plan (see the module docstring for the order)."""
-    return _Planner(config, live).plan()
+def make_plan(config: Config, live: LiveState, only: Collection[str] | None = None) -> Plan:
+    """Diff `config` against `live` into an ordered plan (see the module docstring for the order).
+
+    `only` scopes the plan to the maps it names (the synchroniser's changed maps): others are
+    neither planned nor destroyed, except that an outer map holding an inner map the plan swaps
+    or replaces is planned too, so its slots move with it. Staging leftovers are always handled."""
+    return _Planner(config, live, only).plan()
 
 
 def destroy_plan(live: LiveState) -> Plan:

@@ -1,0 +1,253 @@
+"""The config files `watch` follows: which changed, and the configuration they make now.
+
+Only files that file events name are looked at (stat, then the content: editors'
+atomic saves and Kubernetes' `..data` swaps change the inode, not always the size or
+time). Each file is known as one chunk of text per map (config/chunks.py, as the config
+cache cuts it); a change is compared with the file's last content to find the bytes
+edited, and when they lie within inner maps, just those maps are parsed and validated
+and merged into the last good configuration, and every other map keeps its spec object
+(so the synchroniser sees at once what changed). Whenever a merge could
+differ from loading everything (an outer map or anything else outside the inner maps
+changed, a name defined twice, a map an outer map needs removed or made incompatible,
+a chunk with a problem), every file is loaded again with load_config, which also gives
+the located diagnostics.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+from kmesh_apply.config import load_config
+from kmesh_apply.config.chunks import split
+from kmesh_apply.config.loader import Source, config_files, parse_text
+from kmesh_apply.config.model import Config, InnerMapSpec
+from kmesh_apply.config.validate import build_config, incompatible
+from kmesh_apply.errors import ConfigError, Diagnostic
+from kmesh_apply.plan.planner import FIXED_PROPERTIES
+
+CONFIG_SUFFIXES = (".yaml", ".yml")  # what config_files takes from a directory
+
+
+Span = tuple[str, int, int]  # an inner map's chunk: name, start and end byte in the file
+
+
+@dataclass
+class _File:
+    stat: tuple[int, ...]
+    raw: bytes  # its content when last read
+    spans: list[Span] | None = None  # its inner maps' chunks in file order (None: unknown, load everything)
+    outer: bool = True  # it defines an outer map (removing it needs a full load)
+
+
+def _spans(raw: bytes, offset: int = 0) -> list[Span] | None:
+    """The inner maps' chunks of a file's bytes (shifted by `offset`), or None when it cannot be cut."""
+    chunks = split(raw)
+    if chunks is None:
+        return None
+    return [(c.name, c.start + offset, c.end + offset) for c in chunks if c.section == "inner_maps"]
+
+
+def _common(a: bytes, b: bytes, at: Callable[[bytes, int, int], bytes]) -> int:
+    """How many bytes `a` and `b` share from one end (`at(x, i, j)`: the bytes i..j from that end),
+    compared by blocks, then by halving (bytes compare with memcmp)."""
+    n, lo, block = min(len(a), len(b)), 0, 1 << 16
+    while lo + block <= n and at(a, lo, lo + block) == at(b, lo, lo + block):
+        lo += block
+    hi = min(lo + block, n)
+    while lo < hi:  # a and b share lo bytes; find how many of the next hi - lo
+        mid = (lo + hi + 1) // 2
+        if at(a, lo, mid) == at(b, lo, mid):
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def _edited(old: bytes, new: bytes) -> tuple[int, int, int]:
+    """Where `new` differs from `old`: (start, end in old, end in new)."""
+    head = _common(old, new, lambda x, i, j: x[i:j])
+    room = min(len(old), len(new)) - head  # the shared tail may not overlap the shared head
+    tail = min(_common(old, new, lambda x, i, j: x[len(x) - j:len(x) - i]), room)
+    return head, len(old) - tail, len(new) - tail
+
+
+def _stat(path: Path) -> tuple[int, ...]:
+    st = os.stat(path)  # follows symlinks: a ConfigMap's file is a link through ..data
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+class ConfigFiles:
+    """Tracks the files or directories given to `watch`; `load()` gives a new Config when they changed."""
+
+    def __init__(self, paths: Sequence[str | os.PathLike]):
+        self.paths = [Path(os.path.abspath(p)) for p in paths]  # as file events name them
+        self.files: dict[str, _File] = {}
+        self.config: Config | None = None  # the last good configuration
+        self.shapes: set[bytes] = set()  # document shapes the JSON Schema accepted (validate.schema_problems)
+
+    def directories(self) -> list[str]:
+        """What to watch: a directory itself, a file's directory (a watched file is lost at its first atomic save)."""
+        dirs = [str(p if p.is_dir() else p.parent) for p in self.paths]
+        return sorted(set(dirs))
+
+    def _named(self, touched: Iterable[str] | None) -> set[str] | None:
+        """The config files among the paths file events named, or None when every file must be
+        listed and looked at: no events given, or one that could change more than its own file
+        (a directory, or a link such as a ConfigMap's `..data`)."""
+        if touched is None or not self.files:
+            return None
+        dirs = {str(p) for p in self.paths if p.is_dir()}
+        args = {str(p) for p in self.paths}
+        named = set()
+        for path in touched:
+            head, name = os.path.split(path)
+            if name.startswith(".."):
+                return None  # Kubernetes' ..data and its timestamped directories: every file may have moved
+            if path in args or (head in dirs and os.path.splitext(name)[1] in CONFIG_SUFFIXES):
+                if os.path.isdir(path):
+                    return None
+                named.add(path)
+        return named
+
+    def load(self, everything: bool = False, touched: Iterable[str] | None = None) -> tuple[Config, list[str]] | None:
+        """(the new Config, the files that changed), or None when no file changed. `touched`: the
+        paths file events named (other files are not looked at); `everything` re-reads every file.
+        Raises ConfigError, and the last good configuration stays."""
+        named = None if everything else self._named(touched)
+        if named is None:
+            found, problems = config_files(self.paths)
+            if problems:
+                raise ConfigError(problems)
+            candidates, now = [str(p) for p in found], {}
+        else:
+            candidates, now = sorted(named), dict(self.files)
+        changed: dict[str, bytes] = {}  # file -> its new content
+        for name in candidates:
+            old = self.files.get(name)
+            path = Path(name)
+            try:
+                stat = _stat(path)
+                if old is not None and old.stat == stat and not everything:
+                    now[name] = old
+                    continue
+                raw = path.read_bytes()
+            except FileNotFoundError:
+                now.pop(name, None)  # removed since the event (or the listing)
+                continue
+            except OSError as e:
+                raise ConfigError([Diagnostic(f"cannot read: {e.strerror}", name)]) from None
+            if old is not None and old.raw == raw and not everything:
+                now[name] = _File(stat, raw, old.spans, old.outer)
+                continue
+            now[name] = _File(stat, raw)
+            changed[name] = raw
+        gone = sorted(self.files.keys() - now.keys())
+        if not changed and not gone and self.config is not None:
+            self.files = now
+            return None
+        try:
+            config = self._merge(now, changed, [self.files[n] for n in gone]) if self.config is not None else None
+            if config is None:
+                config = load_config(self.paths)
+                self._describe(config, now, changed)
+        except ConfigError:
+            for name in changed:  # content the last good config does not hold: load it in full next time
+                now[name].spans = None
+            self.files = now
+            raise
+        self.files, self.config = now, config
+        return config, sorted(changed) + gone
+
+    def _merge(self, now: dict[str, _File], changed: dict[str, bytes], removed: list[_File]) -> Config | None:
+        """The last good config with the changed inner maps swapped in; None when only loading
+        everything gives the right answer."""
+        assert self.config is not None
+        if any(f.outer or f.spans is None for f in removed):
+            return None
+        replaced = {n for f in removed for n, _, _ in f.spans or ()}  # inner maps whose old spec goes
+        specs: dict[str, InnerMapSpec] = {}
+        for name, raw in changed.items():
+            old = self.files.get(name)
+            if old is None:  # a new file: all of it, if it holds inner maps only
+                text, spans = raw, _spans(raw)
+                cut = spans
+            else:
+                edit = self._edit(old, raw)
+                if edit is None:
+                    return None
+                text, spans, cut, gone = edit
+                replaced |= gone
+            src = parse_text(text.decode("utf-8", "replace"), name)
+            if not isinstance(src, Source) or not isinstance(src.data, dict) or set(src.data) - {"inner_maps"}:
+                return None
+            problems: list = []
+            part = build_config([src], problems, self.shapes)
+            if problems or not specs.keys().isdisjoint(part.inner_maps):
+                return None  # load everything, for diagnostics with the file's own line numbers
+            if cut is None or {n for n, _, _ in cut} != set(part.inner_maps):
+                return None  # the cut saw other maps than the parser
+            specs.update(part.inner_maps)
+            now[name].spans, now[name].outer = spans, old.outer if old is not None else False
+        return self._swap(replaced, specs, tuple(now))
+
+    @staticmethod
+    def _edit(old: _File, raw: bytes) -> tuple[bytes, list[Span], list[Span], set[str]] | None:
+        """For a known file: the text of the inner maps the edit touched (as a document), the file's
+        new spans, those of the touched maps, and the names they had. None when the edit reaches
+        outside the inner maps."""
+        if not old.spans or not old.raw:
+            return None
+        start, old_end, new_end = _edited(old.raw, raw)
+        hit = [i for i, (_, a, b) in enumerate(old.spans) if a <= old_end and b >= start]
+        if not hit or start < old.spans[hit[0]][1] or old_end > old.spans[hit[-1]][2]:
+            return None  # outside every inner map: an outer map, pin_root, the section header...
+        shift = len(raw) - len(old.raw)
+        a, b = old.spans[hit[0]][1], old.spans[hit[-1]][2] + shift
+        header = b"inner_maps:\n"
+        text = header + raw[a:b]
+        cut = _spans(text, a - len(header))
+        if cut is None or not cut:
+            return None
+        spans = old.spans[:hit[0]] + cut + [(n, s + shift, e + shift) for n, s, e in old.spans[hit[-1] + 1:]]
+        return text, spans, cut, {old.spans[i][0] for i in hit}
+
+    def _swap(self, replaced: set[str], specs: dict[str, InnerMapSpec], files: tuple[str, ...]) -> Config | None:
+        """The last good config with `replaced` inner maps removed and `specs` added, if that is
+        what loading everything would give."""
+        assert self.config is not None
+        inner = dict(self.config.inner_maps)
+        outer = self.config.outer_maps
+        before = {n: inner.pop(n) for n in replaced if n in inner}
+        for n, spec in specs.items():
+            if n in inner or n in outer:
+                return None  # defined twice: load_config names both places
+            inner[n] = spec
+        templates = {o.inner_map for o in outer.values()}
+        held = {o.name: set(o.slots.values()) for o in outer.values()} if before else {}
+        for n, old_spec in before.items():
+            new = inner.get(n)
+            held_by = [outer[o] for o, names in held.items() if n in names]
+            if n in templates and (new is None or any(getattr(new, p) != getattr(old_spec, p) for p in FIXED_PROPERTIES)):
+                return None
+            if new is None and held_by:
+                return None
+            if new is not None and any(incompatible(inner[o.inner_map], new) for o in held_by):
+                return None
+        return Config(inner, dict(outer), self.config.pin_root, files)
+
+    def _describe(self, config: Config, now: dict[str, _File], changed: dict[str, bytes]) -> None:
+        """After loading everything: each file's map chunks, for the next change to be merged."""
+        by_file: dict[str, set[str]] = {}
+        for spec in config.inner_maps.values():
+            by_file.setdefault(spec.location.file, set()).add(spec.name)
+        with_outer = {spec.location.file for spec in config.outer_maps.values()}
+        for name, f in now.items():
+            f.outer = name in with_outer
+            if name not in changed and f.spans is not None:
+                continue
+            spans = _spans(f.raw)
+            ok = spans is not None and {n for n, _, _ in spans} == by_file.get(name, set())  # the cut saw what the parser saw
+            f.spans = spans if ok else None

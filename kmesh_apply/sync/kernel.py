@@ -1,0 +1,77 @@
+"""What the synchroniser asks of the kernel, as a small protocol (read maps, run a plan).
+
+The real side is the pin root's reader and executor, with map handles kept open from
+one flush to the next and the pin root's lock held for the synchroniser's lifetime;
+tests of the loop, the retries and the cache bookkeeping pass an in-memory one.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Protocol
+
+from kmesh_apply.errors import KmeshError
+from kmesh_apply.executor import ApplyReport, Executor
+from kmesh_apply.kernel.maps import Map
+from kmesh_apply.pinroot import PinRootLock
+from kmesh_apply.plan.model import Plan, Step
+from kmesh_apply.reader import read_live, read_map
+from kmesh_apply.state import LiveMap, LiveState
+
+
+class Kernel(Protocol):
+    def read(self) -> LiveState:
+        """Every map of the pin root, with memlock (a full read: the cache starts over from it)."""
+
+    def run(self, plan: Plan, on_step: Callable[[Step], None]) -> ApplyReport:
+        """Perform a plan's steps, calling `on_step` after each; raises ApplyError naming what was
+        and was not applied."""
+
+    def read_map(self, pin: str) -> LiveMap:
+        """One map `run` has just created (called from `on_step`), with memlock."""
+
+    def memlock(self, pin: str) -> int | None:
+        """What the map at `pin` costs the kernel now (it changes with entries for no_prealloc maps)."""
+
+    def close(self) -> None: ...
+
+
+class PinRootKernel:
+    """The pin root itself: locked while the synchroniser lives, so no other apply changes it unseen."""
+
+    def __init__(self, pin_root: str, lock_timeout: float):
+        self.pin_root = pin_root
+        self.lock = PinRootLock(pin_root, lock_timeout).__enter__()
+        self.handles: dict[str, Map] = {}
+
+    def read(self) -> LiveState:
+        self._drop_handles()  # pins may have been replaced behind our back: reopen them when next needed
+        try:
+            return read_live(self.pin_root, memlock=True)
+        except OSError as e:
+            raise KmeshError(f"cannot read pin root {self.pin_root}: {e.strerror or e}") from None
+
+    def run(self, plan: Plan, on_step: Callable[[Step], None]) -> ApplyReport:
+        try:
+            return Executor(self.pin_root, on_step, handles=self.handles).run(plan)
+        except BaseException:
+            self._drop_handles()
+            raise
+
+    def read_map(self, pin: str) -> LiveMap:
+        return read_map(self.pin_root, pin, memlock=True)
+
+    def memlock(self, pin: str) -> int | None:
+        m = self.handles.get(pin)
+        if m is None:
+            m = self.handles[pin] = Map.open_pinned(f"{self.pin_root}/{pin}")
+        return m.memlock()
+
+    def _drop_handles(self) -> None:
+        for m in self.handles.values():
+            m.close()
+        self.handles.clear()
+
+    def close(self) -> None:
+        self._drop_handles()
+        if self.lock.fd >= 0:
+            self.lock.__exit__(None, None, None)
