@@ -17,6 +17,7 @@ from kmesh_apply.config import load_config
 from kmesh_apply.config.model import Config, resolve_pin_root
 from kmesh_apply.errors import ReplaceInUseError, StalePlanError
 from kmesh_apply.executor import ApplyReport, Executor
+from kmesh_apply.kernel.maps import Map
 from kmesh_apply.monitor import MapUsage, map_usage
 from kmesh_apply.pinroot import PinRootLock
 from kmesh_apply.plan.model import Plan, Step
@@ -80,18 +81,19 @@ def converge(config: Config | None, pin_root: str, *, confirm: Callable[[Plan], 
 
 
 def perform(plan: Plan, live: LiveState, *, allow_replace_in_use: bool = False,
-            on_step: Callable[[Step], None] | None = None) -> ApplyReport:
+            on_step: Callable[[Step], None] | None = None, handles: dict[str, Map] | None = None) -> ApplyReport:
     """Run `plan`'s steps; `live` is the state read under the pin root's lock, which the caller holds.
     Refuses (ReplaceInUseError, nothing changed) to replace or swap a map that loaded programs hold,
     unless `allow_replace_in_use`; then it first records the maps it replaces, so that plans report
-    drift while the programs still hold them."""
-    return _execute(plan, live, _refuse_in_use(plan, live, allow_replace_in_use), on_step)
+    drift while the programs still hold them. `handles`: the caller's open maps, kept open (the synchroniser's)."""
+    return _execute(plan, live, _refuse_in_use(plan, live, allow_replace_in_use), on_step, handles)
 
 
-def _execute(plan: Plan, live: LiveState, held: dict[int, str], on_step: Callable[[Step], None] | None) -> ApplyReport:
+def _execute(plan: Plan, live: LiveState, held: dict[int, str], on_step: Callable[[Step], None] | None,
+             handles: dict[str, Map] | None = None) -> ApplyReport:
     """Record the held maps about to be replaced (first: a killed apply forgets nothing), then run the steps."""
     record_replaced(plan.pin_root, live, held)
-    return Executor(plan.pin_root, on_step).run(plan)
+    return Executor(plan.pin_root, on_step, handles=handles).run(plan)
 
 
 def _refuse_in_use(plan: Plan, live: LiveState, allow: bool) -> dict[int, str]:

@@ -4,13 +4,14 @@ retries with backoff, a newer value replacing a pending retry, status, health an
 from __future__ import annotations
 
 import copy
-from typing import Callable
+from typing import Callable, Iterable
 
 import pytest
 
 from kmesh_apply import load_config
 from kmesh_apply.errors import ApplyError, ConfigError, Diagnostic, KernelError
 from kmesh_apply.executor import ApplyReport
+from kmesh_apply.kernel.progs import Program
 from kmesh_apply.plan.model import CreateMap, Plan, Step
 from kmesh_apply.state import LiveMap, LiveState
 from kmesh_apply.sync import Synchroniser
@@ -47,7 +48,7 @@ class MemoryKernel:
         self.reads += 1
         return copy.deepcopy(self.state)
 
-    def run(self, plan: Plan, on_step: Callable[[Step], None]) -> ApplyReport:
+    def run(self, plan: Plan, live: LiveState, on_step: Callable[[Step], None]) -> ApplyReport:
         mirror = self._mirror = Mirror(self.state, self._create)
         report = ApplyReport()
         for i, step in enumerate(plan.steps):
@@ -65,6 +66,9 @@ class MemoryKernel:
 
     def memlock(self, pin: str) -> int | None:
         return 4096
+
+    def holders(self, map_ids: Iterable[int]) -> dict[int, tuple[Program, ...]]:
+        return {}
 
     def close(self) -> None:
         pass

@@ -312,6 +312,10 @@ def watch(
                                                        "anyone else (corrected).")] = 60.0,
     log_format: Annotated[str, typer.Option("--log-format", help="text, or json for log collectors.")] = "text",
     lock_timeout: LockTimeout = 10.0,
+    metrics_addr: Annotated[Optional[str], typer.Option(
+        "--metrics-addr", help="Serve Prometheus metrics at http://HOST:PORT/metrics and health at /healthz.",
+        show_default=False)] = None,
+    allow_replace_in_use: AllowReplaceInUse = False,
 ) -> None:
     """Keep the pin root equal to the files for as long as it runs (SIGTERM/SIGINT: stop, SIGHUP: re-read all)."""
     from kmesh_apply.sync.log import LOG_FORMATS, Log
@@ -322,7 +326,12 @@ def watch(
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
         fail(f"no such file or directory: {', '.join(missing)}")
-    raise typer.Exit(Watcher([str(p) for p in paths], pin_root, drift_interval, Log(log_format), lock_timeout).run())
+    if metrics_addr is not None:
+        from kmesh_apply.metrics import parse_address
+
+        parse_address(metrics_addr)  # a bad address is refused before anything is applied
+    raise typer.Exit(Watcher([str(p) for p in paths], pin_root, drift_interval, Log(log_format), lock_timeout,
+                             metrics_addr=metrics_addr, allow_replace_in_use=allow_replace_in_use).run())
 
 
 @app.command()

@@ -131,7 +131,7 @@ class _Planner:
         # Inner maps whose live instance is superseded (swapped or replaced): every slot holding them moves.
         self.superseded: set[str] = set()
         self._adopt_staged(live)
-        self._held_replaced(live)
+        self.result.held_replaced = held_replaced(live)
 
     @cached_property
     def slot_held(self) -> set[int]:
@@ -305,14 +305,6 @@ class _Planner:
                 "--allow-replace-in-use, and then they keep reading the old map until they are reloaded")
         return holders
 
-    def _held_replaced(self, live: LiveState) -> None:
-        """Maps this pin root replaced that programs still hold (not the map now at the pin: a replacement
-        that never happened)."""
-        for map_id, name in sorted(live.replaced.items()):
-            programs = live.holders.get(map_id)
-            current = live.maps.get(name)
-            if programs and (current is None or current.id != map_id):
-                self.result.held_replaced.append(HeldReplaced(name, map_id, list(programs)))
     def _instance(self, name: str) -> str:
         """The pin an inner map will have when slots are set (its own, when this plan leaves it alone)."""
         return self.instance.get(name, name)
@@ -332,6 +324,18 @@ class _Planner:
 
 def _programs(programs: list[Program]) -> str:
     return ", ".join(map(str, programs))
+
+
+def held_replaced(live: LiveState) -> list[HeldReplaced]:
+    """Maps this pin root replaced that programs still hold (not the map now at the pin: a replacement
+    that never happened)."""
+    out = []
+    for map_id, name in sorted(live.replaced.items()):
+        programs = live.holders.get(map_id)
+        current = live.maps.get(name)
+        if programs and (current is None or current.id != map_id):
+            out.append(HeldReplaced(name, map_id, list(programs)))
+    return out
 
 
 def make_plan(config: Config, live: LiveState, only: Collection[str] | None = None) -> Plan:

@@ -7,11 +7,13 @@ tests of the loop, the retries and the cache bookkeeping pass an in-memory one.
 
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from typing import Callable, Iterable, Protocol
 
+from kmesh_apply.api import perform
 from kmesh_apply.errors import KmeshError
-from kmesh_apply.executor import ApplyReport, Executor
+from kmesh_apply.executor import ApplyReport
 from kmesh_apply.kernel.maps import Map
+from kmesh_apply.kernel.progs import Program, map_holders
 from kmesh_apply.pinroot import PinRootLock
 from kmesh_apply.plan.model import Plan, Step
 from kmesh_apply.reader import read_live, read_map
@@ -22,9 +24,13 @@ class Kernel(Protocol):
     def read(self) -> LiveState:
         """Every map of the pin root, with memlock (a full read: the cache starts over from it)."""
 
-    def run(self, plan: Plan, on_step: Callable[[Step], None]) -> ApplyReport:
-        """Perform a plan's steps, calling `on_step` after each; raises ApplyError naming what was
-        and was not applied."""
+    def run(self, plan: Plan, live: LiveState, on_step: Callable[[Step], None]) -> ApplyReport:
+        """Perform a plan made against `live`, calling `on_step` after each step; raises ApplyError
+        naming what was and was not applied, or ReplaceInUseError (nothing applied) when it would
+        replace maps that loaded programs hold and that is not allowed."""
+
+    def holders(self, map_ids: Iterable[int]) -> dict[int, tuple[Program, ...]]:
+        """The loaded programs holding these maps now (programs come and go between full reads)."""
 
     def read_map(self, pin: str) -> LiveMap:
         """One map `run` has just created (called from `on_step`), with memlock."""
@@ -38,8 +44,9 @@ class Kernel(Protocol):
 class PinRootKernel:
     """The pin root itself: locked while the synchroniser lives, so no other apply changes it unseen."""
 
-    def __init__(self, pin_root: str, lock_timeout: float):
+    def __init__(self, pin_root: str, lock_timeout: float, allow_replace_in_use: bool = False):
         self.pin_root = pin_root
+        self.allow_replace_in_use = allow_replace_in_use
         self.lock = PinRootLock(pin_root, lock_timeout).__enter__()
         self.handles: dict[str, Map] = {}
 
@@ -50,15 +57,19 @@ class PinRootKernel:
         except OSError as e:
             raise KmeshError(f"cannot read pin root {self.pin_root}: {e.strerror or e}") from None
 
-    def run(self, plan: Plan, on_step: Callable[[Step], None]) -> ApplyReport:
+    def run(self, plan: Plan, live: LiveState, on_step: Callable[[Step], None]) -> ApplyReport:
         try:
-            return Executor(self.pin_root, on_step, handles=self.handles).run(plan)
+            return perform(plan, live, allow_replace_in_use=self.allow_replace_in_use, on_step=on_step,
+                           handles=self.handles)
         except BaseException:
             self._drop_handles()
             raise
 
     def read_map(self, pin: str) -> LiveMap:
         return read_map(self.pin_root, pin, memlock=True)
+
+    def holders(self, map_ids: Iterable[int]) -> dict[int, tuple[Program, ...]]:
+        return map_holders(map_ids)
 
     def memlock(self, pin: str) -> int | None:
         m = self.handles.get(pin)

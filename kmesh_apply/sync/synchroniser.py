@@ -22,13 +22,13 @@ from typing import Any, Iterable, Mapping
 
 from kmesh_apply.config import codecs, load_config
 from kmesh_apply.config.model import ARRAY_TYPES, PERCPU_TYPES, Config, InnerMapSpec, OuterMapSpec
-from kmesh_apply.errors import ApplyError, ConfigError, Diagnostic, KmeshError
+from kmesh_apply.errors import ApplyError, ConfigError, Diagnostic, KmeshError, ReplaceInUseError
 from kmesh_apply.config.validate import incompatible
 from kmesh_apply.executor import ApplyReport
 from kmesh_apply.kernel.maps import possible_cpus
 from kmesh_apply.monitor import Health, MapUsage, NoopRecorder, Recorder, map_usage
 from kmesh_apply.plan.model import CreateMap, MapChange, Plan, Step
-from kmesh_apply.plan.planner import make_plan
+from kmesh_apply.plan.planner import held_replaced, make_plan
 from kmesh_apply.show import show_document
 from kmesh_apply.state import LiveState
 from kmesh_apply.sync.cache import Mirror
@@ -43,10 +43,13 @@ class Synchroniser:
     """Holds the pin root's lock, its cache and the desired state; safe to share between threads."""
 
     def __init__(self, pin_root: str, *, recorder: Recorder | None = None,
-                 lock_timeout: float = DEFAULT_LOCK_TIMEOUT, kernel: Kernel | None = None):
+                 lock_timeout: float = DEFAULT_LOCK_TIMEOUT, allow_replace_in_use: bool = False,
+                 kernel: Kernel | None = None):
+        """`allow_replace_in_use`: replace maps that loaded programs hold (refused otherwise, as by apply)."""
         self.pin_root = pin_root
         self.recorder: Recorder = recorder or NoopRecorder()
-        self._kernel: Kernel = kernel if kernel is not None else PinRootKernel(pin_root, lock_timeout)
+        self._kernel: Kernel = (kernel if kernel is not None
+                                else PinRootKernel(pin_root, lock_timeout, allow_replace_in_use))
         self._lock = threading.RLock()
         self._desired: Config | None = None
         self._owned: set[str] = set()  # desired specs copied from the caller's config, ours to change
@@ -138,7 +141,7 @@ class Synchroniser:
             self._verify_error = None
             if self._desired is None:
                 return []
-            plan = make_plan(self._desired, self._cache)
+            plan = self._plan(None)
             drift = [c for c in plan.changes if c.name not in self._dirty]
             if drift:
                 self.recorder.drift(len(drift))
@@ -163,8 +166,21 @@ class Synchroniser:
                 self._failed(e, set(self._dirty), None, start)
                 raise
         scope = set(self._dirty)
-        plan = make_plan(self._desired, self._cache, None if self._plan_all else scope)
+        plan = self._plan(None if self._plan_all else scope)
         return self._run(plan, scope | {c.name for c in plan.changes}, start)
+
+    def _plan(self, only: set[str] | None) -> Plan:
+        """Plan against the cache. A plan that moves a map over another (a replace or a swap) is made again
+        with the programs holding maps read now: they decide between swap and in-place, and whether apply
+        may replace at all (programs load and unload between full reads)."""
+        assert self._desired is not None
+        plan = make_plan(self._desired, self._cache, only)
+        if plan.displaced(self._cache):
+            holders = self._kernel.holders(m.id for m in self._cache.maps.values())
+            if holders != self._cache.holders:
+                self._cache.holders = holders
+                plan = make_plan(self._desired, self._cache, only)
+        return plan
 
     def _run(self, plan: Plan, names: set[str], start: float) -> ApplyReport:
         """Perform `plan` and replay it on the cache; `names` become applied (or failed)."""
@@ -174,11 +190,16 @@ class Synchroniser:
             self.recorder.reconcile("noop", time.monotonic() - start)
             return ApplyReport()
         mirror = Mirror(self._cache, self._kernel.read_map)
+        held = {i: n for i, n in plan.displaced(self._cache).items() if self._cache.holders.get(i)}
         try:
-            report = self._kernel.run(plan, mirror)
+            report = self._kernel.run(plan, self._cache, mirror)
+        except ReplaceInUseError as e:  # nothing was applied: the cache still holds
+            self._failed(e, names, None, start, cache_valid=True)
+            raise
         except ApplyError as e:
             self._failed(e, names, _step_map(plan.steps[len(e.applied)]) if len(e.applied) < len(plan.steps) else None, start)
             raise
+        self._cache.replaced.update(held)
         for name in mirror.touched:  # a preallocated map costs the same whatever it holds
             live = self._cache.maps.get(name)
             if live is not None and "no_prealloc" in live.flags:
@@ -201,9 +222,10 @@ class Synchroniser:
         self._plan_all = False
         self._attempts, self._retry_at = 0, None
 
-    def _failed(self, error: KmeshError, names: set[str], culprit: str | None, start: float) -> None:
-        """The kernel state is now unknown: read it again next time, and retry after a backoff."""
-        self._cache_valid = False
+    def _failed(self, error: KmeshError, names: set[str], culprit: str | None, start: float,
+                cache_valid: bool = False) -> None:
+        """Retry after a backoff; unless nothing was applied, the kernel state is unknown: read it again next time."""
+        self._cache_valid = cache_valid
         self._attempts += 1
         self._retry_at = time.monotonic() + backoff(self._attempts)
         self._dirty |= names
@@ -246,6 +268,7 @@ class Synchroniser:
                 reasons.append(f"configuration rejected, the last good one stays applied: {self._config_error}")
             if self._verify_error is not None:
                 reasons.append(self._verify_error)
+            reasons += [h.describe() + ": reload them" for h in held_replaced(self._cache)]
             for name, st in sorted(self._status.items()):
                 if st.state == FAILED:
                     reasons.append(f"map '{name}' failed {st.attempts} time(s): {st.error}")

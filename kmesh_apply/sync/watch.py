@@ -17,6 +17,7 @@ from typing import Sequence
 from kmesh_apply.config.model import resolve_pin_root
 from kmesh_apply.errors import ConfigError, Diagnostic, KmeshError
 from kmesh_apply.executor import ApplyReport
+from kmesh_apply.metrics import PrometheusRecorder, start_server
 from kmesh_apply.plan.model import MapChange
 from kmesh_apply.sync.files import ConfigFiles
 from kmesh_apply.sync.log import Log
@@ -56,12 +57,15 @@ def describe(changes: list[MapChange]) -> str:
 
 class Watcher:
     def __init__(self, paths: Sequence[str], pin_root: str | None, drift_interval: float, log: Log,
-                 lock_timeout: float, notifier: Notifier | None = None):
+                 lock_timeout: float, notifier: Notifier | None = None, metrics_addr: str | None = None,
+                 allow_replace_in_use: bool = False):
         self.files = ConfigFiles(paths)
         self.pin_root_flag = pin_root
         self.drift_interval = drift_interval
         self.log = log
         self.lock_timeout = lock_timeout
+        self.metrics_addr = metrics_addr
+        self.allow_replace_in_use = allow_replace_in_use
         self.notifier = notifier or Notifier()
         self.wake = _Wake()
         self.sync: Synchroniser | None = None
@@ -79,8 +83,18 @@ class Watcher:
             except ConfigError as e:
                 first, broken = None, e
             root = resolve_pin_root(self.pin_root_flag, self.files.config)
-            self.sync = Synchroniser(root, lock_timeout=self.lock_timeout)
-            self.log.event("start", f"watching {', '.join(dirs)} for pin root {root}", pin_root=root, dirs=dirs)
+            addr = self.metrics_addr
+            recorder = PrometheusRecorder(root) if addr is not None else None
+            self.sync = Synchroniser(root, recorder=recorder, lock_timeout=self.lock_timeout,
+                                     allow_replace_in_use=self.allow_replace_in_use)
+            try:
+                server = start_server(addr, self.sync, recorder) if addr is not None and recorder is not None else None
+            except BaseException:
+                self.sync.close()
+                raise
+            self.log.event("start", f"watching {', '.join(dirs)} for pin root {root}"
+                                    + (f", metrics at {server.url}" if server is not None else ""),
+                           pin_root=root, dirs=dirs, metrics=server.url if server is not None else None)
             if broken is not None:
                 self._reject(broken)  # nothing applied; the fix is applied when it arrives
             if first is not None:
@@ -115,6 +129,8 @@ class Watcher:
                     self._verify()
                     next_drift = time.monotonic() + self.drift_interval
         self.notifier.stopping()
+        if server is not None:
+            server.close()
         self.sync.close()
         self.log.event("stop", "stopped on a signal, with no apply left in flight")
         return 0
