@@ -44,7 +44,7 @@ def _click_exception() -> type[Exception]:
     try:
         from typer._click.exceptions import ClickException
     except ImportError:
-        from click import ClickException  # type: ignore[no-redef]
+        from click import ClickException  # type: ignore[no-redef, assignment]
     return ClickException
 
 
