@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from kmesh_apply.cli.common import PinRootOption, fail, make_app, run
+from kmesh_apply.wording import count
 
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
@@ -90,8 +91,8 @@ def _confirm(auto_approve: bool, action: str):
 def _report(plan: "Plan", report, action: str = "apply") -> None:
     c = plan.counts
     typer.echo(f"\n{action.capitalize()} complete! Maps: {c['create']} created, {c['update']} updated, {c['destroy']} destroyed "
-               f"({report.entries_written} entries written, {report.entries_deleted} deleted, "
-               f"{report.slots_set} slots set in {report.seconds:.2f}s).")
+               f"({count(report.entries_written, 'entry', 'entries')} written, {report.entries_deleted} deleted, "
+               f"{count(report.slots_set, 'slot')} set in {report.seconds:.2f}s).")
 
 
 def _converge(cfg, pin_root: str, auto_approve: bool, lock_timeout: float, action: str) -> None:
@@ -121,8 +122,8 @@ def validate(files: Files, pin_root: PinRootOption = None) -> None:
     """Check config files offline (schema and semantics); the kernel is not touched."""
     cfg, _ = _load(files, pin_root)
     entries = sum(len(m.entries) for m in cfg.inner_maps.values()) + sum(len(m.slots) for m in cfg.outer_maps.values())
-    typer.echo(f"Configuration valid: {len(cfg.inner_maps)} inner maps, {len(cfg.outer_maps)} outer maps, "
-               f"{entries} entries.")
+    typer.echo(f"Configuration valid: {count(len(cfg.inner_maps), 'inner map')}, {count(len(cfg.outer_maps), 'outer map')}, "
+               f"{count(entries, 'entry', 'entries')}.")
 
 
 @app.command()

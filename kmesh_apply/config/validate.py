@@ -27,6 +27,7 @@ from kmesh_apply.config.model import (
 )
 from kmesh_apply.ctype import CType, Lpm, Raw, TypeSpecError, parse_type, records
 from kmesh_apply.state import STAGING_DIR
+from kmesh_apply.wording import a, count
 
 SCHEMA_FILE = Path(__file__).with_name("config-v1.schema.json")
 RESERVED_NAMES = (STAGING_DIR,)
@@ -176,7 +177,8 @@ class _MapChecker:
         flags = tuple(sorted(self.raw.get("flags") or ()))
         bad = [f for f in flags if f not in TYPE_FLAGS.get(type_, ())]
         if bad:
-            self.problem(f"flag(s) {', '.join(bad)} not valid for a {type_} map: expected some of "
+            which = f"flag {bad[0]} is" if len(bad) == 1 else f"flags {', '.join(bad)} are"
+            self.problem(f"{which} not valid for {a(type_)} map: expected some of "
                          f"{', '.join(sorted(TYPE_FLAGS.get(type_, ())))}", "flags")
         return flags
 
@@ -264,7 +266,7 @@ def check_inner(src: Source, name: str, raw: dict[str, Any], problems: list[Prob
     flags = c.flags(type_)
     max_entries = raw["max_entries"]
     if type_ in ARRAY_TYPES and key is not None and key.size != 4:
-        c.problem(f"an {type_} map's key is a 4-byte index (u32), got {key.size} bytes", "key")
+        c.problem(f"{a(type_)} map's key is a 4-byte index (u32), got {count(key.size, 'byte')}", "key")
     if type_ == "lpm_trie":
         if "no_prealloc" not in flags:
             c.problem("an lpm_trie needs flags: [no_prealloc] (the kernel refuses it otherwise)", "type")
@@ -305,7 +307,7 @@ def check_outer(src: Source, name: str, raw: dict[str, Any], problems: list[Prob
     flags = c.flags(type_)
     max_entries = raw["max_entries"]
     if type_ == "array_of_maps" and key is not None and key.size != 4:
-        c.problem(f"an array_of_maps key is a 4-byte index (u32), got {key.size} bytes", "key")
+        c.problem(f"an array_of_maps key is a 4-byte index (u32), got {count(key.size, 'byte')}", "key")
     template_name = raw["inner_map"]
     template = inner.get(template_name)
     if template is None:
