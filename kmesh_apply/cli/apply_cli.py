@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
@@ -25,7 +26,8 @@ if TYPE_CHECKING:
 app = make_app("kmesh-apply", "Declarative manager for eBPF map-in-map state: plan and apply YAML against the "
                               "pinned maps of a pin root.")
 
-Files = Annotated[list[Path], typer.Argument(help="Config files, or directories of *.yaml/*.yml, merged.", show_default=False)]
+Files = Annotated[list[Path], typer.Argument(help="Config files (YAML or JSON), or directories of *.yaml/*.yml/*.json, merged.",
+                                             show_default=False)]
 AutoApprove = Annotated[bool, typer.Option("--auto-approve", help="Do not ask for confirmation.")]
 LockTimeout = Annotated[float, typer.Option("--lock-timeout", help="Seconds to wait for another apply on the same pin root.")]
 JsonOut = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
@@ -152,11 +154,12 @@ def plan(
 
 
 def _saved_plan(files: list[Path]):
-    """The saved plan if the single argument is one (a JSON object with steps), else None."""
+    """The saved plan if the single argument is one (a JSON object with steps), else None. A saved plan
+    starts with its format (Plan.to_saved), so a JSON config is not parsed here for nothing."""
     if len(files) != 1 or not files[0].is_file():
         return None
     with open(files[0], "rb") as f:
-        if f.read(64).lstrip()[:1] != b"{":
+        if not re.match(rb'\{\s*"format"\s*:', f.read(64).lstrip()):
             return None
     from kmesh_apply.plan.model import Plan
 

@@ -25,7 +25,7 @@ from kmesh_apply.config.model import (
     Location,
     OuterMapSpec,
 )
-from kmesh_apply.ctype import CType, Lpm, Raw, TypeSpecError, parse_type, records
+from kmesh_apply.ctype import CType, Int, Lpm, Raw, TypeSpecError, parse_type, records
 from kmesh_apply.state import STAGING_DIR
 from kmesh_apply.wording import a, count
 
@@ -45,6 +45,13 @@ TYPE_FLAGS = {
     "hash_of_maps": ACCESS_FLAGS | {"no_prealloc"},
 }
 MAX_PROBLEMS_PER_MAP = 20
+# An object key of a JSON config that spells a decimal integer is that integer where the key type is numeric.
+_DECIMAL = re.compile(r"-?[0-9]+").fullmatch
+
+
+def _numeric(key: CType) -> bool:
+    """Whether the key type takes integers: u8..i64, be16..be64, and key_size 1, 2, 4 or 8."""
+    return isinstance(key, Int) or (isinstance(key, Raw) and key.size in (1, 2, 4, 8))
 
 
 @cache
@@ -182,7 +189,7 @@ class _MapChecker:
                          f"{', '.join(sorted(TYPE_FLAGS.get(type_, ())))}", "flags")
         return flags
 
-    def columns(self) -> tuple[list[Any], list[Any], Callable[[int], tuple[Any, ...]]]:
+    def columns(self, key: CType) -> tuple[list[Any], list[Any], Callable[[int], tuple[Any, ...]]]:
         """Entries as a key column, a value column and where entry i was written, whether given
         as a mapping or as a list of {key, value} (columns, not rows: a million tuples cost seconds)."""
         entries = self.raw.get("entries")
@@ -192,6 +199,8 @@ class _MapChecker:
             del self.raw["entries"]  # the columns hold what is needed: a million entries' table is 40 MB
         if isinstance(entries, dict):
             keys = list(entries)
+            if self.src.text_keys and _numeric(key):
+                keys = [int(k) if isinstance(k, str) and _DECIMAL(k) else k for k in keys]
             return keys, list(entries.values()), lambda i: ("entries", keys[i])
         keys, values, where = [], [], []
         for i, item in enumerate(entries):
@@ -277,7 +286,7 @@ def check_inner(src: Source, name: str, raw: dict[str, Any], problems: list[Prob
     if cached is not None:
         return InnerMapSpec(name, type_, key, value, max_entries, flags, cached, Location(src.file, 0),
                             raw.get("update", "swap"))
-    keys, values, path = c.columns()
+    keys, values, path = c.columns(key)
     if len(problems) > before:
         return None
     if len(keys) > max_entries:
@@ -315,7 +324,7 @@ def check_outer(src: Source, name: str, raw: dict[str, Any], problems: list[Prob
             c.problem(f"inner_map '{template_name}' is an outer map: an outer map cannot be an inner map", "inner_map")
         elif template_name not in inner_raw:
             c.problem(f"inner_map '{template_name}' is not defined under inner_maps", "inner_map")
-    keys, values, path = c.columns()
+    keys, values, path = c.columns(key) if key is not None else ([], [], lambda i: ("entries",))
     if len(keys) > max_entries:
         c.problem(f"{len(keys)} slots do not fit max_entries {max_entries}", "entries")
     if len(problems) > before or key is None or template is None:
