@@ -126,3 +126,12 @@ def test_show_json_is_accepted_back(tmp_path: Path, pin_root: Path):
     kmesh_apply("destroy", *root, "--auto-approve")
     kmesh_apply("apply", str(shown), *root, "--auto-approve")
     assert "No changes" in kmesh_apply("plan", *map(str, configs), *root, "--detailed-exitcode")
+
+
+def test_only_plain_decimal_text_becomes_an_integer():
+    from kmesh_apply.config.validate import _integers
+
+    assert _integers(["1", "-2", "07"]) == [1, -2, 7]
+    odd = ["+3", " 3", "3_0", "3-", "", "\u0663", "0x4"]
+    assert _integers(["1", *odd]) == [1, *odd]
+    assert _integers([5, "6", True]) == [5, 6, True]  # a mapping handed over may mix keys
