@@ -11,7 +11,7 @@ import yaml
 
 from conftest import REPO, run_cli
 from kmesh_apply.config import load_config
-from kmesh_apply.config.loader import _json_key_count, _key_count
+from kmesh_apply.config.loader import _repeats_a_key
 from kmesh_apply.errors import ConfigError
 
 # Every kind of key a JSON object can carry: decimal and 0x text for numeric keys (entries, slots,
@@ -101,9 +101,11 @@ def test_validation_problems_keep_their_lines(tmp_path: Path):
 
 
 def test_keys_counted_in_text_and_in_data_agree():
-    for doc in ({"a": {"b": [1, {"c": "d\": e"}]}, "": {}}, {"x\\": {" :": 1}}, [{"k": 1}, {}]):
+    """Whatever the spacing, and with quotes and colons inside strings, a text without repeats has none."""
+    for doc in ({"a": {"b": [1, {"c": "d\": e"}]}, "": {}}, {"x\\": {" :": 1}}, [{"k": 1}, {}], {"q": "\u0022:"}):
         for text in (json.dumps(doc), json.dumps(doc, indent=1), json.dumps(doc, separators=(",", " : "))):
-            assert _json_key_count(text) == _key_count(doc), text
+            assert not _repeats_a_key(text, json.loads(text)), text
+            assert _repeats_a_key(text.replace("{", '{"k": 0, "k": 1, ', 1), doc), text
 
 
 def kmesh_apply(*args: str, expect: int = 0) -> str:

@@ -194,17 +194,22 @@ def parse_json(text: str, file: str) -> Source | Diagnostic:
         data = orjson.loads(text)
     except orjson.JSONDecodeError as e:
         return Diagnostic(f"invalid JSON: {e.msg} (column {e.colno})", file, e.lineno)
-    if _json_key_count(text) != _key_count(data):  # orjson keeps the last of repeated keys, silently
+    if _repeats_a_key(text, data):  # orjson keeps the last of repeated keys, silently
         return Diagnostic("duplicate key: a key may appear once in an object", file, duplicate_key_line(text))
     return Source(file, text, data, text_keys=True)
 
 
-def _json_key_count(text: str) -> int:
-    """How many object keys the JSON text holds: each is a string followed by a colon. A `"` inside a
-    string is escaped, so only a text with `\\"` can hold a `":` that is not a key: then tokenize."""
-    if '\\"' not in text:
-        return text.count('":') + len(_QUOTE_SPACE_COLON.findall(text))
-    return sum(1 for m in _JSON_STRING.finditer(text) if m.group(1))
+def _repeats_a_key(text: str, data: Any) -> bool:
+    """Whether the text holds more object keys than the parsed data: each key is a string followed by a
+    colon, and compact JSON of the data (orjson, 20 ms for 200,000 entries) has each key as `":`. A `"`
+    within a string is escaped, so only a `\\"` in either text can make a `":` that is not a key:
+    then count by tokenizing the text and walking the data."""
+    import orjson
+
+    compact = orjson.dumps(data)
+    if '\\"' in text or b'\\"' in compact:
+        return sum(1 for m in _JSON_STRING.finditer(text) if m.group(1)) != _key_count(data)
+    return text.count('":') + len(_QUOTE_SPACE_COLON.findall(text)) != compact.count(b'":')
 
 
 _QUOTE_SPACE_COLON = re.compile(r'"[ \t\r\n]+:')
