@@ -209,7 +209,8 @@ def _repeats_a_key(text: str, data: Any) -> bool:
     compact = orjson.dumps(data)
     if '\\"' in text or b'\\"' in compact:
         return sum(1 for m in _JSON_STRING.finditer(text) if m.group(1)) != _key_count(data)
-    return text.count('":') + len(_QUOTE_SPACE_COLON.findall(text)) != compact.count(b'":')
+    spaced = len(_QUOTE_SPACE_COLON.findall(text)) if any(s in text for s in (" :", "\t:", "\n:", "\r:")) else 0
+    return text.count('":') + spaced != compact.count(b'":')
 
 
 _QUOTE_SPACE_COLON = re.compile(r'"[ \t\r\n]+:')
