@@ -200,20 +200,17 @@ def parse_json(text: str, file: str) -> Source | Diagnostic:
 
 
 def _repeats_a_key(text: str, data: Any) -> bool:
-    """Whether the text holds more object keys than the parsed data: each key is a string followed by a
-    colon, and compact JSON of the data (orjson, 20 ms for 200,000 entries) has each key as `":`. A `"`
-    within a string is escaped, so only a `\\"` in either text can make a `":` that is not a key:
-    then count by tokenizing the text and walking the data."""
+    """Whether the text holds more object keys than the parsed data. Outside strings, a colon follows
+    each key and nothing else; a text without a backslash has strings exactly as orjson's compact dump
+    of the data writes them (15 ms for 200,000 entries), so the two count the same colons unless a
+    key was repeated. With escapes, count the keys by tokenizing the text and walking the data."""
     import orjson
 
-    compact = orjson.dumps(data)
-    if '\\"' in text or b'\\"' in compact:
-        return sum(1 for m in _JSON_STRING.finditer(text) if m.group(1)) != _key_count(data)
-    spaced = len(_QUOTE_SPACE_COLON.findall(text)) if any(s in text for s in (" :", "\t:", "\n:", "\r:")) else 0
-    return text.count('":') + spaced != compact.count(b'":')
+    if "\\" not in text:
+        return text.count(":") != orjson.dumps(data).count(b":")
+    return sum(1 for m in _JSON_STRING.finditer(text) if m.group(1)) != _key_count(data)
 
 
-_QUOTE_SPACE_COLON = re.compile(r'"[ \t\r\n]+:')
 _JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"([ \t\r\n]*:)?')
 
 
