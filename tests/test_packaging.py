@@ -34,11 +34,13 @@ def dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def venv(dist: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A clean virtualenv (no site packages) with the wheel and its dependencies from the package index."""
+    """A clean virtualenv (no site packages) with the wheel and its dependencies from the package index,
+    installed by this interpreter's pip (--python: half the time of bootstrapping pip into the venv)."""
     where = tmp_path_factory.mktemp("venv") / "venv"
-    assert run(sys.executable, "-m", "venv", where, cwd=dist).returncode == 0
+    assert run(sys.executable, "-m", "venv", "--without-pip", where, cwd=dist).returncode == 0
     (wheel,) = dist.glob("kmesh_apply-*.whl")
-    res = run(where / "bin/python", "-m", "pip", "install", "-q", "--disable-pip-version-check", wheel, cwd=dist)
+    res = run(sys.executable, "-m", "pip", "--python", where / "bin/python", "install", "-q",
+              "--disable-pip-version-check", wheel, cwd=dist)
     assert res.returncode == 0, res.stdout + res.stderr
     return where / "bin"
 
