@@ -6,6 +6,8 @@ one clear message and exit 1, and anything else is a bug (a traceback).
 
 from __future__ import annotations
 
+from kmesh_apply.wording import count
+
 from dataclasses import dataclass
 
 
@@ -82,10 +84,10 @@ class ApplyError(KmeshError):
         lines = [str(cause)]
         if not_applied:
             lines.append(f"failed step: {not_applied[0]}")
-        lines.append(f"applied {len(applied)} step(s) before the failure" + (":" if applied else "."))
+        lines.append(f"applied {count(len(applied), 'step')} before the failure" + (":" if applied else "."))
         lines += [f"  done: {s}" for s in applied]
         if not_applied:
-            lines.append(f"not applied ({len(not_applied)} step(s)):")
+            lines.append(f"not applied ({count(len(not_applied), 'step')}):")
             lines += [f"  skipped: {s}" for s in not_applied]
         lines.append("Fix the cause and run apply again: it converges from here.")
         super().__init__("\n".join(lines))

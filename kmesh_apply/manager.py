@@ -31,6 +31,7 @@ from kmesh_apply.kernel.maps import (
     flag_bits,
     possible_cpus,
 )
+from kmesh_apply.wording import a, count
 
 Key = int | bytes
 
@@ -89,13 +90,13 @@ def encode(value: Key, size: int, what: str) -> bytes:
     """value as exactly size bytes: integers little-endian (negative ones as two's complement)."""
     if isinstance(value, bytes):
         if len(value) != size:
-            raise KmeshError(f"{what} is {len(value)} bytes, expected {size}")
+            raise KmeshError(f"{what} is {count(len(value), 'byte')}, expected {size}")
         return value
     if isinstance(value, bool) or not isinstance(value, int):
         raise KmeshError(f"{what} must be an integer or bytes, got {value!r}")
     bits = 8 * size
     if not -(1 << (bits - 1)) <= value < (1 << bits):
-        raise KmeshError(f"{what} {value} does not fit in {size} byte(s)")
+        raise KmeshError(f"{what} {value} does not fit in {count(size, 'byte')}")
     return (value % (1 << bits)).to_bytes(size, "little")
 
 
@@ -141,7 +142,7 @@ class MapInMapManager:
     def _outer(self, outer_id: int) -> Map:
         m = self.map(outer_id)
         if m.info.type not in KERNEL_OUTER_TYPES:
-            raise KernelError("use as outer map", m.label, errno.EINVAL, f"it is a {m.info.type} map, not an array_of_maps or hash_of_maps")
+            raise KernelError("use as outer map", m.label, errno.EINVAL, f"it is {a(m.info.type)} map, not an array_of_maps or hash_of_maps")
         return m
 
     def _inner(self, inner_id: int) -> Map:

@@ -18,6 +18,8 @@ from conftest import REPO, _unique_root, bpftool_json
 
 HOSTS = ("node1", "node2", "node3")
 VENV_BIN = Path(sys.executable).parent
+# ansible.posix (the role's mount module), which scripts/setup takes from the package index.
+POSIX = Path(sys.prefix) / "share/ansible/collections"
 
 CONFIG = """
 inner_maps:
@@ -60,7 +62,7 @@ PLAYBOOK = """
 
 def ansible(tool: str, *args: str, tmp_path: Path, collections: Path = REPO) -> subprocess.CompletedProcess:
     """Run an ansible-core command from the venv with every scratch directory under tmp_path."""
-    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(collections), ANSIBLE_HOME=str(tmp_path / "home"),
+    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=f"{collections}:{POSIX}", ANSIBLE_HOME=str(tmp_path / "home"),
                ANSIBLE_LOCAL_TEMP=str(tmp_path / "tmp"), ANSIBLE_REMOTE_TEMP=str(tmp_path / "remote-tmp"),
                ANSIBLE_NOCOLOR="1", ANSIBLE_DEPRECATION_WARNINGS="0")
     return subprocess.run([str(VENV_BIN / tool), *args], capture_output=True, text=True, env=env)
@@ -68,14 +70,16 @@ def ansible(tool: str, *args: str, tmp_path: Path, collections: Path = REPO) -> 
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The collection built with ansible-galaxy and installed into a scratch collections path."""
+    """The collection built with ansible-galaxy and installed into a scratch collections path (--offline:
+    its dependency ansible.posix is found installed, not fetched)."""
     tmp = tmp_path_factory.mktemp("galaxy")
     built = ansible("ansible-galaxy", "collection", "build", str(REPO / "ansible_collections/kmesh/maps"),
                     "--output-path", str(tmp), tmp_path=tmp)
     assert built.returncode == 0, built.stdout + built.stderr
     target = tmp / "collections"
     done = ansible("ansible-galaxy", "collection", "install", str(tmp / "kmesh-maps-0.1.0.tar.gz"),
-                   "-p", str(target), tmp_path=tmp, collections=target)
+                   "-p", str(target), "--offline", tmp_path=tmp, collections=target)
+    assert done.returncode == 0 and "'ansible.posix:" in done.stdout, done.stdout + done.stderr
     assert (target / "ansible_collections/kmesh/maps/plugins/modules/apply.py").is_file(), done.stdout + done.stderr
     return target
 
@@ -169,14 +173,14 @@ def test_example_playbook_and_role(host: str, maps: set[str], outer: str, tmp_pa
     """examples/ansible as shipped, straight from the checkout (ANSIBLE_COLLECTIONS_PATH=<repository root>)."""
     cmd = ["-i", str(REPO / "examples/ansible/inventory.ini"), str(REPO / "examples/ansible/site.yml"),
            "--limit", host, "-e", f"ansible_python_interpreter={sys.executable}",
-           "-e", f"kmesh_pin_root={pin_root}", "-e", f"kmesh_config_dir={tmp_path / 'etc'}"]
+           "-e", f"mesh_pin_root={pin_root}", "-e", f"mesh_config_dir={tmp_path / 'etc'}"]
     first = ansible("ansible-playbook", *cmd, tmp_path=tmp_path)
     assert first.returncode == 0 and f"Plan: {len(maps)} to create" in first.stdout, first.stdout + first.stderr
     assert {p.name for p in pin_root.iterdir()} == maps
     assert bpftool("map", "show", "pinned", str(pin_root / outer))["type"].endswith("_of_maps")
     again = ansible("ansible-playbook", *cmd, tmp_path=tmp_path)
     assert again.returncode == 0 and "No changes" in again.stdout, again.stdout
-    gone = ansible("ansible-playbook", *cmd, "-e", "kmesh_state=absent", tmp_path=tmp_path)
+    gone = ansible("ansible-playbook", *cmd, "-e", "mesh_state=absent", tmp_path=tmp_path)
     assert gone.returncode == 0 and list(pin_root.iterdir()) == [], gone.stdout
 
 
@@ -200,7 +204,7 @@ def test_kernel_refusal_fails_with_what_was_applied(tmp_path: Path, pin_root: Pa
                   tmp_path=tmp_path)
     assert res.returncode != 0 and "FAILED" in res.stdout, res.stdout + res.stderr
     msg = json.loads(res.stdout.split("FAILED! => ", 1)[1])["msg"]
-    assert "errno" in msg and "failed step: create array map 'huge'" in msg and "applied 0 step(s)" in msg
+    assert "errno" in msg and "failed step: create array map 'huge'" in msg and "applied 0 steps" in msg
     assert "Traceback" not in res.stdout + res.stderr
 
 

@@ -104,7 +104,7 @@ def test_pin_root_from_environment(pin_root):
 
 BAD_INPUT = [
     (["map", "update-inner", "{inner}", "--key=abc", "--value=1"], "--key: 'abc' is not an integer"),
-    (["map", "update-inner", "{inner}", "--key=1", "--value=18446744073709551616"], "value 18446744073709551616 does not fit in 8 byte(s)"),
+    (["map", "update-inner", "{inner}", "--key=1", "--value=18446744073709551616"], "value 18446744073709551616 does not fit in 8 bytes"),
     (["map", "update-inner", "{inner}", "--key-hex=0102", "--value=1"], "key is 2 bytes, expected 4"),
     (["map", "update-inner", "{inner}", "--key=1", "--key-hex=01000000", "--value=1"], "give exactly one of --key, --key-hex"),
     (["map", "update-inner", "{inner}", "--key=1", "--value-hex=zz"], "--value-hex: 'zz' is not hex bytes"),

@@ -249,7 +249,7 @@ inner_maps:
     res = cli("apply", str(bad), "--auto-approve", root=pin_root, check=1)
     assert "create map on b_stats failed" in res.stderr and "errno 7" in res.stderr and "32 KiB" in res.stderr
     assert "failed step: create percpu_hash map 'b-stats'" in res.stderr
-    assert "applied 2 step(s)" in res.stderr and "done: create hash map 'a-first'" in res.stderr
+    assert "applied 2 steps" in res.stderr and "done: create hash map 'a-first'" in res.stderr
     assert "skipped: create percpu_hash map 'b-stats'" in res.stderr
     assert {p.name for p in pin_root.iterdir()} == {"a-first"}
     good = write(tmp_path, "good.yaml", text.replace("{size}", "64"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Iterator, Optional
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Iterator, Optional
 import typer
 
 from kmesh_apply.cli.common import PinRootOption, fail, make_app, run
+from kmesh_apply.wording import count
 
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
@@ -27,7 +29,8 @@ if TYPE_CHECKING:
 app = make_app("kmesh-apply", "Declarative manager for eBPF map-in-map state: plan and apply YAML against the "
                               "pinned maps of a pin root.")
 
-Files = Annotated[list[Path], typer.Argument(help="Config files, or directories of *.yaml/*.yml, merged.", show_default=False)]
+Files = Annotated[list[Path], typer.Argument(help="Config files (YAML or JSON), or directories of *.yaml/*.yml/*.json, merged.",
+                                             show_default=False)]
 AutoApprove = Annotated[bool, typer.Option("--auto-approve", help="Do not ask for confirmation.")]
 LockTimeout = Annotated[float, typer.Option("--lock-timeout", help="Seconds to wait for another apply on the same pin root.")]
 JsonOut = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
@@ -100,8 +103,8 @@ def _confirm(auto_approve: bool, action: str):
 def _report(plan: "Plan", report, action: str = "apply") -> None:
     c = plan.counts
     typer.echo(f"\n{action.capitalize()} complete! Maps: {c['create']} created, {c['update']} updated, {c['destroy']} destroyed "
-               f"({report.entries_written} entries written, {report.entries_deleted} deleted, "
-               f"{report.slots_set} slots set in {report.seconds:.2f}s).")
+               f"({count(report.entries_written, 'entry', 'entries')} written, {report.entries_deleted} deleted, "
+               f"{count(report.slots_set, 'slot')} set in {report.seconds:.2f}s).")
 
 
 @contextlib.contextmanager
@@ -153,8 +156,8 @@ def validate(files: Files, pin_root: PinRootOption = None) -> None:
     """Check config files offline (schema and semantics); the kernel is not touched."""
     cfg, _ = _load(files, pin_root)
     entries = sum(len(m.entries) for m in cfg.inner_maps.values()) + sum(len(m.slots) for m in cfg.outer_maps.values())
-    typer.echo(f"Configuration valid: {len(cfg.inner_maps)} inner maps, {len(cfg.outer_maps)} outer maps, "
-               f"{entries} entries.")
+    typer.echo(f"Configuration valid: {count(len(cfg.inner_maps), 'inner map')}, {count(len(cfg.outer_maps), 'outer map')}, "
+               f"{count(entries, 'entry', 'entries')}.")
 
 
 @app.command()
@@ -191,11 +194,12 @@ def plan(
 
 
 def _saved_plan(files: list[Path]):
-    """The saved plan if the single argument is one (a JSON object with steps), else None."""
+    """The saved plan if the single argument is one (a JSON object with steps), else None. A saved plan
+    starts with its format (Plan.to_saved), so a JSON config is not parsed here for nothing."""
     if len(files) != 1 or not files[0].is_file():
         return None
     with open(files[0], "rb") as f:
-        if f.read(64).lstrip()[:1] != b"{":
+        if not re.match(rb'\{\s*"format"\s*:', f.read(64).lstrip()):
             return None
     from kmesh_apply.plan.model import Plan
 

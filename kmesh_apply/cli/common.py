@@ -19,9 +19,35 @@ PinRootOption = Annotated[
 
 
 def make_app(name: str, help: str) -> typer.Typer:
-    """A typer app with the settings both command lines share (plain help, no completion, no pretty tracebacks)."""
-    return typer.Typer(name=name, help=help, no_args_is_help=True, add_completion=False, rich_markup_mode=None,
-                       pretty_exceptions_enable=False)
+    """A typer app with the settings both command lines share: plain help, no pretty tracebacks,
+    --version, and shell completion (--install-completion / --show-completion for bash, zsh, fish)."""
+    app = typer.Typer(name=name, help=help, no_args_is_help=True, add_completion=True, rich_markup_mode=None,
+                      pretty_exceptions_enable=False)
+
+    @app.callback()
+    def main(version: VersionOption = False) -> None:
+        pass
+
+    return app
+
+
+def _print_version(ctx: typer.Context, value: bool) -> None:
+    """Print the installed distribution's version and stop (the package metadata is the one source of it)."""
+    if not value or ctx.resilient_parsing:
+        return
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        number = version(DISTRIBUTION)
+    except PackageNotFoundError:
+        number = "unknown (not installed: no package metadata)"
+    typer.echo(f"{ctx.info_name} {number}")
+    raise typer.Exit()
+
+
+DISTRIBUTION = "kmesh-apply"
+VersionOption = Annotated[bool, typer.Option("--version", help="Print the version and exit.", callback=_print_version,
+                                             is_eager=True)]
 
 
 def fail(message: str) -> NoReturn:
@@ -44,7 +70,7 @@ def _click_exception() -> type[Exception]:
     try:
         from typer._click.exceptions import ClickException
     except ImportError:
-        from click import ClickException  # type: ignore[no-redef]
+        from click import ClickException  # type: ignore[no-redef, assignment]
     return ClickException
 
 

@@ -1,6 +1,6 @@
-"""The config layer: load YAML files, validate them, and build the `Config` model.
+"""The config layer: load YAML and JSON files, validate them, and build the `Config` model.
 
-    load_config(["mesh.yaml", "more/"])        # files or directories, merged
+    load_config(["mesh.yaml", "more.json", "dir/"])   # files or directories, merged
     load_config(inline="inner_maps: ...")      # YAML text, or an already-parsed mapping
 
 Raises ConfigError with every problem of every file, each naming file, line, map and entry.
@@ -35,7 +35,8 @@ def load_config(paths: Sequence[str | os.PathLike] = (), *, inline: str | Mappin
         if isinstance(inline, str):
             parsed = parse_text(inline, INLINE)
         elif isinstance(inline, Mapping):
-            parsed = Source(INLINE, None, dict(inline), owned=False)
+            # Keys may be text: a mapping handed over often went through JSON (Ansible's module arguments do).
+            parsed = Source(INLINE, None, dict(inline), owned=False, text_keys=True)
         else:
             parsed = Diagnostic(f"an inline config is a mapping or YAML text, not {type(inline).__name__}", INLINE)
         (sources if isinstance(parsed, Source) else diagnostics).append(parsed)  # type: ignore[arg-type]

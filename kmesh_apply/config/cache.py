@@ -76,15 +76,14 @@ def cache_dir() -> Path | None:
 
 def _salt(ncpus: int) -> bytes:
     """Anything besides a chunk's text that its outcome depends on: the code that checks and
-    encodes it (its source, so an upgrade or a local edit never reuses stale bytes) and the CPU count."""
-    import kmesh_apply.config as config
-    from kmesh_apply import ctype
-    from kmesh_apply.config import chunks, codecs, loader, model, validate
-
+    encodes it (its source, so an upgrade or a local edit never reuses stale bytes: every file of
+    the config package, the JSON Schema included, and the C type model) and the CPU count.
+    Read as files, not imported: the modules that check a config sit above this one."""
+    package = Path(__file__).parent
     h = hashlib.sha256(f"{CACHE_FORMAT}\0{ncpus}\0".encode())
-    for module in (ctype, config, chunks, codecs, loader, model, validate):
-        h.update(Path(module.__file__ or "").read_bytes())
-    h.update(validate.SCHEMA_FILE.read_bytes())
+    for file in sorted([*package.glob("*.py"), *package.glob("*.json")]) + [package.parent / "ctype.py"]:
+        h.update(file.name.encode() + b"\0")
+        h.update(file.read_bytes())
     return h.digest()
 
 

@@ -20,6 +20,7 @@ from operator import itemgetter
 from typing import Any, Callable, Sequence
 
 from kmesh_apply.ctype import Addr, Array, Bytes, Chars, CType, Int, Lpm, Raw, Struct
+from kmesh_apply.wording import count
 
 Encoder = Callable[[Any], bytes]
 Decoder = Callable[[bytes], Any]
@@ -164,11 +165,11 @@ def _encode_mac(value: Any) -> bytes:
 def _chars_encoder(typ: Chars) -> Encoder:
     def enc(value: Any) -> bytes:
         if not isinstance(value, str):
-            raise _fail(f"a string of at most {typ.size} bytes for char[{typ.size}]", value)
+            raise _fail(f"a string of at most {count(typ.size, 'byte')} for char[{typ.size}]", value)
         data = value.encode()
         if len(data) > typ.size:
-            raise CodecError(f"expected a string of at most {typ.size} bytes for char[{typ.size}], "
-                             f"got {_got(value)} ({len(data)} bytes in UTF-8)")
+            raise CodecError(f"expected a string of at most {count(typ.size, 'byte')} for char[{typ.size}], "
+                             f"got {_got(value)} ({count(len(data), 'byte')} in UTF-8)")
         return data.ljust(typ.size, b"\0")
     return enc
 
@@ -314,7 +315,7 @@ def _decoder(typ: CType) -> Decoder:
 def decode(typ: CType, data: bytes) -> Any:
     """Bytes of `typ` as the value a user would write: decode(t, encode(t, v)) is v in canonical form."""
     if len(data) != typ.size:
-        raise CodecError(f"expected {typ.size} bytes, got {len(data)}")
+        raise CodecError(f"expected {count(typ.size, 'byte')}, got {len(data)}")
     return _decoder(typ)(data)
 
 
@@ -436,7 +437,7 @@ def encode_per_cpu(typ: CType, value: Any, ncpus: int) -> bytes:
     values = value[PER_CPU]
     if not isinstance(values, list) or len(values) != ncpus:
         got = len(values) if isinstance(values, list) else _got(values)
-        raise CodecError(f"expected {ncpus} per-CPU values (this node has {ncpus} possible CPUs), got {got}")
+        raise CodecError(f"expected {count(ncpus, 'per-CPU value')} (this node has {count(ncpus, 'possible CPU')}), got {got}")
     out = []
     for cpu, v in enumerate(values):
         try:
@@ -450,7 +451,7 @@ def decode_per_cpu(typ: CType, data: bytes, ncpus: int) -> Any:
     """One value when every CPU holds the same bytes, else `{per_cpu: [...]}`."""
     stride = per_cpu_stride(typ)
     if len(data) != stride * ncpus:
-        raise CodecError(f"expected {stride * ncpus} bytes for {ncpus} CPUs, got {len(data)}")
+        raise CodecError(f"expected {count(stride * ncpus, 'byte')} for {count(ncpus, 'CPU')}, got {len(data)}")
     dec, size = _decoder(typ), typ.size
     chunks = [data[i:i + size] for i in range(0, len(data), stride)]
     if all(c == chunks[0] for c in chunks):

@@ -25,8 +25,9 @@ from kmesh_apply.config.model import (
     Location,
     OuterMapSpec,
 )
-from kmesh_apply.ctype import CType, Lpm, Raw, TypeSpecError, parse_type, records
+from kmesh_apply.ctype import CType, Int, Lpm, Raw, TypeSpecError, parse_type, records
 from kmesh_apply.state import REPLACED_PIN, STAGING_DIR
+from kmesh_apply.wording import a, count
 
 SCHEMA_FILE = Path(__file__).with_name("config-v1.schema.json")
 RESERVED_NAMES = (STAGING_DIR, REPLACED_PIN)
@@ -44,6 +45,26 @@ TYPE_FLAGS = {
     "hash_of_maps": ACCESS_FLAGS | {"no_prealloc"},
 }
 MAX_PROBLEMS_PER_MAP = 20
+# An object key of a JSON config that spells a decimal integer is that integer where the key type is numeric.
+_DECIMAL = re.compile(r"-?[0-9]+").fullmatch
+_DECIMAL_CHARS = re.compile(r"[-0-9\n]*").fullmatch
+
+
+def _numeric(key: CType) -> bool:
+    """Whether the key type takes integers: u8..i64, be16..be64, and key_size 1, 2, 4 or 8."""
+    return isinstance(key, Int) or (isinstance(key, Raw) and key.size in (1, 2, 4, 8))
+
+
+def _integers(keys: list[Any]) -> list[Any]:
+    """Each key that spells a decimal integer as that integer; the others as they are. The usual JSON
+    map, all decimal text, takes one int() per key after one regex over them all has ruled out what
+    int() alone would also take (' 3', '+3', '3_0'): 1 us a key less than matching each."""
+    try:
+        if _DECIMAL_CHARS("\n".join(keys)):
+            return list(map(int, keys))
+    except (TypeError, ValueError):  # a key that is not text (a mapping handed over), or '3-', '', '--1'
+        pass
+    return [int(k) if isinstance(k, str) and _DECIMAL(k) else k for k in keys]
 
 
 @cache
@@ -176,11 +197,12 @@ class _MapChecker:
         flags = tuple(sorted(self.raw.get("flags") or ()))
         bad = [f for f in flags if f not in TYPE_FLAGS.get(type_, ())]
         if bad:
-            self.problem(f"flag(s) {', '.join(bad)} not valid for a {type_} map: expected some of "
+            which = f"flag {bad[0]} is" if len(bad) == 1 else f"flags {', '.join(bad)} are"
+            self.problem(f"{which} not valid for {a(type_)} map: expected some of "
                          f"{', '.join(sorted(TYPE_FLAGS.get(type_, ())))}", "flags")
         return flags
 
-    def columns(self) -> tuple[list[Any], list[Any], Callable[[int], tuple[Any, ...]]]:
+    def columns(self, key: CType) -> tuple[list[Any], list[Any], Callable[[int], tuple[Any, ...]]]:
         """Entries as a key column, a value column and where entry i was written, whether given
         as a mapping or as a list of {key, value} (columns, not rows: a million tuples cost seconds)."""
         entries = self.raw.get("entries")
@@ -190,6 +212,8 @@ class _MapChecker:
             del self.raw["entries"]  # the columns hold what is needed: a million entries' table is 40 MB
         if isinstance(entries, dict):
             keys = list(entries)
+            if self.src.text_keys and _numeric(key):
+                keys = _integers(keys)
             return keys, list(entries.values()), lambda i: ("entries", keys[i])
         keys, values, where = [], [], []
         for i, item in enumerate(entries):
@@ -264,7 +288,7 @@ def check_inner(src: Source, name: str, raw: dict[str, Any], problems: list[Prob
     flags = c.flags(type_)
     max_entries = raw["max_entries"]
     if type_ in ARRAY_TYPES and key is not None and key.size != 4:
-        c.problem(f"an {type_} map's key is a 4-byte index (u32), got {key.size} bytes", "key")
+        c.problem(f"{a(type_)} map's key is a 4-byte index (u32), got {count(key.size, 'byte')}", "key")
     if type_ == "lpm_trie":
         if "no_prealloc" not in flags:
             c.problem("an lpm_trie needs flags: [no_prealloc] (the kernel refuses it otherwise)", "type")
@@ -275,7 +299,7 @@ def check_inner(src: Source, name: str, raw: dict[str, Any], problems: list[Prob
     if cached is not None:
         return InnerMapSpec(name, type_, key, value, max_entries, flags, cached, Location(src.file, 0),
                             raw.get("update", "swap"))
-    keys, values, path = c.columns()
+    keys, values, path = c.columns(key)
     if len(problems) > before:
         return None
     if len(keys) > max_entries:
@@ -305,7 +329,7 @@ def check_outer(src: Source, name: str, raw: dict[str, Any], problems: list[Prob
     flags = c.flags(type_)
     max_entries = raw["max_entries"]
     if type_ == "array_of_maps" and key is not None and key.size != 4:
-        c.problem(f"an array_of_maps key is a 4-byte index (u32), got {key.size} bytes", "key")
+        c.problem(f"an array_of_maps key is a 4-byte index (u32), got {count(key.size, 'byte')}", "key")
     template_name = raw["inner_map"]
     template = inner.get(template_name)
     if template is None:
@@ -313,7 +337,7 @@ def check_outer(src: Source, name: str, raw: dict[str, Any], problems: list[Prob
             c.problem(f"inner_map '{template_name}' is an outer map: an outer map cannot be an inner map", "inner_map")
         elif template_name not in inner_raw:
             c.problem(f"inner_map '{template_name}' is not defined under inner_maps", "inner_map")
-    keys, values, path = c.columns()
+    keys, values, path = c.columns(key) if key is not None else ([], [], lambda i: ("entries",))
     if len(keys) > max_entries:
         c.problem(f"{len(keys)} slots do not fit max_entries {max_entries}", "entries")
     if len(problems) > before or key is None or template is None:

@@ -24,7 +24,7 @@ import threading
 
 from kmesh_apply.ctype import Addr, Array, Bytes, Chars, CType, Int, Lpm, Raw, Struct
 from kmesh_apply.errors import KernelError
-from kmesh_apply.kernel.maps import fail
+from kmesh_apply.kernel.failure import fail
 from kmesh_apply.kernel import libbpf as L
 
 BTF_KIND_INT, BTF_KIND_ARRAY, BTF_KIND_STRUCT = 1, 3, 4

@@ -22,6 +22,7 @@ from typing import Iterable, Sequence
 from kmesh_apply.ctype import CType, records
 from kmesh_apply.errors import KernelError, KmeshError
 from kmesh_apply.kernel import libbpf as L
+from kmesh_apply.kernel.failure import ENOTSUPP, HINTS, fail
 
 MAP_TYPES: dict[str, int] = {
     "hash": 1, "array": 2, "percpu_hash": 5, "percpu_array": 6, "lru_hash": 9,
@@ -37,7 +38,6 @@ PERCPU_TYPES = frozenset({"percpu_hash", "percpu_array", "lru_percpu_hash"})
 OUTER_TYPES = frozenset({"array_of_maps", "hash_of_maps"})
 # Array-like maps: every index exists, a slot's template also fixes max_entries.
 ARRAY_TYPES = frozenset({"array", "percpu_array", "array_of_maps"})
-ENOTSUPP = 524  # kernel-internal "operation not supported", returned by bpf() as is
 UNSUPPORTED = (ENOTSUPP, E.EOPNOTSUPP)
 UPDATE_ANY, UPDATE_NOEXIST, UPDATE_EXIST = 0, 1, 2
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.]{0,15}$")
@@ -120,20 +120,6 @@ def incompatibility(template: MapInfo, inner: MapInfo) -> list[str]:
             "unless the template has flag inner_map)"
         )
     return diffs
-
-
-_HINTS = {
-    E.EPERM: "run as root (CAP_BPF and CAP_SYS_ADMIN), and check the memlock limit (ulimit -l)",
-    E.EACCES: "run as root (CAP_BPF and CAP_SYS_ADMIN); the map may also be read-only",
-    E.E2BIG: "the map is full (max_entries reached) or the index is beyond max_entries",
-    ENOTSUPP: "this map type does not support the operation",
-    E.EOPNOTSUPP: "this map type does not support the operation",
-}
-
-
-def fail(op: str, target: str, err: int, hint: str = "") -> KernelError:
-    """The KernelError for a failed call, with the generic hint for errno when none is given."""
-    return KernelError(op, target, err, hint or _HINTS.get(err, ""))
 
 
 def _fd_kind(fd: int) -> str:
@@ -463,7 +449,7 @@ class Map:
     def _batch_failure(self, op: str, err: int, keys: bytes, done: int, count: int, hint: str = "") -> BatchError:
         ks = self.info.key_size
         where = f"{self.label} entry {done + 1} of {count} (key {keys[done * ks:(done + 1) * ks].hex()}; {done} done)"
-        return BatchError(op, where, err, hint or _HINTS.get(err, ""), done)
+        return BatchError(op, where, err, hint or HINTS.get(err, ""), done)
 
     def _update_hint(self, err: int, flags: int) -> str:
         if err == E.EEXIST and flags == UPDATE_NOEXIST:

@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 from kmesh_apply.config.model import PERCPU_TYPES
 from kmesh_apply.plan.model import MapChange, MapDef, Plan
+from kmesh_apply.wording import count
 
 SYMBOL = {"create": "+", "update": "~", "replace": "-/+", "destroy": "-", "recover": "*"}
 VERB = {
@@ -82,7 +83,8 @@ def render_text(plan: Plan, color: bool = False) -> str:
         budget -= len(shown)
         out += [_paint(line[0], f"      {line}", color) for line in shown]
         if folded:
-            out.append(f"        ... and {folded} more entry changes" if shown else f"      ({folded} entry changes)")
+            out.append(f"        ... and {count(folded, 'more entry change')}" if shown
+                       else f"      ({count(folded, 'entry change')})")
         out.append("")
     for w in plan.warnings:
         out.append(f"Warning: {w}")

@@ -1,0 +1,13 @@
+"""How messages count things: "1 inner map", "2 inner maps", "1 entry", "0 entries"."""
+
+from __future__ import annotations
+
+
+def count(n: int, noun: str, plural: str = "") -> str:
+    """`n` and the noun in the number it takes (`plural` for nouns that do not just add an s)."""
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"
+
+
+def a(word: str) -> str:
+    """The word with its indefinite article, as it is read aloud ("an array", "an lru_hash", "a hash")."""
+    return f"{'an' if word[:1] in tuple('aeiou') or word.startswith(('lru', 'lpm')) else 'a'} {word}"
