@@ -226,3 +226,17 @@ def test_saved_plan_for_another_pin_root_is_refused(pin_root: Path, tmp_path: Pa
     assert res.returncode == 1 and "the saved plan is for pin root" in res.stderr
     kmesh_apply("apply", str(saved), root=pin_root)
     kmesh_apply("plan", str(MESH), "--detailed-exitcode", root=pin_root)
+
+
+def test_more_maps_than_the_soft_fd_limit(pin_root: Path, tmp_path: Path):
+    """An apply holds one fd per map it touches; a soft limit below the map count (systemd's 1,024 against
+    Kmesh's 5,000 maps) must not make it fail: the CLI takes the hard limit."""
+    from test_safety import big_config
+
+    cfg = tmp_path / "big.yaml"
+    cfg.write_text(big_config(300, 2, 1))
+    exe = Path(sys.executable).parent / "kmesh-apply"
+    res = subprocess.run(["bash", "-c", f"ulimit -Sn 128 && exec {exe} apply {cfg} --pin-root {pin_root} --auto-approve"],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert "301 created" in res.stdout
