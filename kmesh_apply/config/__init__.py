@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from kmesh_apply.config.loader import INLINE, Source, config_files, parse_text, read_source, resolve
 from kmesh_apply.config.model import Config
+from kmesh_apply.entries import Entries
 from kmesh_apply.errors import ConfigError, Diagnostic, KmeshError
 
 if TYPE_CHECKING:
@@ -81,9 +82,9 @@ def _store(cache: Cache, sources: list[Source], config: Config) -> None:
             spec = config.inner_maps.get(name)
             if name in src.reused:
                 maps[digest] = src.reused[name]
-            elif spec is not None:
+            elif spec is not None and isinstance(spec.entries, Entries):  # as check_inner packs them
                 definition = {k: v for k, v in src.data["inner_maps"][name].items() if k != "entries"}
-                maps[digest] = (definition, spec.entries)
+                maps[digest] = (definition, spec.entries.payload())
         cache.save(src.file, maps, src.layout)
 
 

@@ -30,7 +30,7 @@ from typing import Any, Iterable
 
 from kmesh_apply.config.chunks import Chunk
 
-CACHE_FORMAT = 3
+CACHE_FORMAT = 4
 KEEP_PACKS = 4
 KEEP_SHAPES = 256
 SHAPES_FILE = "schema-shapes"
@@ -38,8 +38,9 @@ SHAPES_FILE = "schema-shapes"
 MIN_FILE_BYTES = 256 * 1024
 OFF = "off"
 
-# What a cached inner map carries: its definition without entries, and the encoded entries.
-Payload = tuple[dict[str, Any], dict[bytes, bytes]]
+# What a cached inner map carries: its definition without entries, and the encoded entries
+# as `Entries` takes them: (key size, value size, packed keys, packed values).
+Payload = tuple[dict[str, Any], tuple[int, int, bytes, bytes]]
 # A file's cut, kept in its pack so that an unchanged file is not cut and hashed again: the
 # digest of the whole file, its chunks as (section, name, start, end), each inner map's digest.
 Layout = tuple[bytes, list[tuple[str, str, int, int]], dict[str, bytes]]

@@ -15,11 +15,13 @@ through a slot sees either the whole old inner map or the whole new one.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from itertools import compress
 from operator import ne
 from typing import Any
 
 from kmesh_apply.config.model import ARRAY_TYPES, Config, InnerMapSpec, OuterMapSpec
+from kmesh_apply.entries import Entries, value_lookup
 from kmesh_apply.plan.model import CreateMap, MapChange, MapDef, MovePin, Plan, RemovePin, SetSlots, Step, WriteEntries
 from kmesh_apply.state import STAGING_DIR, LiveMap, LiveState
 
@@ -62,25 +64,38 @@ def template_mismatch(template: MapDef, inner: LiveMap) -> list[str]:
     return [f"{p} {getattr(inner, p)} -> {getattr(template, p)}" for p in props if getattr(inner, p) != getattr(template, p)]
 
 
-def entry_diff(desired: dict[bytes, Any], live: dict[bytes, Any], is_array: bool) -> tuple[dict[bytes, Any], list[bytes]]:
+def entry_diff(desired: Mapping[bytes, Any], live: Mapping[bytes, Any], is_array: bool) -> tuple[dict[bytes, Any], list[bytes]]:
     """Entries (values, or for outer maps the inner map in a slot) to put and keys to delete.
     Array slots cannot be deleted: unnamed ones are zeroed instead."""
-    if desired == live:  # the common case, compared in C
-        return {}, []
+    return _diff(desired, live, is_array)[:2]
+
+
+def _diff(desired: Mapping[bytes, Any], live: Mapping[bytes, Any],
+          is_array: bool) -> tuple[dict[bytes, Any], list[bytes], Mapping[bytes, Any]]:
+    """`entry_diff`, and the live entries as something to look keys up in (for `describe_entries`)."""
+    if isinstance(desired, Entries) and isinstance(live, Entries):
+        if desired.keys_buffer == live.keys_buffer and desired.values_buffer == live.values_buffer:
+            return {}, [], live  # the same records in the same order: one memcmp
+    elif desired == live:  # the common case, compared in C
+        return {}, [], live
+    have = value_lookup(live)
     # Compared in C (map/compress), in the config's order: a million entries in 0.18 s, not 0.27 s.
-    put = {k: desired[k] for k in compress(desired, map(ne, map(live.get, desired), desired.values()))}
-    shared = len(desired) - sum(1 for k in put if k not in live)
-    gone = [k for k in live if k not in desired] if len(live) > shared else []  # else every live key is desired
+    put = dict(compress(desired.items(), map(ne, map(have.get, desired), desired.values())))
+    shared = len(desired) - sum(1 for k in put if k not in have)
+    gone: list[bytes] = []
+    if len(have) > shared:  # else every live key is desired
+        wanted = desired if isinstance(desired, dict) else set(desired)
+        gone = [k for k in have if k not in wanted]
     if is_array:
         for k in gone:
-            v = live[k]
+            v = have[k]
             if v.count(0) != len(v):
                 put[k] = bytes(len(v))
-        return put, []
-    return put, gone
+        return put, [], have
+    return put, gone, have
 
 
-def describe_entries(change: MapChange, put: dict[bytes, Any], delete: list[bytes], live: dict[bytes, Any]) -> None:
+def describe_entries(change: MapChange, put: dict[bytes, Any], delete: list[bytes], live: Mapping[bytes, Any]) -> None:
     for k, v in put.items():
         old = live.get(k)
         if old is None:
@@ -153,16 +168,16 @@ class _Planner:
         if reasons:
             self._build_aside(spec, want)
             change = MapChange(spec.name, "replace", "inner", want, reasons)
-            describe_entries(change, *entry_diff(spec.entries, have.entries, want.type in ARRAY_TYPES), have.entries)
+            describe_entries(change, *_diff(spec.entries, have.entries, want.type in ARRAY_TYPES))
             self.result.changes.append(change)
             return
         self.instance[spec.name] = spec.name
-        put, delete = entry_diff(spec.entries, have.entries, want.type in ARRAY_TYPES)
+        put, delete, have_entries = _diff(spec.entries, have.entries, want.type in ARRAY_TYPES)
         if not put and not delete:
             return
         swap = spec.update == "swap" and have.id in self.slot_held and len(put) + len(delete) > 1
         change = MapChange(spec.name, "update", "inner", want, swap=swap)
-        describe_entries(change, put, delete, have.entries)
+        describe_entries(change, put, delete, have_entries)
         self.result.changes.append(change)
         if swap:
             self._build_aside(spec, want)
@@ -171,6 +186,7 @@ class _Planner:
 
     def _fill(self, spec: InnerMapSpec, pin: str) -> list[Step]:
         """A fresh map holds zeroes (arrays) or nothing: write only the entries that differ from that."""
+        entries: Mapping[bytes, bytes]
         if spec.type in ARRAY_TYPES:
             entries = {k: v for k, v in spec.entries.items() if v.count(0) != len(v)}
         else:

@@ -1,0 +1,163 @@
+"""A map's entries as batch syscalls take and return them: keys and values packed in two buffers.
+
+Why: a map can hold millions of entries, and a dict of bytes -> bytes costs about 100 bytes
+of Python objects per entry (B's million 12-byte entries took 440 MB). Here the config
+encodes into the buffers, the reader copies batch lookups into them, the executor hands
+them to the kernel as they are, and the planner compares them; an index from key to
+position is built only when someone asks for one entry by key.
+
+`Entries` is a `MutableMapping[bytes, bytes]`, so code that only reads or writes a few
+entries (show, render, the synchroniser's cache) treats it as a dict. Order is insertion
+order, as for a dict; deleting an entry moves the last one into its place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import ItemsView, Iterator, Mapping, MutableMapping, ValuesView
+from itertools import compress, islice
+from operator import ne
+from typing import Any
+
+from kmesh_apply.ctype import records
+
+
+class Entries(MutableMapping[bytes, bytes]):
+    """Fixed-size records: `keys` holds len(self) keys of `key_size` bytes, `values` as many values."""
+
+    __slots__ = ("key_size", "value_size", "keys_buffer", "values_buffer", "_index")
+
+    def __init__(self, key_size: int, value_size: int, keys: bytes | bytearray = b"", values: bytes | bytearray = b""):
+        if key_size <= 0 or value_size <= 0 or len(keys) % key_size or len(keys) // key_size * value_size != len(values):
+            raise ValueError(f"{len(keys)} key bytes and {len(values)} value bytes are not whole records "
+                             f"of {key_size} + {value_size} bytes")
+        self.key_size, self.value_size = key_size, value_size
+        self.keys_buffer, self.values_buffer = keys, values
+        self._index: dict[bytes, int] | None = None  # key -> position, built on the first lookup by key
+
+    @classmethod
+    def of(cls, entries: Mapping[bytes, bytes], key_size: int, value_size: int) -> Entries:
+        """Packed copies of any mapping's entries (an `Entries` of the same sizes is returned as is)."""
+        if isinstance(entries, Entries) and (entries.key_size, entries.value_size) == (key_size, value_size):
+            return entries
+        return cls(key_size, value_size, b"".join(entries.keys()), b"".join(entries.values()))
+
+    def payload(self) -> tuple[int, int, bytes, bytes]:
+        """What `Entries(*payload)` rebuilds, as plain values (marshal, for the config cache)."""
+        return self.key_size, self.value_size, bytes(self.keys_buffer), bytes(self.values_buffer)
+
+    # --- the Mapping protocol ---------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self.keys_buffer) // self.key_size
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(records(self.keys_buffer, self.key_size))
+
+    def _positions(self) -> dict[bytes, int]:
+        if self._index is None:
+            self._index = dict(zip(records(self.keys_buffer, self.key_size), range(len(self))))
+        return self._index
+
+    def __getitem__(self, key: bytes) -> bytes:
+        i = self._positions()[key]
+        vs = self.value_size
+        return bytes(self.values_buffer[i * vs:(i + 1) * vs])
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._positions()
+
+    def items(self) -> ItemsView[bytes, bytes]:
+        return _Items(self)
+
+    def values(self) -> ValuesView[bytes]:
+        return _Values(self)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Entries) and (other.key_size, other.value_size) == (self.key_size, self.value_size):
+            if self.keys_buffer == other.keys_buffer and self.values_buffer == other.values_buffer:
+                return True  # the same records in the same order: no index needed
+        if not isinstance(other, Mapping) or len(other) != len(self):
+            return False if isinstance(other, Mapping) else NotImplemented
+        return not changed_keys(self, other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        shown = "".join(f", {k.hex()}: {v.hex()}" for k, v in islice(self.items(), 3))
+        return f"Entries({len(self)} of {self.key_size}+{self.value_size} bytes{shown}{', ...' if len(self) > 3 else ''})"
+
+    # --- writes (the synchroniser's cache) ---------------------------------------------------
+
+    def _check(self, key: bytes, value: bytes | None = None) -> None:
+        if len(key) != self.key_size or (value is not None and len(value) != self.value_size):
+            raise ValueError(f"an entry here is a {self.key_size}-byte key and a {self.value_size}-byte value")
+
+    def _mutable(self) -> tuple[bytearray, bytearray]:
+        if not isinstance(self.keys_buffer, bytearray):
+            self.keys_buffer = bytearray(self.keys_buffer)
+        if not isinstance(self.values_buffer, bytearray):
+            self.values_buffer = bytearray(self.values_buffer)
+        return self.keys_buffer, self.values_buffer
+
+    def __setitem__(self, key: bytes, value: bytes) -> None:
+        self._check(key, value)
+        index = self._positions()
+        keys, values = self._mutable()
+        vs = self.value_size
+        i = index.get(key)
+        if i is None:
+            index[key] = len(self)
+            keys += key
+            values += value
+        else:
+            values[i * vs:(i + 1) * vs] = value
+
+    def __delitem__(self, key: bytes) -> None:
+        index = self._positions()
+        i = index.pop(key)
+        keys, values = self._mutable()
+        ks, vs, last = self.key_size, self.value_size, len(self) - 1
+        if i != last:  # the last record moves into the hole
+            moved = bytes(keys[last * ks:])
+            keys[i * ks:(i + 1) * ks] = moved
+            values[i * vs:(i + 1) * vs] = values[last * vs:]
+            index[moved] = i
+        del keys[last * ks:], values[last * vs:]
+
+
+class _Items(ItemsView[bytes, bytes]):
+    _mapping: Entries
+
+    def __iter__(self) -> Iterator[tuple[bytes, bytes]]:
+        m = self._mapping
+        return zip(records(m.keys_buffer, m.key_size), records(m.values_buffer, m.value_size))
+
+
+class _Values(ValuesView[bytes]):
+    _mapping: Entries
+
+    def __iter__(self) -> Iterator[bytes]:
+        m = self._mapping
+        return iter(records(m.values_buffer, m.value_size))
+
+
+def packed(entries: Mapping[bytes, bytes]) -> tuple[bytes | bytearray, bytes | bytearray]:
+    """Keys and values concatenated, as a batch update takes them (no copy for `Entries`)."""
+    if isinstance(entries, Entries):
+        return entries.keys_buffer, entries.values_buffer
+    return b"".join(entries), b"".join(entries.values())
+
+
+def value_lookup(entries: Mapping[bytes, Any]) -> Mapping[bytes, Any]:
+    """Something to look many keys up in: a plain dict built in one pass for `Entries` (cheaper
+    than its position index plus a slice per lookup), the mapping itself otherwise."""
+    if isinstance(entries, Entries):
+        return dict(entries.items())
+    return entries
+
+
+def changed_keys(desired: Mapping[bytes, Any], live: Mapping[bytes, Any]) -> list[bytes]:
+    """Keys of `desired` whose value `live` lacks or holds differently, in `desired`'s order
+    (compared in C through map/compress: a million entries in about 0.2 s)."""
+    have = value_lookup(live)
+    return list(compress(desired, map(ne, map(have.get, desired), desired.values())))
