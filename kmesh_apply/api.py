@@ -22,6 +22,7 @@ from kmesh_apply.plan.model import Plan, Step
 from kmesh_apply.plan.planner import destroy_plan, make_plan
 from kmesh_apply.plan.render import render_json, render_text
 from kmesh_apply.reader import read_live
+from kmesh_apply.state import LiveState
 from kmesh_apply.show import show_document
 
 __all__ = ["Config", "Plan", "ApplyReport", "resolve_pin_root", "load_config", "plan", "plan_destroy", "apply",
@@ -32,7 +33,19 @@ DEFAULT_LOCK_TIMEOUT = 10.0
 
 def plan(config: Config, pin_root: str) -> Plan:
     """What `apply` would do to make `pin_root` match `config` (no lock: plans are read-only)."""
-    return make_plan(config, read_live(pin_root))
+    return _plan(config, read_live(pin_root))
+
+
+def _plan(config: Config, live: LiveState) -> Plan:
+    """make_plan, remembering in the config cache which large maps it found equal to their config,
+    so that the next plan of the same entries compares two fingerprints instead of every entry."""
+    from kmesh_apply.config.cache import Cache
+
+    cache = Cache.open()
+    p = make_plan(config, live, cache.known_equal() if cache is not None else frozenset())
+    if cache is not None and p.verified:
+        cache.save_equal(p.verified)
+    return p
 
 
 def plan_destroy(pin_root: str) -> Plan:
@@ -57,7 +70,7 @@ def converge(config: Config | None, pin_root: str, *, confirm: Callable[[Plan], 
     """Plan and apply under one lock (config None: destroy). `confirm` sees the plan; False applies nothing."""
     with PinRootLock(pin_root, lock_timeout):
         live = read_live(pin_root)
-        p = make_plan(config, live) if config is not None else destroy_plan(live)
+        p = _plan(config, live) if config is not None else destroy_plan(live)
         if not p.has_changes or not confirm(p):
             return p, None
         return p, Executor(pin_root, on_step).run(p)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 from kmesh_apply.config.loader import INLINE, Source, config_files, parse_text, read_source, resolve
 from kmesh_apply.config.model import Config
 from kmesh_apply.entries import Entries
-from kmesh_apply.errors import ConfigError, Diagnostic, KmeshError
+from kmesh_apply.errors import ConfigError, Diagnostic
 
 if TYPE_CHECKING:
     from kmesh_apply.config.cache import Cache
@@ -27,6 +27,7 @@ def load_config(paths: Sequence[str | os.PathLike] = (), *, inline: str | Mappin
                 use_cache: bool = True) -> Config:
     """Files (or directories of them) or inline YAML, validated and encoded. Large files reuse the
     maps whose text is unchanged since an earlier load (config.cache); `use_cache=False` parses all."""
+    from kmesh_apply.config.cache import Cache
     from kmesh_apply.config.validate import build_config
 
     diagnostics: list[Diagnostic] = []
@@ -44,7 +45,7 @@ def load_config(paths: Sequence[str | os.PathLike] = (), *, inline: str | Mappin
         files, diagnostics = config_files(paths)
         if not files and not diagnostics:
             diagnostics.append(Diagnostic("no configuration given: name files or directories"))
-        cache = _open_cache() if use_cache else None
+        cache = Cache.open() if use_cache else None
         for f in files:
             parsed = read_source(f, cache)
             (sources if isinstance(parsed, Source) else diagnostics).append(parsed)  # type: ignore[arg-type]
@@ -58,16 +59,6 @@ def load_config(paths: Sequence[str | os.PathLike] = (), *, inline: str | Mappin
         _store(cache, sources, config)
         cache.save_shapes(shapes)
     return config
-
-
-def _open_cache() -> Cache | None:
-    from kmesh_apply.config.cache import Cache
-    from kmesh_apply.kernel.maps import possible_cpus
-
-    try:
-        return Cache.open(possible_cpus())
-    except (OSError, KmeshError):
-        return None  # no CPU count or unreadable sources: work without the cache
 
 
 def _store(cache: Cache, sources: list[Source], config: Config) -> None:

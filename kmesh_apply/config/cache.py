@@ -29,11 +29,15 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from kmesh_apply.config.chunks import Chunk
+from kmesh_apply.errors import KmeshError
 
 CACHE_FORMAT = 4
 KEEP_PACKS = 4
 KEEP_SHAPES = 256
 SHAPES_FILE = "schema-shapes"
+# Pairs of (desired, live) entry fingerprints a plan found equal (see planner.make_plan).
+EQUAL_FILE = "equal-entries"
+KEEP_EQUAL = 256
 # Smaller files parse faster than a pack loads.
 MIN_FILE_BYTES = 256 * 1024
 OFF = "off"
@@ -97,13 +101,23 @@ class Cache:
         self.salt = _salt(ncpus)
         self.min_bytes = MIN_FILE_BYTES
         self._shapes: list[bytes] = []  # as read, oldest first
+        self._equal: list[tuple[bytes, bytes]] = []  # as read, oldest first
 
     @classmethod
-    def open(cls, ncpus: int) -> Cache | None:
+    def open(cls, ncpus: int | None = None) -> Cache | None:
+        """The cache of this user and host (`ncpus`: the possible CPUs, asked of the kernel when
+        not given); None when it is off, or the CPU count or the sources cannot be read."""
         root = cache_dir()
         if root is None:
             return None
-        return cls(root, ncpus)
+        try:
+            if ncpus is None:
+                from kmesh_apply.kernel.maps import possible_cpus
+
+                ncpus = possible_cpus()
+            return cls(root, ncpus)
+        except (OSError, KmeshError):
+            return None
 
     def digest(self, chunk: Chunk, text: bytes | memoryview) -> bytes:
         """A map's cache key: its section and exact text (UTF-8), salted with what else its outcome depends on
@@ -165,6 +179,18 @@ class Cache:
         new = sorted(shapes.difference(self._shapes))
         if new:
             self._write(self.root / SHAPES_FILE, (self._shapes + new)[-KEEP_SHAPES:])
+
+    def known_equal(self) -> set[tuple[bytes, bytes]]:
+        """Fingerprint pairs of large maps' entries found equal by earlier plans."""
+        pairs = self._read(self.root / EQUAL_FILE) if self._usable() else None
+        self._equal = pairs if isinstance(pairs, list) else []
+        return {tuple(p) for p in self._equal if isinstance(p, tuple) and len(p) == 2}  # type: ignore[misc]
+
+    def save_equal(self, pairs: set[tuple[bytes, bytes]]) -> None:
+        """Add the pairs not known at `known_equal`; the newest KEEP_EQUAL stay."""
+        new = sorted(pairs.difference(self._equal))
+        if new:
+            self._write(self.root / EQUAL_FILE, (self._equal + new)[-KEEP_EQUAL:])
 
     def _read(self, path: Path) -> Any:
         """A blob's content, or None when it is missing, unreadable or from another salt."""

@@ -138,6 +138,8 @@ class Plan:
     # What the plan was made from: the live state itself while in memory, its digests once saved.
     base: LiveState | None = field(default=None, repr=False, compare=False)
     saved_fingerprint: dict[str, str] = field(default_factory=dict, repr=False)
+    # Fingerprints of (desired, live) entries of large maps this plan found equal, to be remembered.
+    verified: set[tuple[bytes, bytes]] = field(default_factory=set, repr=False, compare=False)
 
     def fingerprint(self) -> dict[str, str]:
         return self.base.fingerprint() if self.base is not None else self.saved_fingerprint
