@@ -24,7 +24,7 @@ from kmesh_apply.ctype import records
 class Entries(MutableMapping[bytes, bytes]):
     """Fixed-size records: `keys` holds len(self) keys of `key_size` bytes, `values` as many values."""
 
-    __slots__ = ("key_size", "value_size", "keys_buffer", "values_buffer", "_index")
+    __slots__ = ("key_size", "value_size", "keys_buffer", "values_buffer", "_index", "base")
 
     def __init__(self, key_size: int, value_size: int, keys: bytes | bytearray = b"", values: bytes | bytearray = b""):
         if key_size <= 0 or value_size <= 0 or len(keys) % key_size or len(keys) // key_size * value_size != len(values):
@@ -33,6 +33,9 @@ class Entries(MutableMapping[bytes, bytes]):
         self.key_size, self.value_size = key_size, value_size
         self.keys_buffer, self.values_buffer = keys, values
         self._index: dict[bytes, int] | None = None  # key -> position, built on the first lookup by key
+        # What these entries are relative to other entries (config.blocks): the other entries'
+        # fingerprint, the records added here and the records taken out; None once written to.
+        self.base: tuple[bytes, Entries, Entries] | None = None
 
     @classmethod
     def of(cls, entries: Mapping[bytes, bytes], key_size: int, value_size: int) -> Entries:
@@ -125,6 +128,7 @@ class Entries(MutableMapping[bytes, bytes]):
     def __setitem__(self, key: bytes, value: bytes) -> None:
         key, value = bytes(key), bytes(value)
         self._check(key, value)
+        self.base = None
         index = self._positions()
         keys, values = self._mutable()
         vs = self.value_size
@@ -138,6 +142,7 @@ class Entries(MutableMapping[bytes, bytes]):
 
     def __delitem__(self, key: bytes) -> None:
         index = self._positions()
+        self.base = None
         i = index.pop(key)
         keys, values = self._mutable()
         ks, vs, last = self.key_size, self.value_size, len(self) - 1

@@ -144,3 +144,26 @@ def test_a_remembered_comparison_is_not_made_again() -> None:
     assert not make_plan(cfg, live, first.verified).verified  # known: not compared again
     live.maps["m"].entries[(0).to_bytes(4, "little")] = b"\xff" * 8  # changed since: compared, found different
     assert make_plan(cfg, live, first.verified).has_changes
+
+
+def test_entries_made_from_known_entries_are_compared_by_what_changed() -> None:
+    n = REMEMBER_FROM_ENTRIES
+    before = packed({i.to_bytes(4, "little"): (i * 7).to_bytes(8, "little") for i in range(n)}, 4, 8)
+    after = dict(before.items())
+    after[(3).to_bytes(4, "little")] = b"\x01" * 8  # changed
+    del after[(4).to_bytes(4, "little")]  # removed
+    after[(n + 1).to_bytes(4, "little")] = b"\x02" * 8  # added
+    desired = packed(after, 4, 8)
+    desired.base = (before.fingerprint(),
+                    packed({k: after[k] for k in ((3).to_bytes(4, "little"), (n + 1).to_bytes(4, "little"))}, 4, 8),
+                    packed({k: before[k] for k in ((3).to_bytes(4, "little"), (4).to_bytes(4, "little"))}, 4, 8))
+    live_entries = packed(dict(reversed(list(before.items()))), 4, 8)
+    cfg = Config()
+    cfg.inner_maps["m"] = InnerMapSpec("m", "hash", Raw(4), Raw(8), 2 * n, (), desired, LOC)
+    live = LiveState("/r", {"m": LiveMap("m", 1, "hash", 4, 8, 2 * n, (), None, None, live_entries)})
+    full = make_plan(cfg, live)
+    known = {(before.fingerprint(), live_entries.fingerprint())}
+    assert comparable(make_plan(cfg, live, known)) == comparable(full)
+    assert [len(full.changes[0].added), len(full.changes[0].changed), len(full.changes[0].removed)] == [1, 1, 1]
+    desired[(9).to_bytes(4, "little")] = b"\x03" * 8  # written to: no longer relative to `before`
+    assert desired.base is None

@@ -46,8 +46,9 @@ OFF = "off"
 # as `Entries` takes them: (key size, value size, packed keys, packed values).
 Payload = tuple[dict[str, Any], tuple[int, int, bytes, bytes]]
 # A file's cut, kept in its pack so that an unchanged file is not cut and hashed again: the
-# digest of the whole file, its chunks as (section, name, start, end), each inner map's digest.
-Layout = tuple[bytes, list[tuple[str, str, int, int]], dict[str, bytes]]
+# digest of the whole file, its chunks as (section, name, start, end), each inner map's digest,
+# and the blocks of the inner maps whose entries are cut into blocks (config.blocks).
+Layout = tuple[bytes, list[tuple[str, str, int, int]], dict[str, bytes], dict[str, list[tuple[bytes, int]]]]
 
 
 @dataclass
@@ -83,11 +84,11 @@ def _salt(ncpus: int) -> bytes:
     """Anything besides a chunk's text that its outcome depends on: the code that checks and
     encodes it (its source, so an upgrade or a local edit never reuses stale bytes) and the CPU count."""
     import kmesh_apply.config as config
-    from kmesh_apply import ctype
-    from kmesh_apply.config import chunks, codecs, loader, model, validate
+    from kmesh_apply import ctype, entries
+    from kmesh_apply.config import blocks, chunks, codecs, loader, model, validate
 
     h = hashlib.sha256(f"{CACHE_FORMAT}\0{ncpus}\0".encode())
-    for module in (ctype, config, chunks, codecs, loader, model, validate):
+    for module in (ctype, entries, config, blocks, chunks, codecs, loader, model, validate):
         h.update(Path(module.__file__ or "").read_bytes())
     h.update(validate.SCHEMA_FILE.read_bytes())
     return h.digest()

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from kmesh_apply.config import codecs
+from kmesh_apply.config.blocks import BlocksRefused, Partial
 from kmesh_apply.config.loader import Problem, Source
 from kmesh_apply.config.model import (
     ARRAY_TYPES,
@@ -265,8 +266,9 @@ class _MapChecker:
 
 
 def check_inner(src: Source, name: str, raw: dict[str, Any], problems: list[Problem], ncpus: Callable[[], int],
-                cached: Entries | None = None) -> InnerMapSpec | None:
-    """An inner map from its definition; `cached` holds its entries already encoded (see config.cache)."""
+                cached: Entries | None = None, partial: Partial | None = None) -> InnerMapSpec | None:
+    """An inner map from its definition; `cached` holds its entries already encoded (see config.cache),
+    `partial` assembles them from blocks (config.blocks; raises BlocksRefused when it cannot)."""
     c = _MapChecker(src, "inner_maps", name, raw, problems)
     before = len(problems)
     type_ = raw["type"]
@@ -282,6 +284,10 @@ def check_inner(src: Source, name: str, raw: dict[str, Any], problems: list[Prob
             c.problem("an lpm_trie key is {lpm: ipv4} or {lpm: ipv6} (or key_size: N for raw bytes)", "key")
     if len(problems) > before or key is None or value is None:
         return None
+    if partial is not None and cached is None:
+        if type_ in ARRAY_TYPES or type_ in PERCPU_TYPES:
+            raise BlocksRefused  # index ranges and per-CPU forms are checked by the full parse
+        cached = partial.assemble(key, value, max_entries)
     if cached is not None:
         return InnerMapSpec(name, type_, key, value, max_entries, flags, cached, Location(src.file, 0),
                             raw.get("update", "swap"))
@@ -405,7 +411,8 @@ def build_config(sources: list[Source], problems: list[Problem], known_valid: se
     outer_names = {n for _, n, _ in outer_raw}
     for src, name, raw in inner_raw:
         reused = src.reused.get(name)
-        inner_spec = check_inner(src, name, raw, problems, possible_cpus, Entries(*reused[1]) if reused else None)
+        inner_spec = check_inner(src, name, raw, problems, possible_cpus, Entries(*reused[1]) if reused else None,
+                                 src.partial.get(name))
         if inner_spec is not None:
             cfg.inner_maps[name] = inner_spec
     for src, name, raw in outer_raw:

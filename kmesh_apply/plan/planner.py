@@ -198,10 +198,16 @@ class _Planner:
     def _entries(self, desired: Mapping[bytes, Any], live: Mapping[bytes, Any],
                  is_array: bool) -> tuple[dict[bytes, Any], list[bytes], Mapping[bytes, Any]]:
         """`_diff`, skipped for a pair of large maps already found equal: their fingerprints (one
-        hash of the packed buffers each) are in `known_equal`; a pair found equal is added to the plan's."""
+        hash of the packed buffers each) are in `known_equal`; a pair found equal is added to the plan's.
+        Entries assembled from blocks whose previous version is known equal to the live map are
+        compared by their changed blocks only."""
         if not (isinstance(desired, Entries) and isinstance(live, Entries) and len(desired) >= REMEMBER_FROM_ENTRIES):
             return _diff(desired, live, is_array)
-        pair = (desired.fingerprint(), live.fingerprint())
+        live_print = live.fingerprint()
+        if desired.base is not None and (desired.base[0], live_print) in self.known_equal:
+            # The live map equals the entries these were made from: only the blocks that changed differ.
+            return _diff(desired.base[1], desired.base[2], is_array)
+        pair = (desired.fingerprint(), live_print)
         if pair in self.known_equal:
             return {}, [], live
         put, delete, have = _diff(desired, live, is_array)
