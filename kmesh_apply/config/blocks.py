@@ -89,7 +89,8 @@ def block_digests(salt: bytes, data: bytes, chunk: Chunk, body: int) -> list[tup
 @dataclass
 class Partial:
     """A changed map assembled from blocks: its previous entries and blocks, and its new blocks
-    as (digest, text); the new blocks' entry counts are filled in by `assemble`."""
+    as (digest, text), the text empty for a block the previous version holds; the new blocks'
+    entry counts are filled in by `assemble`."""
 
     previous: tuple[int, int, bytes, bytes]
     previous_blocks: BlockList
