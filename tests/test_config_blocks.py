@@ -139,3 +139,13 @@ def test_a_type_change_parses_every_block(tmp_path: Path, parsed_blocks: list[st
     cfg = load_both(write(path, lines, value="u32"))
     assert cfg.inner_maps["big"].entries[(5).to_bytes(4, "little")] == (5).to_bytes(4, "little")
     assert not parsed_blocks  # a new definition: no block is known under it, the map is parsed whole
+
+
+def test_a_changed_copy_reuses_the_blocks_of_the_original(tmp_path: Path, parsed_blocks: list[str]) -> None:
+    """A config written to a new path each run (a template, a CI checkout) finds the newest pack's blocks."""
+    lines = lines_of()
+    load_config([write(tmp_path / "c.yaml", lines)])
+    parsed_blocks.clear()
+    lines[7] = lines[7].split(":")[0] + ": 8\n"
+    load_both(write(tmp_path / "d.yaml", lines))
+    assert parsed_blocks and lines[7] in parsed_blocks[0] and len(parsed_blocks) <= 2  # one block (+ none for the check)

@@ -56,7 +56,9 @@ class Pack:
     """One pack as read: its maps stay encoded until some map is looked up with a hit, since a file
     whose maps all changed would otherwise decode them for nothing (0.3 s for a million entries)."""
 
-    layout: Layout | None = None  # only from the file's own pack
+    # How the pack's file was cut: for this very file (same bytes), or for the previous version of
+    # its maps (config.blocks), which is sound for a copy of a config too (blocks go by digest).
+    layout: Layout | None = None
     digests: frozenset[bytes] = frozenset()
     blob: bytes = b""  # marshal of {digest: Payload}
 
@@ -149,18 +151,18 @@ class Cache:
         if not self._usable():
             return Pack()
         own = self._pack_path(file)
-        pack = self._read_pack(own, own=True)
+        pack = self._read_pack(own)
         if pack is None:  # none of its own (or a stale one): the newest other pack
             others = sorted(set(self.root.glob("*.pack")) - {own}, key=_mtime, reverse=True)
-            pack = self._read_pack(others[0], own=False) if others else None
+            pack = self._read_pack(others[0]) if others else None
         return pack or Pack()
 
-    def _read_pack(self, path: Path, own: bool) -> Pack | None:
+    def _read_pack(self, path: Path) -> Pack | None:
         content = self._read(path)
         if not (isinstance(content, tuple) and len(content) == 3 and isinstance(content[2], bytes)):
             return None
         layout, digests, blob = content
-        return Pack(layout if own else None, frozenset(digests), blob)
+        return Pack(layout, frozenset(digests), blob)
 
     def save(self, file: str, maps: dict[bytes, Payload], layout: Layout) -> None:
         """Replace `file`'s pack and drop the oldest packs beyond KEEP_PACKS."""

@@ -163,14 +163,16 @@ def _reuse(raw: bytes, file: str, cache: Cache, blocks: bool) -> _Reuse | None:
         if body is None:
             continue
         cut_blocks = block_digests(cache.salt, raw, c, body[0])
-        map_blocks[c.name] = [(d, raw.count(b"\n", s, e)) for d, s, e in cut_blocks]
         previous = payloads.get(before.get(c.name, b""))
         known = {d for d, _ in blocks_before.get(c.name, ())}
         if blocks and previous is not None and any(d in known for d, _, _ in cut_blocks):
             # Only the blocks to parse carry their text (a kept block is sliced from the previous entries).
-            partial[c.name] = Partial(previous[1], blocks_before[c.name],
-                                      [(d, b"" if d in known else raw[s:e]) for d, s, e in cut_blocks])
+            part = partial[c.name] = Partial(previous[1], blocks_before[c.name],
+                                             [(d, b"" if d in known else raw[s:e]) for d, s, e in cut_blocks])
+            map_blocks[c.name] = part.counts  # filled in as the blocks are assembled
             blank.append(Chunk(c.section, c.name, body[0], c.end))  # the definition is parsed, the entries are not
+        else:
+            map_blocks[c.name] = [(d, raw.count(b"\n", s, e)) for d, s, e in cut_blocks]
     reduced = blank_out(raw, blank).decode() if blank else None
     layout = (whole, [(c.section, c.name, c.start, c.end) for c in chunks], digests, map_blocks)
     return _Reuse(reduced, reused, partial, layout, stored and len(hit) == len(inner))
