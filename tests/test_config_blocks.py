@@ -71,6 +71,8 @@ def test_plain_entries_are_cut_into_blocks_that_insertions_barely_move(tmp_path:
     chunk = next(c for c in split(data) or [] if c.name == "big")
     body = entries_body(data, chunk)
     assert body is not None and body[1] == b"      "
+    flow = b"inner_maps:\n  m:\n    type: hash\n    entries: {" + b", ".join(b"%d: 1" % i for i in range(900)) + b"}\n"
+    assert entries_body(flow, next(iter(split(flow) or []))) is None
     bounds = cut(data, body[0], chunk.end)
     assert bounds[0][0] == body[0] and bounds[-1][1] == chunk.end and len(bounds) > 20
     assert all(data[e - 1:e] == b"\n" and e == s2 for (_, e), (s2, _) in zip(bounds, bounds[1:]))
@@ -83,15 +85,22 @@ def test_plain_entries_are_cut_into_blocks_that_insertions_barely_move(tmp_path:
 
 
 @pytest.mark.parametrize("text", [
-    "    entries:\n      1: 2\n\n      3: 4\n",          # a blank line
-    "    entries:\n      1: 2\n      # note\n      3: 4\n",  # a comment
-    "    entries:\n      1:\n        2\n",                  # a value on the next line
-    "    entries:\n      1: 2\n    update: in_place\n",     # another field after the entries
+    "      1: 2\n\n      3: 4\n",          # a blank line
+    "      1: 2\n      # note\n      3: 4\n",  # a comment
+    "      1:\n        2\n",                  # a value on the next line
+    "      1: 2\n    update: in_place\n",     # another field after the entries
 ])
-def test_only_plain_entries_are_cut(text: str) -> None:
-    data = ("inner_maps:\n  m:\n    type: hash\n" + text).encode()
-    chunk = next(c for c in split(data) or [])
-    assert entries_body(data, chunk) is None
+def test_maps_not_one_entry_a_line_keep_no_blocks(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "c.yaml"
+    plain = "".join(f"      {i}: {i}\n" for i in range(10, 400))  # enough for several blocks
+    path.write_text("inner_maps:\n  m:\n    type: hash\n    key: u32\n    value: u64\n    max_entries: 500\n"
+                    "    entries:\n" + plain + text)
+    load_config([path])
+    layout = cache_mod.Cache.open().load(str(path)).layout  # type: ignore[union-attr]
+    assert layout is not None and "m" not in layout[3]
+    path.write_text(path.read_text().replace(text, "      1: 2\n"))  # one entry a line: kept
+    load_config([path])
+    assert "m" in cache_mod.Cache.open().load(str(path)).layout[3]  # type: ignore[union-attr]
 
 
 def test_a_changed_value_parses_one_block(tmp_path: Path, parsed_blocks: list[str]) -> None:

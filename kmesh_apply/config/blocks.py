@@ -9,10 +9,11 @@ block whose text (under the same map definition) is known takes its encoded entr
 the previous version of the map, and only the other blocks are parsed.
 
 Plain enough: `entries:` is the map's last field, followed only by lines holding one
-`key: value` each at one indentation (no comments, blank lines or multi-line values).
-Anything unusual is left to the whole-chunk path; a block that does not parse, encode
-or check cleanly makes the load start again without the cache, so every error is
-reported exactly as without blocks.
+`key: value` each (no comments, blank lines or multi-line values): a map's blocks are
+stored only when its lines are as many as its entries, and a parsed block must hold as
+many entries as lines. Anything else is left to the whole-chunk path; a block that does
+not parse, encode or check cleanly makes the load start again without blocks, so every
+error is reported exactly as without them.
 """
 
 from __future__ import annotations
@@ -42,7 +43,12 @@ class BlocksRefused(Exception):
 
 
 def entries_body(data: bytes, chunk: Chunk) -> tuple[int, bytes] | None:
-    """Where a map chunk's plain entries body starts, and its indentation; None when not plain."""
+    """Where a map chunk's entries body starts, and its indentation; None when the map has no
+    `entries:` line followed by a deeper one. Whether every line holds one entry is checked per
+    block: when parsed (lines = entries), and for a whole map when its blocks are stored.
+    Maps of less than two blocks are left whole: cutting them would save nothing."""
+    if chunk.end - chunk.start < 2 * BLOCK_BYTES:
+        return None
     m = _ENTRIES_LINE.search(data, chunk.start, chunk.end)
     if m is None or not data.endswith(b"\n", chunk.start, chunk.end):
         return None
@@ -50,11 +56,6 @@ def entries_body(data: bytes, chunk: Chunk) -> tuple[int, bytes] | None:
     first = _FIRST_ENTRY.match(data, start, chunk.end)
     if first is None or len(first.group(1)) <= len(m.group(1)):
         return None
-    indent = b"\n" + first.group(1)
-    lines = data.count(b"\n", start, chunk.end)
-    at_indent = data.count(indent, start - 1, chunk.end - 1)
-    if lines != at_indent or data.count(indent + b" ", start - 1, chunk.end) or data.count(indent + b"#", start - 1, chunk.end):
-        return None  # a blank line, a comment, a deeper line, or another field after the entries
     return start, first.group(1)
 
 
