@@ -40,8 +40,10 @@ def _plan(config: Config, live: LiveState) -> Plan:
     """make_plan, remembering in the config cache which large maps it found equal to their config,
     so that the next plan of the same entries compares two fingerprints instead of every entry."""
     from kmesh_apply.config.cache import Cache
+    from kmesh_apply.plan.planner import REMEMBER_FROM_ENTRIES
 
-    cache = Cache.open()
+    large = any(len(m.entries) >= REMEMBER_FROM_ENTRIES for m in config.inner_maps.values())
+    cache = Cache.open() if large else None
     p = make_plan(config, live, cache.known_equal() if cache is not None else frozenset())
     if cache is not None and p.verified:
         cache.save_equal(p.verified)
