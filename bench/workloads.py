@@ -52,6 +52,7 @@ class Shape:
     outer: bool
     endpoint_values: bool  # K: values are {ip, port, weight} structs; else u64
     change_whole_map: bool  # K: the change rewrites all entries of one inner map (one service)
+    per_entry_competitors: bool = True  # False: no bpftool batch files (too large), so no bpftool or naive rows
 
     @property
     def entries(self) -> int:
@@ -67,6 +68,9 @@ SHAPES: dict[str, Shape] = {
     "K": Shape("K", "5,000 inner hash maps x 20 endpoints {ipv4, be16, u16} + 5,000-slot hash_of_maps",
                5000, 20, 32, True, True, True),
     "B": Shape("B", "one hash map of 1,000,000 entries (u32 -> u64)", 1, 1_000_000, 1_000_000, False, False, False),
+    # Opt-in (bench/run.py --only B10M): 380 MB of YAML, minutes per run.
+    "B10M": Shape("B10M", "one hash map of 10,000,000 entries (u32 -> u64)", 1, 10_000_000, 10_000_000, False, False,
+                  False, per_entry_competitors=False),
     "S10k": _s_like("S10k", 50, "S-like: 200 inner maps x 50 entries (10k)"),
     "S100k": _s_like("S100k", 500, "S-like: 200 inner maps x 500 entries (100k)"),
     "S1M": _s_like("S1M", 5000, "S-like: 200 inner maps x 5,000 entries (1M)"),
@@ -224,6 +228,11 @@ def _sample(data: Data, per_map: int = 5) -> dict[str, dict[str, str]]:
 
 
 OUTPUTS: tuple[str, ...] = ("config.yaml", "change.yaml", "bpftool.batch", "dump.batch", "input.bin", "meta.json")
+BPFTOOL_OUTPUTS = ("bpftool.batch", "dump.batch")
+
+
+def outputs(shape: Shape) -> tuple[str, ...]:
+    return OUTPUTS if shape.per_entry_competitors else tuple(o for o in OUTPUTS if o not in BPFTOOL_OUTPUTS)
 
 
 def _fingerprint(shape: Shape) -> str:
@@ -239,7 +248,7 @@ def generate(name: str, out_dir: Path = DEFAULT_OUT, log: Callable[[str], None] 
     wdir = out_dir / name
     meta_path = wdir / "meta.json"
     fp = _fingerprint(shape)
-    if all((wdir / o).exists() for o in OUTPUTS) and json.loads(meta_path.read_text()).get("fingerprint") == fp:
+    if all((wdir / o).exists() for o in outputs(shape)) and json.loads(meta_path.read_text()).get("fingerprint") == fp:
         return wdir
     log(f"generating workload {name} ({shape.entries:,} entries) in {wdir}")
     wdir.mkdir(parents=True, exist_ok=True)
@@ -247,13 +256,15 @@ def generate(name: str, out_dir: Path = DEFAULT_OUT, log: Callable[[str], None] 
     data = build(shape)
     write_yaml(data, wdir / "config.yaml", changed=False)
     write_yaml(data, wdir / "change.yaml", changed=True)
-    write_bpftool(data, wdir / "bpftool.batch", wdir / "dump.batch")
+    if shape.per_entry_competitors:
+        write_bpftool(data, wdir / "bpftool.batch", wdir / "dump.batch")
     write_binary(data, wdir / "input.bin")
     meta = {
         "name": name, "description": shape.description, "maps": shape.maps, "entries": shape.entries,
         "slots": len(data.slots), "changed_entries": len(data.changed_values),
         "map_names": [i.name for i in data.inners] + ([data.outer_name] if data.outer_name else []),
         "sample": _sample(data),
+        "per_entry_competitors": shape.per_entry_competitors,
         "fingerprint": fp,
     }
     meta_path.write_text(json.dumps(meta, indent=1))

@@ -36,13 +36,27 @@ DEFAULT_LOCK_TIMEOUT = 10.0
 
 def plan(config: Config, pin_root: str) -> Plan:
     """What `apply` would do to make `pin_root` match `config` (no lock: plans are read-only)."""
-    return make_plan(config, read_live(pin_root))
+    return _plan(config, read_live(pin_root))
+
+
+def _plan(config: Config, live: LiveState) -> Plan:
+    """make_plan, remembering in the config cache which large maps it found equal to their config,
+    so that the next plan of the same entries compares two fingerprints instead of every entry."""
+    from kmesh_apply.config.cache import Cache
+    from kmesh_apply.plan.planner import REMEMBER_FROM_ENTRIES
+
+    large = any(len(m.entries) >= REMEMBER_FROM_ENTRIES for m in config.inner_maps.values())
+    cache = Cache.open() if large else None
+    p = make_plan(config, live, known_equal=cache.known_equal() if cache is not None else frozenset())
+    if cache is not None and p.verified:
+        cache.save_equal(p.verified)
+    return p
 
 
 def plan_with_usage(config: Config, pin_root: str) -> tuple[Plan, list[MapUsage]]:
     """`plan`, and the usage of the maps it was made against, from one read of the pin root."""
     live = read_live(pin_root, memlock=True)
-    return make_plan(config, live), map_usage(live)
+    return _plan(config, live), map_usage(live)
 
 
 def plan_destroy(pin_root: str) -> Plan:
@@ -70,7 +84,7 @@ def converge(config: Config | None, pin_root: str, *, confirm: Callable[[Plan], 
     A plan that replaces maps loaded programs hold is refused before `confirm`, unless `allow_replace_in_use`."""
     with PinRootLock(pin_root, lock_timeout):
         live = read_live(pin_root)
-        p = make_plan(config, live) if config is not None else destroy_plan(live)
+        p = _plan(config, live) if config is not None else destroy_plan(live)
         if not p.has_changes:
             record_replaced(pin_root, live, {})  # prune what programs let go of
             return p, None

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from kmesh_apply.ctype import type_or_raw
+from kmesh_apply.entries import packed
 from kmesh_apply.errors import ApplyError, KmeshError
 from kmesh_apply.kernel.maps import Map
 from kmesh_apply.plan.model import CreateMap, MapDef, MovePin, Plan, RemovePin, SetSlots, Step, WriteEntries
@@ -91,7 +92,7 @@ class Executor:
         elif isinstance(step, WriteEntries):
             m = self._map(step.pin)
             if step.put:
-                m.update_batch(b"".join(step.put), b"".join(step.put.values()), len(step.put))
+                m.update_batch(*packed(step.put), len(step.put))
                 self.report.entries_written += len(step.put)
             if step.delete:
                 m.delete_batch(b"".join(step.delete), len(step.delete))

@@ -7,6 +7,7 @@ planner stay pure and lets tests build live states by hand.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import MutableMapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -33,7 +34,7 @@ class LiveMap:
     flags: tuple[str, ...]
     key_type: Any = None
     value_type: Any = None
-    entries: dict[bytes, bytes] = field(default_factory=dict)
+    entries: MutableMapping[bytes, bytes] = field(default_factory=dict)  # packed (`Entries`) when read from the kernel
     slots: dict[bytes, int] = field(default_factory=dict)
     memlock: int | None = None  # bytes the kernel charges (fdinfo), when read with memlock=True
 

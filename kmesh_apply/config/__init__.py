@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from kmesh_apply.config.loader import INLINE, Source, config_files, parse_text, read_source, resolve
 from kmesh_apply.config.model import Config
-from kmesh_apply.errors import ConfigError, Diagnostic, KmeshError
+from kmesh_apply.entries import Entries
+from kmesh_apply.errors import ConfigError, Diagnostic
 
 if TYPE_CHECKING:
     from kmesh_apply.config.cache import Cache
@@ -26,6 +28,8 @@ def load_config(paths: Sequence[str | os.PathLike] = (), *, inline: str | Mappin
                 use_cache: bool = True) -> Config:
     """Files (or directories of them) or inline YAML, validated and encoded. Large files reuse the
     maps whose text is unchanged since an earlier load (config.cache); `use_cache=False` parses all."""
+    from kmesh_apply.config.blocks import BlocksRefused
+    from kmesh_apply.config.cache import Cache
     from kmesh_apply.config.validate import build_config
 
     diagnostics: list[Diagnostic] = []
@@ -44,13 +48,20 @@ def load_config(paths: Sequence[str | os.PathLike] = (), *, inline: str | Mappin
         files, diagnostics = config_files(paths)
         if not files and not diagnostics:
             diagnostics.append(Diagnostic("no configuration given: name files or directories"))
-        cache = _open_cache() if use_cache else None
+        cache = Cache.open() if use_cache else None
         for f in files:
             parsed = read_source(f, cache)
             (sources if isinstance(parsed, Source) else diagnostics).append(parsed)  # type: ignore[arg-type]
     problems: list = []
     shapes = cache.known_shapes() if cache is not None else None
-    config = build_config(sources, problems, shapes)
+    try:
+        config = build_config(sources, problems, shapes)
+    except BlocksRefused:  # a changed block needs the whole map parsed: read the files again, whole maps only
+        files, sources, problems = [Path(s.file) for s in sources], [], []
+        for f in files:
+            parsed = read_source(f, cache, blocks=False)
+            (sources if isinstance(parsed, Source) else diagnostics).append(parsed)  # type: ignore[arg-type]
+        config = build_config(sources, problems, shapes)
     diagnostics += resolve(problems, {s.file: s for s in sources})
     if diagnostics:
         raise ConfigError(diagnostics)
@@ -58,16 +69,6 @@ def load_config(paths: Sequence[str | os.PathLike] = (), *, inline: str | Mappin
         _store(cache, sources, config)
         cache.save_shapes(shapes)
     return config
-
-
-def _open_cache() -> Cache | None:
-    from kmesh_apply.config.cache import Cache
-    from kmesh_apply.kernel.maps import possible_cpus
-
-    try:
-        return Cache.open(possible_cpus())
-    except (OSError, KmeshError):
-        return None  # no CPU count or unreadable sources: work without the cache
 
 
 def _store(cache: Cache, sources: list[Source], config: Config) -> None:
@@ -82,10 +83,13 @@ def _store(cache: Cache, sources: list[Source], config: Config) -> None:
             spec = config.inner_maps.get(name)
             if name in src.reused:
                 maps[digest] = src.reused[name]
-            elif spec is not None:
+            elif spec is not None and isinstance(spec.entries, Entries):  # as check_inner packs them
                 definition = {k: v for k, v in src.data["inner_maps"][name].items() if k != "entries"}
-                maps[digest] = (definition, spec.entries)
-        cache.save(src.file, maps, src.layout)
+                maps[digest] = (definition, spec.entries.payload())
+        whole, cut, digests, blocks = src.layout
+        # A map's blocks are kept only when they hold its entries one a line, in order.
+        kept = {n: b for n, b in blocks.items() if n in config.inner_maps and sum(c for _, c in b) == len(config.inner_maps[n].entries)}
+        cache.save(src.file, maps, (whole, cut, digests, kept))
 
 
 def schema_text() -> str:

@@ -29,20 +29,26 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from kmesh_apply.config.chunks import Chunk
+from kmesh_apply.errors import KmeshError
 
-CACHE_FORMAT = 3
+CACHE_FORMAT = 4
 KEEP_PACKS = 4
 KEEP_SHAPES = 256
 SHAPES_FILE = "schema-shapes"
+# Pairs of (desired, live) entry fingerprints a plan found equal (see planner.make_plan).
+EQUAL_FILE = "equal-entries"
+KEEP_EQUAL = 256
 # Smaller files parse faster than a pack loads.
 MIN_FILE_BYTES = 256 * 1024
 OFF = "off"
 
-# What a cached inner map carries: its definition without entries, and the encoded entries.
-Payload = tuple[dict[str, Any], dict[bytes, bytes]]
+# What a cached inner map carries: its definition without entries, and the encoded entries
+# as `Entries` takes them: (key size, value size, packed keys, packed values).
+Payload = tuple[dict[str, Any], tuple[int, int, bytes, bytes]]
 # A file's cut, kept in its pack so that an unchanged file is not cut and hashed again: the
-# digest of the whole file, its chunks as (section, name, start, end), each inner map's digest.
-Layout = tuple[bytes, list[tuple[str, str, int, int]], dict[str, bytes]]
+# digest of the whole file, its chunks as (section, name, start, end), each inner map's digest,
+# and the blocks of the inner maps whose entries are cut into blocks (config.blocks).
+Layout = tuple[bytes, list[tuple[str, str, int, int]], dict[str, bytes], dict[str, list[tuple[bytes, int]]]]
 
 
 @dataclass
@@ -50,7 +56,9 @@ class Pack:
     """One pack as read: its maps stay encoded until some map is looked up with a hit, since a file
     whose maps all changed would otherwise decode them for nothing (0.3 s for a million entries)."""
 
-    layout: Layout | None = None  # only from the file's own pack
+    # How the pack's file was cut: for this very file (same bytes), or for the previous version of
+    # its maps (config.blocks), which is sound for a copy of a config too (blocks go by digest).
+    layout: Layout | None = None
     digests: frozenset[bytes] = frozenset()
     blob: bytes = b""  # marshal of {digest: Payload}
 
@@ -77,11 +85,11 @@ def cache_dir() -> Path | None:
 def _salt(ncpus: int) -> bytes:
     """Anything besides a chunk's text that its outcome depends on: the code that checks and
     encodes it (its source, so an upgrade or a local edit never reuses stale bytes: every file of
-    the config package, the JSON Schema included, and the C type model) and the CPU count.
+    the config package, the JSON Schema included, the C type model and the packed entries) and the CPU count.
     Read as files, not imported: the modules that check a config sit above this one."""
     package = Path(__file__).parent
     h = hashlib.sha256(f"{CACHE_FORMAT}\0{ncpus}\0".encode())
-    for file in sorted([*package.glob("*.py"), *package.glob("*.json")]) + [package.parent / "ctype.py"]:
+    for file in sorted([*package.glob("*.py"), *package.glob("*.json")]) + [package.parent / "ctype.py", package.parent / "entries.py"]:
         h.update(file.name.encode() + b"\0")
         h.update(file.read_bytes())
     return h.digest()
@@ -95,13 +103,23 @@ class Cache:
         self.salt = _salt(ncpus)
         self.min_bytes = MIN_FILE_BYTES
         self._shapes: list[bytes] = []  # as read, oldest first
+        self._equal: list[tuple[bytes, bytes]] = []  # as read, oldest first
 
     @classmethod
-    def open(cls, ncpus: int) -> Cache | None:
+    def open(cls, ncpus: int | None = None) -> Cache | None:
+        """The cache of this user and host (`ncpus`: the possible CPUs, asked of the kernel when
+        not given); None when it is off, or the CPU count or the sources cannot be read."""
         root = cache_dir()
         if root is None:
             return None
-        return cls(root, ncpus)
+        try:
+            if ncpus is None:
+                from kmesh_apply.kernel.maps import possible_cpus
+
+                ncpus = possible_cpus()
+            return cls(root, ncpus)
+        except (OSError, KmeshError):
+            return None
 
     def digest(self, chunk: Chunk, text: bytes | memoryview) -> bytes:
         """A map's cache key: its section and exact text (UTF-8), salted with what else its outcome depends on
@@ -132,18 +150,18 @@ class Cache:
         if not self._usable():
             return Pack()
         own = self._pack_path(file)
-        pack = self._read_pack(own, own=True)
+        pack = self._read_pack(own)
         if pack is None:  # none of its own (or a stale one): the newest other pack
             others = sorted(set(self.root.glob("*.pack")) - {own}, key=_mtime, reverse=True)
-            pack = self._read_pack(others[0], own=False) if others else None
+            pack = self._read_pack(others[0]) if others else None
         return pack or Pack()
 
-    def _read_pack(self, path: Path, own: bool) -> Pack | None:
+    def _read_pack(self, path: Path) -> Pack | None:
         content = self._read(path)
         if not (isinstance(content, tuple) and len(content) == 3 and isinstance(content[2], bytes)):
             return None
         layout, digests, blob = content
-        return Pack(layout if own else None, frozenset(digests), blob)
+        return Pack(layout, frozenset(digests), blob)
 
     def save(self, file: str, maps: dict[bytes, Payload], layout: Layout) -> None:
         """Replace `file`'s pack and drop the oldest packs beyond KEEP_PACKS."""
@@ -163,6 +181,18 @@ class Cache:
         new = sorted(shapes.difference(self._shapes))
         if new:
             self._write(self.root / SHAPES_FILE, (self._shapes + new)[-KEEP_SHAPES:])
+
+    def known_equal(self) -> set[tuple[bytes, bytes]]:
+        """Fingerprint pairs of large maps' entries found equal by earlier plans."""
+        pairs = self._read(self.root / EQUAL_FILE) if self._usable() else None
+        self._equal = pairs if isinstance(pairs, list) else []
+        return {tuple(p) for p in self._equal if isinstance(p, tuple) and len(p) == 2}  # type: ignore[misc]
+
+    def save_equal(self, pairs: set[tuple[bytes, bytes]]) -> None:
+        """Add the pairs not known at `known_equal`; the newest KEEP_EQUAL stay."""
+        new = sorted(pairs.difference(self._equal))
+        if new:
+            self._write(self.root / EQUAL_FILE, (self._equal + new)[-KEEP_EQUAL:])
 
     def _read(self, path: Path) -> Any:
         """A blob's content, or None when it is missing, unreadable or from another salt."""

@@ -26,6 +26,7 @@ from kmesh_apply.config.chunks import Chunk, blank_out, split
 from kmesh_apply.errors import Diagnostic
 
 if TYPE_CHECKING:
+    from kmesh_apply.config.blocks import Partial
     from kmesh_apply.config.cache import Cache, Layout, Payload
 
 MAX_FILE_BYTES = 1 << 30
@@ -48,6 +49,7 @@ class Source:
     data: Any
     owned: bool = True  # False for a caller's mapping: validation then never modifies `data`
     reused: dict[str, Payload] = field(default_factory=dict)
+    partial: dict[str, Partial] = field(default_factory=dict)  # changed maps whose entries come from blocks
     layout: Layout | None = None
     layout_stored: bool = False
     text_keys: bool = False  # mapping keys may be strings that stand for integers (JSON objects)
@@ -94,7 +96,9 @@ def config_files(paths: Iterable[str | os.PathLike]) -> tuple[list[Path], list[D
     return files, problems
 
 
-def read_source(path: Path, cache: Cache | None = None) -> Source | Diagnostic:
+def read_source(path: Path, cache: Cache | None = None, blocks: bool = True) -> Source | Diagnostic:
+    """A file parsed; with the cache, only its changed maps are parsed (and with `blocks`, only
+    the changed blocks of a large map's entries)."""
     try:
         size = path.stat().st_size
         if size > MAX_FILE_BYTES:
@@ -107,7 +111,7 @@ def read_source(path: Path, cache: Cache | None = None) -> Source | Diagnostic:
         return Diagnostic(f"cannot read: {e.strerror}", str(path))
     if path.suffix == ".json":
         return parse_json(text, str(path))
-    reuse = _reuse(raw, str(path), cache) if cache is not None and len(raw) >= cache.min_bytes else None
+    reuse = _reuse(raw, str(path), cache, blocks) if cache is not None and len(raw) >= cache.min_bytes else None
     del raw  # not needed past this point: 38 MB for a million entries, at the peak of the load
     if reuse is None:
         return parse_text(text, str(path))
@@ -123,6 +127,7 @@ class _Reuse:
 
     reduced: str | None  # the text with reused maps blanked out (None: nothing reused)
     reused: dict[str, Payload]
+    partial: dict[str, Partial]
     layout: Layout
     layout_stored: bool
 
@@ -130,16 +135,20 @@ class _Reuse:
         if self.reused and isinstance(src.data, dict) and src.data.get("inner_maps", {}) is None:
             src.data["inner_maps"] = {}  # every inner map came from the cache
         src.text, src.reused, src.layout, src.layout_stored = text, self.reused, self.layout, self.layout_stored
+        src.partial = self.partial
 
 
-def _reuse(raw: bytes, file: str, cache: Cache) -> _Reuse | None:
+def _reuse(raw: bytes, file: str, cache: Cache, blocks: bool) -> _Reuse | None:
     """Cut the file into map chunks (or take the cut stored for this very file) and look them up;
-    None when it cannot be cut."""
+    None when it cannot be cut. A changed inner map whose previous version this file's pack
+    holds is cut into blocks (config.blocks), and only its changed blocks are left to parse."""
+    from kmesh_apply.config.blocks import Partial, block_digests, entries_body
+
     pack = cache.load(file)
     whole = cache.file_digest(raw)
     stored = pack.layout is not None and pack.layout[0] == whole
     if stored:
-        _, cut, digests = pack.layout  # type: ignore[misc]
+        _, cut, digests, map_blocks = pack.layout  # type: ignore[misc]
         chunks = [Chunk(*c) for c in cut]
     else:
         cut_now = split(raw)
@@ -148,13 +157,36 @@ def _reuse(raw: bytes, file: str, cache: Cache) -> _Reuse | None:
         chunks = cut_now
         view = memoryview(raw)
         digests = {c.name: cache.digest(c, view[c.start:c.end]) for c in chunks if c.section == "inner_maps"}
+        map_blocks = {}
     inner = [c for c in chunks if c.section == "inner_maps"]
-    payloads = pack.payloads(digests[c.name] for c in inner)
+    _, _, before, blocks_before = pack.layout or (None, None, {}, {})
+    payloads = pack.payloads([digests[c.name] for c in inner] + [before[c.name] for c in inner if c.name in before])
     reused = {c.name: payloads[digests[c.name]] for c in inner if digests[c.name] in payloads}
     hit = [c for c in inner if c.name in reused]
-    reduced = blank_out(raw, hit).decode() if hit else None
-    layout = (whole, [(c.section, c.name, c.start, c.end) for c in chunks], digests)
-    return _Reuse(reduced, reused, layout, stored and len(hit) == len(inner))
+    blank = list(hit)
+    partial: dict[str, Partial] = {}
+    for c in inner:
+        if stored or (c.name in reused and before.get(c.name) == digests[c.name]):
+            if c.name in blocks_before:
+                map_blocks[c.name] = blocks_before[c.name]
+            continue
+        body = entries_body(raw, c) if c.name not in reused else None
+        if body is None:
+            continue
+        cut_blocks = block_digests(cache.salt, raw, c, body[0])
+        previous = payloads.get(before.get(c.name, b""))
+        known = {d for d, _ in blocks_before.get(c.name, ())}
+        if blocks and previous is not None and any(d in known for d, _, _ in cut_blocks):
+            # Only the blocks to parse carry their text (a kept block is sliced from the previous entries).
+            part = partial[c.name] = Partial(previous[1], blocks_before[c.name],
+                                             [(d, b"" if d in known else raw[s:e]) for d, s, e in cut_blocks])
+            map_blocks[c.name] = part.counts  # filled in as the blocks are assembled
+            blank.append(Chunk(c.section, c.name, body[0], c.end))  # the definition is parsed, the entries are not
+        else:
+            map_blocks[c.name] = [(d, raw.count(b"\n", s, e)) for d, s, e in cut_blocks]
+    reduced = blank_out(raw, blank).decode() if blank else None
+    layout = (whole, [(c.section, c.name, c.start, c.end) for c in chunks], digests, map_blocks)
+    return _Reuse(reduced, reused, partial, layout, stored and len(hit) == len(inner))
 
 
 def parse_text(text: str, file: str) -> Source | Diagnostic:

@@ -8,7 +8,7 @@ lays it out for syscalls).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field
 
 from kmesh_apply.ctype import CType
@@ -57,7 +57,7 @@ class InnerMapSpec:
     value: CType
     max_entries: int
     flags: tuple[str, ...]
-    entries: dict[bytes, bytes]
+    entries: MutableMapping[bytes, bytes]  # packed `Entries` when loaded; any mapping plans the same
     location: Location
     update: str = "swap"
 

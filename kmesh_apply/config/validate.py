@@ -10,11 +10,13 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Mapping, MutableMapping
 from functools import cache
 from pathlib import Path
 from typing import Any, Callable
 
 from kmesh_apply.config import codecs
+from kmesh_apply.config.blocks import BlocksRefused, Partial
 from kmesh_apply.config.loader import Problem, Source
 from kmesh_apply.config.model import (
     ARRAY_TYPES,
@@ -26,6 +28,7 @@ from kmesh_apply.config.model import (
     OuterMapSpec,
 )
 from kmesh_apply.ctype import CType, Int, Lpm, Raw, TypeSpecError, parse_type, records
+from kmesh_apply.entries import Entries
 from kmesh_apply.state import REPLACED_PIN, STAGING_DIR
 from kmesh_apply.wording import a, count
 
@@ -176,6 +179,7 @@ class _MapChecker:
     def __init__(self, src: Source, section: str, name: str, raw: dict[str, Any], problems: list[Problem]):
         self.src, self.section, self.name, self.raw, self.problems = src, section, name, raw, problems
         self.base = (section, name)
+        self.distinct_keys = False  # entries given as a mapping, see columns()
 
     def problem(self, message: str, *path: Any, entry: str = "") -> None:
         self.problems.append(Problem(self.src.file, self.base + path, message, self.name, entry))
@@ -213,7 +217,9 @@ class _MapChecker:
         if isinstance(entries, dict):
             keys = list(entries)
             if self.src.text_keys and _numeric(key):
-                keys = _integers(keys)
+                keys = _integers(keys)  # "3" and "03" are one key now: leave them to the duplicate check
+            else:
+                self.distinct_keys = True  # a mapping's keys are distinct (the parser refuses repeats)
             return keys, list(entries.values()), lambda i: ("entries", keys[i])
         keys, values, where = [], [], []
         for i, item in enumerate(entries):
@@ -226,15 +232,19 @@ class _MapChecker:
         return keys, values, lambda i: ("entries", where[i])
 
     def encode_all(self, keys: list[Any], values: list[Any], path: Callable[[int], tuple[Any, ...]], key: CType,
-                   value: CType | None, value_encoder: Callable[[Any], Any] | None = None) -> dict[bytes, Any]:
+                   value: CType | None, value_encoder: Callable[[Any], Any] | None = None) -> MutableMapping[bytes, Any]:
         """Encode keys and values by whole columns (codecs.encode_column) when every one is in its
-        plain form; otherwise entry by entry, reporting every bad entry (up to a limit).
-        `value_encoder` overrides `value`'s codec."""
+        plain form, straight into packed `Entries`; otherwise entry by entry, reporting every bad
+        entry (up to a limit). `value_encoder` overrides `value`'s codec."""
         key_blob = codecs.encode_column(key, keys)
         value_blob = codecs.encode_column(value, values) if value is not None and value_encoder is None else None
         enc_keys: list[bytes] | None = None
+        out: MutableMapping[bytes, Any]
         if key_blob is not None and value_blob is not None:
-            out = dict(zip(records(key_blob, key.size), records(value_blob, value.size)))  # type: ignore[union-attr]
+            out = Entries(key.size, value.size, key_blob, value_blob)  # type: ignore[union-attr]
+            # Distinct integers of a mapping encode to distinct keys; anything else is counted.
+            plain_ints = isinstance(key, (Int, Raw)) and key.size in (1, 2, 4, 8)  # else hex strings may repeat a key
+            unique = len(keys) if self.distinct_keys and plain_ints else len(set(out))
         else:
             key_enc = codecs.encoder(key)
             val_enc = value_encoder or codecs.encoder(value)  # type: ignore[arg-type]
@@ -250,16 +260,18 @@ class _MapChecker:
             if reported:
                 return {}
             out = dict(zip(enc_keys, enc_vals))
-        if len(out) != len(keys):
+            unique = len(out)
+        if unique != len(keys):
             seen: set[bytes] = set()
             for i, ek in enumerate(enc_keys if enc_keys is not None else records(key_blob, key.size)):  # type: ignore[arg-type]
                 if ek in seen:
                     self.problem(f"key {keys[i]!r} is given twice (after encoding)", *path(i), entry=str(keys[i]))
                     break
                 seen.add(ek)
+            return {}
         return out
 
-    def check_indexes(self, encoded: dict[bytes, Any], keys: list[Any], path: Callable[[int], tuple[Any, ...]],
+    def check_indexes(self, encoded: Mapping[bytes, Any], keys: list[Any], path: Callable[[int], tuple[Any, ...]],
                       max_entries: int, what: str) -> None:
         """Array keys are indexes below max_entries (encoded keys keep the order of `keys`)."""
         if len(encoded) != len(keys):
@@ -279,8 +291,9 @@ class _MapChecker:
 
 
 def check_inner(src: Source, name: str, raw: dict[str, Any], problems: list[Problem], ncpus: Callable[[], int],
-                cached: dict[bytes, bytes] | None = None) -> InnerMapSpec | None:
-    """An inner map from its definition; `cached` holds its entries already encoded (see config.cache)."""
+                cached: Entries | None = None, partial: Partial | None = None) -> InnerMapSpec | None:
+    """An inner map from its definition; `cached` holds its entries already encoded (see config.cache),
+    `partial` assembles them from blocks (config.blocks; raises BlocksRefused when it cannot)."""
     c = _MapChecker(src, "inner_maps", name, raw, problems)
     before = len(problems)
     type_ = raw["type"]
@@ -296,6 +309,10 @@ def check_inner(src: Source, name: str, raw: dict[str, Any], problems: list[Prob
             c.problem("an lpm_trie key is {lpm: ipv4} or {lpm: ipv6} (or key_size: N for raw bytes)", "key")
     if len(problems) > before or key is None or value is None:
         return None
+    if partial is not None and cached is None:
+        if type_ in ARRAY_TYPES or type_ in PERCPU_TYPES:
+            raise BlocksRefused  # index ranges and per-CPU forms are checked by the full parse
+        cached = partial.assemble(key, value, max_entries)
     if cached is not None:
         return InnerMapSpec(name, type_, key, value, max_entries, flags, cached, Location(src.file, 0),
                             raw.get("update", "swap"))
@@ -307,9 +324,11 @@ def check_inner(src: Source, name: str, raw: dict[str, Any], problems: list[Prob
         return None
     if type_ in PERCPU_TYPES:
         n = ncpus()
-        entries = c.encode_all(keys, values, path, key, None, lambda v: codecs.encode_per_cpu(value, v, n))
+        value_size = codecs.per_cpu_stride(value) * n
+        entries = Entries.of(c.encode_all(keys, values, path, key, None, lambda v: codecs.encode_per_cpu(value, v, n)),
+                             key.size, value_size)
     else:
-        entries = c.encode_all(keys, values, path, key, value)
+        entries = Entries.of(c.encode_all(keys, values, path, key, value), key.size, value.size)
     if type_ in ARRAY_TYPES:
         c.check_indexes(entries, keys, path, max_entries, "array index")
     if len(problems) > before:
@@ -357,7 +376,7 @@ def check_outer(src: Source, name: str, raw: dict[str, Any], problems: list[Prob
                       "(the kernel refuses it)", *path(i), entry=str(k))
     if len(problems) > before:
         return None
-    slots = c.encode_all(keys, values, path, key, None, lambda v: v)
+    slots = dict(c.encode_all(keys, values, path, key, None, lambda v: v))
     if type_ == "array_of_maps":
         c.check_indexes(slots, keys, path, max_entries, "slot index")
     if len(problems) > before:
@@ -417,7 +436,8 @@ def build_config(sources: list[Source], problems: list[Problem], known_valid: se
     outer_names = {n for _, n, _ in outer_raw}
     for src, name, raw in inner_raw:
         reused = src.reused.get(name)
-        inner_spec = check_inner(src, name, raw, problems, possible_cpus, reused[1] if reused else None)
+        inner_spec = check_inner(src, name, raw, problems, possible_cpus, Entries(*reused[1]) if reused else None,
+                                 src.partial.get(name))
         if inner_spec is not None:
             cfg.inner_maps[name] = inner_spec
     for src, name, raw in outer_raw:

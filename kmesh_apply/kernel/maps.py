@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Iterable, Sequence
 
-from kmesh_apply.ctype import CType, records
+from kmesh_apply.ctype import CType
+from kmesh_apply.entries import Entries
 from kmesh_apply.errors import KernelError, KmeshError
 from kmesh_apply.kernel import libbpf as L
 from kmesh_apply.kernel.failure import ENOTSUPP, HINTS, fail
@@ -304,7 +305,7 @@ class Map:
             self._sizes = (self.info.key_size, self.syscall_value_size)
         return self._sizes
 
-    def _check_sizes(self, op: str, keys: bytes, count: int, values: bytes | None = None) -> None:
+    def _check_sizes(self, op: str, keys: bytes | bytearray, count: int, values: bytes | bytearray | None = None) -> None:
         """Refuse buffers of the wrong size before the kernel reads past their end."""
         ks = self.info.key_size
         if len(keys) != ks * count:
@@ -361,9 +362,9 @@ class Map:
 
     # --- many entries -------------------------------------------------------------------
 
-    def items(self, buffers: LookupBuffers | None = None) -> dict[bytes, bytes]:
-        """Every entry, read with batch lookups (get_next_key + lookup for types that refuse batches);
-        a reader of many maps passes one `LookupBuffers` for all of them."""
+    def items(self, buffers: LookupBuffers | None = None) -> Entries:
+        """Every entry, packed as the batch lookups return them (get_next_key + lookup for types that
+        refuse batches); a reader of many maps passes one `LookupBuffers` for all of them."""
         info = self.info
         if info.type not in _no_batch:
             try:
@@ -372,12 +373,13 @@ class Map:
                 _no_batch.add(info.type)
         return self._items_iterated()
 
-    def _items_batched(self, info: MapInfo, buffers: LookupBuffers) -> dict[bytes, bytes]:
+    def _items_batched(self, info: MapInfo, buffers: LookupBuffers) -> Entries:
         ks, vs = self._sizes or self._entry_sizes()
         chunk = max(1, min(info.max_entries, _LOOKUP_BYTES // (ks + vs)))
         keys, vals, in_tok, out_tok = buffers.reserve(chunk * ks, chunk * vs, max(ks, 8))  # tokens: bucket index or key
         count, count_ref, fd = buffers.count, buffers.count_ref, self.fd
-        out: dict[bytes, bytes] = {}
+        key_parts: list[bytes] = []
+        value_parts: list[bytes] = []
         first = True
         while True:
             count.value = chunk
@@ -391,14 +393,17 @@ class Map:
                     keys, vals = buffers.reserve(chunk * ks, chunk * vs, max(ks, 8))[:2]
                     continue
                 raise fail("batch lookup", self.label, -ret)
-            out.update(zip(records(keys, ks, n), records(vals, vs, n)))
+            if n:
+                key_parts.append(ctypes.string_at(keys, n * ks))
+                value_parts.append(ctypes.string_at(vals, n * vs))
             if ret < 0 or (n == info.max_entries and info.type in ARRAY_TYPES):  # an array has no more keys
-                return out
+                return Entries(ks, vs, _joined(key_parts), _joined(value_parts))
             in_tok, out_tok = out_tok, in_tok
             first = False
 
-    def _items_iterated(self) -> dict[bytes, bytes]:
-        out: dict[bytes, bytes] = {}
+    def _items_iterated(self) -> Entries:
+        ks, vs = self._sizes or self._entry_sizes()
+        out = Entries(ks, vs)
         key = self.next_key(None)
         while key is not None:
             value = self.lookup(key)
@@ -407,7 +412,7 @@ class Map:
             key = self.next_key(key)
         return out
 
-    def update_batch(self, keys: bytes, values: bytes, count: int, flags: int = UPDATE_ANY) -> None:
+    def update_batch(self, keys: bytes | bytearray, values: bytes | bytearray, count: int, flags: int = UPDATE_ANY) -> None:
         """Write count entries in one syscall; keys and values are concatenated fixed-size records."""
         self._check_sizes("batch update", keys, count, values)
         if count == 0:
@@ -416,7 +421,7 @@ class Map:
             done = ctypes.c_uint32(count)
             opts = L.batch_opts()
             opts.elem_flags = flags
-            ret = L.bpf_map_update_batch(self.fd, keys, values, ctypes.byref(done), ctypes.byref(opts))
+            ret = L.bpf_map_update_batch(self.fd, _c(keys), _c(values), ctypes.byref(done), ctypes.byref(opts))
             if ret >= 0:
                 return
             if -ret not in UNSUPPORTED:
@@ -446,7 +451,7 @@ class Map:
             if not self.delete(key):
                 raise fail("delete", f"{self.label} key {key.hex()}", E.ENOENT, "no such key")
 
-    def _batch_failure(self, op: str, err: int, keys: bytes, done: int, count: int, hint: str = "") -> BatchError:
+    def _batch_failure(self, op: str, err: int, keys: bytes | bytearray, done: int, count: int, hint: str = "") -> BatchError:
         ks = self.info.key_size
         where = f"{self.label} entry {done + 1} of {count} (key {keys[done * ks:(done + 1) * ks].hex()}; {done} done)"
         return BatchError(op, where, err, hint or HINTS.get(err, ""), done)
@@ -528,6 +533,15 @@ class LookupBuffers:
 
 
 _EMPTY = (ctypes.c_char * 0)()
+
+
+def _joined(parts: list[bytes]) -> bytes:
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def _c(buf: bytes | bytearray) -> bytes | ctypes.Array:
+    """A buffer ctypes passes as a pointer: bytes as they are, a bytearray without a copy."""
+    return (ctypes.c_char * len(buf)).from_buffer(buf) if isinstance(buf, bytearray) else buf
 
 
 def _grown(buf: ctypes.Array, size: int) -> ctypes.Array:

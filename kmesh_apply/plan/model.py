@@ -10,6 +10,7 @@ Map instances in steps are named by their pin path relative to the pin root:
 
 from __future__ import annotations
 
+from collections.abc import Mapping, MutableMapping
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Union
 
@@ -62,7 +63,7 @@ class WriteEntries:
 
     map: str
     pin: str
-    put: dict[bytes, bytes] = field(default_factory=dict)
+    put: Mapping[bytes, bytes] = field(default_factory=dict)  # the config's `Entries` when a map is filled whole
     delete: list[bytes] = field(default_factory=list)
     op: str = "write"
 
@@ -125,7 +126,7 @@ class MapChange:
     kind: str  # "inner" | "outer"
     definition: MapDef | None = None  # desired properties (None when destroyed)
     reasons: list[str] = field(default_factory=list)  # why replaced, or what is recovered
-    added: dict[bytes, Any] = field(default_factory=dict)  # entry key -> new value (outer: inner map name)
+    added: MutableMapping[bytes, Any] = field(default_factory=dict)  # entry key -> new value (outer: inner map name)
     changed: dict[bytes, tuple[Any, Any]] = field(default_factory=dict)  # key -> (old, new)
     removed: dict[bytes, Any] = field(default_factory=dict)  # key -> old value
     swap: bool = False  # entries change by building a new map and switching slots at once
@@ -154,6 +155,8 @@ class Plan:
     # What the plan was made from: the live state itself while in memory, its digests once saved.
     base: LiveState | None = field(default=None, repr=False, compare=False)
     saved_fingerprint: dict[str, str] = field(default_factory=dict, repr=False)
+    # Fingerprints of (desired, live) entries of large maps this plan found equal, to be remembered.
+    verified: set[tuple[bytes, bytes]] = field(default_factory=set, repr=False, compare=False)
 
     def fingerprint(self) -> dict[str, str]:
         return self.base.fingerprint() if self.base is not None else self.saved_fingerprint
@@ -261,7 +264,7 @@ def _mapdef(raw: dict[str, Any]) -> MapDef:
 def _hexify(obj: Any) -> Any:
     if isinstance(obj, bytes):
         return {"hex": obj.hex()}
-    if isinstance(obj, dict):
+    if isinstance(obj, Mapping):  # a dict, or packed `Entries`
         return {("0x" + k.hex() if isinstance(k, bytes) else k): _hexify(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [_hexify(v) for v in obj]

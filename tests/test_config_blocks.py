@@ -1,0 +1,160 @@
+"""Large maps' entries cut into blocks: only changed blocks are parsed, results never change, errors keep their lines."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kmesh_apply.config import blocks as blocks_mod
+from kmesh_apply.config import cache as cache_mod
+from kmesh_apply.config import load_config
+from kmesh_apply.config.blocks import cut, entries_body
+from kmesh_apply.config.chunks import split
+from kmesh_apply.errors import ConfigError
+
+N = 3000  # entries of the big map: about 60 blocks of 1 KiB with the block size below
+
+
+@pytest.fixture(autouse=True)
+def small_blocks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A private cache that takes every file, and blocks of about 1 KiB, so a small map has many."""
+    monkeypatch.setenv("KMESH_APPLY_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(cache_mod, "MIN_FILE_BYTES", 0)
+    monkeypatch.setattr(blocks_mod, "BLOCK_BYTES", 1024)
+    monkeypatch.setattr(blocks_mod, "MAX_BLOCK_BYTES", 4096)
+
+
+@pytest.fixture
+def parsed_blocks(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The block texts parsed on their own."""
+    import yaml_rs
+
+    seen: list[str] = []
+    real = yaml_rs.loads
+
+    def spy(text: str, **kw: Any) -> Any:
+        if text.startswith("      "):
+            seen.append(text)
+        return real(text, **kw)
+
+    monkeypatch.setattr(yaml_rs, "loads", spy)
+    return seen
+
+
+def lines_of(seed: int = 15) -> list[str]:
+    rng = random.Random(seed)
+    return [f"      {k}: {rng.getrandbits(64)}\n" for k in rng.sample(range(1 << 32), N)]
+
+
+def write(path: Path, lines: list[str], value: str = "u64") -> Path:
+    path.write_text("inner_maps:\n  big:\n    type: hash\n    key: u32\n    value: " + value
+                    + f"\n    max_entries: {N + 10}\n    entries:\n" + "".join(lines)
+                    + "  small:\n    type: hash\n    key: u32\n    value: u64\n    max_entries: 4\n    entries: {1: 2}\n")
+    return path
+
+
+def load_both(path: Path) -> Any:
+    """The config through the cache, checked against a load that parses everything."""
+    cached, whole = load_config([path]), load_config([path], use_cache=False)
+    a, b = cached.inner_maps["big"].entries, whole.inner_maps["big"].entries
+    assert list(a.items()) == list(b.items())  # the same entries in the same (file) order
+    assert cached.inner_maps == whole.inner_maps
+    return cached
+
+
+def test_plain_entries_are_cut_into_blocks_that_insertions_barely_move(tmp_path: Path) -> None:
+    lines = lines_of()
+    data = write(tmp_path / "c.yaml", lines).read_bytes()
+    chunk = next(c for c in split(data) or [] if c.name == "big")
+    body = entries_body(data, chunk)
+    assert body is not None and body[1] == b"      "
+    flow = b"inner_maps:\n  m:\n    type: hash\n    entries: {" + b", ".join(b"%d: 1" % i for i in range(900)) + b"}\n"
+    assert entries_body(flow, next(iter(split(flow) or []))) is None
+    bounds = cut(data, body[0], chunk.end)
+    assert bounds[0][0] == body[0] and bounds[-1][1] == chunk.end and len(bounds) > 20
+    assert all(data[e - 1:e] == b"\n" and e == s2 for (_, e), (s2, _) in zip(bounds, bounds[1:]))
+    lines.insert(N // 2, "      5: 6\n")
+    data2 = write(tmp_path / "c.yaml", lines).read_bytes()
+    chunk2 = next(c for c in split(data2) or [] if c.name == "big")
+    texts = {data[s:e] for s, e in bounds}
+    moved = [data2[s:e] for s, e in cut(data2, entries_body(data2, chunk2)[0], chunk2.end) if data2[s:e] not in texts]  # type: ignore[index]
+    assert 1 <= len(moved) <= 3  # the block that took the line, and maybe its neighbours
+
+
+@pytest.mark.parametrize("text", [
+    "      1: 2\n\n      3: 4\n",          # a blank line
+    "      1: 2\n      # note\n      3: 4\n",  # a comment
+    "      1:\n        2\n",                  # a value on the next line
+    "      1: 2\n    update: in_place\n",     # another field after the entries
+])
+def test_maps_not_one_entry_a_line_keep_no_blocks(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "c.yaml"
+    plain = "".join(f"      {i}: {i}\n" for i in range(10, 400))  # enough for several blocks
+    path.write_text("inner_maps:\n  m:\n    type: hash\n    key: u32\n    value: u64\n    max_entries: 500\n"
+                    "    entries:\n" + plain + text)
+    load_config([path])
+    layout = cache_mod.Cache.open().load(str(path)).layout  # type: ignore[union-attr]
+    assert layout is not None and "m" not in layout[3]
+    path.write_text(path.read_text().replace(text, "      1: 2\n"))  # one entry a line: kept
+    load_config([path])
+    assert "m" in cache_mod.Cache.open().load(str(path)).layout[3]  # type: ignore[union-attr]
+
+
+def test_a_changed_value_parses_one_block(tmp_path: Path, parsed_blocks: list[str]) -> None:
+    lines = lines_of()
+    path = write(tmp_path / "c.yaml", lines)
+    load_both(path)
+    parsed_blocks.clear()
+    lines[N // 2] = lines[N // 2].split(":")[0] + ": 7\n"
+    cfg = load_config([write(path, lines)])
+    assert len(parsed_blocks) == 1 and lines[N // 2] in parsed_blocks[0]
+    assert load_both(path).inner_maps["big"].entries == cfg.inner_maps["big"].entries
+    parsed_blocks.clear()
+    del lines[10]
+    lines.insert(N // 3, "      5: 6\n")
+    cfg = load_both(write(path, lines))
+    assert len(cfg.inner_maps["big"].entries) == N and 2 <= len(parsed_blocks) <= 8  # two places, twice (checked)
+
+
+def test_errors_in_blocks_are_reported_as_without_blocks(tmp_path: Path) -> None:
+    lines = lines_of()
+    path = write(tmp_path / "c.yaml", lines)
+    load_config([path])
+    first_key = lines[0].split(":")[0].strip()
+    bad = list(lines)
+    bad[-1] = f"      {first_key}: 1\n"  # repeats the first block's key, from the last block
+    with pytest.raises(ConfigError) as dup:
+        load_config([write(path, bad)])
+    assert f"c.yaml:{N + 7}" in str(dup.value) and "duplicate" in str(dup.value)
+    bad = list(lines)
+    bad[N // 4] = "      77: notanumber\n"
+    with pytest.raises(ConfigError) as wrong:
+        load_config([write(path, bad)])
+    assert f"c.yaml:{N // 4 + 8}" in str(wrong.value) and "entry 77" in str(wrong.value)
+    too_many = lines + [f"      {i}: 1\n" for i in range(11)]  # beyond max_entries
+    with pytest.raises(ConfigError, match="do not fit max_entries"):
+        load_config([write(path, too_many)])
+    assert load_both(write(path, lines))  # and back: the cache still serves the good file
+
+
+def test_a_type_change_parses_every_block(tmp_path: Path, parsed_blocks: list[str]) -> None:
+    lines = [f"      {i}: {i % 60000}\n" for i in range(N)]
+    path = write(tmp_path / "c.yaml", lines)
+    load_config([path])
+    parsed_blocks.clear()
+    cfg = load_both(write(path, lines, value="u32"))
+    assert cfg.inner_maps["big"].entries[(5).to_bytes(4, "little")] == (5).to_bytes(4, "little")
+    assert not parsed_blocks  # a new definition: no block is known under it, the map is parsed whole
+
+
+def test_a_changed_copy_reuses_the_blocks_of_the_original(tmp_path: Path, parsed_blocks: list[str]) -> None:
+    """A config written to a new path each run (a template, a CI checkout) finds the newest pack's blocks."""
+    lines = lines_of()
+    load_config([write(tmp_path / "c.yaml", lines)])
+    parsed_blocks.clear()
+    lines[7] = lines[7].split(":")[0] + ": 8\n"
+    load_both(write(tmp_path / "d.yaml", lines))
+    assert parsed_blocks and lines[7] in parsed_blocks[0] and len(parsed_blocks) <= 2  # one block (+ none for the check)

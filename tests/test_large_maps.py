@@ -1,0 +1,59 @@
+"""A large map end to end through the kernel: packed entries read and written, comparisons
+remembered across plans, a change planned from the blocks it touched."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from kmesh_apply import api
+from kmesh_apply.config import blocks as blocks_mod
+from kmesh_apply.config import cache as cache_mod
+from kmesh_apply.config import load_config
+from kmesh_apply.entries import Entries
+from kmesh_apply.plan.planner import REMEMBER_FROM_ENTRIES
+from kmesh_apply.reader import read_live
+from conftest import bpftool_json
+
+N = REMEMBER_FROM_ENTRIES + 100
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KMESH_APPLY_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(cache_mod, "MIN_FILE_BYTES", 0)
+    monkeypatch.setattr(blocks_mod, "BLOCK_BYTES", 4096)
+    monkeypatch.setattr(blocks_mod, "MAX_BLOCK_BYTES", 16384)
+
+
+def write(path: Path, entries: dict[int, int]) -> Path:
+    path.write_text("inner_maps:\n  big:\n    type: hash\n    key: u32\n    value: u64\n"
+                    f"    max_entries: {2 * N}\n    entries:\n" + "".join(f"      {k}: {v}\n" for k, v in entries.items()))
+    return path
+
+
+def test_a_large_map_is_planned_from_what_changed(tmp_path: Path, pin_root: Path) -> None:
+    rng = random.Random(15)
+    entries = {k: rng.getrandbits(64) for k in rng.sample(range(1 << 32), N)}
+    path = write(tmp_path / "big.yaml", entries)
+    plan, report = api.converge(load_config([path]), str(pin_root))
+    assert report is not None and report.entries_written == N
+    live = read_live(str(pin_root)).maps["big"]
+    assert isinstance(live.entries, Entries) and len(live.entries) == N
+    assert bpftool_json("map", "show", "pinned", str(pin_root / "big"))["max_entries"] == 2 * N
+
+    first = api.plan(load_config([path]), str(pin_root))
+    assert not first.has_changes and len(first.verified) == 1  # compared in full, remembered
+    again = api.plan(load_config([path]), str(pin_root))
+    assert not again.has_changes and not again.verified  # known: two fingerprints compared
+
+    key = next(iter(entries))
+    entries[key] = 7
+    changed = load_config([write(path, entries)])
+    assert changed.inner_maps["big"].entries.base is not None  # assembled from blocks
+    plan, report = api.converge(changed, str(pin_root))
+    assert report is not None and report.entries_written == 1
+    assert list(plan.changes[0].changed) == [key.to_bytes(4, "little")]
+    assert not api.plan(load_config([path], use_cache=False), str(pin_root)).has_changes
