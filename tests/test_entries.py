@@ -141,9 +141,9 @@ def test_a_remembered_comparison_is_not_made_again() -> None:
     live = LiveState("/r", {"m": LiveMap("m", 1, "hash", 4, 8, n, (), None, None, packed(dict(entries.items()), 4, 8))})
     first = make_plan(cfg, live)
     assert not first.has_changes and len(first.verified) == 1
-    assert not make_plan(cfg, live, first.verified).verified  # known: not compared again
+    assert not make_plan(cfg, live, known_equal=first.verified).verified  # known: not compared again
     live.maps["m"].entries[(0).to_bytes(4, "little")] = b"\xff" * 8  # changed since: compared, found different
-    assert make_plan(cfg, live, first.verified).has_changes
+    assert make_plan(cfg, live, known_equal=first.verified).has_changes
 
 
 def test_entries_made_from_known_entries_are_compared_by_what_changed() -> None:
@@ -163,7 +163,7 @@ def test_entries_made_from_known_entries_are_compared_by_what_changed() -> None:
     live = LiveState("/r", {"m": LiveMap("m", 1, "hash", 4, 8, 2 * n, (), None, None, live_entries)})
     full = make_plan(cfg, live)
     known = {(before.fingerprint(), live_entries.fingerprint())}
-    assert comparable(make_plan(cfg, live, known)) == comparable(full)
+    assert comparable(make_plan(cfg, live, known_equal=known)) == comparable(full)
     assert [len(full.changes[0].added), len(full.changes[0].changed), len(full.changes[0].removed)] == [1, 1, 1]
     desired[(9).to_bytes(4, "little")] = b"\x03" * 8  # written to: no longer relative to `before`
     assert desired.base is None
