@@ -6,12 +6,12 @@ from typing import Any
 
 import pytest
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
 
 from kmesh_apply.config.codecs import (CodecError, decode, decode_per_cpu, encode, encode_column, encode_per_cpu,
                                        encoder, per_cpu_stride)
-from kmesh_apply.ctype import INT_NAMES, Addr, Array, Bytes, Chars, CType, Int, Raw, Struct, parse_type
+from kmesh_apply.ctype import INT_NAMES, Addr, Array, Bytes, Chars, CType, Int, Raw, Struct, TypeSpecError, parse_type
 
 BACKEND = {"struct": [{"ip": "ipv4"}, {"port": "be16"}, {"weight": "u16"}]}
 PADDED = {"struct": [{"a": "u8"}, {"b": "u64"}, {"c": "u16"}]}
@@ -253,7 +253,10 @@ def plain_values(typ: CType) -> st.SearchStrategy[Any]:
 
 @st.composite
 def typed_columns(draw: st.DrawFn) -> tuple[CType, list[Any]]:
-    typ = parse_type(draw(st.one_of(st.sampled_from(SCALARS), struct_specs())))
+    try:
+        typ = parse_type(draw(st.one_of(st.sampled_from(SCALARS), struct_specs())))
+    except TypeSpecError:  # a rare nesting of packed and natural structs with no canonical spelling
+        reject()
     return typ, draw(st.lists(plain_values(typ), max_size=24))
 
 

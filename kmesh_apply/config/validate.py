@@ -12,10 +12,10 @@ import json
 import re
 from functools import cache
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from kmesh_apply.config import codecs
-from kmesh_apply.config.loader import Problem, Source
+from kmesh_apply.config.loader import INLINE, Problem, Source, parse_text
 from kmesh_apply.config.model import (
     ARRAY_TYPES,
     OUTER_ALIASES,
@@ -27,6 +27,9 @@ from kmesh_apply.config.model import (
 )
 from kmesh_apply.ctype import CType, Lpm, Raw, TypeSpecError, parse_type, records
 from kmesh_apply.state import STAGING_DIR
+
+if TYPE_CHECKING:
+    from kmesh_apply.kernel.btf import NamedTypes
 
 SCHEMA_FILE = Path(__file__).with_name("config-v1.schema.json")
 RESERVED_NAMES = (STAGING_DIR,)
@@ -44,6 +47,7 @@ TYPE_FLAGS = {
     "hash_of_maps": ACCESS_FLAGS | {"no_prealloc"},
 }
 MAX_PROBLEMS_PER_MAP = 20
+_SPEC_WORDS = ("struct", "union", "array", "length", "enum", "values", "packed", "lpm")
 
 
 @cache
@@ -152,9 +156,11 @@ def _schema_message(err: Any) -> str:
 class _MapChecker:
     """Checks and builds one map, collecting problems with their paths."""
 
-    def __init__(self, src: Source, section: str, name: str, raw: dict[str, Any], problems: list[Problem]):
+    def __init__(self, src: Source, section: str, name: str, raw: dict[str, Any], problems: list[Problem],
+                 named: Mapping[str, CType] | None = None):
         self.src, self.section, self.name, self.raw, self.problems = src, section, name, raw, problems
         self.base = (section, name)
+        self.named = named
 
     def problem(self, message: str, *path: Any, entry: str = "") -> None:
         self.problems.append(Problem(self.src.file, self.base + path, message, self.name, entry))
@@ -167,9 +173,11 @@ class _MapChecker:
         if has_size:
             return Raw(self.raw[f"{which}_size"])
         try:
-            return parse_type(self.raw[which])
+            return parse_type(self.raw[which], self.named)
         except TypeSpecError as e:
-            self.problem(f"{which}: {e}", which)
+            fields = [p for p in e.path if isinstance(p, str) and p not in _SPEC_WORDS]
+            where = f"{which} field '{'.'.join(fields)}'" if fields else which
+            self.problem(f"{where}: {e}", which, *e.path)
             return None
 
     def flags(self, type_: str) -> tuple[str, ...]:
@@ -255,9 +263,10 @@ class _MapChecker:
 
 
 def check_inner(src: Source, name: str, raw: dict[str, Any], problems: list[Problem], ncpus: Callable[[], int],
-                cached: dict[bytes, bytes] | None = None) -> InnerMapSpec | None:
-    """An inner map from its definition; `cached` holds its entries already encoded (see config.cache)."""
-    c = _MapChecker(src, "inner_maps", name, raw, problems)
+                cached: dict[bytes, bytes] | None = None, named: Mapping[str, CType] | None = None) -> InnerMapSpec | None:
+    """An inner map from its definition; `cached` holds its entries already encoded (see config.cache);
+    `named`: the C types of the config's BTF files."""
+    c = _MapChecker(src, "inner_maps", name, raw, problems, named)
     before = len(problems)
     type_ = raw["type"]
     key, value = c.ctype("key"), c.ctype("value")
@@ -295,8 +304,9 @@ def check_inner(src: Source, name: str, raw: dict[str, Any], problems: list[Prob
 
 
 def check_outer(src: Source, name: str, raw: dict[str, Any], problems: list[Problem],
-                inner: dict[str, InnerMapSpec], inner_raw: set[str], outer_names: set[str]) -> OuterMapSpec | None:
-    c = _MapChecker(src, "outer_maps", name, raw, problems)
+                inner: dict[str, InnerMapSpec], inner_raw: set[str], outer_names: set[str],
+                named: Mapping[str, CType] | None = None) -> OuterMapSpec | None:
+    c = _MapChecker(src, "outer_maps", name, raw, problems, named)
     before = len(problems)
     type_ = OUTER_ALIASES.get(raw["type"], raw["type"])
     if "value" in raw or "value_size" in raw:
@@ -391,16 +401,41 @@ def build_config(sources: list[Source], problems: list[Problem], known_valid: se
                 into.append((src, name, raw))
     inner_names = {n for _, n, _ in inner_raw}
     outer_names = {n for _, n, _ in outer_raw}
-    for src, name, raw in inner_raw:
-        reused = src.reused.get(name)
-        inner_spec = check_inner(src, name, raw, problems, possible_cpus, reused[1] if reused else None)
-        if inner_spec is not None:
-            cfg.inner_maps[name] = inner_spec
-    for src, name, raw in outer_raw:
-        outer_spec = check_outer(src, name, raw, problems, cfg.inner_maps, inner_names, outer_names)
-        if outer_spec is not None:
-            cfg.outer_maps[name] = outer_spec
+    with _named_types(sources, problems) as named:
+        for src, name, raw in inner_raw:
+            reused = src.reused.get(name)
+            inner_spec = check_inner(src, name, raw, problems, possible_cpus, reused[1] if reused else None, named)
+            if inner_spec is not None:
+                cfg.inner_maps[name] = inner_spec
+        for src, name, raw in outer_raw:
+            outer_spec = check_outer(src, name, raw, problems, cfg.inner_maps, inner_names, outer_names, named)
+            if outer_spec is not None:
+                cfg.outer_maps[name] = outer_spec
     return cfg
+
+
+def _named_types(sources: list[Source], problems: list[Problem]) -> NamedTypes:
+    """The C types of the BTF files the documents name under `btf:` (paths relative to each file),
+    shared by the whole configuration. A document that names BTF files is never taken from the
+    config cache: its entries' layout depends on those files, not only on its text."""
+    from kmesh_apply.kernel.btf import BtfFileError, NamedTypes
+
+    named = NamedTypes()
+    for src in sources:
+        paths = src.data.get("btf") if isinstance(src.data, dict) else None
+        if not paths:
+            continue
+        if src.reused and src.text is not None:
+            full = parse_text(src.text, src.file)
+            if isinstance(full, Source):
+                src.data, src.reused = full.data, {}
+        base = Path(src.file).parent if src.file != INLINE else Path.cwd()
+        for i, path in enumerate(paths):
+            try:
+                named.add(str(base / path))
+            except BtfFileError as e:
+                problems.append(Problem(src.file, ("btf", i), f"btf: {e}"))
+    return named
 
 
 def _definitions(src: Source, section: str) -> list[tuple[Any, Any]]:

@@ -20,6 +20,7 @@ from operator import ne
 from typing import Any
 
 from kmesh_apply.config.model import ARRAY_TYPES, Config, InnerMapSpec, OuterMapSpec
+from kmesh_apply.ctype import same_type
 from kmesh_apply.plan.model import CreateMap, MapChange, MapDef, MovePin, Plan, RemovePin, SetSlots, Step, WriteEntries
 from kmesh_apply.state import STAGING_DIR, LiveMap, LiveState
 
@@ -40,7 +41,8 @@ def staging_pin(name: str) -> str:
 
 
 def replace_reasons(want: MapDef, have: LiveMap) -> list[str]:
-    """Why `have` cannot become `want` in place: its fixed properties (and BTF types, when both are known)."""
+    """Why `have` cannot become `want` in place: its fixed properties (and BTF types, when both are known,
+    compared by layout: a packed struct read back from BTF is the natural struct it lays out as)."""
     reasons = []
     for prop in FIXED_PROPERTIES:
         old, new = getattr(have, prop), getattr(want, prop)
@@ -49,7 +51,7 @@ def replace_reasons(want: MapDef, have: LiveMap) -> list[str]:
             reasons.append(f"{prop} {show(old)} -> {show(new)}")
     for prop in ("key_type", "value_type"):
         old, new = getattr(have, prop), getattr(want, prop)
-        if old is not None and new is not None and old != new:
+        if old is not None and new is not None and not same_type(old, new):
             reasons.append(f"{prop} {old} -> {new}")
     return reasons
 
