@@ -86,6 +86,31 @@ def test_single_entry_change_is_in_place():
     assert "~ 2: 20 -> 21" in render_text(plan)
 
 
+def _single_change(map_type: str, live: dict[int, int], want: dict[int, int]) -> list[str]:
+    cfg = config(inner("a", want, type=map_type), outer("svc", "a", {0: "a"}))
+    base = config(inner("a", live, type=map_type), outer("svc", "a", {0: "a"}))
+    return ops(make_plan(cfg, live_of(base, {"a": 11, "svc": 13})))
+
+
+def test_single_entry_change_is_in_place_only_where_the_kernel_replaces_the_element():
+    for map_type in ("hash", "lru_hash"):
+        assert _single_change(map_type, {1: 10}, {1: 11}) == ["write"]  # a new element linked in (RCU)
+    for map_type in ("array", "percpu_array"):
+        assert _single_change(map_type, {1: 10}, {1: 11}) == ["create", "write", "slots", "move"]  # copied in place
+    for map_type in ("percpu_hash", "lru_percpu_hash"):
+        assert _single_change(map_type, {1: 10}, {1: 11}) == ["create", "write", "slots", "move"]  # pcpu_copy_value
+        assert _single_change(map_type, {1: 10}, {1: 10, 2: 20}) == ["write"]  # a new key: linked in
+        assert _single_change(map_type, {1: 10, 2: 20}, {1: 10}) == ["write"]  # a deletion: unlinked
+
+
+def test_a_packed_struct_read_back_unpacked_plans_clean():
+    spec = InnerMapSpec("p", "hash", parse_type("u32"), parse_type({"struct": [{"a": "u32"}], "packed": True}), 4, (),
+                        {}, LOC)
+    live = LiveState("/sys/fs/bpf/t")
+    live.maps["p"] = LiveMap("p", 1, "hash", 4, 4, 4, (), "u32", {"struct": [{"a": "u32"}]})
+    assert not make_plan(config(spec), live).has_changes
+
+
 def test_multi_entry_change_of_slot_held_map_is_a_swap():
     cfg = config(inner("a", {1: 11, 5: 50}), inner("b", {3: 30}), outer("svc", "a", {0: "a", 1: "b"}))
     plan = make_plan(cfg, live_of(BASE, IDS))

@@ -82,6 +82,25 @@ def entry_diff(desired: dict[bytes, Any], live: dict[bytes, Any], is_array: bool
     return put, gone
 
 
+# Map types whose update of an existing key links a new element in place of the old one (RCU),
+# so a reader finds the old value or the new one, never a mix (kernel/bpf/hashtab.c
+# htab_map_update_elem, htab_lru_map_update_elem; lpm_trie.c trie_update_elem).
+REPLACE_ELEMENT_TYPES = ("hash", "lru_hash", "lpm_trie")
+# Per-CPU hash maps copy an existing key's new value over the old one (pcpu_copy_value), as
+# arrays do for every index (arraymap.c array_map_update_elem): a reader may see it half done.
+PERCPU_HASH_TYPES = ("percpu_hash", "lru_percpu_hash")
+
+
+def atomic_for_readers(map_type: str, put: dict[bytes, Any], delete: list[bytes], have: LiveMap) -> bool:
+    """Whether writing this change in place lets no reader see a mix of old and new: one element,
+    replaced as a whole (or added or deleted, which is linking or unlinking it)."""
+    if len(put) + len(delete) != 1:
+        return False
+    if map_type in REPLACE_ELEMENT_TYPES:
+        return True
+    return map_type in PERCPU_HASH_TYPES and (bool(delete) or next(iter(put)) not in have.entries)
+
+
 def describe_entries(change: MapChange, put: dict[bytes, Any], delete: list[bytes], live: dict[bytes, Any]) -> None:
     for k, v in put.items():
         old = live.get(k)
@@ -162,7 +181,7 @@ class _Planner:
         put, delete = entry_diff(spec.entries, have.entries, want.type in ARRAY_TYPES)
         if not put and not delete:
             return
-        swap = spec.update == "swap" and have.id in self.slot_held and len(put) + len(delete) > 1
+        swap = spec.update == "swap" and have.id in self.slot_held and not atomic_for_readers(spec.type, put, delete, have)
         change = MapChange(spec.name, "update", "inner", want, swap=swap)
         describe_entries(change, put, delete, have.entries)
         self.result.changes.append(change)
