@@ -8,6 +8,7 @@ import struct
 from hypothesis import given
 from hypothesis import strategies as st
 
+from kmesh_apply.config.codecs import encode
 from kmesh_apply.config.model import Config, InnerMapSpec, Location, OuterMapSpec
 from kmesh_apply.ctype import parse_type
 from kmesh_apply.plan.model import CreateMap, MovePin, Plan, RemovePin, SetSlots, WriteEntries
@@ -212,3 +213,23 @@ def test_entry_diff_puts_and_deletes_exactly_what_differs(desired, live, is_arra
         gone = []
     assert list(put.items()) == list(want.items())
     assert delete == gone
+
+
+def test_a_huge_value_change_shows_only_the_changed_elements():
+    table = parse_type("u32[16381]")
+    old = list(range(16381))
+    new = list(old)
+    new[5], new[7000] = 0, 1
+
+    def maglev(values: list[int]) -> InnerMapSpec:
+        return InnerMapSpec("m", "array", parse_type("u32"), table, 1, (), {k(0): encode(table, values)}, LOC)
+
+    live = LiveState("/sys/fs/bpf/t")
+    live.maps["m"] = LiveMap("m", 1, "array", 4, table.size, 1, (), "u32", table.spec(), dict(maglev(old).entries))
+    plan = make_plan(config(maglev(new)), live)
+    text = render_text(plan)
+    assert "~ 0: 2 of 16381 elements changed: [5]: 5 -> 0, [7000]: 7000 -> 1" in text
+    assert len(text) < 1000
+    changed = render_json(plan)["changes"][0]["changed"]
+    assert changed == [{"key": 0, "elements": 16381, "changed_elements": [{"path": "[5]", "old": 5, "new": 0},
+                                                                          {"path": "[7000]", "old": 7000, "new": 1}]}]
