@@ -18,6 +18,8 @@ from kmesh_apply.config import codecs
 from kmesh_apply.config.loader import INLINE, Problem, Source, parse_text
 from kmesh_apply.config.model import (
     ARRAY_TYPES,
+    INNER_TYPES,
+    OUTER_TYPES,
     OUTER_ALIASES,
     PERCPU_TYPES,
     Config,
@@ -402,6 +404,8 @@ def build_config(sources: list[Source], problems: list[Problem], known_valid: se
     inner_names = {n for _, n, _ in inner_raw}
     outer_names = {n for _, n, _ in outer_raw}
     with _named_types(sources, problems) as named:
+        inner_raw = _with_object_maps(inner_raw, "inner_maps", named, problems)
+        outer_raw = _with_object_maps(outer_raw, "outer_maps", named, problems)
         for src, name, raw in inner_raw:
             reused = src.reused.get(name)
             inner_spec = check_inner(src, name, raw, problems, possible_cpus, reused[1] if reused else None, named)
@@ -412,6 +416,40 @@ def build_config(sources: list[Source], problems: list[Problem], known_valid: se
             if outer_spec is not None:
                 cfg.outer_maps[name] = outer_spec
     return cfg
+
+
+def _with_object_maps(maps: list[tuple[Source, str, dict[str, Any]]], section: str, named: NamedTypes,
+                      problems: list[Problem]) -> list[tuple[Source, str, dict[str, Any]]]:
+    """Definitions with `object_map: X` completed from map X of a BPF object's `.maps` section;
+    what the config gives itself wins."""
+    out = []
+    for src, name, raw in maps:
+        wanted = raw.get("object_map")
+        if wanted is None:
+            out.append((src, name, raw))
+            continue
+        found = named.map_definition(wanted)
+        if found is None:
+            where = "the files under btf:" if named else "no BPF object (name one under btf:)"
+            problems.append(Problem(src.file, (section, name, "object_map"),
+                                    f"object_map: no map '{wanted}' in the .maps section of {where}", name))
+            continue
+        merged = {**found, **{k: v for k, v in raw.items() if k != "object_map"}}
+        if section == "outer_maps":
+            merged.pop("value", None)
+            merged.pop("value_size", None)
+        missing = [k for k in ("type", "max_entries") if k not in merged]
+        kinds = INNER_TYPES if section == "inner_maps" else (*OUTER_TYPES, *OUTER_ALIASES)
+        if not missing and merged["type"] not in kinds:
+            problems.append(Problem(src.file, (section, name, "object_map"),
+                                    f"object_map: '{wanted}' is a {merged['type']} map; {section} are {', '.join(kinds)}", name))
+            continue
+        if missing:
+            problems.append(Problem(src.file, (section, name, "object_map"),
+                                    f"object_map: '{wanted}' declares no {' or '.join(missing)}: give it here", name))
+            continue
+        out.append((src, name, merged))
+    return out
 
 
 def _named_types(sources: list[Source], problems: list[Problem]) -> NamedTypes:

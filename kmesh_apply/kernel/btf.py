@@ -30,7 +30,7 @@ import ctypes
 import threading
 
 import os
-from typing import Iterator, Mapping
+from typing import Any, Iterator, Mapping
 
 from kmesh_apply.ctype import (Addr, Array, Bool, Bytes, Chars, CType, CUnion, Enum, Field, Int, Lpm, Raw, Struct,
                                TypeSpecError, canonical_align, expressible)
@@ -417,6 +417,15 @@ class NamedTypes(Mapping[str, CType]):
                                            "zero-length or flexible array)") from None
         return None
 
+    def map_definition(self, name: str) -> dict[str, Any] | None:
+        """What the first file declaring map `name` in its `.maps` section says of it, as config keys
+        (type, key or key_size, value or value_size, max_entries, flags)."""
+        for reader in self._readers:
+            found = _map_definition(reader, name)
+            if found is not None:
+                return found
+        return None
+
     def __getitem__(self, name: str) -> CType:
         if name not in self._found:
             typ = self._lookup(name)
@@ -454,3 +463,58 @@ def _open_file(path: str) -> _Reader:
             raise BtfFileError(f"{path}: no BTF in it (compile the BPF object with clang -g so it has a .BTF section)")
         raise BtfFileError(f"{path}: not a BPF object file or raw BTF file ({os.strerror(err)})")
     return _Reader(btf, path)
+
+
+BTF_KIND_PTR, BTF_KIND_VAR, BTF_KIND_DATASEC = 2, 14, 15
+
+
+def _map_definition(reader: _Reader, name: str) -> dict[str, Any] | None:
+    """The map `name` declared in the object's `.maps` section (libbpf's BTF-defined maps:
+    `__uint(type, ...)`, `__type(key, ...)`, `__uint(max_entries, ...)`, ...) as config keys, or
+    None when the object declares no such map."""
+    from kmesh_apply.kernel.maps import MAP_TYPE_NAMES, flag_names
+
+    sec = L.btf__find_by_name_kind(reader.btf, b".maps", BTF_KIND_DATASEC)
+    if sec <= 0:
+        return None
+    _, _, t, extra = reader._type(sec)
+    for info in (L.BtfVarSecinfo * (t.info & 0xFFFF)).from_address(extra):
+        kind, var_name, var, _ = reader._type(info.type)
+        if kind == BTF_KIND_VAR and var_name == name:
+            return _declared(reader, var.size_or_type, MAP_TYPE_NAMES, flag_names)
+    return None
+
+
+def _declared(reader: _Reader, tid: int, type_names: Mapping[int, str], flag_names: Any) -> dict[str, Any]:
+    kind, _, t, extra = reader._type(tid)
+    while kind == BTF_KIND_TYPEDEF or kind in _QUALIFIERS:
+        kind, _, t, extra = reader._type(t.size_or_type)
+    if kind != BTF_KIND_STRUCT:
+        raise TypeSpecError("not a BTF-defined map (a struct of __uint/__type members)")
+    out: dict[str, Any] = {}
+    for m in (L.BtfMember * (t.info & 0xFFFF)).from_address(extra):
+        field = (L.btf__name_by_offset(reader.btf, m.name_off) or b"").decode()
+        pkind, _, ptr, _ = reader._type(m.type)
+        if pkind != BTF_KIND_PTR:
+            continue
+        target = ptr.size_or_type
+        if field in ("key", "value"):
+            try:
+                out[field] = reader.decode(target).spec()
+            except _Unrepresentable:
+                out[f"{field}_size"] = reader._size(target)
+            continue
+        akind, _, _, aextra = reader._type(target)
+        if akind != BTF_KIND_ARRAY:
+            continue  # __array(values, ...): the inner map's template, which a config names itself
+        n = L.BtfArray.from_address(aextra).nelems
+        if field == "type":
+            out["type"] = type_names.get(n, str(n))
+        elif field in ("key_size", "value_size", "max_entries"):
+            out[field] = n
+        elif field == "map_flags" and n:
+            out["flags"] = list(flag_names(n))
+    for which in ("key", "value"):
+        if which in out:
+            out.pop(f"{which}_size", None)
+    return out
