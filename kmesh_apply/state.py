@@ -13,6 +13,9 @@ from typing import Any
 # Maps built aside during an apply are pinned here until they are moved into place;
 # a killed apply leaves them behind and the next run adopts or removes them.
 STAGING_DIR = "_kmesh_staging"
+# Outer maps cannot carry BTF, so the key type a config gave an outer map is recorded as the BTF
+# key of a one-entry hash map pinned here under the outer map's name; `show` gives it back.
+KEY_TYPES_DIR = "_kmesh_keys"
 
 
 @dataclass
@@ -60,6 +63,7 @@ class LiveState:
     pin_root: str
     maps: dict[str, LiveMap] = field(default_factory=dict)
     staged: list[StagedMap] = field(default_factory=list)
+    key_types: dict[str, Any] = field(default_factory=dict)  # outer map name -> key type spec (KEY_TYPES_DIR)
 
     def fingerprint(self) -> dict[str, str]:
         """Per-map digests, so a refused saved plan can say which map moved."""

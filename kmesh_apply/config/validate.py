@@ -28,13 +28,13 @@ from kmesh_apply.config.model import (
     OuterMapSpec,
 )
 from kmesh_apply.ctype import CType, Lpm, Raw, TypeSpecError, parse_type, records
-from kmesh_apply.state import STAGING_DIR
+from kmesh_apply.state import KEY_TYPES_DIR, STAGING_DIR
 
 if TYPE_CHECKING:
     from kmesh_apply.kernel.btf import NamedTypes
 
 SCHEMA_FILE = Path(__file__).with_name("config-v1.schema.json")
-RESERVED_NAMES = (STAGING_DIR,)
+RESERVED_NAMES = (STAGING_DIR, KEY_TYPES_DIR)
 ACCESS_FLAGS = {"rdonly", "wronly", "rdonly_prog", "wronly_prog", "numa_node"}
 # The flags each map type's kernel code accepts at creation.
 TYPE_FLAGS = {

@@ -35,7 +35,7 @@ def _decoder(d: MapDef | None, which: str) -> Callable[[bytes], Any]:
     return lambda b: codecs.decode(typ, b)
 
 
-LARGE_VALUE = 120  # characters: a value longer than this shows what changed in it, not all of it
+LARGE_VALUE = 200  # characters: a value longer than this shows what changed in it, not all of it
 DIFFS_SHOWN = 5  # changed elements listed per entry in text
 
 
