@@ -222,3 +222,10 @@ def test_an_object_without_btf_is_one_error_naming_the_btf_line(built) -> None:
         load_config([path])
     (d,) = err.value.diagnostics
     assert d.line == 8 and "no BTF in it" in d.message and "clang -g" in d.message
+
+
+@pytest.mark.skipif(not Path("/sys/kernel/btf/vmlinux").exists(), reason="the kernel publishes no BTF")
+def test_a_raw_btf_file_names_types_too() -> None:
+    cfg = load_config(inline={"btf": ["/sys/kernel/btf/vmlinux"], "inner_maps": {
+        "m": {"type": "hash", "key": "struct in6_addr", "value": "struct ethhdr", "max_entries": 4}}})
+    assert cfg.inner_maps["m"].key.size == 16 and cfg.inner_maps["m"].value.size == 14

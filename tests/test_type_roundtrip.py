@@ -9,6 +9,7 @@ from __future__ import annotations
 import string
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -16,7 +17,8 @@ from conftest import _unique_root
 from kmesh_apply import api
 from kmesh_apply.config import dump_yaml, load_config
 from kmesh_apply.config.codecs import encode
-from kmesh_apply.ctype import (Addr, Array, Bool, Bytes, Chars, CType, CUnion, Enum, Int, Struct, parse_type)
+from kmesh_apply.ctype import Addr, Array, Bool, Bytes, Chars, CType, CUnion, Enum, Int, Struct, parse_type
+from kmesh_apply.errors import ConfigError
 
 SCALARS = ["u8", "u16", "u32", "u64", "i8", "i16", "i32", "i64", "be16", "be32", "be64", "bool", "ipv4", "ipv6", "mac"]
 HOST_INTS = ["u8", "u16", "u32", "u64", "i8", "i16", "i32", "i64"]
@@ -125,3 +127,39 @@ def test_applied_config_and_its_show_plan_clean(doc: dict[str, Any]) -> None:
         shown = dump_yaml(api.show(str(root)))
         back = api.plan(load_config(inline=shown, use_cache=False), str(root))
         assert not back.has_changes, shown + api.render_text(back)
+
+
+NESTED_ERRORS = """\
+inner_maps:
+  a:
+    type: hash
+    key: u32
+    value:
+      struct:
+        - ip: ipv4
+        - port: u24
+    max_entries: 4
+  b:
+    type: hash
+    key: u32
+    value:
+      array:
+        struct:
+          - inner:
+              struct:
+                - x: u16
+                - y: {enum: be32}
+      length: 2
+    max_entries: 4
+"""
+
+
+def test_errors_in_nested_types_name_the_field_line(tmp_path) -> None:
+    path = tmp_path / "nested.yaml"
+    path.write_text(NESTED_ERRORS)
+    with pytest.raises(ConfigError) as err:
+        load_config([path])
+    found = {(d.map, d.line): d.message for d in err.value.diagnostics}
+    assert set(found) == {("a", 8), ("b", 19)}
+    assert found[("a", 8)].startswith("value field 'port': unknown type 'u24'")
+    assert found[("b", 19)].startswith("value field 'inner.y': an enum's base is a host-order integer type")
