@@ -5,13 +5,12 @@ bpf/kmesh/ads/include/cluster.h); it plans clean, and so does what `show` prints
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 import yaml_rs
 
+from cbytes import c_bytes
 from conftest import REPO
 from kmesh_apply import api
 from kmesh_apply.config import dump_yaml, load_config
@@ -26,7 +25,6 @@ CLUSTER = "outbound|80||web.default.svc.cluster.local"
 PROGRAM = r"""
 #include <arpa/inet.h>
 #include <linux/types.h>
-#include <stdio.h>
 #include <string.h>
 
 /* Kmesh's definitions, as its headers declare them. */
@@ -69,15 +67,6 @@ typedef struct {
 } backend_value;
 #pragma pack()
 
-static void show(const char *name, const void *p, size_t n)
-{
-    const unsigned char *b = p;
-    printf("%s ", name);
-    for (size_t i = 0; i < n; i++)
-        printf("%02x", b[i]);
-    printf("\n");
-}
-
 #define ZERO(x) memset(&(x), 0, sizeof(x))
 
 int main(void)
@@ -119,14 +108,7 @@ int main(void)
 
 @pytest.fixture(scope="module")
 def kmesh_bytes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    if shutil.which("cc") is None:
-        pytest.skip("no C compiler")
-    work = tmp_path_factory.mktemp("kmesh_c")
-    (work / "kmesh.c").write_text(PROGRAM)
-    subprocess.run(["cc", "-Wall", "-Werror", "-o", str(work / "kmesh"), str(work / "kmesh.c")], check=True,
-                   capture_output=True)
-    out = subprocess.run([str(work / "kmesh")], check=True, capture_output=True, text=True).stdout
-    return dict(line.split() for line in out.splitlines())
+    return c_bytes(tmp_path_factory.mktemp("kmesh_c"), PROGRAM)
 
 
 def _with_table(table: list[int]) -> dict:
