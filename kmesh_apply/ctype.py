@@ -297,9 +297,9 @@ class Raw(_ByteRun):
 CType = Union[Int, Bool, Addr, Bytes, Chars, Array, Lpm, Enum, Struct, CUnion, Raw]
 
 
-# How a struct's canonical spec reproduces its offsets: packed, or natural with some of its struct
-# and union members written packed (a packed struct nested in a natural one). _mode gives None
-# for packed, else which members are written packed (all False: the natural layout).
+# How a struct's canonical spec reproduces its offsets (_mode): _PACKED, or natural with the
+# members flagged True in a tuple written packed (a packed struct nested in a natural one; all
+# False: the natural layout), or None when no spelling does.
 _PACKED = "packed"
 
 
@@ -325,9 +325,8 @@ def _members_of(s: Struct) -> list[tuple[str, CType, int]]:
 def _mode(s: Struct) -> tuple[bool, ...] | str | None:
     """How the canonical spec writes `s` (see above); None when no spelling lays it out so."""
     members = _members_of(s)
-    natural_ = tuple(False for _ in members)
     if Struct.layout(members, False, canonical_align) == s:
-        return natural_
+        return (False,) * len(members)
     if Struct.layout(members, True) == s:
         return _PACKED
     choosable = [f.bits == 0 and _packable(f.type) and canonical_align(f.type) > 1 for f in s.fields]
@@ -364,12 +363,6 @@ def _packed_spec(t: CType) -> Any:
     spec = t.spec()
     spec["packed"] = True
     return spec
-
-
-def natural(s: Struct) -> bool:
-    """Whether the struct's offsets and size are the natural (unpacked) layout of its fields."""
-    mode = _mode(s)
-    return isinstance(mode, tuple) and not any(mode)
 
 
 def expressible(s: Struct) -> bool:

@@ -126,6 +126,10 @@ inner_maps:
     entries:
       1: {{addr: {{ip4: 0x0a000001}}, port: 8080, policy: LB_POLICY_FAILOVER}}
       2: {{addr: {{ip6: [1, 0, 0, 4]}}, port: 443, policy: 1}}
+  svc_keyed:
+    object_map: svc_map
+    key: {{struct: [{{id: u32}}]}}       # written here: replaces the object's key type
+    max_entries: 8
   svc_by_hand:
     type: hash
     key: u32
@@ -149,6 +153,9 @@ def test_named_types_and_object_maps_apply_the_bytes_c_lays_out(built, pin_root:
     (work / "kmesh.yaml").write_text(_config(work))
     cfg = load_config([work / "kmesh.yaml"])
     assert cfg.inner_maps["svc"].type == "hash" and cfg.inner_maps["svc"].flags == ("no_prealloc",)
+    keyed = cfg.inner_maps["svc_keyed"]
+    assert keyed.key.spec() == {"struct": [{"id": "u32"}]} and keyed.max_entries == 8
+    assert keyed.value == cfg.inner_maps["svc"].value
     assert cfg.inner_maps["svc"].value == cfg.inner_maps["svc_by_hand"].value == load_config(
         inline={"inner_maps": {"x": {"type": "hash", "key": "u32", "value": SVC_SPEC, "max_entries": 1}}}
     ).inner_maps["x"].value

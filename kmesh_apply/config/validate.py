@@ -434,6 +434,10 @@ def _with_object_maps(maps: list[tuple[Source, str, dict[str, Any]]], section: s
             problems.append(Problem(src.file, (section, name, "object_map"),
                                     f"object_map: no map '{wanted}' in the .maps section of {where}", name))
             continue
+        for which in ("key", "value"):  # a type or a size given here replaces both of the object's
+            if which in raw or f"{which}_size" in raw:
+                found.pop(which, None)
+                found.pop(f"{which}_size", None)
         merged = {**found, **{k: v for k, v in raw.items() if k != "object_map"}}
         if section == "outer_maps":
             merged.pop("value", None)
