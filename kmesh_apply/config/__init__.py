@@ -124,11 +124,16 @@ _MAYBE_NOT_STR = re.compile(r"[-+.~0-9]|(?i:null|true|false)$")
 _ADDRESS = re.compile(r"\d{1,3}(?:\.\d{1,3}){3}(?:/\d{1,3})?|[0-9A-Fa-f:]*:[0-9A-Fa-f:]*(?:/\d{1,3})?")
 
 
+_HEX_DIGITS = re.compile(r"[0-9][0-9a-fA-F]*")  # bytes[N] values: often a number to a YAML reader
+
+
 def _read_back_as_str(text: str) -> bool:
     import yaml_rs
 
     if not _MAYBE_NOT_STR.match(text) or _ADDRESS.fullmatch(text):
         return True
+    if _HEX_DIGITS.fullmatch(text):
+        return False  # quoted without asking: cheaper, and right for every such string
     try:
         return yaml_rs.loads(f"- {text}\n", parse_datetime=True) == [text]
     except yaml_rs.YAMLDecodeError:
