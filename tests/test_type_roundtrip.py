@@ -113,6 +113,9 @@ def configs(draw: st.DrawFn) -> dict[str, Any]:
         "h": {"type": "hash", "key": key_spec, "value": value_spec, "max_entries": 8, "entries": list(entries.values())},
         "a": {"type": "array", "key": "u32", "value": value_spec, "max_entries": 4,
               "entries": [{"key": i, "value": v} for i, v in enumerate(array_values)]},
+    }, "outer_maps": {  # outer maps carry no BTF: show gives their key type back from its record
+        "o": {"type": "hash_of_maps", "key": key_spec, "max_entries": 8, "inner_map": "a",
+              "entries": [{"key": e["key"], "value": "a"} for e in entries.values()]},
     }}
 
 
