@@ -25,7 +25,7 @@ import struct
 from dataclasses import dataclass, field
 from functools import cache
 from itertools import chain
-from typing import Any, Callable, Iterable, Mapping, Union
+from typing import Any, Iterable, Mapping, Sequence, Union
 
 INT_NAMES = {
     "u8": (1, False, False), "u16": (2, False, False), "u32": (4, False, False), "u64": (8, False, False),
@@ -229,13 +229,15 @@ class Struct:
 
     @staticmethod
     def layout(members: list[tuple[str, "CType", int]], packed: bool = False,
-               align_of: Callable[["CType"], int] = lambda t: t.align) -> "Struct":
+               aligns: Sequence[int] | None = None) -> "Struct":
         """Lay members (name, type, bitfield width or 0) out as clang and gcc do on x86-64 and
         arm64: a bitfield takes the next bits unless it would cross a boundary of its type's
-        alignment (packed structs let it cross); other fields start at a byte of their alignment."""
-        bit, align, fields = 0, 1, []
-        for name, typ, bits in members:
-            a = 1 if packed else align_of(typ)
+        alignment (packed structs let it cross); other fields start at a byte of their alignment.
+        `aligns`: each member's alignment, when not its type's own."""
+        bit, align = 0, 1
+        fields: list[Field] = []
+        for i, (name, typ, bits) in enumerate(members):
+            a = 1 if packed else aligns[i] if aligns is not None else typ.align
             if bits:
                 unit = 8 * a
                 if not packed and bit // unit != (bit + bits - 1) // unit:
@@ -274,8 +276,8 @@ class CUnion:
 
     @staticmethod
     def layout(members: list[tuple[str, "CType"]], packed: bool = False,
-               align_of: Callable[["CType"], int] = lambda t: t.align) -> "CUnion":
-        align = 1 if packed else max(align_of(t) for _, t in members)
+               aligns: Sequence[int] | None = None) -> "CUnion":
+        align = 1 if packed else max(aligns if aligns is not None else [t.align for _, t in members])
         size = _round(max(t.size for _, t in members), align)
         return CUnion(tuple(Field(n, t, 0) for n, t in members), size, align)
 
@@ -325,7 +327,7 @@ def _members_of(s: Struct) -> list[tuple[str, CType, int]]:
 def _mode(s: Struct) -> tuple[bool, ...] | str | None:
     """How the canonical spec writes `s` (see above); None when no spelling lays it out so."""
     members = _members_of(s)
-    if Struct.layout(members, False, canonical_align) == s:
+    if Struct.layout(members, False, [canonical_align(f.type) for f in s.fields]) == s:
         return (False,) * len(members)
     if Struct.layout(members, True) == s:
         return _PACKED
@@ -342,14 +344,13 @@ def _mode(s: Struct) -> tuple[bool, ...] | str | None:
     return None
 
 
-def _chosen(s: Struct, packed: list[bool]) -> Callable[[CType], int]:
-    aligns = {id(f.type): 1 for f, p in zip(s.fields, packed) if p}
-    return lambda t: aligns.get(id(t), canonical_align(t))
+def _chosen(s: Struct, packed: list[bool]) -> list[int]:
+    return [1 if p else canonical_align(f.type) for f, p in zip(s.fields, packed)]
 
 
 @cache
 def _union_packed(u: CUnion) -> bool:
-    return CUnion.layout([(f.name, f.type) for f in u.fields], False, canonical_align) != u
+    return CUnion.layout([(f.name, f.type) for f in u.fields], False, [canonical_align(f.type) for f in u.fields]) != u
 
 
 def _packable(t: CType) -> bool:

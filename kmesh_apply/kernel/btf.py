@@ -330,8 +330,8 @@ class _Reader:
         if kind == BTF_KIND_UNION:
             u = CUnion(tuple(fields), t.size_or_type)
             members = [(f.name, f.type) for f in fields]
-            if any(f.offset or f.bits for f in fields) or u not in (CUnion.layout(members, False, canonical_align),
-                                                                     CUnion.layout(members, True)):
+            natural = CUnion.layout(members, False, [canonical_align(f.type) for f in fields])
+            if any(f.offset or f.bits for f in fields) or u not in (natural, CUnion.layout(members, True)):
                 raise _Unrepresentable(name)
             return CUnion(u.fields, u.size, canonical_align(u))
         s = Struct(tuple(fields), t.size_or_type)
