@@ -219,3 +219,24 @@ def test_a_raw_btf_file_names_types_too() -> None:
     cfg = load_config(inline={"btf": ["/sys/kernel/btf/vmlinux"], "inner_maps": {
         "m": {"type": "hash", "key": "struct in6_addr", "value": "struct ethhdr", "max_entries": 4}}})
     assert cfg.inner_maps["m"].key.size == 16 and cfg.inner_maps["m"].value.size == 14
+
+
+def test_a_large_config_naming_btf_files_is_not_taken_from_the_cache(built, tmp_path: Path) -> None:
+    """Its layout depends on the BTF files as well as its text: rebuilt with a wider field, the
+    same text gives wider values (a cached encoding would keep the old ones)."""
+    work, _ = built
+    (tmp_path / "types.h").write_text(HEADER.replace("__u16 port;", "__u32 port;"))
+    (tmp_path / "prog.bpf.c").write_text(BPF)
+    subprocess.run(["clang-14", "-O2", "-g", "-target", "bpf", "-I/usr/include/x86_64-linux-gnu", "-c",
+                    str(tmp_path / "prog.bpf.c"), "-o", str(tmp_path / "wide.o")], check=True, capture_output=True)
+    shutil.copy(work / "prog.o", tmp_path / "prog.o")
+    lines = ["btf:", "  - prog.o", "inner_maps:"]
+    for m in range(8):
+        lines += [f"  svc{m}:", "    object_map: svc_map", "    max_entries: 2000", "    entries:"]
+        lines += [f"      {i}: {{addr: {{ip4: {i}}}, port: {i}, policy: LB_POLICY_STRICT}}" for i in range(1, 2000)]
+    path = tmp_path / "big.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    assert path.stat().st_size >= 256 * 1024  # large enough for the config cache
+    assert {len(v) for v in load_config([path]).inner_maps["svc7"].entries.values()} == {22}
+    shutil.copy(tmp_path / "wide.o", tmp_path / "prog.o")
+    assert {len(v) for v in load_config([path]).inner_maps["svc7"].entries.values()} == {24}

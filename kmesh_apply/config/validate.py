@@ -376,6 +376,7 @@ def build_config(sources: list[Source], problems: list[Problem], known_valid: se
     inner_raw: list[tuple[Source, str, dict[str, Any]]] = []
     outer_raw: list[tuple[Source, str, dict[str, Any]]] = []
     for src in sources:
+        _parse_whole_if_btf(src)
         found = schema_problems(src, known_valid)
         problems += found
         if found or not isinstance(src.data, dict):
@@ -456,23 +457,29 @@ def _with_object_maps(maps: list[tuple[Source, str, dict[str, Any]]], section: s
     return out
 
 
+def _parse_whole_if_btf(src: Source) -> None:
+    """A document that names BTF files is never taken from the config cache: its entries' layout
+    depends on those files, not only on its text."""
+    if src.reused and src.text is not None and isinstance(src.data, dict) and src.data.get("btf"):
+        full = parse_text(src.text, src.file)
+        if isinstance(full, Source):
+            src.data, src.reused = full.data, {}
+
+
 def _named_types(sources: list[Source], problems: list[Problem]) -> NamedTypes:
     """The C types of the BTF files the documents name under `btf:` (paths relative to each file),
-    shared by the whole configuration. A document that names BTF files is never taken from the
-    config cache: its entries' layout depends on those files, not only on its text."""
+    shared by the whole configuration."""
     from kmesh_apply.kernel.btf import BtfFileError, NamedTypes
 
     named = NamedTypes()
     for src in sources:
         paths = src.data.get("btf") if isinstance(src.data, dict) else None
-        if not paths:
+        if not isinstance(paths, list):
             continue
-        if src.reused and src.text is not None:
-            full = parse_text(src.text, src.file)
-            if isinstance(full, Source):
-                src.data, src.reused = full.data, {}
         base = Path(src.file).parent if src.file != INLINE else Path.cwd()
         for i, path in enumerate(paths):
+            if not isinstance(path, str):
+                continue  # the schema reports it
             try:
                 named.add(str(base / path))
             except BtfFileError as e:
