@@ -392,13 +392,20 @@ def parse_type(spec: Any, named: Mapping[str, CType] | None = None) -> CType:
     typ = _parse(spec, named or {})
     if typ.size == 0 or typ.size > MAX_TYPE_SIZE:
         raise TypeSpecError(f"type size must be 1..{MAX_TYPE_SIZE} bytes, got {typ.size}")
-    if _parse(typ.spec(), {}) != typ:  # what a map's BTF gives back must be this type again
+    if not _spelled_canonically(typ):  # what a map's BTF gives back must be this type again
         raise TypeSpecError("this mix of packed and natural nested structs or unions has no canonical spelling "
                             "(a packed member next to a natural one that needs its alignment): declare the "
                             "nested types with the same packing")
     if cache_key is not None:
         _parsed[cache_key] = typ
     return typ
+
+
+@cache
+def _spelled_canonically(typ: CType) -> bool:
+    """Whether the canonical spec parses back to this very type (cached: named types skip the
+    spec cache, and thousands of maps share a few of them)."""
+    return _parse(typ.spec(), {}) == typ
 
 
 def _parse_name(spec: str, named: Mapping[str, CType]) -> CType:
