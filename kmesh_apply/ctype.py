@@ -5,19 +5,27 @@ spec into a `CType` and encodes values with it, the kernel layer turns a `CType`
 into BTF so the map carries its own type, and the live reader turns BTF back
 into a `CType`. It knows nothing of YAML files or of the kernel.
 
-A type spec is the plain data a user writes: `"u32"`, `"be16"`, `"ipv4"`,
-`"bytes[16]"`, `"char[8]"`, `"u16[4]"`, `{"lpm": "ipv4"}`,
-`{"struct": [{"ip": "ipv4"}, {"port": "be16"}], "packed": False}`.
+A type spec is the plain data a user writes: `"u32"`, `"bool"`, `"be16"`, `"ipv4"`,
+`"bytes[16]"`, `"char[8]"`, `"u16[4]"`, `"u32[2][4]"` (C order: 2 rows of 4),
+`{"lpm": "ipv4"}`, `{"struct": [{"ip": "ipv4"}, {"port": "be16"}], "packed": False}`,
+`{"union": [{"ip4": "u32"}, {"ip6": "u32[4]"}]}`, `{"array": {"struct": [...]}, "length": 4}`,
+`{"enum": "u32", "values": {"LB_POLICY_RANDOM": 0}}`.
+
+Two CTypes are equal when they lay out and read the same bytes the same way: a
+struct's declared `packed` and its alignment are how its offsets were found, not
+part of what it is, so a packed struct whose layout is the natural one equals the
+natural struct, and the BTF read back from a map (which records offsets, not
+`packed`) gives an equal type. `spec()` writes each type in one canonical form.
 """
 
 from __future__ import annotations
 
 import re
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from itertools import chain
-from typing import Any, Iterable, Union
+from typing import Any, Iterable, Mapping, Sequence, Union
 
 INT_NAMES = {
     "u8": (1, False, False), "u16": (2, False, False), "u32": (4, False, False), "u64": (8, False, False),
@@ -27,10 +35,20 @@ INT_NAMES = {
 ADDR_SIZES = {"ipv4": 4, "ipv6": 16, "mac": 6}
 # ipv4/ipv6 align as the C types that hold them (__be32, struct in6_addr); mac is __u8[6].
 ADDR_ALIGN = {"ipv4": 4, "ipv6": 4, "mac": 1}
+IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 class TypeSpecError(ValueError):
-    """A type spec that is not part of the type language; the message says what was expected."""
+    """A type spec that is not part of the type language; the message says what was expected.
+    `path` leads from the spec to the offending part (e.g. `("struct", 2, "port")`), so the
+    config layer can name that part's own line."""
+
+    def __init__(self, reason: str, path: tuple[Any, ...] = ()):
+        self.reason, self.path = reason, path
+        super().__init__(reason)
+
+    def inside(self, *parts: Any) -> "TypeSpecError":
+        return TypeSpecError(self.reason, (*parts, *self.path))
 
 
 @dataclass(frozen=True)
@@ -57,6 +75,17 @@ class Int:
 
     def spec(self) -> Any:
         return self.name
+
+
+@dataclass(frozen=True)
+class Bool:
+    """C `bool`: one byte, false or true."""
+
+    size = 1
+    align = 1
+
+    def spec(self) -> Any:
+        return "bool"
 
 
 @dataclass(frozen=True)
@@ -108,9 +137,12 @@ class Chars(_ByteRun):
     word = "char"
 
 
+_DIMS_RE = re.compile(r"^([A-Za-z0-9_]+?)((?:\[\d+\])*)$")
+
+
 @dataclass(frozen=True)
 class Array:
-    """`T[N]`: N values of T, written as a list."""
+    """`T[N]`: N values of T, written as a list (`{array: T, length: N}` for any T)."""
 
     elem: "CType"
     length: int
@@ -125,9 +157,10 @@ class Array:
 
     def spec(self) -> Any:
         inner = self.elem.spec()
-        if not isinstance(inner, str):
-            raise TypeSpecError("arrays are of scalar types only")
-        return f"{inner}[{self.length}]"
+        m = _DIMS_RE.match(inner) if isinstance(inner, str) else None
+        if m is None:
+            return {"array": inner, "length": self.length}
+        return f"{m.group(1)}[{self.length}]{m.group(2)}"  # C order: the outer dimension first
 
 
 @dataclass(frozen=True)
@@ -147,36 +180,110 @@ class Lpm:
 
 
 @dataclass(frozen=True)
+class Enum:
+    """A C enum: an integer of `base`'s size whose values may be written (and are shown) by name."""
+
+    base: Int
+    values: tuple[tuple[str, int], ...]
+
+    @property
+    def size(self) -> int:
+        return self.base.size
+
+    @property
+    def align(self) -> int:
+        return self.base.align
+
+    def spec(self) -> Any:
+        return {"enum": self.base.name, "values": dict(self.values)}
+
+
+@dataclass(frozen=True)
 class Field:
     name: str
     type: "CType"
-    offset: int
+    offset: int  # bytes; for a bitfield, of the byte holding its first bit
+    bits: int = 0  # a bitfield's width (0: not a bitfield)
+    bit_offset: int = 0  # a bitfield's first bit, counted from the struct's start
+
+    def field_spec(self) -> Any:
+        spec = self.type.spec()
+        return f"{spec}:{self.bits}" if self.bits else spec
+
+
+def _round(n: int, a: int) -> int:
+    return (n + a - 1) // a * a
 
 
 @dataclass(frozen=True)
 class Struct:
-    """A C struct, laid out as a C compiler does (natural alignment, tail padding) unless packed."""
+    """A C struct, laid out as a C compiler does (natural alignment, tail padding) unless packed.
+
+    Equality is by layout (fields, offsets, size): `align` and `packed` only say how the
+    offsets were found."""
 
     fields: tuple[Field, ...]
     size: int
-    align: int
-    packed: bool = False
+    align: int = field(default=1, compare=False)
+    packed: bool = field(default=False, compare=False)
 
     @staticmethod
-    def layout(members: list[tuple[str, "CType"]], packed: bool = False) -> "Struct":
-        offset, align, fields = 0, 1, []
-        for name, typ in members:
-            a = 1 if packed else typ.align
-            offset = (offset + a - 1) // a * a
-            fields.append(Field(name, typ, offset))
-            offset += typ.size
+    def layout(members: list[tuple[str, "CType", int]], packed: bool = False,
+               aligns: Sequence[int] | None = None) -> "Struct":
+        """Lay members (name, type, bitfield width or 0) out as clang and gcc do on x86-64 and
+        arm64: a bitfield takes the next bits unless it would cross a boundary of its type's
+        alignment (packed structs let it cross); other fields start at a byte of their alignment.
+        `aligns`: each member's alignment, when not its type's own."""
+        bit, align = 0, 1
+        fields: list[Field] = []
+        for i, (name, typ, bits) in enumerate(members):
+            a = 1 if packed else aligns[i] if aligns is not None else typ.align
+            if bits:
+                unit = 8 * a
+                if not packed and bit // unit != (bit + bits - 1) // unit:
+                    bit = _round(bit, unit)
+                if bits == 8 * typ.size and bit % 8 == 0:  # as a plain field: one layout, one way to write it
+                    fields.append(Field(name, typ, bit // 8))
+                else:
+                    fields.append(Field(name, typ, bit // 8, bits, bit))
+                bit += bits
+            else:
+                bit = _round(_round(bit, 8) // 8, a) * 8
+                fields.append(Field(name, typ, bit // 8))
+                bit += 8 * typ.size
             align = max(align, a)
-        size = (offset + align - 1) // align * align
+        size = _round(_round(bit, 8) // 8, align)
         return Struct(tuple(fields), size, align, packed)
 
     def spec(self) -> Any:
-        out: dict[str, Any] = {"struct": [{f.name: f.type.spec()} for f in self.fields]}
-        if self.packed:
+        mode = _mode(self)
+        packed = mode if isinstance(mode, tuple) else [False] * len(self.fields)
+        out: dict[str, Any] = {"struct": [{f.name: _packed_spec(f.type) if p else f.field_spec()}
+                                          for f, p in zip(self.fields, packed)]}
+        if not isinstance(mode, tuple):
+            out["packed"] = True
+        return out
+
+
+@dataclass(frozen=True)
+class CUnion:
+    """A C union: every member at offset 0, the size of the largest (rounded to the alignment);
+    a value names exactly one member and the bytes past it are zero."""
+
+    fields: tuple[Field, ...]
+    size: int
+    align: int = field(default=1, compare=False)
+
+    @staticmethod
+    def layout(members: list[tuple[str, "CType"]], packed: bool = False,
+               aligns: Sequence[int] | None = None) -> "CUnion":
+        align = 1 if packed else max(aligns if aligns is not None else [t.align for _, t in members])
+        size = _round(max(t.size for _, t in members), align)
+        return CUnion(tuple(Field(n, t, 0) for n, t in members), size, align)
+
+    def spec(self) -> Any:
+        out: dict[str, Any] = {"union": [{f.name: f.type.spec()} for f in self.fields]}
+        if _union_packed(self):
             out["packed"] = True
         return out
 
@@ -189,82 +296,242 @@ class Raw(_ByteRun):
         return None
 
 
-CType = Union[Int, Addr, Bytes, Chars, Array, Lpm, Struct, Raw]
+CType = Union[Int, Bool, Addr, Bytes, Chars, Array, Lpm, Enum, Struct, CUnion, Raw]
 
-_ARRAY_RE = re.compile(r"^([A-Za-z0-9_]+)\[(\d+)\]$")
+
+# How a struct's canonical spec reproduces its offsets (_mode): _PACKED, or natural with the
+# members flagged True in a tuple written packed (a packed struct nested in a natural one; all
+# False: the natural layout), or None when no spelling does.
+_PACKED = "packed"
+
+
+def canonical_align(t: CType) -> int:
+    """The alignment a type has when written in its canonical spec."""
+    if isinstance(t, Struct):
+        mode = _mode(t)
+        if isinstance(mode, tuple):
+            return max(1 if p else canonical_align(f.type) for f, p in zip(t.fields, mode))
+        return 1
+    if isinstance(t, CUnion):
+        return 1 if _union_packed(t) else max(canonical_align(f.type) for f in t.fields)
+    if isinstance(t, Array):
+        return canonical_align(t.elem)
+    return t.align
+
+
+def _members_of(s: Struct) -> list[tuple[str, CType, int]]:
+    return [(f.name, f.type, f.bits) for f in s.fields]
+
+
+@cache
+def _mode(s: Struct) -> tuple[bool, ...] | str | None:
+    """How the canonical spec writes `s` (see above); None when no spelling lays it out so."""
+    members = _members_of(s)
+    if Struct.layout(members, False, [canonical_align(f.type) for f in s.fields]) == s:
+        return (False,) * len(members)
+    if Struct.layout(members, True) == s:
+        return _PACKED
+    choosable = [f.bits == 0 and _packable(f.type) and canonical_align(f.type) > 1 for f in s.fields]
+    for most in (1, 2, 4, 8, 16):  # the struct's own alignment: members aligned more must be packed
+        packed = [False] * len(members)
+        for i, f in enumerate(s.fields):  # each member's choice decided by its recorded offset, in order
+            if choosable[i]:
+                packed[i] = canonical_align(f.type) > most
+                if Struct.layout(members[:i + 1], False, _chosen(s, packed)).fields[i].offset != f.offset:
+                    packed[i] = not packed[i]
+        if Struct.layout(members, False, _chosen(s, packed)) == s:
+            return tuple(packed)
+    return None
+
+
+def _chosen(s: Struct, packed: list[bool]) -> list[int]:
+    return [1 if p else canonical_align(f.type) for f, p in zip(s.fields, packed)]
+
+
+@cache
+def _union_packed(u: CUnion) -> bool:
+    return CUnion.layout([(f.name, f.type) for f in u.fields], False, [canonical_align(f.type) for f in u.fields]) != u
+
+
+def _packable(t: CType) -> bool:
+    """A struct or union that can be written packed and keep its layout."""
+    if isinstance(t, Struct):
+        return Struct.layout(_members_of(t), True) == t
+    return isinstance(t, CUnion) and max(f.type.size for f in t.fields) == t.size
+
+
+def _packed_spec(t: CType) -> Any:
+    spec = t.spec()
+    spec["packed"] = True
+    return spec
+
+
+def expressible(s: Struct) -> bool:
+    """Whether the type language can write this layout (BTF from other compilers' headers may
+    place members where no spelling puts them, e.g. under `#pragma pack(2)`)."""
+    return _mode(s) is not None
+
+
+_ARRAY_RE = re.compile(r"^([A-Za-z0-9_]+)((?:\[\d+\])+)$")
+_BITFIELD_RE = re.compile(r"^([a-z0-9]+):(\d+)$")
 MAX_TYPE_SIZE = 1 << 16
-
+SCALAR_NAMES = (*INT_NAMES, "bool", *ADDR_SIZES)
 
 _parsed: dict[str, CType] = {}
 
 
-def parse_type(spec: Any) -> CType:
-    """Parse a type spec into a `CType`; raises TypeSpecError saying what was expected.
+def parse_type(spec: Any, named: Mapping[str, CType] | None = None) -> CType:
+    """Parse a type spec into a `CType`; raises TypeSpecError saying what was expected (and where).
 
+    `named`: types a config imported from BTF (`struct backend_value`, `enum lb_policy`, ...).
     CTypes are immutable, so thousands of maps with the same spec share one parse."""
-    cache_key = spec if isinstance(spec, str) else repr(spec)
-    cached = _parsed.get(cache_key)
+    cache_key = (spec if isinstance(spec, str) else repr(spec)) if not named else None
+    cached = _parsed.get(cache_key) if cache_key is not None else None
     if cached is not None:
         return cached
-    typ = _parse(spec)
+    typ = _parse(spec, named or {})
     if typ.size == 0 or typ.size > MAX_TYPE_SIZE:
         raise TypeSpecError(f"type size must be 1..{MAX_TYPE_SIZE} bytes, got {typ.size}")
-    _parsed[cache_key] = typ
+    if not _spelled_canonically(typ):  # what a map's BTF gives back must be this type again
+        raise TypeSpecError("this mix of packed and natural nested structs or unions has no canonical spelling "
+                            "(a packed member next to a natural one that needs its alignment): declare the "
+                            "nested types with the same packing")
+    if cache_key is not None:
+        _parsed[cache_key] = typ
     return typ
 
 
-def _parse(spec: Any) -> CType:
+@cache
+def _spelled_canonically(typ: CType) -> bool:
+    """Whether the canonical spec parses back to this very type (cached: named types skip the
+    spec cache, and thousands of maps share a few of them)."""
+    return _parse(typ.spec(), {}) == typ
+
+
+def _parse_name(spec: str, named: Mapping[str, CType]) -> CType:
+    if spec in INT_NAMES:
+        return Int(spec)
+    if spec == "bool":
+        return Bool()
+    if spec in ADDR_SIZES:
+        return Addr(spec)
+    if spec in named:
+        return named[spec]
+    m = _ARRAY_RE.match(spec)
+    if m:
+        base, dims = m.group(1), [int(d) for d in re.findall(r"\d+", m.group(2))]
+        if 0 in dims:
+            raise TypeSpecError(f"'{spec}': an array needs at least one element")
+        innermost = dims.pop()
+        typ: CType
+        if base == "bytes":
+            typ = Bytes(innermost)
+        elif base == "char":
+            typ = Chars(innermost)
+        elif base in SCALAR_NAMES:
+            typ = Array(_parse_name(base, named), innermost)
+        else:
+            raise _unknown(spec, named)
+        for n in reversed(dims):
+            typ = Array(typ, n)
+        return typ
+    raise _unknown(spec, named)
+
+
+def _unknown(spec: str, named: Mapping[str, CType]) -> TypeSpecError:
+    hint = ""
+    if spec.startswith(("struct ", "union ", "enum ", "typedef ")) or " " in spec:
+        hint = (f"; no type '{spec}' in the BTF files the config names" if named
+                else "; named C types need a top-level `btf:` list of BPF object or BTF files")
+    return TypeSpecError(
+        f"unknown type '{spec}': expected one of {', '.join(INT_NAMES)}, bool, ipv4, ipv6, mac, "
+        "bytes[N], char[N], T[N], {lpm: ...}, {struct: [...]}, {union: [...]}, {enum: ...} or {array: T, length: N}"
+        + hint)
+
+
+def _members(spec: Any, word: str, named: Mapping[str, CType], bitfields: bool) -> list[tuple[str, CType, int]]:
+    members = spec[word]
+    if not isinstance(members, list) or not members:
+        raise TypeSpecError(f"a {word} is a non-empty list of {{field: type}} mappings", (word,))
+    seen: set[str] = set()
+    out: list[tuple[str, CType, int]] = []
+    for i, m in enumerate(members):
+        if not isinstance(m, dict) or len(m) != 1:
+            raise TypeSpecError(f"each {word} field is a mapping of one field name to its type", (word, i))
+        (name, ftype), = m.items()
+        if not isinstance(name, str) or not IDENT_RE.match(name):
+            raise TypeSpecError(f"{word} field name {name!r} is not a C identifier", (word, i))
+        if name in seen:
+            raise TypeSpecError(f"{word} field '{name}' is defined twice", (word, i, name))
+        seen.add(name)
+        bits = 0
+        bf = _BITFIELD_RE.match(ftype) if isinstance(ftype, str) else None
+        if bf is not None:
+            if not bitfields:
+                raise TypeSpecError(f"field '{name}': bitfields belong in structs", (word, i, name))
+            ftype, bits = bf.group(1), int(bf.group(2))
+        try:
+            typ = _parse(ftype, named)
+        except TypeSpecError as e:
+            raise e.inside(word, i, name) from None
+        if bf is not None and not (isinstance(typ, (Int, Enum, Bool)) and not getattr(typ, "big_endian", False)
+                                   and 0 < bits <= 8 * typ.size):
+            raise TypeSpecError(f"field '{name}': a bitfield is a host-order integer type with a width of 1.."
+                                f"{8 * typ.size if isinstance(typ, (Int, Enum, Bool)) else 64} bits, like u8:3",
+                                (word, i, name))
+        out.append((name, typ, bits))
+    return out
+
+
+def _parse(spec: Any, named: Mapping[str, CType]) -> CType:
     if isinstance(spec, str):
-        if spec in INT_NAMES:
-            return Int(spec)
-        if spec in ADDR_SIZES:
-            return Addr(spec)
-        m = _ARRAY_RE.match(spec)
-        if m:
-            base, n = m.group(1), int(m.group(2))
-            if n == 0:
-                raise TypeSpecError(f"'{spec}': an array needs at least one element")
-            if base == "bytes":
-                return Bytes(n)
-            if base == "char":
-                return Chars(n)
-            if base in INT_NAMES:
-                return Array(Int(base), n)
-            if base in ADDR_SIZES:
-                return Array(Addr(base), n)
-        raise TypeSpecError(
-            f"unknown type '{spec}': expected one of {', '.join(INT_NAMES)}, ipv4, ipv6, mac, "
-            "bytes[N], char[N], T[N], {lpm: ipv4|ipv6} or {struct: [...]}"
-        )
+        return _parse_name(spec, named)
     if isinstance(spec, dict):
         if set(spec) == {"lpm"}:
             fam = spec["lpm"]
             if fam not in ("ipv4", "ipv6"):
-                raise TypeSpecError(f"lpm family must be ipv4 or ipv6, got {fam!r}")
+                raise TypeSpecError(f"lpm family must be ipv4 or ipv6, got {fam!r}", ("lpm",))
             return Lpm(fam)
         if "struct" in spec and set(spec) <= {"struct", "packed"}:
             packed = spec.get("packed", False)
             if not isinstance(packed, bool):
-                raise TypeSpecError("'packed' must be true or false")
-            members = spec["struct"]
-            if not isinstance(members, list) or not members:
-                raise TypeSpecError("a struct is a non-empty list of {field: type} mappings")
-            seen: set[str] = set()
-            parsed: list[tuple[str, CType]] = []
-            for m in members:
-                if not isinstance(m, dict) or len(m) != 1:
-                    raise TypeSpecError("each struct field is a mapping of one field name to its type")
-                (name, ftype), = m.items()
-                if not isinstance(name, str) or not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", name):
-                    raise TypeSpecError(f"struct field name {name!r} is not a C identifier")
-                if name in seen:
-                    raise TypeSpecError(f"struct field '{name}' is defined twice")
-                seen.add(name)
-                parsed.append((name, _parse(ftype)))
-            return Struct.layout(parsed, packed)
-        raise TypeSpecError(f"unknown type {spec!r}: a mapping type is {{lpm: ...}} or {{struct: [...], packed: bool}}")
+                raise TypeSpecError("'packed' must be true or false", ("packed",))
+            return Struct.layout(_members(spec, "struct", named, True), packed)
+        if "union" in spec and set(spec) <= {"union", "packed"}:
+            packed = spec.get("packed", False)
+            if not isinstance(packed, bool):
+                raise TypeSpecError("'packed' must be true or false", ("packed",))
+            return CUnion.layout([(n, t) for n, t, _ in _members(spec, "union", named, False)], packed)
+        if set(spec) == {"array", "length"}:
+            n = spec["length"]
+            if type(n) is not int or n < 1:
+                raise TypeSpecError(f"an array's length is a positive integer, got {n!r}", ("length",))
+            try:
+                return Array(_parse(spec["array"], named), n)
+            except TypeSpecError as e:
+                raise e.inside("array") from None
+        if "enum" in spec and set(spec) <= {"enum", "values"}:
+            return _parse_enum(spec)
+        raise TypeSpecError(f"unknown type {spec!r}: a mapping type is {{lpm: ...}}, {{struct: [...], packed: bool}}, "
+                            "{union: [...]}, {enum: u32, values: {NAME: number}} or {array: T, length: N}")
     raise TypeSpecError(f"a type is a name or a mapping, got {spec!r}")
 
+
+def _parse_enum(spec: dict[str, Any]) -> Enum:
+    base = spec["enum"]
+    if base not in INT_NAMES or INT_NAMES[base][2]:
+        raise TypeSpecError(f"an enum's base is a host-order integer type (u8..u64, i8..i64), got {base!r}", ("enum",))
+    typ = Int(base)
+    lo, hi = (-(1 << (8 * typ.size - 1)), (1 << (8 * typ.size - 1)) - 1) if typ.signed else (0, (1 << 8 * typ.size) - 1)
+    values = spec.get("values") or {}
+    if not isinstance(values, dict):
+        raise TypeSpecError("an enum's values are a mapping of NAME: number", ("values",))
+    for name, n in values.items():
+        if not isinstance(name, str) or not IDENT_RE.match(name):
+            raise TypeSpecError(f"enum value name {name!r} is not a C identifier", ("values", name))
+        if type(n) is not int or not lo <= n <= hi:
+            raise TypeSpecError(f"enum value {name}: expected an integer {lo}..{hi} for {base}, got {n!r}", ("values", name))
+    return Enum(typ, tuple(values.items()))
 
 
 def type_or_raw(spec: Any, size: int) -> CType:
@@ -272,6 +539,14 @@ def type_or_raw(spec: Any, size: int) -> CType:
     return parse_type(spec) if spec is not None else Raw(size)
 
 
+def same_type(a: Any, b: Any) -> bool:
+    """Whether two type specs describe the same bytes read the same way (see the module docstring)."""
+    if a == b:
+        return True
+    try:
+        return parse_type(a) == parse_type(b)
+    except TypeSpecError:
+        return False
 # Records per struct call: larger groups gain nothing; up to _SMALL, one struct of the exact count.
 _GROUP = 1024
 _SMALL = 64

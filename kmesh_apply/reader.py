@@ -10,7 +10,7 @@ from kmesh_apply.kernel.maps import LookupBuffers, Map
 from kmesh_apply.kernel.progs import map_holders
 from kmesh_apply.pinroot import check_pin_root
 from kmesh_apply.replaced import read_replaced
-from kmesh_apply.state import REPLACED_PIN, STAGING_DIR, LiveMap, LiveState, StagedMap
+from kmesh_apply.state import KEY_TYPES_DIR, REPLACED_PIN, STAGING_DIR, LiveMap, LiveState, StagedMap
 
 
 class _Reader:
@@ -41,6 +41,16 @@ class _Reader:
                 live.memlock = m.memlock()
         return live
 
+    def key_types(self, path: str) -> dict[str, Any]:
+        """The key types recorded for outer maps (see KEY_TYPES_DIR): only BTF is read, no entries."""
+        out = {}
+        for pin in sorted(os.scandir(path), key=lambda e: e.name):
+            with Map.open_pinned(pin.path) as m:
+                key_type = m.key_type()
+            if key_type is not None:
+                out[pin.name] = key_type.spec()
+        return out
+
 
 def read_live(pin_root: str, memlock: bool = False, holders: bool = True) -> LiveState:
     """The live state of `pin_root` (empty if it does not exist yet); `memlock` also reads what
@@ -53,6 +63,9 @@ def read_live(pin_root: str, memlock: bool = False, holders: bool = True) -> Liv
         return state
     reader = _Reader(memlock)
     for entry in sorted(os.scandir(root), key=lambda e: e.name):
+        if entry.is_dir(follow_symlinks=False) and entry.name == KEY_TYPES_DIR:
+            state.key_types = reader.key_types(entry.path)
+            continue
         if entry.is_dir(follow_symlinks=False):
             if entry.name != STAGING_DIR:
                 raise KmeshError(f"{entry.path} is a directory; a pin root holds only the maps kmesh-apply manages. "

@@ -1,8 +1,9 @@
 """Live state -> a config document (the inverse of loading), for `kmesh-apply show`.
 
 Types come from the BTF each inner map carries, so values print as the user
-wrote them. Outer maps cannot carry BTF, so their keys print by size
-(`u32` for 4-byte keys, else `key_size`), and their template is the inner map
+wrote them. Outer maps cannot carry BTF: their key type is the one kmesh-apply
+recorded beside them when it created them (state.KEY_TYPES_DIR), else they print
+by size (`u32` for 4-byte keys, else `key_size`); their template is the inner map
 found in their first slot.
 """
 
@@ -53,8 +54,12 @@ def _inner(m: LiveMap) -> dict[str, Any]:
     return doc
 
 
-def _outer(m: LiveMap, names: dict[int, str], inner_names: list[str]) -> dict[str, Any]:
-    key = parse_type("u32") if m.key_size == 4 else Raw(m.key_size)
+def _outer(m: LiveMap, names: dict[int, str], inner_names: list[str], recorded: Any) -> dict[str, Any]:
+    """`recorded`: the key type kmesh-apply recorded when it created the map (None: not recorded,
+    e.g. a map made by another tool: then u32 for 4-byte keys, else raw bytes)."""
+    key = parse_type(recorded) if recorded is not None else None
+    if key is None or key.size != m.key_size:
+        key = parse_type("u32") if m.key_size == 4 else Raw(m.key_size)
     doc: dict[str, Any] = {"type": m.type}
     _type_fields(doc, "key", key)
     doc["max_entries"] = m.max_entries
@@ -73,7 +78,7 @@ def show_document(live: LiveState) -> dict[str, Any]:
     inner_names = sorted(names.values())
     doc: dict[str, Any] = {"pin_root": live.pin_root}
     inner = {n: _inner(m) for n, m in sorted(live.maps.items()) if not m.is_outer}
-    outer = {n: _outer(m, names, inner_names) for n, m in sorted(live.maps.items()) if m.is_outer}
+    outer = {n: _outer(m, names, inner_names, live.key_types.get(n)) for n, m in sorted(live.maps.items()) if m.is_outer}
     if inner:
         doc["inner_maps"] = inner
     if outer:

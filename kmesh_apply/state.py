@@ -19,6 +19,9 @@ if TYPE_CHECKING:
 STAGING_DIR = "_kmesh_staging"
 # The tool's record of maps it replaced while loaded programs held them (see replaced.py).
 REPLACED_PIN = "_kmesh_replaced"
+# Outer maps cannot carry BTF, so the key type a config gave an outer map is recorded as the BTF
+# key of a one-entry hash map pinned here under the outer map's name; `show` gives it back.
+KEY_TYPES_DIR = "_kmesh_keys"
 
 
 @dataclass
@@ -70,6 +73,7 @@ class LiveState:
     holders: dict[int, tuple[Program, ...]] = field(default_factory=dict)
     # Maps that pins of this root replaced while programs held them: map ID -> the pin's name.
     replaced: dict[int, str] = field(default_factory=dict)
+    key_types: dict[str, Any] = field(default_factory=dict)  # outer map name -> key type spec (KEY_TYPES_DIR)
 
     def fingerprint(self) -> dict[str, str]:
         """Per-map digests, so a refused saved plan can say which map moved."""

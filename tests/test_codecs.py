@@ -6,12 +6,13 @@ from typing import Any
 
 import pytest
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
 
+from test_type_roundtrip import values_of as plain_values  # values of every type, as YAML gives them
 from kmesh_apply.config.codecs import (CodecError, decode, decode_per_cpu, encode, encode_column, encode_per_cpu,
                                        encoder, per_cpu_stride)
-from kmesh_apply.ctype import INT_NAMES, Addr, Array, Bytes, Chars, CType, Int, Raw, Struct, parse_type
+from kmesh_apply.ctype import INT_NAMES, CType, Raw, Struct, TypeSpecError, parse_type
 
 BACKEND = {"struct": [{"ip": "ipv4"}, {"port": "be16"}, {"weight": "u16"}]}
 PADDED = {"struct": [{"a": "u8"}, {"b": "u64"}, {"c": "u16"}]}
@@ -232,28 +233,12 @@ def struct_specs(draw: st.DrawFn, depth: int = 0) -> dict[str, Any]:
     return spec
 
 
-def plain_values(typ: CType) -> st.SearchStrategy[Any]:
-    """Values of `typ` in the form a YAML file gives them."""
-    if isinstance(typ, Int):
-        signed, bits = typ.signed, 8 * typ.size
-        return st.integers(-(1 << (bits - 1)) if signed else 0, (1 << (bits - 1 if signed else bits)) - 1)
-    if isinstance(typ, Addr):
-        if typ.family == "mac":
-            return st.binary(min_size=6, max_size=6).map(lambda b: b.hex(":"))
-        return st.ip_addresses(v=4 if typ.family == "ipv4" else 6).map(str)
-    if isinstance(typ, Bytes):
-        return st.binary(min_size=typ.size, max_size=typ.size).map(bytes.hex)
-    if isinstance(typ, Chars):
-        return st.text(max_size=typ.size).filter(lambda s: len(s.encode()) <= typ.size)
-    if isinstance(typ, Array):
-        return st.lists(plain_values(typ.elem), min_size=typ.length, max_size=typ.length)
-    assert isinstance(typ, Struct)
-    return st.fixed_dictionaries({f.name: plain_values(f.type) for f in typ.fields})
-
-
 @st.composite
 def typed_columns(draw: st.DrawFn) -> tuple[CType, list[Any]]:
-    typ = parse_type(draw(st.one_of(st.sampled_from(SCALARS), struct_specs())))
+    try:
+        typ = parse_type(draw(st.one_of(st.sampled_from(SCALARS), struct_specs())))
+    except TypeSpecError:  # a rare nesting of packed and natural structs with no canonical spelling
+        reject()
     return typ, draw(st.lists(plain_values(typ), max_size=24))
 
 

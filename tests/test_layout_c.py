@@ -25,6 +25,11 @@ struct padded { __u8 a; __u64 b; __u16 c; };
 struct packed { __u8 a; __u64 b; __u16 c; } __attribute__((packed));
 struct mixed { char name[6]; __u16 arr[3]; struct in6_addr ip6; __u8 mac[6]; };
 struct lpm4 { __u32 prefixlen; __u8 addr[4]; };
+struct sbits { __s8 a:3; __u16 b:12; __u8 c; __s32 d:20; _Bool e:1; };
+struct pbits { __u8 a:3; __u16 b:12; __u32 c:30; } __attribute__((packed));
+struct inner_packed { __u8 x; __u32 y; } __attribute__((packed));
+enum colour { RED = 1, BLUE = 7 };
+struct mix { __u8 tag; struct inner_packed p; union { __u16 s; __u64 l; } u; __u32 grid[2][3]; _Bool ok; enum colour c; };
 
 static void show(const char *name, const void *p, size_t n)
 {
@@ -38,6 +43,14 @@ static void show(const char *name, const void *p, size_t n)
 int main(void)
 {
     struct backend be; struct padded pd; struct packed pk; struct mixed mx; struct lpm4 lp;
+    struct sbits sb; struct pbits pb; struct mix mi;
+    memset(&sb, 0, sizeof(sb)); memset(&pb, 0, sizeof(pb)); memset(&mi, 0, sizeof(mi));
+    sb.a = -3; sb.b = 0xabc; sb.c = 9; sb.d = -70000; sb.e = 1;
+    pb.a = 5; pb.b = 0x123; pb.c = 0x2345678;
+    mi.tag = 1; mi.p.x = 2; mi.p.y = 0x01020304; mi.u.s = 0xbeef;
+    for (int i = 0; i < 6; i++)
+        mi.grid[i / 3][i % 3] = i + 1;
+    mi.ok = 1; mi.c = BLUE;
     memset(&be, 0, sizeof(be)); memset(&pd, 0, sizeof(pd)); memset(&pk, 0, sizeof(pk));
     memset(&mx, 0, sizeof(mx)); memset(&lp, 0, sizeof(lp));
 
@@ -59,6 +72,9 @@ int main(void)
     show("packed", &pk, sizeof(pk));
     show("mixed", &mx, sizeof(mx));
     show("lpm4", &lp, sizeof(lp));
+    show("sbits", &sb, sizeof(sb));
+    show("pbits", &pb, sizeof(pb));
+    show("mix", &mi, sizeof(mi));
     return 0;
 }
 """
@@ -73,6 +89,15 @@ CASES: dict[str, tuple[Any, Any]] = {
     "mixed": ({"struct": [{"name": "char[6]"}, {"arr": "u16[3]"}, {"ip6": "ipv6"}, {"mac": "mac"}]},
               {"name": "abc", "arr": [1, 2, 3], "ip6": "fd00::1", "mac": "02:00:00:00:00:01"}),
     "lpm4": ({"lpm": "ipv4"}, "10.96.0.0/16"),
+    "sbits": ({"struct": [{"a": "i8:3"}, {"b": "u16:12"}, {"c": "u8"}, {"d": "i32:20"}, {"e": "bool:1"}]},
+              {"a": -3, "b": 0xABC, "c": 9, "d": -70000, "e": True}),
+    "pbits": ({"struct": [{"a": "u8:3"}, {"b": "u16:12"}, {"c": "u32:30"}], "packed": True},
+              {"a": 5, "b": 0x123, "c": 0x2345678}),
+    "mix": ({"struct": [{"tag": "u8"}, {"p": {"struct": [{"x": "u8"}, {"y": "u32"}], "packed": True}},
+                        {"u": {"union": [{"s": "u16"}, {"l": "u64"}]}}, {"grid": "u32[2][3]"}, {"ok": "bool"},
+                        {"c": {"enum": "u32", "values": {"RED": 1, "BLUE": 7}}}]},
+            {"tag": 1, "p": {"x": 2, "y": 0x01020304}, "u": {"s": 0xBEEF}, "grid": [[1, 2, 3], [4, 5, 6]], "ok": True,
+             "c": "BLUE"}),
 }
 
 

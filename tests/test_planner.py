@@ -8,6 +8,7 @@ import struct
 from hypothesis import given
 from hypothesis import strategies as st
 
+from kmesh_apply.config.codecs import encode
 from kmesh_apply.config.model import Config, InnerMapSpec, Location, OuterMapSpec
 from kmesh_apply.ctype import parse_type
 from kmesh_apply.plan.model import CreateMap, MovePin, Plan, RemovePin, SetSlots, WriteEntries
@@ -84,6 +85,31 @@ def test_single_entry_change_is_in_place():
     assert plan.steps[0].put == {k(2): v(21)} and plan.steps[0].delete == []
     assert plan.counts == {"create": 0, "update": 1, "destroy": 0}
     assert "~ 2: 20 -> 21" in render_text(plan)
+
+
+def _single_change(map_type: str, live: dict[int, int], want: dict[int, int]) -> list[str]:
+    cfg = config(inner("a", want, type=map_type), outer("svc", "a", {0: "a"}))
+    base = config(inner("a", live, type=map_type), outer("svc", "a", {0: "a"}))
+    return ops(make_plan(cfg, live_of(base, {"a": 11, "svc": 13})))
+
+
+def test_single_entry_change_is_in_place_only_where_the_kernel_replaces_the_element():
+    for map_type in ("hash", "lru_hash"):
+        assert _single_change(map_type, {1: 10}, {1: 11}) == ["write"]  # a new element linked in (RCU)
+    for map_type in ("array", "percpu_array"):
+        assert _single_change(map_type, {1: 10}, {1: 11}) == ["create", "write", "slots", "move"]  # copied in place
+    for map_type in ("percpu_hash", "lru_percpu_hash"):
+        assert _single_change(map_type, {1: 10}, {1: 11}) == ["create", "write", "slots", "move"]  # pcpu_copy_value
+        assert _single_change(map_type, {1: 10}, {1: 10, 2: 20}) == ["write"]  # a new key: linked in
+        assert _single_change(map_type, {1: 10, 2: 20}, {1: 10}) == ["write"]  # a deletion: unlinked
+
+
+def test_a_packed_struct_read_back_unpacked_plans_clean():
+    spec = InnerMapSpec("p", "hash", parse_type("u32"), parse_type({"struct": [{"a": "u32"}], "packed": True}), 4, (),
+                        {}, LOC)
+    live = LiveState("/sys/fs/bpf/t")
+    live.maps["p"] = LiveMap("p", 1, "hash", 4, 4, 4, (), "u32", {"struct": [{"a": "u32"}]})
+    assert not make_plan(config(spec), live).has_changes
 
 
 def test_multi_entry_change_of_slot_held_map_is_a_swap():
@@ -263,3 +289,23 @@ def test_replaced_maps_still_held_are_drift():
     assert "the replaced map 'svc' (ID 7) is still held by program 1" in text and "No changes to apply" in text
     assert render_json(plan)["drift"] is True
     assert Plan.from_saved(json.loads(json.dumps(plan.to_saved()))).held_replaced == plan.held_replaced
+
+
+def test_a_huge_value_change_shows_only_the_changed_elements():
+    table = parse_type("u32[16381]")
+    old = list(range(16381))
+    new = list(old)
+    new[5], new[7000] = 0, 1
+
+    def maglev(values: list[int]) -> InnerMapSpec:
+        return InnerMapSpec("m", "array", parse_type("u32"), table, 1, (), {k(0): encode(table, values)}, LOC)
+
+    live = LiveState("/sys/fs/bpf/t")
+    live.maps["m"] = LiveMap("m", 1, "array", 4, table.size, 1, (), "u32", table.spec(), dict(maglev(old).entries))
+    plan = make_plan(config(maglev(new)), live)
+    text = render_text(plan)
+    assert "~ 0: 2 of 16381 elements changed: [5]: 5 -> 0, [7000]: 7000 -> 1" in text
+    assert len(text) < 1000
+    changed = render_json(plan)["changes"][0]["changed"]
+    assert changed == [{"key": 0, "elements": 16381, "changed_elements": [{"path": "[5]", "old": 5, "new": 0},
+                                                                          {"path": "[7000]", "old": 7000, "new": 1}]}]

@@ -9,6 +9,7 @@ Raises ConfigError with every problem of every file, each naming file, line, map
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
@@ -120,12 +121,45 @@ def _flow_entries(doc: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+# Plain scalars a YAML 1.2 reader (yaml-rs) may take for something other than a string: numbers
+# (1e3, 0o17, 1_000, .5, hex digits like 14e00101), null, booleans, dates. PyYAML, which writes
+# YAML 1.1, quotes what 1.1 resolves (yes, on, 1:20, ...) but not these. Strings matching this
+# are asked of yaml-rs itself; addresses (10.0.0.1, 10.0.0.0/8) are known to stay strings.
+_MAYBE_NOT_STR = re.compile(r"[-+.~0-9]|(?i:null|true|false)$")
+_ADDRESS = re.compile(r"\d{1,3}(?:\.\d{1,3}){3}(?:/\d{1,3})?|[0-9A-Fa-f:]*:[0-9A-Fa-f:]*(?:/\d{1,3})?")
+
+
+_HEX_DIGITS = re.compile(r"[0-9][0-9a-fA-F]*")  # bytes[N] values: often a number to a YAML reader
+
+
+def _read_back_as_str(text: str) -> bool:
+    import yaml_rs
+
+    if not _MAYBE_NOT_STR.match(text) or _ADDRESS.fullmatch(text):
+        return True
+    if _HEX_DIGITS.fullmatch(text):
+        return False  # quoted without asking: cheaper, and right for every such string
+    try:
+        return yaml_rs.loads(f"- {text}\n", parse_datetime=True) == [text]
+    except yaml_rs.YAMLDecodeError:
+        return False
+
+
 def dump_yaml(doc: Mapping[str, Any]) -> str:
-    """A config document as block YAML that load_config accepts back."""
+    """A config document as block YAML that load_config accepts back: every string that a YAML 1.1
+    or 1.2 reader would resolve to something else is quoted."""
     import yaml
 
     class Dumper(yaml.SafeDumper):
         pass
 
+    def represent_str(dumper: yaml.SafeDumper, text: str) -> yaml.Node:
+        if not text.isprintable():  # line breaks YAML knows (\x85, \u2028) fold in plain or single-quoted text
+            style: str | None = '"'
+        else:
+            style = None if _read_back_as_str(text) else "'"
+        return dumper.represent_scalar("tag:yaml.org,2002:str", text, style=style)
+
+    Dumper.add_representer(str, represent_str)
     Dumper.add_representer(_Flow, lambda d, v: d.represent_mapping("tag:yaml.org,2002:map", v, flow_style=True))
     return yaml.dump(_flow_entries(doc), Dumper=Dumper, sort_keys=False, width=120, allow_unicode=True)

@@ -19,7 +19,7 @@ from itertools import chain, repeat
 from operator import itemgetter
 from typing import Any, Callable, Sequence
 
-from kmesh_apply.ctype import Addr, Array, Bytes, Chars, CType, Int, Lpm, Raw, Struct
+from kmesh_apply.ctype import Addr, Array, Bool, Bytes, Chars, CType, CUnion, Enum, Field, Int, Lpm, Raw, Struct
 from kmesh_apply.wording import count
 
 Encoder = Callable[[Any], bytes]
@@ -218,6 +218,8 @@ def _array_encoder(typ: Array) -> Encoder:
 
 def _struct_encoder(typ: Struct) -> Encoder:
     """Fields are joined with the padding bytes between them precomputed, zeros throughout."""
+    if any(f.bits for f in typ.fields):
+        return _bitfield_struct_encoder(typ)
     plan, end = [], 0
     for f in typ.fields:
         plan.append((f.name, b"\0" * (f.offset - end), encoder(f.type)))
@@ -244,6 +246,102 @@ def _struct_encoder(typ: Struct) -> Encoder:
         out.append(tail)
         return b"".join(out)
     return enc
+
+
+def _bitfield_range(f: Field) -> tuple[int, int]:
+    signed = isinstance(f.type, Int) and f.type.signed or isinstance(f.type, Enum) and f.type.base.signed
+    return (-(1 << (f.bits - 1)), (1 << (f.bits - 1)) - 1) if signed else (0, (1 << f.bits) - 1)
+
+
+def _bitfield_struct_encoder(typ: Struct) -> Encoder:
+    """A struct with bitfields: the struct's bytes as one little-endian integer, each field's
+    bits or'ed in at its bit offset (x86-64 and arm64 are little-endian; so is their BTF)."""
+    names = [f.name for f in typ.fields]
+    plan: list[tuple[Field, int, int, Callable[[Any], Any]]] = []
+    for f in typ.fields:
+        if f.bits:
+            lo, hi = _bitfield_range(f)
+            plan.append((f, lo, hi, _bitfield_int(f.type)))
+        else:
+            plan.append((f, 0, 0, encoder(f.type)))
+
+    def enc(value: Any) -> bytes:
+        if not isinstance(value, dict):
+            raise _fail(f"a mapping of field to value ({', '.join(names)})", value)
+        if set(value) != set(names):
+            _check_fields(names, value)
+        acc = 0
+        for f, lo, hi, fenc in plan:
+            try:
+                if f.bits:
+                    n = fenc(value[f.name])
+                    if not lo <= n <= hi:
+                        raise _fail(f"an integer {lo}..{hi} for a {f.bits}-bit field", value[f.name])
+                    acc |= (n & ((1 << f.bits) - 1)) << f.bit_offset
+                else:
+                    acc |= int.from_bytes(fenc(value[f.name]), "little") << (8 * f.offset)
+            except CodecError as e:
+                raise e.inside(f.name) from None
+        return acc.to_bytes(typ.size, "little")
+    return enc
+
+
+def _bitfield_int(typ: CType) -> Callable[[Any], int]:
+    """A bitfield's value as an integer: enums take names, bools true/false."""
+    if isinstance(typ, Enum):
+        by_name = dict(typ.values)
+        return lambda v: by_name[v] if isinstance(v, str) and v in by_name else _bitfield_plain(v)
+    return _bitfield_plain
+
+
+def _bitfield_plain(value: Any) -> int:
+    if type(value) is bool:
+        return int(value)
+    n = _as_int(value)
+    if n is None:
+        raise _fail("an integer", value)
+    return n
+
+
+def _union_encoder(typ: CUnion) -> Encoder:
+    """A union's value names one member: its bytes, then zeros to the union's size."""
+    members = {f.name: encoder(f.type) for f in typ.fields}
+    every = ", ".join(members)
+
+    def enc(value: Any) -> bytes:
+        if not isinstance(value, dict) or len(value) != 1:
+            got = f"{len(value)} members ({', '.join(map(str, value))})" if isinstance(value, dict) else _got(value)
+            raise CodecError(f"expected a mapping that names exactly one member of the union ({every}), got {got}")
+        (name, v), = value.items()
+        if name not in members:
+            raise CodecError(f"unknown member {_got(name)} (the members are: {every})")
+        try:
+            return members[name](v).ljust(typ.size, b"\0")
+        except CodecError as e:
+            raise e.inside(name) from None
+    return enc
+
+
+def _enum_encoder(typ: Enum) -> Encoder:
+    by_name = dict(typ.values)
+    ints = _int_encoder(typ.base)
+    names = ", ".join(by_name) or "none"
+
+    def enc(value: Any) -> bytes:
+        if isinstance(value, str) and not _HEX_INT_RE.fullmatch(value):
+            if value not in by_name:
+                raise CodecError(f"unknown enum name {_got(value)} (the names are: {names})")
+            return ints(by_name[value])
+        return ints(value)
+    return enc
+
+
+def _encode_bool(value: Any) -> bytes:
+    if type(value) is bool:
+        return b"\1" if value else b"\0"
+    if type(value) is int and 0 <= value <= 255:
+        return bytes((value,))
+    raise _fail("true or false", value)
 
 
 def _check_fields(names: list[str], value: dict[Any, Any]) -> None:
@@ -278,6 +376,12 @@ def encoder(typ: CType) -> Encoder:
         return _lpm_encoder(typ)
     if isinstance(typ, Struct):
         return _struct_encoder(typ)
+    if isinstance(typ, CUnion):
+        return _union_encoder(typ)
+    if isinstance(typ, Enum):
+        return _enum_encoder(typ)
+    if isinstance(typ, Bool):
+        return _encode_bool
     return _raw_encoder(typ)
 
 
@@ -307,9 +411,65 @@ def _decoder(typ: CType) -> Decoder:
         af = _FAMILY[typ.family][0]
         return lambda data: f"{socket.inet_ntop(af, data[4:])}/{int.from_bytes(data[:4], 'little')}"
     if isinstance(typ, Struct):
+        if any(f.bits for f in typ.fields):
+            return _bitfield_struct_decoder(typ)
         plan = [(f.name, f.offset, f.offset + f.type.size, _decoder(f.type)) for f in typ.fields]
         return lambda data: {name: dec(data[start:end]) for name, start, end, dec in plan}
+    if isinstance(typ, CUnion):
+        return _union_decoder(typ)
+    if isinstance(typ, Enum):
+        ints, names = _decoder(typ.base), {}
+        for name, n in reversed(typ.values):
+            names[n] = name  # the first name given for a number
+        return lambda data: names.get(ints(data), ints(data))
+    if isinstance(typ, Bool):
+        return lambda data: {0: False, 1: True}.get(data[0], data[0])
     return lambda data: data.hex()
+
+
+def _bitfield_struct_decoder(typ: Struct) -> Decoder:
+    plan: list[tuple[Field, bool, dict[int, str], Decoder | None]] = []
+    for f in typ.fields:
+        if f.bits:
+            lo, _ = _bitfield_range(f)
+            names = {n: name for name, n in reversed(f.type.values)} if isinstance(f.type, Enum) else {}
+            plan.append((f, lo < 0, names, None))
+        else:
+            plan.append((f, False, {}, _decoder(f.type)))
+
+    def dec(data: bytes) -> dict[str, Any]:
+        whole = int.from_bytes(data, "little")
+        out: dict[str, Any] = {}
+        for f, signed, names, fdec in plan:
+            if fdec is not None:
+                out[f.name] = fdec(data[f.offset:f.offset + f.type.size])
+                continue
+            n = whole >> f.bit_offset & ((1 << f.bits) - 1)
+            if signed and n >> (f.bits - 1):
+                n -= 1 << f.bits
+            out[f.name] = names.get(n, n) if names else (bool(n) if isinstance(f.type, Bool) and n in (0, 1) else n)
+        return out
+    return dec
+
+
+def _union_decoder(typ: CUnion) -> Decoder:
+    """The first member (in declaration order) whose value gives back exactly these bytes;
+    bytes no member accounts for (set by someone else) show as the largest member."""
+    members = [(f.name, f.type.size, _decoder(f.type), encoder(f.type)) for f in typ.fields]
+    largest = max(members, key=lambda m: m[1])
+
+    def dec(data: bytes) -> dict[str, Any]:
+        for name, size, mdec, menc in members:
+            if not any(data[size:]):
+                value = mdec(data[:size])
+                try:
+                    if menc(value) == data[:size]:
+                        return {name: value}
+                except CodecError:
+                    pass  # e.g. bytes that are no UTF-8 text, shown escaped: too long for the char[N]
+        name, size, mdec, _ = largest
+        return {name: mdec(data[:size])}
+    return dec
 
 
 def decode(typ: CType, data: bytes) -> Any:
@@ -352,7 +512,7 @@ def _column_encoder(typ: CType) -> ColumnEncoder:
         return lambda values: b"".join(map(socket.inet_pton, repeat(af, len(values)), values))
     if isinstance(typ, Array):
         return _array_column(typ)
-    if isinstance(typ, Struct):
+    if isinstance(typ, Struct) and not any(f.bits for f in typ.fields):
         return _struct_column(typ)
     enc = encoder(typ)
     return lambda values: b"".join(map(enc, values))

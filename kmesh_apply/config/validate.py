@@ -13,13 +13,15 @@ import re
 from collections.abc import Mapping, MutableMapping
 from functools import cache
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from kmesh_apply.config import codecs
 from kmesh_apply.config.blocks import BlocksRefused, Partial
-from kmesh_apply.config.loader import Problem, Source
+from kmesh_apply.config.loader import INLINE, Problem, Source, parse_text
 from kmesh_apply.config.model import (
     ARRAY_TYPES,
+    INNER_TYPES,
+    OUTER_TYPES,
     OUTER_ALIASES,
     PERCPU_TYPES,
     Config,
@@ -29,11 +31,14 @@ from kmesh_apply.config.model import (
 )
 from kmesh_apply.ctype import CType, Int, Lpm, Raw, TypeSpecError, parse_type, records
 from kmesh_apply.entries import Entries
-from kmesh_apply.state import REPLACED_PIN, STAGING_DIR
+from kmesh_apply.state import KEY_TYPES_DIR, REPLACED_PIN, STAGING_DIR
 from kmesh_apply.wording import a, count
 
+if TYPE_CHECKING:
+    from kmesh_apply.kernel.btf import NamedTypes
+
 SCHEMA_FILE = Path(__file__).with_name("config-v1.schema.json")
-RESERVED_NAMES = (STAGING_DIR, REPLACED_PIN)
+RESERVED_NAMES = (STAGING_DIR, REPLACED_PIN, KEY_TYPES_DIR)
 ACCESS_FLAGS = {"rdonly", "wronly", "rdonly_prog", "wronly_prog", "numa_node"}
 # The flags each map type's kernel code accepts at creation.
 TYPE_FLAGS = {
@@ -68,6 +73,7 @@ def _integers(keys: list[Any]) -> list[Any]:
     except (TypeError, ValueError):  # a key that is not text (a mapping handed over), or '3-', '', '--1'
         pass
     return [int(k) if isinstance(k, str) and _DECIMAL(k) else k for k in keys]
+_SPEC_WORDS = ("struct", "union", "array", "length", "enum", "values", "packed", "lpm")
 
 
 @cache
@@ -176,10 +182,12 @@ def _schema_message(err: Any) -> str:
 class _MapChecker:
     """Checks and builds one map, collecting problems with their paths."""
 
-    def __init__(self, src: Source, section: str, name: str, raw: dict[str, Any], problems: list[Problem]):
+    def __init__(self, src: Source, section: str, name: str, raw: dict[str, Any], problems: list[Problem],
+                 named: Mapping[str, CType] | None = None):
         self.src, self.section, self.name, self.raw, self.problems = src, section, name, raw, problems
         self.base = (section, name)
         self.distinct_keys = False  # entries given as a mapping, see columns()
+        self.named = named
 
     def problem(self, message: str, *path: Any, entry: str = "") -> None:
         self.problems.append(Problem(self.src.file, self.base + path, message, self.name, entry))
@@ -192,9 +200,11 @@ class _MapChecker:
         if has_size:
             return Raw(self.raw[f"{which}_size"])
         try:
-            return parse_type(self.raw[which])
+            return parse_type(self.raw[which], self.named)
         except TypeSpecError as e:
-            self.problem(f"{which}: {e}", which)
+            fields = [p for p in e.path if isinstance(p, str) and p not in _SPEC_WORDS]
+            where = f"{which} field '{'.'.join(fields)}'" if fields else which
+            self.problem(f"{where}: {e}", which, *e.path)
             return None
 
     def flags(self, type_: str) -> tuple[str, ...]:
@@ -291,10 +301,12 @@ class _MapChecker:
 
 
 def check_inner(src: Source, name: str, raw: dict[str, Any], problems: list[Problem], ncpus: Callable[[], int],
-                cached: Entries | None = None, partial: Partial | None = None) -> InnerMapSpec | None:
+                cached: Entries | None = None, partial: Partial | None = None,
+                named: Mapping[str, CType] | None = None) -> InnerMapSpec | None:
     """An inner map from its definition; `cached` holds its entries already encoded (see config.cache),
-    `partial` assembles them from blocks (config.blocks; raises BlocksRefused when it cannot)."""
-    c = _MapChecker(src, "inner_maps", name, raw, problems)
+    `partial` assembles them from blocks (config.blocks; raises BlocksRefused when it cannot);
+    `named`: the C types of the config's BTF files."""
+    c = _MapChecker(src, "inner_maps", name, raw, problems, named)
     before = len(problems)
     type_ = raw["type"]
     key, value = c.ctype("key"), c.ctype("value")
@@ -338,8 +350,9 @@ def check_inner(src: Source, name: str, raw: dict[str, Any], problems: list[Prob
 
 
 def check_outer(src: Source, name: str, raw: dict[str, Any], problems: list[Problem],
-                inner: dict[str, InnerMapSpec], inner_raw: set[str], outer_names: set[str]) -> OuterMapSpec | None:
-    c = _MapChecker(src, "outer_maps", name, raw, problems)
+                inner: dict[str, InnerMapSpec], inner_raw: set[str], outer_names: set[str],
+                named: Mapping[str, CType] | None = None) -> OuterMapSpec | None:
+    c = _MapChecker(src, "outer_maps", name, raw, problems, named)
     before = len(problems)
     type_ = OUTER_ALIASES.get(raw["type"], raw["type"])
     if "value" in raw or "value_size" in raw:
@@ -407,6 +420,7 @@ def build_config(sources: list[Source], problems: list[Problem], known_valid: se
     inner_raw: list[tuple[Source, str, dict[str, Any]]] = []
     outer_raw: list[tuple[Source, str, dict[str, Any]]] = []
     for src in sources:
+        _parse_whole_if_btf(src)
         found = schema_problems(src, known_valid)
         problems += found
         if found or not isinstance(src.data, dict):
@@ -434,17 +448,88 @@ def build_config(sources: list[Source], problems: list[Problem], known_valid: se
                 into.append((src, name, raw))
     inner_names = {n for _, n, _ in inner_raw}
     outer_names = {n for _, n, _ in outer_raw}
-    for src, name, raw in inner_raw:
-        reused = src.reused.get(name)
-        inner_spec = check_inner(src, name, raw, problems, possible_cpus, Entries(*reused[1]) if reused else None,
-                                 src.partial.get(name))
-        if inner_spec is not None:
-            cfg.inner_maps[name] = inner_spec
-    for src, name, raw in outer_raw:
-        outer_spec = check_outer(src, name, raw, problems, cfg.inner_maps, inner_names, outer_names)
-        if outer_spec is not None:
-            cfg.outer_maps[name] = outer_spec
+    with _named_types(sources, problems) as named:
+        inner_raw = _with_object_maps(inner_raw, "inner_maps", named, problems)
+        outer_raw = _with_object_maps(outer_raw, "outer_maps", named, problems)
+        for src, name, raw in inner_raw:
+            reused = src.reused.get(name)
+            inner_spec = check_inner(src, name, raw, problems, possible_cpus, Entries(*reused[1]) if reused else None,
+                                     src.partial.get(name), named)
+            if inner_spec is not None:
+                cfg.inner_maps[name] = inner_spec
+        for src, name, raw in outer_raw:
+            outer_spec = check_outer(src, name, raw, problems, cfg.inner_maps, inner_names, outer_names, named)
+            if outer_spec is not None:
+                cfg.outer_maps[name] = outer_spec
     return cfg
+
+
+def _with_object_maps(maps: list[tuple[Source, str, dict[str, Any]]], section: str, named: NamedTypes,
+                      problems: list[Problem]) -> list[tuple[Source, str, dict[str, Any]]]:
+    """Definitions with `object_map: X` completed from map X of a BPF object's `.maps` section;
+    what the config gives itself wins."""
+    out = []
+    for src, name, raw in maps:
+        wanted = raw.get("object_map")
+        if wanted is None:
+            out.append((src, name, raw))
+            continue
+        found = named.map_definition(wanted)
+        if found is None:
+            where = "the files under btf:" if named else "no BPF object (name one under btf:)"
+            problems.append(Problem(src.file, (section, name, "object_map"),
+                                    f"object_map: no map '{wanted}' in the .maps section of {where}", name))
+            continue
+        for which in ("key", "value"):  # a type or a size given here replaces both of the object's
+            if which in raw or f"{which}_size" in raw:
+                found.pop(which, None)
+                found.pop(f"{which}_size", None)
+        merged = {**found, **{k: v for k, v in raw.items() if k != "object_map"}}
+        if section == "outer_maps":
+            merged.pop("value", None)
+            merged.pop("value_size", None)
+        missing = [k for k in ("type", "max_entries") if k not in merged]
+        kinds = INNER_TYPES if section == "inner_maps" else (*OUTER_TYPES, *OUTER_ALIASES)
+        if not missing and merged["type"] not in kinds:
+            problems.append(Problem(src.file, (section, name, "object_map"),
+                                    f"object_map: '{wanted}' is a {merged['type']} map; {section} are {', '.join(kinds)}", name))
+            continue
+        if missing:
+            problems.append(Problem(src.file, (section, name, "object_map"),
+                                    f"object_map: '{wanted}' declares no {' or '.join(missing)}: give it here", name))
+            continue
+        out.append((src, name, merged))
+    return out
+
+
+def _parse_whole_if_btf(src: Source) -> None:
+    """A document that names BTF files is never taken from the config cache: its entries' layout
+    depends on those files, not only on its text."""
+    if src.reused and src.text is not None and isinstance(src.data, dict) and src.data.get("btf"):
+        full = parse_text(src.text, src.file)
+        if isinstance(full, Source):
+            src.data, src.reused = full.data, {}
+
+
+def _named_types(sources: list[Source], problems: list[Problem]) -> NamedTypes:
+    """The C types of the BTF files the documents name under `btf:` (paths relative to each file),
+    shared by the whole configuration."""
+    from kmesh_apply.kernel.btf import BtfFileError, NamedTypes
+
+    named = NamedTypes()
+    for src in sources:
+        paths = src.data.get("btf") if isinstance(src.data, dict) else None
+        if not isinstance(paths, list):
+            continue
+        base = Path(src.file).parent if src.file != INLINE else Path.cwd()
+        for i, path in enumerate(paths):
+            if not isinstance(path, str):
+                continue  # the schema reports it
+            try:
+                named.add(str(base / path))
+            except BtfFileError as e:
+                problems.append(Problem(src.file, ("btf", i), f"btf: {e}"))
+    return named
 
 
 def _definitions(src: Source, section: str) -> list[tuple[Any, Any]]:

@@ -7,9 +7,16 @@ gives back an equal `CType`:
 - u8..i64: INT of that name (signed encoding for i*);
 - be16/be32/be64, ipv4/ipv6/mac, bytes[N], raw N bytes: a TYPEDEF of that name
   (be* -> the unsigned INT, the rest -> u8[N]);
+- bool: INT `bool` (BOOL encoding); enums: ENUM (ENUM64 for 8 bytes), signed in kind_flag;
 - char[N]: ARRAY of the INT `char`; T[N]: ARRAY of T;
-- {lpm: F}: STRUCT `lpm_F` {u32 prefixlen; F addr}; structs: anonymous STRUCT,
-  packed recovered by comparing member offsets with the natural layout.
+- {lpm: F}: STRUCT `lpm_F` {u32 prefixlen; F addr}; structs and unions: anonymous
+  STRUCT/UNION with member offsets (bitfields with their widths); a type is its layout,
+  so `packed` need not be recorded (see ctype's docstring).
+
+Decoding also reads what clang writes for C sources (typedefs, `char` arrays,
+anonymous members: a struct or union whose one member is an anonymous union or
+struct is that member), so a BPF object's or raw BTF file's named types can be used
+in a config (`named_types`).
 
 Kernel rules this honours (checked in tests/test_kernel_btf.py): an array map's key
 must resolve to a 32-bit INT, so other 4-byte key types are recorded there as
@@ -22,14 +29,20 @@ from __future__ import annotations
 import ctypes
 import threading
 
-from kmesh_apply.ctype import Addr, Array, Bytes, Chars, CType, Int, Lpm, Raw, Struct
+import os
+from typing import Any, Iterator, Mapping
+
+from kmesh_apply.ctype import (Addr, Array, Bool, Bytes, Chars, CType, CUnion, Enum, Field, Int, Lpm, Raw, Struct,
+                               TypeSpecError, canonical_align, expressible)
 from kmesh_apply.errors import KernelError
 from kmesh_apply.kernel.failure import fail
 from kmesh_apply.kernel import libbpf as L
 
-BTF_KIND_INT, BTF_KIND_ARRAY, BTF_KIND_STRUCT = 1, 3, 4
-BTF_KIND_TYPEDEF, BTF_KIND_VOLATILE, BTF_KIND_CONST = 8, 9, 10
-BTF_INT_SIGNED, BTF_INT_CHAR = 1, 2
+BTF_KIND_INT, BTF_KIND_ARRAY, BTF_KIND_STRUCT, BTF_KIND_UNION, BTF_KIND_ENUM = 1, 3, 4, 5, 6
+BTF_KIND_TYPEDEF, BTF_KIND_VOLATILE, BTF_KIND_CONST, BTF_KIND_RESTRICT = 8, 9, 10, 11
+BTF_KIND_TYPE_TAG, BTF_KIND_ENUM64 = 18, 19
+_QUALIFIERS = (BTF_KIND_VOLATILE, BTF_KIND_CONST, BTF_KIND_RESTRICT, BTF_KIND_TYPE_TAG)
+BTF_INT_SIGNED, BTF_INT_CHAR, BTF_INT_BOOL = 1, 2, 4
 _TYPEDEF_BYTES = ("ipv4", "ipv6", "mac", "bytes", "raw")
 _LPM_PREFIX = "lpm_"
 _WRAPPER = "kmesh_key"
@@ -69,16 +82,34 @@ class _Builder:
         index = self.int_("u32", 4, 0)
         return self._memo(("array", elem, n), lambda: self._check("btf__add_array", L.btf__add_array(self.btf, index, elem, n)))
 
-    def struct(self, name: str, size: int, members: list[tuple[str, int, int]]) -> int:
-        """A STRUCT; member types must already be added (libbpf adds fields to the last type)."""
+    def struct(self, name: str, size: int, members: list[tuple[str, int, int, int]], union: bool = False) -> int:
+        """A STRUCT (or UNION) of (name, type id, bit offset, bitfield width); member types must
+        already be added (libbpf adds fields to the last type)."""
 
         def make() -> int:
-            sid = self._check("btf__add_struct", L.btf__add_struct(self.btf, name.encode() if name else None, size))
-            for fname, ftype, offset in members:
-                self._check("btf__add_field", L.btf__add_field(self.btf, fname.encode(), ftype, offset * 8, 0))
+            add = L.btf__add_union if union else L.btf__add_struct
+            sid = self._check("btf__add_struct", add(self.btf, name.encode() if name else None, size))
+            for fname, ftype, bit_offset, bits in members:
+                self._check("btf__add_field", L.btf__add_field(self.btf, fname.encode(), ftype, bit_offset, bits))
             return sid
 
-        return self._memo(("struct", name, size, tuple(members)), make)
+        return self._memo(("union" if union else "struct", name, size, tuple(members)), make)
+
+    def enum(self, t: Enum) -> int:
+        def make() -> int:
+            if t.size == 8:
+                eid = self._check("btf__add_enum64", L.btf__add_enum64(self.btf, None, 8, t.base.signed))
+                for name, n in t.values:
+                    self._check("btf__add_enum64_value", L.btf__add_enum64_value(self.btf, name.encode(), n % (1 << 64)))
+                return eid
+            eid = self._check("btf__add_enum", L.btf__add_enum(self.btf, None, t.size))
+            for name, n in t.values:
+                self._check("btf__add_enum_value", L.btf__add_enum_value(self.btf, name.encode(), n))
+            if t.base.signed:  # kind_flag marks a signed enum; libbpf sets it only for negative values
+                L.btf__type_by_id(self.btf, eid).contents.info |= 1 << 31
+            return eid
+
+        return self._memo(("enum", t), make)
 
     def u8_array(self, name: str, n: int) -> int:
         return self.typedef(name, self.array(self.int_("u8", 1, 0), n))
@@ -99,13 +130,25 @@ class _Builder:
             return self.array(self.int_("char", 1, BTF_INT_CHAR), t.length)
         if isinstance(t, Array):
             return self.array(self.add(t.elem), t.length)
+        if isinstance(t, Bool):
+            return self.int_("bool", 1, BTF_INT_BOOL)
+        if isinstance(t, Enum):
+            return self.enum(t)
         if isinstance(t, Lpm):
-            members = [("prefixlen", self.add(Int("u32")), 0), ("addr", self.add(Addr(t.family)), 4)]
+            members = [("prefixlen", self.add(Int("u32")), 0, 0), ("addr", self.add(Addr(t.family)), 32, 0)]
             return self.struct(_LPM_PREFIX + t.family, t.size, members)
-        if isinstance(t, Struct):
-            members = [(f.name, self.add(f.type), f.offset) for f in t.fields]
-            return self.struct("", t.size, members)
+        if isinstance(t, (Struct, CUnion)):
+            return self.struct("", t.size, [self._member(t, f) for f in t.fields], isinstance(t, CUnion))
         raise TypeError(f"not a CType: {t!r}")
+
+    def _member(self, t: Struct | CUnion, f: Field) -> tuple[str, int, int, int]:
+        """(name, type id, bit offset, bitfield width). In a struct with bitfields the kernel checks a
+        plain enum member as if it were 32 bits wide (and refuses wider bitfields), so enums of 1 or 2
+        bytes there get their full width as bits."""
+        bits = f.bits
+        if not bits and isinstance(f.type, Enum) and f.type.size < 4 and any(g.bits for g in t.fields):
+            bits = 8 * f.type.size
+        return f.name, self.add(f.type), f.bit_offset if f.bits else 8 * f.offset, bits
 
     def add_key(self, t: CType, mode: str) -> int:
         """The key's id, shaped as the map type's BTF check requires."""
@@ -113,7 +156,7 @@ class _Builder:
             return self.typedef("raw", self.int_("u32", 4, 0))
         if mode == KEY_STRUCT and not isinstance(t, (Struct, Lpm)):
             inner = self.add(t)
-            return self.struct(_WRAPPER, t.size, [("v", inner, 0)])
+            return self.struct(_WRAPPER, t.size, [("v", inner, 0, 0)])
         return self.add(t)
 
 
@@ -161,12 +204,19 @@ class _Unrepresentable(Exception):
 
 
 class _Reader:
-    """Decodes types of one kernel BTF object back into CTypes."""
+    """Decodes the types of one BTF object (a map's, loaded from the kernel, or a file's) into CTypes."""
 
-    def __init__(self, btf_id: int):
-        self.btf = L.btf__load_from_kernel_by_id(btf_id)
-        if not self.btf:
+    def __init__(self, btf: int, what: str):
+        self.btf = btf
+        self.what = what
+        self._done: dict[int, CType] = {}
+
+    @staticmethod
+    def from_kernel(btf_id: int) -> "_Reader":
+        btf = L.btf__load_from_kernel_by_id(btf_id)
+        if not btf:
             raise KernelError("BTF load by id", f"BTF id {btf_id}", L.last_errno())
+        return _Reader(btf, f"BTF id {btf_id}")
 
     def close(self) -> None:
         L.btf__free(self.btf)
@@ -181,18 +231,32 @@ class _Reader:
 
     def _size(self, tid: int) -> int:
         kind, _, t, extra = self._type(tid)
-        if kind in (BTF_KIND_TYPEDEF, BTF_KIND_CONST, BTF_KIND_VOLATILE):
+        if kind == BTF_KIND_TYPEDEF or kind in _QUALIFIERS:
             return self._size(t.size_or_type)
         if kind == BTF_KIND_ARRAY:
             a = L.BtfArray.from_address(extra)
             return self._size(a.type) * a.nelems
         return t.size_or_type
 
+    def _is_char(self, tid: int) -> bool:
+        kind, name, t, extra = self._type(tid)
+        if kind == BTF_KIND_TYPEDEF or kind in _QUALIFIERS:
+            return self._is_char(t.size_or_type)
+        return kind == BTF_KIND_INT and (name == "char" or bool(ctypes.c_uint32.from_address(extra).value >> 24 & BTF_INT_CHAR))
+
     def decode(self, tid: int) -> CType:
+        typ = self._done.get(tid)
+        if typ is None:
+            typ = self._done[tid] = self._decode(tid)
+        return typ
+
+    def _decode(self, tid: int) -> CType:
         kind, name, t, extra = self._type(tid)
         if kind == BTF_KIND_INT:
             enc = ctypes.c_uint32.from_address(extra).value >> 24
-            if enc & BTF_INT_CHAR or t.size_or_type not in (1, 2, 4, 8):
+            if enc & BTF_INT_BOOL and t.size_or_type == 1:
+                return Bool()
+            if t.size_or_type not in (1, 2, 4, 8):
                 raise _Unrepresentable(name)
             return Int(f"{'i' if enc & BTF_INT_SIGNED else 'u'}{t.size_or_type * 8}")
         if kind == BTF_KIND_TYPEDEF:
@@ -205,38 +269,75 @@ class _Reader:
             if name == "raw":
                 return Raw(self._size(tid))
             return self.decode(t.size_or_type)
-        if kind in (BTF_KIND_CONST, BTF_KIND_VOLATILE):
+        if kind in _QUALIFIERS:
             return self.decode(t.size_or_type)
         if kind == BTF_KIND_ARRAY:
             a = L.BtfArray.from_address(extra)
-            ekind, _, et, eextra = self._type(a.type)
-            if ekind == BTF_KIND_INT and ctypes.c_uint32.from_address(eextra).value >> 24 & BTF_INT_CHAR:
+            if self._is_char(a.type):
                 return Chars(a.nelems)
-            elem = self.decode(a.type)
-            if not isinstance(elem, (Int, Addr)):
+            if not a.nelems:
                 raise _Unrepresentable(name)
-            return Array(elem, a.nelems)
-        if kind == BTF_KIND_STRUCT:
-            return self._struct(name, t, extra)
+            return Array(self.decode(a.type), a.nelems)
+        if kind in (BTF_KIND_STRUCT, BTF_KIND_UNION):
+            return self._members(kind, name, t, extra)
+        if kind in (BTF_KIND_ENUM, BTF_KIND_ENUM64):
+            return self._enum(kind, t, extra)
         raise _Unrepresentable(name)
 
-    def _struct(self, name: str, t: L.BtfType, extra: int) -> CType:
-        if t.info >> 31:  # kind_flag: bitfield members
-            raise _Unrepresentable(name)
+    def _enum(self, kind: int, t: L.BtfType, extra: int) -> Enum:
+        signed, size, n = bool(t.info >> 31), t.size_or_type, t.info & 0xFFFF
+        if size not in (1, 2, 4, 8):
+            raise _Unrepresentable("enum")
+        base = Int(f"{'i' if signed else 'u'}{size * 8}")
+        values = []
+        if kind == BTF_KIND_ENUM:
+            for e in (L.BtfEnum * n).from_address(extra):
+                values.append((e.name_off, e.val if signed else e.val % (1 << 32)))
+        else:
+            for e64 in (L.BtfEnum64 * n).from_address(extra):
+                v = e64.val_hi32 << 32 | e64.val_lo32
+                values.append((e64.name_off, v - (1 << 64) if signed and v >> 63 else v))
+        lo, hi = (-(1 << (8 * size - 1)), 1 << (8 * size - 1)) if signed else (0, 1 << (8 * size))
+        named = tuple(((L.btf__name_by_offset(self.btf, off) or b"").decode(), v) for off, v in values)
+        if any(not lo <= v < hi for _, v in named):
+            raise _Unrepresentable("enum")  # a value wider than the enum's size: not something we can write
+        return Enum(base, named)
+
+    def _members(self, kind: int, name: str, t: L.BtfType, extra: int) -> CType:
+        bitfields = bool(t.info >> 31)
         members = (L.BtfMember * (t.info & 0xFFFF)).from_address(extra)
-        if name == _WRAPPER and len(members) == 1:
+        if kind == BTF_KIND_STRUCT and name == _WRAPPER and len(members) == 1:
             return self.decode(members[0].type)
-        if name.startswith(_LPM_PREFIX) and name[len(_LPM_PREFIX):] in ("ipv4", "ipv6"):
+        if kind == BTF_KIND_STRUCT and name.startswith(_LPM_PREFIX) and name[len(_LPM_PREFIX):] in ("ipv4", "ipv6"):
             return Lpm(name[len(_LPM_PREFIX):])
-        if any(m.offset % 8 for m in members):
+        if not members:
             raise _Unrepresentable(name)
-        named = [((L.btf__name_by_offset(self.btf, m.name_off) or b"").decode(), self.decode(m.type)) for m in members]
-        offsets = [m.offset // 8 for m in members]
-        for packed in (False, True):
-            s = Struct.layout(named, packed)
-            if [f.offset for f in s.fields] == offsets and s.size == t.size_or_type:
-                return s
-        raise _Unrepresentable(name)
+        fields = []
+        for i, m in enumerate(members):
+            mname = (L.btf__name_by_offset(self.btf, m.name_off) or b"").decode()
+            mtype = self.decode(m.type)
+            bit_offset, bits = (m.offset & 0xFFFFFF, m.offset >> 24) if bitfields else (m.offset, 0)
+            if not mname:
+                if len(members) == 1 and isinstance(mtype, (Struct, CUnion)) and mtype.size == t.size_or_type:
+                    return mtype  # struct ip_addr { union { ... }; } is the union
+                mname = f"_anon{i}"
+            if bits and not (bits == 8 * mtype.size and bit_offset % 8 == 0):
+                fields.append(Field(mname, mtype, bit_offset // 8, bits, bit_offset))
+            elif bit_offset % 8:
+                raise _Unrepresentable(name)
+            else:
+                fields.append(Field(mname, mtype, bit_offset // 8))
+        if kind == BTF_KIND_UNION:
+            u = CUnion(tuple(fields), t.size_or_type)
+            members = [(f.name, f.type) for f in fields]
+            natural = CUnion.layout(members, False, [canonical_align(f.type) for f in fields])
+            if any(f.offset or f.bits for f in fields) or u not in (natural, CUnion.layout(members, True)):
+                raise _Unrepresentable(name)
+            return CUnion(u.fields, u.size, canonical_align(u))
+        s = Struct(tuple(fields), t.size_or_type)
+        if not expressible(s):
+            raise _Unrepresentable(name)
+        return Struct(s.fields, s.size, canonical_align(s))
 
 
 def decode_types(btf_id: int, *types: tuple[int, int]) -> list[CType]:
@@ -252,7 +353,7 @@ def decode_types(btf_id: int, *types: tuple[int, int]) -> list[CType]:
             with _lock:
                 typ = _decoded.get((btf_id, type_id, size))
             if typ is None:
-                reader = reader or _Reader(btf_id)
+                reader = reader or _Reader.from_kernel(btf_id)
                 try:
                     typ = reader.decode(type_id)
                 except _Unrepresentable:
@@ -265,4 +366,155 @@ def decode_types(btf_id: int, *types: tuple[int, int]) -> list[CType]:
     finally:
         if reader is not None:
             reader.close()
+    return out
+
+
+_NAMED_KINDS = {"struct": BTF_KIND_STRUCT, "union": BTF_KIND_UNION, "enum": BTF_KIND_ENUM}
+
+
+class BtfFileError(Exception):
+    """A BTF file that cannot be used; the message says why."""
+
+
+class NamedTypes(Mapping[str, CType]):
+    """The named C types of BPF object files (their .BTF section) or raw BTF files, by the name a
+    C programmer writes: `struct backend_value`, `union ip_addr`, `enum lb_policy`, or a typedef's
+    name (`backend_value`, which Kmesh's headers give anonymous structs). Each is decoded on first use."""
+
+    def __init__(self) -> None:
+        self._readers: list[_Reader] = []
+        self._found: dict[str, CType] = {}
+
+    def add(self, path: str) -> None:
+        """Look names up in this file too (after those added before); raises BtfFileError."""
+        self._readers.append(_open_file(path))
+
+    def close(self) -> None:
+        for r in self._readers:
+            r.close()
+        self._readers = []
+
+    def __enter__(self) -> "NamedTypes":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _lookup(self, name: str) -> CType | None:
+        word, _, rest = name.partition(" ")
+        kinds = [_NAMED_KINDS[word]] if rest and word in _NAMED_KINDS else [BTF_KIND_TYPEDEF] if not rest else []
+        if kinds == [BTF_KIND_ENUM]:
+            kinds.append(BTF_KIND_ENUM64)
+        for reader in self._readers:
+            for kind in kinds:
+                tid = L.btf__find_by_name_kind(reader.btf, (rest or name).encode(), kind)
+                if tid > 0:
+                    try:
+                        return reader.decode(tid)
+                    except _Unrepresentable:
+                        raise TypeSpecError(f"'{name}' in {reader.what} has a layout the type language cannot write "
+                                           "(a bitfield or member placement neither natural nor packed, or a "
+                                           "zero-length or flexible array)") from None
+        return None
+
+    def map_definition(self, name: str) -> dict[str, Any] | None:
+        """What the first file declaring map `name` in its `.maps` section says of it, as config keys
+        (type, key or key_size, value or value_size, max_entries, flags)."""
+        for reader in self._readers:
+            found = _map_definition(reader, name)
+            if found is not None:
+                return found
+        return None
+
+    def __getitem__(self, name: str) -> CType:
+        if name not in self._found:
+            typ = self._lookup(name)
+            if typ is None:
+                raise KeyError(name)
+            self._found[name] = typ
+        return self._found[name]
+
+    def __contains__(self, name: object) -> bool:
+        if not isinstance(name, str):
+            return False
+        try:
+            self[name]
+        except KeyError:
+            return False
+        return True
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._found)
+
+    def __len__(self) -> int:
+        return len(self._found)
+
+    def __bool__(self) -> bool:
+        return bool(self._readers)
+
+
+def _open_file(path: str) -> _Reader:
+    if not os.path.isfile(path):
+        raise BtfFileError(f"{path}: no such file")
+    btf = L.btf__parse(path.encode(), None)
+    if not btf:
+        err = L.last_errno()
+        if err in (2, 61):  # ENOENT, ENODATA: libbpf's words for an ELF file without a .BTF section
+            raise BtfFileError(f"{path}: no BTF in it (compile the BPF object with clang -g so it has a .BTF section)")
+        raise BtfFileError(f"{path}: not a BPF object file or raw BTF file ({os.strerror(err)})")
+    return _Reader(btf, path)
+
+
+BTF_KIND_PTR, BTF_KIND_VAR, BTF_KIND_DATASEC = 2, 14, 15
+
+
+def _map_definition(reader: _Reader, name: str) -> dict[str, Any] | None:
+    """The map `name` declared in the object's `.maps` section (libbpf's BTF-defined maps:
+    `__uint(type, ...)`, `__type(key, ...)`, `__uint(max_entries, ...)`, ...) as config keys, or
+    None when the object declares no such map."""
+    from kmesh_apply.kernel.maps import MAP_TYPE_NAMES, flag_names
+
+    sec = L.btf__find_by_name_kind(reader.btf, b".maps", BTF_KIND_DATASEC)
+    if sec <= 0:
+        return None
+    _, _, t, extra = reader._type(sec)
+    for info in (L.BtfVarSecinfo * (t.info & 0xFFFF)).from_address(extra):
+        kind, var_name, var, _ = reader._type(info.type)
+        if kind == BTF_KIND_VAR and var_name == name:
+            return _declared(reader, var.size_or_type, MAP_TYPE_NAMES, flag_names)
+    return None
+
+
+def _declared(reader: _Reader, tid: int, type_names: Mapping[int, str], flag_names: Any) -> dict[str, Any]:
+    kind, _, t, extra = reader._type(tid)
+    while kind == BTF_KIND_TYPEDEF or kind in _QUALIFIERS:
+        kind, _, t, extra = reader._type(t.size_or_type)
+    if kind != BTF_KIND_STRUCT:
+        raise TypeSpecError("not a BTF-defined map (a struct of __uint/__type members)")
+    out: dict[str, Any] = {}
+    for m in (L.BtfMember * (t.info & 0xFFFF)).from_address(extra):
+        field = (L.btf__name_by_offset(reader.btf, m.name_off) or b"").decode()
+        pkind, _, ptr, _ = reader._type(m.type)
+        if pkind != BTF_KIND_PTR:
+            continue
+        target = ptr.size_or_type
+        if field in ("key", "value"):
+            try:
+                out[field] = reader.decode(target).spec()
+            except _Unrepresentable:
+                out[f"{field}_size"] = reader._size(target)
+            continue
+        akind, _, _, aextra = reader._type(target)
+        if akind != BTF_KIND_ARRAY:
+            continue  # __array(values, ...): the inner map's template, which a config names itself
+        n = L.BtfArray.from_address(aextra).nelems
+        if field == "type":
+            out["type"] = type_names.get(n, str(n))
+        elif field in ("key_size", "value_size", "max_entries"):
+            out[field] = n
+        elif field == "map_flags" and n:
+            out["flags"] = list(flag_names(n))
+    for which in ("key", "value"):
+        if which in out:
+            out.pop(f"{which}_size", None)
     return out

@@ -108,6 +108,18 @@ class BtfMember(ctypes.Structure):
     _fields_ = [("name_off", c_uint32), ("type", c_uint32), ("offset", c_uint32)]
 
 
+class BtfEnum(ctypes.Structure):
+    _fields_ = [("name_off", c_uint32), ("val", ctypes.c_int32)]
+
+
+class BtfEnum64(ctypes.Structure):
+    _fields_ = [("name_off", c_uint32), ("val_lo32", c_uint32), ("val_hi32", c_uint32)]
+
+
+class BtfVarSecinfo(ctypes.Structure):
+    _fields_ = [("type", c_uint32), ("offset", c_uint32), ("size", c_uint32)]
+
+
 BTF_P = c_void_p  # struct btf * is opaque to us
 
 lib = ctypes.CDLL("libbpf.so.1", use_errno=True)
@@ -148,6 +160,13 @@ btf__add_array = _bind("btf__add_array", c_int, BTF_P, c_int, c_int, c_uint32)
 btf__add_struct = _bind("btf__add_struct", c_int, BTF_P, c_char_p, c_uint32)
 btf__add_field = _bind("btf__add_field", c_int, BTF_P, c_char_p, c_int, c_uint32, c_uint32)
 btf__add_typedef = _bind("btf__add_typedef", c_int, BTF_P, c_char_p, c_int)
+btf__add_union = _bind("btf__add_union", c_int, BTF_P, c_char_p, c_uint32)
+btf__add_enum = _bind("btf__add_enum", c_int, BTF_P, c_char_p, c_uint32)
+btf__add_enum_value = _bind("btf__add_enum_value", c_int, BTF_P, c_char_p, ctypes.c_int64)
+btf__add_enum64 = _bind("btf__add_enum64", c_int, BTF_P, c_char_p, c_uint32, ctypes.c_bool)
+btf__add_enum64_value = _bind("btf__add_enum64_value", c_int, BTF_P, c_char_p, c_uint64)
+btf__parse = _bind("btf__parse", BTF_P, c_char_p, c_void_p)
+btf__find_by_name_kind = _bind("btf__find_by_name_kind", c_int, BTF_P, c_char_p, c_uint32)
 btf__load_into_kernel = _bind("btf__load_into_kernel", c_int, BTF_P)
 btf__fd = _bind("btf__fd", c_int, BTF_P)
 btf__load_from_kernel_by_id = _bind("btf__load_from_kernel_by_id", BTF_P, c_uint32)

@@ -22,6 +22,7 @@ from operator import ne
 from typing import TYPE_CHECKING, Any
 
 from kmesh_apply.config.model import ARRAY_TYPES, NEARLY_FULL, Config, InnerMapSpec, OuterMapSpec, used_entries
+from kmesh_apply.ctype import same_type
 from kmesh_apply.entries import Entries, diff
 from kmesh_apply.plan.model import (
     CreateMap,
@@ -60,7 +61,8 @@ def staging_pin(name: str) -> str:
 
 
 def replace_reasons(want: MapDef, have: LiveMap) -> list[str]:
-    """Why `have` cannot become `want` in place: its fixed properties (and BTF types, when both are known)."""
+    """Why `have` cannot become `want` in place: its fixed properties (and BTF types, when both are known,
+    compared by layout: a packed struct read back from BTF is the natural struct it lays out as)."""
     reasons = []
     for prop in FIXED_PROPERTIES:
         old, new = getattr(have, prop), getattr(want, prop)
@@ -69,7 +71,7 @@ def replace_reasons(want: MapDef, have: LiveMap) -> list[str]:
             reasons.append(f"{prop} {show(old)} -> {show(new)}")
     for prop in ("key_type", "value_type"):
         old, new = getattr(have, prop), getattr(want, prop)
-        if old is not None and new is not None and old != new:
+        if old is not None and new is not None and not same_type(old, new):
             reasons.append(f"{prop} {old} -> {new}")
     return reasons
 
@@ -118,6 +120,25 @@ def _diff(desired: Mapping[bytes, Any], live: Mapping[bytes, Any],
 def _zeroed(gone: list[bytes], have: Mapping[bytes, Any]) -> dict[bytes, bytes]:
     """Array indexes the config no longer names hold zeroes: the ones that do not yet."""
     return {k: bytes(len(have[k])) for k in gone if have[k].count(0) != len(have[k])}
+
+
+# Map types whose update of an existing key links a new element in place of the old one (RCU),
+# so a reader finds the old value or the new one, never a mix (kernel/bpf/hashtab.c
+# htab_map_update_elem, htab_lru_map_update_elem; lpm_trie.c trie_update_elem).
+REPLACE_ELEMENT_TYPES = ("hash", "lru_hash", "lpm_trie")
+# Per-CPU hash maps copy an existing key's new value over the old one (pcpu_copy_value), as
+# arrays do for every index (arraymap.c array_map_update_elem): a reader may see it half done.
+PERCPU_HASH_TYPES = ("percpu_hash", "lru_percpu_hash")
+
+
+def atomic_for_readers(map_type: str, put: dict[bytes, Any], delete: list[bytes], have: LiveMap) -> bool:
+    """Whether writing this change in place lets no reader see a mix of old and new: one element,
+    replaced as a whole (or added or deleted, which is linking or unlinking it)."""
+    if len(put) + len(delete) != 1:
+        return False
+    if map_type in REPLACE_ELEMENT_TYPES:
+        return True
+    return map_type in PERCPU_HASH_TYPES and (bool(delete) or next(iter(put)) not in have.entries)
 
 
 def describe_entries(change: MapChange, put: dict[bytes, Any], delete: list[bytes], live: Mapping[bytes, Any]) -> None:
@@ -239,7 +260,8 @@ class _Planner:
         put, delete, have_entries = self._entries(spec.entries, have.entries, want.type in ARRAY_TYPES)
         if not put and not delete:
             return
-        swap = spec.update == "swap" and len(put) + len(delete) > 1 and have.id in self.slot_held
+        swap = (spec.update == "swap" and not atomic_for_readers(spec.type, put, delete, have)
+                and have.id in self.slot_held)
         holders = self._holders(have)
         change = MapChange(spec.name, "update", "inner", want, holders=holders)
         if swap and holders:  # they hold this very map, not the slot: a swap would leave them on the old one

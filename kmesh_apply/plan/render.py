@@ -37,8 +37,60 @@ def _decoder(d: MapDef | None, which: str) -> Callable[[bytes], Any]:
     return lambda b: codecs.decode(typ, b)
 
 
+LARGE_VALUE = 200  # characters: a value longer than this shows what changed in it, not all of it
+DIFFS_SHOWN = 5  # changed elements listed per entry in text
+
+
 def _fmt(v: Any) -> str:
     return json.dumps(v, separators=(", ", ": ")) if isinstance(v, (dict, list)) else str(v)
+
+
+def _leaves(v: Any) -> int:
+    """How many scalar elements a decoded value holds."""
+    if isinstance(v, list):
+        return sum(map(_leaves, v))
+    if isinstance(v, dict):
+        return sum(map(_leaves, v.values()))
+    return 1
+
+
+def element_diff(old: Any, new: Any, path: str = "") -> list[tuple[str, Any, Any]]:
+    """Where two decoded values differ: (path like `[5]` or `.addr.ip4`, old, new), deepest first
+    where both have the same shape (list lengths, struct fields)."""
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        return [d for i, (a, b) in enumerate(zip(old, new)) if a != b for d in element_diff(a, b, f"{path}[{i}]")]
+    if isinstance(old, dict) and isinstance(new, dict) and old.keys() == new.keys():
+        return [d for k in old if old[k] != new[k] for d in element_diff(old[k], new[k], f"{path}.{k}")]
+    return [(path, old, new)]
+
+
+def _large(*values: Any) -> bool:
+    return any(isinstance(v, (list, dict)) and len(_fmt(v)) > LARGE_VALUE for v in values)
+
+
+def _changed_text(old: Any, new: Any) -> str:
+    if not _large(old, new):
+        return f"{_fmt(old)} -> {_fmt(new)}"
+    diff = element_diff(old, new)
+    shown = ", ".join(f"{p or 'value'}: {_fmt(a)} -> {_fmt(b)}" for p, a, b in diff[:DIFFS_SHOWN])
+    more = f", ... and {len(diff) - DIFFS_SHOWN} more" if len(diff) > DIFFS_SHOWN else ""
+    return f"{len(diff)} of {_leaves(new)} elements changed: {shown}{more}"
+
+
+def _value_text(v: Any) -> str:
+    text = _fmt(v)
+    if not _large(v):
+        return text
+    return f"{text[:LARGE_VALUE]}... ({_leaves(v)} elements)"
+
+
+def _changed_json(key: Any, old: Any, new: Any) -> dict[str, Any]:
+    """A changed entry for --json: old and new whole, or for large values the changed elements."""
+    if not _large(old, new):
+        return {"key": key, "old": old, "new": new}
+    diff = element_diff(old, new)
+    return {"key": key, "elements": _leaves(new),
+            "changed_elements": [{"path": p, "old": a, "new": b} for p, a, b in diff]}
 
 
 def _entry_lines(ch: MapChange, limit: int) -> tuple[list[str], int]:
@@ -50,7 +102,7 @@ def _entry_lines(ch: MapChange, limit: int) -> tuple[list[str], int]:
                     (("-", k, None, v) for k, v in ch.removed.items()))
     out = []
     for sym, k, old, new in islice(changes, limit):
-        shown = f"{_fmt(value(old))} -> {_fmt(value(new))}" if sym == "~" else _fmt(value(new))
+        shown = _changed_text(value(old), value(new)) if sym == "~" else _value_text(value(new))
         out.append(f"{sym} {_fmt(key(k))}: {shown}")
     return out, len(ch.added) + len(ch.changed) + len(ch.removed) - len(out)
 
@@ -113,7 +165,7 @@ def render_json(plan: Plan) -> dict[str, Any]:
             "holders": [asdict(p) for p in ch.holders],
             "counts": {"added": len(ch.added), "changed": len(ch.changed), "removed": len(ch.removed)},
             "added": [{"key": key(k), "value": value(v)} for k, v in ch.added.items()],
-            "changed": [{"key": key(k), "old": value(o), "new": value(n)} for k, (o, n) in ch.changed.items()],
+            "changed": [_changed_json(key(k), value(o), value(n)) for k, (o, n) in ch.changed.items()],
             "removed": [{"key": key(k), "value": value(v)} for k, v in ch.removed.items()],
         })
     return {
