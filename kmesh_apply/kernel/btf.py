@@ -36,6 +36,7 @@ from kmesh_apply.ctype import (Addr, Array, Bool, Bytes, Chars, CType, CUnion, E
                                TypeSpecError, canonical_align, expressible)
 from kmesh_apply.errors import KernelError
 from kmesh_apply.kernel.failure import fail
+from kmesh_apply.kernel.names import MAP_TYPE_NAMES, flag_names
 from kmesh_apply.kernel import libbpf as L
 
 BTF_KIND_INT, BTF_KIND_ARRAY, BTF_KIND_STRUCT, BTF_KIND_UNION, BTF_KIND_ENUM = 1, 3, 4, 5, 6
@@ -472,8 +473,6 @@ def _map_definition(reader: _Reader, name: str) -> dict[str, Any] | None:
     """The map `name` declared in the object's `.maps` section (libbpf's BTF-defined maps:
     `__uint(type, ...)`, `__type(key, ...)`, `__uint(max_entries, ...)`, ...) as config keys, or
     None when the object declares no such map."""
-    from kmesh_apply.kernel.maps import MAP_TYPE_NAMES, flag_names
-
     sec = L.btf__find_by_name_kind(reader.btf, b".maps", BTF_KIND_DATASEC)
     if sec <= 0:
         return None

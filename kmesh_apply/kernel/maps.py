@@ -24,17 +24,8 @@ from kmesh_apply.entries import Entries
 from kmesh_apply.errors import KernelError, KmeshError
 from kmesh_apply.kernel import libbpf as L
 from kmesh_apply.kernel.failure import ENOTSUPP, HINTS, fail
+from kmesh_apply.kernel.names import MAP_FLAGS, MAP_TYPE_NAMES, MAP_TYPES, flag_bits, flag_names
 
-MAP_TYPES: dict[str, int] = {
-    "hash": 1, "array": 2, "percpu_hash": 5, "percpu_array": 6, "lru_hash": 9,
-    "lru_percpu_hash": 10, "lpm_trie": 11, "array_of_maps": 12, "hash_of_maps": 13,
-}
-MAP_TYPE_NAMES = {v: k for k, v in MAP_TYPES.items()}
-MAP_FLAGS: dict[str, int] = {
-    "no_prealloc": 1 << 0, "no_common_lru": 1 << 1, "numa_node": 1 << 2, "rdonly": 1 << 3,
-    "wronly": 1 << 4, "zero_seed": 1 << 6, "rdonly_prog": 1 << 7, "wronly_prog": 1 << 8,
-    "mmapable": 1 << 10, "preserve_elems": 1 << 11, "inner_map": 1 << 12,
-}
 PERCPU_TYPES = frozenset({"percpu_hash", "percpu_array", "lru_percpu_hash"})
 OUTER_TYPES = frozenset({"array_of_maps", "hash_of_maps"})
 # Array-like maps: every index exists, a slot's template also fixes max_entries.
@@ -56,28 +47,6 @@ def possible_cpus() -> int:
     if n < 0:
         raise KernelError("count possible CPUs", "/sys/devices/system/cpu/possible", -n)
     return n
-
-
-def flag_bits(names: Iterable[str]) -> int:
-    """map_flags from flag names (names of unknown bits are their hex value)."""
-    bits = 0
-    for n in names:
-        if n in MAP_FLAGS:
-            bits |= MAP_FLAGS[n]
-        elif n.startswith("0x"):
-            bits |= int(n, 16)
-        else:
-            raise KmeshError(f"unknown map flag '{n}': expected one of {', '.join(MAP_FLAGS)}")
-    return bits
-
-
-@cache
-def flag_names(bits: int) -> tuple[str, ...]:
-    """Sorted flag names of map_flags; a bit we have no name for shows as its hex value."""
-    names = [n for n, b in MAP_FLAGS.items() if bits & b]
-    rest = bits & ~sum(MAP_FLAGS.values())
-    names += [hex(1 << i) for i in range(32) if rest >> i & 1]
-    return tuple(sorted(names))
 
 
 def map_type_number(name: str | int) -> int:
