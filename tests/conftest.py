@@ -65,6 +65,17 @@ def bpf_scratch() -> Path:
         yield root
 
 
+def private_block_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, block_bytes: int) -> None:
+    """A config cache of the test's own that takes files of any size and cuts large maps into blocks of
+    about `block_bytes`, so that a map of a few thousand entries has many blocks."""
+    from kmesh_apply.config import blocks, cache
+
+    monkeypatch.setenv("KMESH_APPLY_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(cache, "MIN_FILE_BYTES", 0)
+    monkeypatch.setattr(blocks, "BLOCK_BYTES", block_bytes)
+    monkeypatch.setattr(blocks, "MAX_BLOCK_BYTES", 4 * block_bytes)
+
+
 def bpftool_json(*args: str):
     """Run `bpftool -j ARGS` (the independent client) and return its parsed output."""
     out = subprocess.run(["bpftool", "-j", *args], check=True, capture_output=True, text=True).stdout

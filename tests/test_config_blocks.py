@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import private_block_cache
 
-from kmesh_apply.config import blocks as blocks_mod
 from kmesh_apply.config import cache as cache_mod
 from kmesh_apply.config import load_config
 from kmesh_apply.config.blocks import cut, entries_body
@@ -20,11 +20,7 @@ N = 3000  # entries of the big map: about 60 blocks of 1 KiB with the block size
 
 @pytest.fixture(autouse=True)
 def small_blocks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A private cache that takes every file, and blocks of about 1 KiB, so a small map has many."""
-    monkeypatch.setenv("KMESH_APPLY_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(cache_mod, "MIN_FILE_BYTES", 0)
-    monkeypatch.setattr(blocks_mod, "BLOCK_BYTES", 1024)
-    monkeypatch.setattr(blocks_mod, "MAX_BLOCK_BYTES", 4096)
+    private_block_cache(tmp_path, monkeypatch, 1024)
 
 
 @pytest.fixture

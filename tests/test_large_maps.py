@@ -9,23 +9,18 @@ from pathlib import Path
 import pytest
 
 from kmesh_apply import api
-from kmesh_apply.config import blocks as blocks_mod
-from kmesh_apply.config import cache as cache_mod
 from kmesh_apply.config import load_config
 from kmesh_apply.entries import Entries
 from kmesh_apply.plan.planner import REMEMBER_FROM_ENTRIES
 from kmesh_apply.reader import read_live
-from conftest import bpftool_json
+from conftest import bpftool_json, private_block_cache
 
 N = REMEMBER_FROM_ENTRIES + 100
 
 
 @pytest.fixture(autouse=True)
 def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("KMESH_APPLY_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(cache_mod, "MIN_FILE_BYTES", 0)
-    monkeypatch.setattr(blocks_mod, "BLOCK_BYTES", 4096)
-    monkeypatch.setattr(blocks_mod, "MAX_BLOCK_BYTES", 16384)
+    private_block_cache(tmp_path, monkeypatch, 4096)
 
 
 def write(path: Path, entries: dict[int, int]) -> Path:
