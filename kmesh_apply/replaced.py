@@ -38,8 +38,10 @@ def record_replaced(pin_root: str, live: LiveState, add: dict[int, str]) -> None
     entries of `live.replaced` still worth keeping: held by a program, and no longer the map at
     their pin (an apply that failed before its move left it there). No bpf() call when the
     record stays as it is; removed when it would be empty."""
-    current = {name: m.id for name, m in live.maps.items()}
-    want = {i: n for i, n in live.replaced.items() if live.holders.get(i) and current.get(n) != i}
+    if not add and not live.replaced:
+        return  # the usual case: nothing to record, nothing recorded
+    want = {i: n for i, n in live.replaced.items()
+            if live.holders.get(i) and (n not in live.maps or live.maps[n].id != i)}
     want.update(add)
     if want == live.replaced:
         return

@@ -186,6 +186,14 @@ def test_scoped_plan_touches_only_the_named_maps():
     assert [c.name for c in plan.changes] == ["a"]
 
 
+def test_a_scoped_plan_warns_of_its_own_nearly_full_maps_only():
+    """The synchroniser's one-entry flush must not look at 5,000 maps: the others were looked at when they changed."""
+    cfg = config(inner("a", {1: 10, 2: 20}, max_entries=2), inner("b", {3: 30}, max_entries=1),
+                 outer("svc", "a", {0: "a", 1: "b"}))
+    assert [w.split("'")[1] for w in make_plan(cfg, live_of(BASE, IDS), only={"a"}).warnings] == ["a"]
+    assert [w.split("'")[1] for w in make_plan(cfg, live_of(BASE, IDS)).warnings] == ["a", "b"]
+
+
 def test_scoped_plan_destroys_a_named_map_the_config_dropped():
     cfg = config(inner("a", {1: 10, 2: 20}), outer("svc", "a", {0: "a"}))
     plan = make_plan(cfg, live_of(BASE, IDS), only={"b", "svc"})

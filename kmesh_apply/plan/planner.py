@@ -230,10 +230,15 @@ class _Planner:
         return self.result
 
     def _capacity_warnings(self) -> None:
-        """Maps that would end nearly full: inserts start failing (LRU maps: evicting) soon after."""
-        usage = [("inner", s.name, used_entries(s.type, s.entries), s.max_entries, "entries")
-                 for s in self.config.inner_maps.values()]
-        usage += [("outer", s.name, len(s.slots), s.max_entries, "slots") for s in self.config.outer_maps.values()]
+        """Maps that would end nearly full: inserts start failing (LRU maps: evicting) soon after.
+        A scoped plan looks at its own maps only (the others were looked at when they changed)."""
+        inner_maps: Collection[InnerMapSpec] = self.config.inner_maps.values()
+        outer_maps: Collection[OuterMapSpec] = self.config.outer_maps.values()
+        if self.only is not None:
+            inner_maps = [self.config.inner_maps[n] for n in self.only if n in self.config.inner_maps]
+            outer_maps = [self.config.outer_maps[n] for n in self.only if n in self.config.outer_maps]
+        usage = [("inner", s.name, used_entries(s.type, s.entries), s.max_entries, "entries") for s in inner_maps]
+        usage += [("outer", s.name, len(s.slots), s.max_entries, "slots") for s in outer_maps]
         for kind, name, used, most, what in usage:
             if used >= NEARLY_FULL * most:
                 self.result.warnings.append(
