@@ -92,6 +92,12 @@ def test_a_key_given_twice_is_an_error(tmp_path: Path):
     assert diagnostics(tmp_path, text) == ["c.json:4: duplicate key: a key may appear once in an object"]
 
 
+def test_two_spellings_of_one_integer_key_are_one_key_given_twice(tmp_path: Path):
+    """"3" and "03" are different object keys but the same u32: a duplicate, not the last one silently kept."""
+    (problem,) = diagnostics(tmp_path, GOOD.replace('"2": 3}', '"2": 3, "02": 4}'))
+    assert "given twice" in problem
+
+
 def test_validation_problems_keep_their_lines(tmp_path: Path):
     text = GOOD.replace('"2": 3}', '"2": 300,\n                      "x": 1}')
     assert diagnostics(tmp_path, text) == [
