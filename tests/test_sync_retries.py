@@ -4,6 +4,7 @@ retries with backoff, a newer value replacing a pending retry, status, health an
 from __future__ import annotations
 
 import copy
+import threading
 from typing import Callable, Iterable
 
 import pytest
@@ -160,3 +161,32 @@ def test_a_rejected_config_makes_health_say_why(setup):
 def test_backoff_doubles_from_100ms_to_a_minute():
     assert [backoff(n) for n in (1, 2, 3)] == [0.1, 0.2, 0.4]
     assert backoff(30) == BACKOFF_MAX == 60.0
+
+
+def test_scrapes_and_probes_do_not_wait_for_an_apply(setup):
+    """While an apply holds the synchroniser (a cold apply at Kmesh scale takes seconds), usage and health
+    answer at once with what held before it: a liveness probe must not time out on a busy watcher."""
+    sync, kernel, recorder = setup
+    before = sync.usage()
+    applying, done = threading.Event(), threading.Event()
+
+    def long_apply() -> None:
+        with sync._lock:  # what flush holds while the kernel works
+            applying.set()
+            done.wait(10)
+
+    worker = threading.Thread(target=long_apply)
+    worker.start()
+    try:
+        assert applying.wait(10)
+        answered = threading.Event()
+        prober = threading.Thread(target=lambda: (sync.usage(), sync.health(), answered.set()))
+        prober.start()
+        assert answered.wait(5), "usage/health waited for the apply"
+        assert sync.usage() == before and sync.health().ok
+    finally:
+        done.set()
+        worker.join()
+    sync.put("b", {4: 40})
+    sync.flush()
+    assert sync.usage() != before  # free again: computed afresh

@@ -68,6 +68,8 @@ class Synchroniser:
             self._kernel.close()
             raise
         self._cache_valid = True
+        self._last_usage: list[MapUsage] = map_usage(self._cache)
+        self._last_health = Health()
 
     # ---- the desired state ------------------------------------------------------------
 
@@ -257,22 +259,36 @@ class Synchroniser:
             return dict(self._status)
 
     def usage(self) -> list[MapUsage]:
-        """How full each map is, from the cache (no bpf() call)."""
-        with self._lock:
-            return map_usage(self._cache)
+        """How full each map is, from the cache (no bpf() call). During an apply, the figures from
+        before it: a scrape or a liveness probe must not wait seconds for a large apply to end."""
+        if self._lock.acquire(blocking=False):
+            try:
+                self._last_usage = map_usage(self._cache)
+            finally:
+                self._lock.release()
+        return self._last_usage
 
     def health(self) -> Health:
-        with self._lock:
-            reasons = []
-            if self._config_error is not None:
-                reasons.append(f"configuration rejected, the last good one stays applied: {self._config_error}")
-            if self._verify_error is not None:
-                reasons.append(self._verify_error)
-            reasons += [h.describe() + ": reload them" for h in held_replaced(self._cache)]
-            for name, st in sorted(self._status.items()):
-                if st.state == FAILED:
-                    reasons.append(f"map '{name}' failed {st.attempts} time(s): {st.error}")
-            return Health(not reasons, reasons, self._last_success)
+        """Whether the pin root is kept equal to the desired state, and why not; during an apply,
+        as it was before it (see `usage`)."""
+        if self._lock.acquire(blocking=False):
+            try:
+                self._last_health = self._health()
+            finally:
+                self._lock.release()
+        return self._last_health
+
+    def _health(self) -> Health:
+        reasons = []
+        if self._config_error is not None:
+            reasons.append(f"configuration rejected, the last good one stays applied: {self._config_error}")
+        if self._verify_error is not None:
+            reasons.append(self._verify_error)
+        reasons += [h.describe() + ": reload them" for h in held_replaced(self._cache)]
+        for name, st in sorted(self._status.items()):
+            if st.state == FAILED:
+                reasons.append(f"map '{name}' failed {st.attempts} time(s): {st.error}")
+        return Health(not reasons, reasons, self._last_success)
 
     @property
     def cache(self) -> LiveState:
