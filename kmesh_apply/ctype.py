@@ -547,6 +547,11 @@ def same_type(a: Any, b: Any) -> bool:
         return parse_type(a) == parse_type(b)
     except TypeSpecError:
         return False
+# Copy units for strided copies into packed records (struct columns, interleaved keys and
+# values): the widest that divides the offsets and widths involved, with its memoryview code.
+COPY_UNITS = ((8, "Q"), (4, "I"), (2, "H"), (1, "B"))
+
+
 # Records per struct call: larger groups gain nothing; up to _SMALL, one struct of the exact count.
 _GROUP = 1024
 _SMALL = 64

@@ -18,7 +18,7 @@ from collections.abc import ItemsView, Iterator, Mapping, MutableMapping, Values
 from itertools import filterfalse, islice
 from typing import Any
 
-from kmesh_apply.ctype import records
+from kmesh_apply.ctype import COPY_UNITS, records
 
 
 class Entries(MutableMapping[bytes, bytes]):
@@ -209,14 +209,10 @@ def diff(desired: Entries, live: Entries) -> tuple[dict[bytes, bytes], list[byte
 # Up to this many keys are looked up by scanning the packed keys (memchr speed) rather than by an index.
 FEW_KEYS = 64
 
-# Copy units for interleaving: the widest that divides both the key and the value size.
-_UNITS = ((8, "Q"), (4, "I"), (2, "H"), (1, "B"))
-
-
 def _interleaved(entries: Entries) -> bytes | bytearray:
     """Each key followed by its value, by strided copies (one per copy unit of a record)."""
     ks, vs, n = entries.key_size, entries.value_size, len(entries)
-    unit, code = next((u, c) for u, c in _UNITS if ks % u == vs % u == 0)
+    unit, code = next((u, c) for u, c in COPY_UNITS if ks % u == vs % u == 0)
     out = bytearray((ks + vs) * n)
     whole = memoryview(out).cast(code)  # type: ignore[call-overload]
     stride = (ks + vs) // unit

@@ -19,7 +19,7 @@ from itertools import chain, repeat
 from operator import itemgetter
 from typing import Any, Callable, Sequence
 
-from kmesh_apply.ctype import Addr, Array, Bool, Bytes, Chars, CType, CUnion, Enum, Field, Int, Lpm, Raw, Struct
+from kmesh_apply.ctype import COPY_UNITS, Addr, Array, Bool, Bytes, Chars, CType, CUnion, Enum, Field, Int, Lpm, Raw, Struct
 from kmesh_apply.wording import count
 
 Encoder = Callable[[Any], bytes]
@@ -539,10 +539,6 @@ def _array_column(typ: Array) -> ColumnEncoder:
     return col
 
 
-# Copy units for interleaving: the widest that divides a field's offset, its width and the record size.
-_UNITS = ((8, "Q"), (4, "I"), (2, "H"), (1, "B"))
-
-
 def _struct_column(typ: Struct) -> ColumnEncoder:
     """Each field's column is encoded whole, then copied into every record at its offset by
     strided slice assignment (one per copy unit of the field, or one per record when fewer),
@@ -551,7 +547,7 @@ def _struct_column(typ: Struct) -> ColumnEncoder:
     plan = []
     for f in typ.fields:
         width = f.type.size
-        unit, code = next((u, c) for u, c in _UNITS if f.offset % u == width % u == size % u == 0)
+        unit, code = next((u, c) for u, c in COPY_UNITS if f.offset % u == width % u == size % u == 0)
         plan.append((itemgetter(f.name), code, f.offset // unit, width // unit, size // unit, _column_encoder(f.type)))
 
     def col(values: Sequence[Any]) -> bytes:
