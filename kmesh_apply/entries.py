@@ -14,6 +14,7 @@ order, as for a dict; deleting an entry moves the last one into its place.
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import ItemsView, Iterator, Mapping, MutableMapping, ValuesView
 from itertools import filterfalse, islice
 from typing import Any
@@ -189,6 +190,8 @@ def diff(desired: Entries, live: Entries) -> tuple[dict[bytes, bytes], list[byte
     if desired.keys_buffer == live.keys_buffer and desired.values_buffer == live.values_buffer:
         return {}, [], {}
     size, ks = desired.key_size + desired.value_size, desired.key_size
+    if len(desired) == len(live) >= HASH_SUM_FROM and _HASH_KEY_SECRET and _hash_sum(desired, size) == _hash_sum(live, size):
+        return {}, [], {}
     live_records = set(records(_interleaved(live), size))
     wanted = _interleaved(desired)
     missing = list(filterfalse(live_records.__contains__, records(wanted, size)))
@@ -204,6 +207,26 @@ def diff(desired: Entries, live: Entries) -> tuple[dict[bytes, bytes], list[byte
     desired_records = set(records(wanted, size))
     old = {r[:ks]: r[ks:] for r in filterfalse(desired_records.__contains__, records(_interleaved(live), size))}
     return put, [k for k in old if k not in put], old
+
+
+# From this many records, two maps of as many entries are first compared by their records'
+# hash sums (see `_hash_sum`): for a million, 0.2 s per side and no set, against a 1 s set diff.
+HASH_SUM_FROM = 4096
+# A PYTHONHASHSEED set to a number makes the key known: then only the exact diff is trusted.
+_HASH_KEY_SECRET = os.environ.get("PYTHONHASHSEED", "random") == "random"
+
+
+def _hash_sum(entries: Entries, size: int) -> int:
+    """The sum of the records' hashes, which does not depend on their order (the kernel returns a
+    hash map's entries in bucket order, the config gives them in file order).
+
+    Python hashes bytes with SipHash under a key drawn at random for each process, so two
+    different sets of records have the same sum with a chance of about 2**-64, the same for
+    every pair of maps and not something the map's contents can aim at (unless PYTHONHASHSEED
+    fixes the key: then this is not used). Two maps of distinct
+    keys with equal sums are taken as equal; unequal sums go on to the exact diff.
+    """
+    return sum(map(hash, records(_interleaved(entries), size)))
 
 
 # Up to this many keys are looked up by scanning the packed keys (memchr speed) rather than by an index.
