@@ -269,3 +269,89 @@ def test_the_newest_schema_shapes_are_kept(tmp_path: Path, cache_dir: Path, monk
 
     monkeypatch.setattr(jsonschema, "Draft202012Validator", Refuse)
     load_config([f])  # the last shape is among the kept ones
+
+
+# ---- a file known by its status is not read --------------------------------------------------
+
+
+@pytest.fixture
+def settled(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Files count as settled 50 ms after their last change (instead of 2 s); returns the files read whole."""
+    monkeypatch.setattr(loader, "SETTLED_NS", 50_000_000)
+    read: list[str] = []
+    real = loader._rereader
+
+    def spy(path: Path, whole: bytes, cache: cache_mod.Cache):  # type: ignore[no-untyped-def]
+        inner_reread = real(path, whole, cache)
+
+        def reread() -> str | None:
+            read.append(str(path))
+            return inner_reread()
+
+        return reread
+
+    monkeypatch.setattr(loader, "_rereader", spy)
+    return read
+
+
+def _settle() -> None:
+    import time
+
+    time.sleep(0.1)
+
+
+def test_a_settled_unchanged_file_is_known_by_its_status(tmp_path: Path, cache_dir: Path, parsed: list[str],
+                                                        settled: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text(config_text())
+    want = load_config([f], use_cache=False)
+    load_config([f])  # too fresh to be known by its status: read, cut, stored without it
+    _settle()
+    load_config([f])  # settled: stored again, with its status and the text around the inner maps
+    reads: list[str] = []
+    real_open = Path.open
+
+    def spy_open(self: Path, mode: str = "r", *a: object, **k: object):  # type: ignore[no-untyped-def]
+        fh = real_open(self, mode, *a, **k)  # type: ignore[arg-type]
+        if self == f:
+            real_read = fh.read
+            fh.read = lambda *ra: reads.append("read") or real_read(*ra)  # type: ignore[method-assign]
+        return fh
+
+    monkeypatch.setattr(Path, "open", spy_open)
+    same_config(load_config([f]), want)
+    assert reads == [] and settled == []  # the file was opened and its status taken, never read
+    assert "m1:" not in parsed[-1] and "outer:" in parsed[-1]
+    # A change of the same size changes the status: the file is read again and the change is seen.
+    _settle()
+    f.write_text(config_text().replace("      3: 103\n", "      3: 999\n"))
+    cfg = load_config([f])
+    assert reads and cfg.inner_maps["m1"].entries[(3).to_bytes(4, "little")] == (999).to_bytes(8, "little")
+    same_config(cfg, load_config([f], use_cache=False))
+
+
+def test_a_problem_in_a_known_file_still_names_its_line(tmp_path: Path, cache_dir: Path, settled: list[str]) -> None:
+    """The known file's text is not kept: a problem's line comes from reading it again, and from
+    nowhere if the file changed since (no line rather than a wrong one)."""
+    f = tmp_path / "c.yaml"
+    f.write_text(config_text())
+    _settle()
+    load_config([f])
+    src = loader.read_source(f, cache_mod.Cache.open())
+    assert isinstance(src, loader.Source) and src.text is None and set(src.reused) == {"m0", "m1", "m2", "m3"}
+    problem = loader.Problem(str(f), ("outer_maps", "outer", "entries", 2), "a problem", "outer")
+    want = f.read_text().splitlines().index("      2: m2") + 1
+    assert [(d.line, d.map) for d in loader.resolve([problem], {str(f): src})] == [(want, "outer")]
+    assert settled == [str(f)]
+    f.write_text("\n" + config_text())  # changed after it was parsed
+    assert [d.line for d in loader.resolve([problem], {str(f): src})] == [0]
+
+
+def test_a_fresh_file_is_not_known_by_its_status(tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Within SETTLED_NS of a change, a later change could keep the same status: the file is read and hashed."""
+    f = tmp_path / "c.yaml"
+    f.write_text(config_text())
+    load_config([f])
+    load_config([f])
+    pack = cache_mod.Cache.open().load(str(f))  # type: ignore[union-attr]
+    assert pack.layout is not None and pack.layout[4] is None

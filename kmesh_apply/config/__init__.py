@@ -87,10 +87,10 @@ def _store(cache: Cache, sources: list[Source], config: Config) -> None:
             elif spec is not None and isinstance(spec.entries, Entries):  # as check_inner packs them
                 definition = {k: v for k, v in src.data["inner_maps"][name].items() if k != "entries"}
                 maps[digest] = (definition, spec.entries.payload())
-        whole, cut, digests, blocks = src.layout
+        whole, cut, digests, blocks, seen = src.layout
         # A map's blocks are kept only when they hold its entries one a line, in order.
         kept = {n: b for n, b in blocks.items() if n in config.inner_maps and sum(c for _, c in b) == len(config.inner_maps[n].entries)}
-        cache.save(src.file, maps, (whole, cut, digests, kept))
+        cache.save(src.file, maps, (whole, cut, digests, kept, seen))
 
 
 def schema_text() -> str:

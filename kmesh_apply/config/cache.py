@@ -31,7 +31,7 @@ from typing import Any, Iterable
 from kmesh_apply.config.chunks import Chunk
 from kmesh_apply.errors import KmeshError
 
-CACHE_FORMAT = 4
+CACHE_FORMAT = 5
 KEEP_PACKS = 4
 KEEP_SHAPES = 256
 SHAPES_FILE = "schema-shapes"
@@ -45,10 +45,14 @@ OFF = "off"
 # What a cached inner map carries: its definition without entries, and the encoded entries
 # as `Entries` takes them: (key size, value size, packed keys, packed values).
 Payload = tuple[dict[str, Any], tuple[int, int, bytes, bytes]]
+# How an unchanged file is known without reading it (loader.read_source): the file's status
+# (device, inode, size, modification and change times in ns) when those bytes were read, and the
+# text left to parse once every inner map is taken from the pack (zlib).
+Seen = tuple[tuple[int, int, int, int, int], bytes]
 # A file's cut, kept in its pack so that an unchanged file is not cut and hashed again: the
 # digest of the whole file, its chunks as (section, name, start, end), each inner map's digest,
-# and the blocks of the inner maps whose entries are cut into blocks (config.blocks).
-Layout = tuple[bytes, list[tuple[str, str, int, int]], dict[str, bytes], dict[str, list[tuple[bytes, int]]]]
+# the blocks of the inner maps whose entries are cut into blocks (config.blocks), and how it was seen.
+Layout = tuple[bytes, list[tuple[str, str, int, int]], dict[str, bytes], dict[str, list[tuple[bytes, int]]], Seen | None]
 
 
 @dataclass

@@ -18,16 +18,18 @@ from __future__ import annotations
 import os
 import re
 import threading
+import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from kmesh_apply.config.chunks import Chunk, blank_out, split
 from kmesh_apply.errors import Diagnostic
 
 if TYPE_CHECKING:
     from kmesh_apply.config.blocks import Partial
-    from kmesh_apply.config.cache import Cache, Layout, Payload
+    from kmesh_apply.config.cache import Cache, Layout, Pack, Payload
 
 MAX_FILE_BYTES = 1 << 30
 INLINE = "<inline>"
@@ -42,6 +44,8 @@ class Source:
     With the cache, `data` holds only the maps whose text changed; `reused` holds the
     inner maps taken from the cache, and `layout` how the file was cut (to store it
     back after a good load; `layout_stored`: the cache already holds this very file).
+    A large file's text is not kept (38 MB for a million entries): `full_text` reads it
+    again when a problem needs its line.
     """
 
     file: str
@@ -53,6 +57,7 @@ class Source:
     layout: Layout | None = None
     layout_stored: bool = False
     text_keys: bool = False  # mapping keys may be strings that stand for integers (JSON objects)
+    reread: Callable[[], str | None] | None = None  # the text again, None if the file changed since
 
     @property
     def inner_order(self) -> list[str]:
@@ -63,6 +68,10 @@ class Source:
     def digests(self) -> dict[str, bytes]:
         """Each inner map's chunk digest, for a cut file."""
         return self.layout[2] if self.layout else {}
+
+    def full_text(self) -> str | None:
+        """The whole text of the document, as parsed; None when it is gone (the file changed since)."""
+        return self.reread() if self.text is None and self.reread is not None else self.text
 
 
 @dataclass
@@ -98,26 +107,100 @@ def config_files(paths: Iterable[str | os.PathLike]) -> tuple[list[Path], list[D
 
 def read_source(path: Path, cache: Cache | None = None, blocks: bool = True) -> Source | Diagnostic:
     """A file parsed; with the cache, only its changed maps are parsed (and with `blocks`, only
-    the changed blocks of a large map's entries)."""
+    the changed blocks of a large map's entries), and a file unchanged since its last load is
+    not even read (`_known`)."""
     try:
-        size = path.stat().st_size
-        if size > MAX_FILE_BYTES:
-            return Diagnostic(f"file too large: {size / 2**30:.1f} GiB (the limit is {MAX_FILE_BYTES >> 30} GiB)", str(path))
-        raw = path.read_bytes()
-        text = raw.decode("utf-8")
+        settled_before = time.time_ns() - SETTLED_NS
+        with path.open("rb") as f:
+            status = os.fstat(f.fileno())
+            if status.st_size > MAX_FILE_BYTES:
+                return Diagnostic(f"file too large: {status.st_size / 2**30:.1f} GiB (the limit is {MAX_FILE_BYTES >> 30} GiB)", str(path))
+            large = cache is not None and path.suffix != ".json" and status.st_size >= cache.min_bytes
+            pack = cache.load(str(path)) if large and cache is not None else None
+            seen = _status_key(status) if max(status.st_mtime_ns, status.st_ctime_ns) < settled_before else None
+            if pack is not None and seen is not None and blocks:
+                known = _known(str(path), pack, seen, cache)  # type: ignore[arg-type]
+                if known is not None:
+                    return known
+            raw = f.read()
+        text = None if pack is not None else raw.decode("utf-8")
+        if pack is not None:
+            _check_utf8(raw)
     except UnicodeDecodeError as e:
         return Diagnostic(f"not UTF-8 text ({e.reason} at byte {e.start})", str(path))
     except OSError as e:
         return Diagnostic(f"cannot read: {e.strerror}", str(path))
-    if path.suffix == ".json":
+    if text is not None and path.suffix == ".json":
         return parse_json(text, str(path))
-    reuse = _reuse(raw, str(path), cache, blocks) if cache is not None and len(raw) >= cache.min_bytes else None
+    reuse = _reuse(raw, str(path), cache, pack, blocks, seen) if pack is not None and cache is not None else None
+    if reuse is None or reuse.reduced is None:
+        text = text if text is not None else raw.decode("utf-8")
     del raw  # not needed past this point: 38 MB for a million entries, at the peak of the load
     if reuse is None:
-        return parse_text(text, str(path))
-    src = parse_text(reuse.reduced or text, str(path))
+        return parse_text(text, str(path))  # type: ignore[arg-type]
+    src = parse_text(reuse.reduced or text, str(path))  # type: ignore[arg-type]
     if isinstance(src, Source):
-        reuse.fill(src, text)
+        reuse.fill(src, path, cache, text)  # type: ignore[arg-type]
+    return src
+
+
+# A file whose times are this much older than the moment it is read cannot change without its
+# status changing too (file times tick at most this coarsely), so its status identifies its bytes.
+SETTLED_NS = 2_000_000_000
+
+
+def _status_key(status: os.stat_result) -> tuple[int, int, int, int, int]:
+    return status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns, status.st_ctime_ns
+
+
+def _check_utf8(raw: bytes) -> None:
+    """Raise UnicodeDecodeError unless `raw` is UTF-8, without holding a decoded copy of it."""
+    import codecs
+
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    view = memoryview(raw)
+    step = 1 << 20
+    for start in range(0, len(raw), step):
+        try:
+            decoder.decode(view[start:start + step])
+        except UnicodeDecodeError as e:
+            raise UnicodeDecodeError(e.encoding, raw, start + e.start, start + e.end, e.reason) from None
+    decoder.decode(b"", final=True)
+
+
+def _rereader(path: Path, whole: bytes, cache: Cache) -> Callable[[], str | None]:
+    """The file's text read again, if its bytes are still those that were parsed (`whole`: their digest)."""
+
+    def reread() -> str | None:
+        try:
+            raw = path.read_bytes()
+            return raw.decode("utf-8") if cache.file_digest(raw) == whole else None
+        except (OSError, UnicodeDecodeError):
+            return None
+
+    return reread
+
+
+def _known(file: str, pack: Pack, seen: tuple[int, int, int, int, int], cache: Cache) -> Source | None:
+    """A file whose status is the one its pack recorded, with every inner map in the pack: only the
+    text around the inner maps is parsed, and the file is not read (B's 38 MB: 0.2 s of reading,
+    hashing and decoding). None when anything differs: the caller reads the file."""
+    layout = pack.layout
+    if layout is None or layout[4] is None or layout[4][0] != seen:
+        return None
+    inner = [name for section, name, _, _ in layout[1] if section == "inner_maps"]
+    digests = layout[2]
+    payloads = pack.payloads([digests[name] for name in inner])
+    if any(digests[name] not in payloads for name in inner):
+        return None
+    try:
+        reduced = zlib.decompress(layout[4][1]).decode("utf-8")
+    except (zlib.error, UnicodeDecodeError):
+        return None
+    src = parse_text(reduced, file)
+    if not isinstance(src, Source) or not isinstance(src.data, dict) or "btf" in src.data:
+        return None  # the full read reports it with its line, or parses BTF-typed maps whole
+    _Reuse(None, {name: payloads[digests[name]] for name in inner}, {}, layout, True).fill(src, Path(file), cache)
     return src
 
 
@@ -131,35 +214,41 @@ class _Reuse:
     layout: Layout
     layout_stored: bool
 
-    def fill(self, src: Source, text: str) -> None:
+    def fill(self, src: Source, path: Path, cache: Cache, text: str | None = None) -> None:
+        """Give the parsed rest of the file what came from the cache; the whole `text` is kept only
+        when it was decoded anyway, else read again if a problem needs a line."""
         if self.reused and isinstance(src.data, dict) and src.data.get("inner_maps", {}) is None:
             src.data["inner_maps"] = {}  # every inner map came from the cache
-        src.text, src.reused, src.layout, src.layout_stored = text, self.reused, self.layout, self.layout_stored
+        src.text, src.reread = text, _rereader(path, self.layout[0], cache)
+        if isinstance(src.data, dict) and "btf" in src.data:
+            src.text = src.full_text()  # validation parses such a file whole (validate._parse_whole_if_btf)
+        src.reused, src.layout, src.layout_stored = self.reused, self.layout, self.layout_stored
         src.partial = self.partial
 
 
-def _reuse(raw: bytes, file: str, cache: Cache, blocks: bool) -> _Reuse | None:
+def _reuse(raw: bytes, file: str, cache: Cache, pack: Pack, blocks: bool,
+           seen: tuple[int, int, int, int, int] | None) -> _Reuse | None:
     """Cut the file into map chunks (or take the cut stored for this very file) and look them up;
     None when it cannot be cut. A changed inner map whose previous version this file's pack
-    holds is cut into blocks (config.blocks), and only its changed blocks are left to parse."""
+    holds is cut into blocks (config.blocks), and only its changed blocks are left to parse.
+    `seen`: the file's status, when settled enough to know the file by next time."""
     from kmesh_apply.config.blocks import Partial, block_digests, entries_body
 
-    pack = cache.load(file)
     whole = cache.file_digest(raw)
     stored = pack.layout is not None and pack.layout[0] == whole
     if stored:
-        _, cut, digests, map_blocks = pack.layout  # type: ignore[misc]
+        _, cut, digests, map_blocks, was_seen = pack.layout  # type: ignore[misc]
         chunks = [Chunk(*c) for c in cut]
     else:
         cut_now = split(raw)
         if cut_now is None:
             return None
-        chunks = cut_now
+        chunks, was_seen = cut_now, None
         view = memoryview(raw)
         digests = {c.name: cache.digest(c, view[c.start:c.end]) for c in chunks if c.section == "inner_maps"}
         map_blocks = {}
     inner = [c for c in chunks if c.section == "inner_maps"]
-    _, _, before, blocks_before = pack.layout or (None, None, {}, {})
+    _, _, before, blocks_before, _ = pack.layout or (None, None, {}, {}, None)
     payloads = pack.payloads([digests[c.name] for c in inner] + [before[c.name] for c in inner if c.name in before])
     reused = {c.name: payloads[digests[c.name]] for c in inner if digests[c.name] in payloads}
     hit = [c for c in inner if c.name in reused]
@@ -185,7 +274,10 @@ def _reuse(raw: bytes, file: str, cache: Cache, blocks: bool) -> _Reuse | None:
         else:
             map_blocks[c.name] = [(d, raw.count(b"\n", s, e)) for d, s, e in cut_blocks]
     reduced = blank_out(raw, blank).decode() if blank else None
-    layout = (whole, [(c.section, c.name, c.start, c.end) for c in chunks], digests, map_blocks)
+    if seen is not None and (was_seen is None or was_seen[0] != seen):
+        # What `_known` parses next time, when every inner map comes from the pack: the rest of the file.
+        was_seen, stored = (seen, zlib.compress(blank_out(raw, inner), 1)), False
+    layout = (whole, [(c.section, c.name, c.start, c.end) for c in chunks], digests, map_blocks, was_seen)
     return _Reuse(reduced, reused, partial, layout, stored and len(hit) == len(inner))
 
 
@@ -195,7 +287,8 @@ def parse_text(text: str, file: str) -> Source | Diagnostic:
 
     limits = yaml_rs.AliasLimits(max_alias_expansions_per_anchor=10_000, max_replay_stack_depth=64,
                                  max_total_replayed_events=1_000_000)
-    warming = _warm_imports() if len(text) >= WARM_IMPORTS_CHARS else None
+    # Blank lines (the maps a cache load leaves out) parse in no time: only the rest is worth warming for.
+    warming = _warm_imports() if len(text) - text.count("\n") >= WARM_IMPORTS_CHARS else None
     try:
         data = yaml_rs.loads(text, parse_datetime=False, alias_limits=limits)
     except yaml_rs.YAMLDecodeError as e:
@@ -349,9 +442,10 @@ def resolve(problems: list[Problem], sources: dict[str, Source]) -> list[Diagnos
     for p in problems:
         src = sources.get(p.file)
         line = 0
-        if src is not None and src.text is not None:
-            if p.file not in roots:
-                roots[p.file] = _compose(src.text)
+        if src is not None and p.file not in roots:
+            text = src.full_text()
+            roots[p.file] = _compose(text) if text is not None else None
+        if src is not None and roots[p.file] is not None:
             line = locate(roots[p.file], p.path)
         out.append(Diagnostic(p.message, p.file, line, p.map, p.entry))
     return out

@@ -505,8 +505,9 @@ def _with_object_maps(maps: list[tuple[Source, str, dict[str, Any]]], section: s
 def _parse_whole_if_btf(src: Source) -> None:
     """A document that names BTF files is never taken from the config cache: its entries' layout
     depends on those files, not only on its text."""
-    if src.reused and src.text is not None and isinstance(src.data, dict) and src.data.get("btf"):
-        full = parse_text(src.text, src.file)
+    text = src.full_text() if src.reused and isinstance(src.data, dict) and src.data.get("btf") else None
+    if text is not None:
+        full = parse_text(text, src.file)
         if isinstance(full, Source):
             src.data, src.reused = full.data, {}
 
