@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from conftest import private_block_cache
 
 from kmesh_apply.config import cache as cache_mod
@@ -25,18 +27,17 @@ def small_blocks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def parsed_blocks(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The block texts parsed on their own."""
-    import yaml_rs
+    """The block texts parsed on their own (by either reader of a block)."""
+    from kmesh_apply.config import blocks
 
     seen: list[str] = []
-    real = yaml_rs.loads
+    real = blocks._encode_block
 
-    def spy(text: str, **kw: Any) -> Any:
-        if text.startswith("      "):
-            seen.append(text)
-        return real(text, **kw)
+    def spy(text: bytes, *args: Any) -> Any:
+        seen.append(text.decode())
+        return real(text, *args)
 
-    monkeypatch.setattr(yaml_rs, "loads", spy)
+    monkeypatch.setattr(blocks, "_encode_block", spy)
     return seen
 
 
@@ -143,7 +144,8 @@ def test_a_type_change_parses_every_block(tmp_path: Path, parsed_blocks: list[st
     parsed_blocks.clear()
     cfg = load_both(write(path, lines, value="u32"))
     assert cfg.inner_maps["big"].entries[(5).to_bytes(4, "little")] == (5).to_bytes(4, "little")
-    assert not parsed_blocks  # a new definition: no block is known under it, the map is parsed whole
+    # A new definition: no block is known under it, so every block is parsed, each once, in order.
+    assert "".join(parsed_blocks) == "".join(lines)
 
 
 def test_a_changed_copy_reuses_the_blocks_of_the_original(tmp_path: Path, parsed_blocks: list[str]) -> None:
@@ -154,3 +156,98 @@ def test_a_changed_copy_reuses_the_blocks_of_the_original(tmp_path: Path, parsed
     lines[7] = lines[7].split(":")[0] + ": 8\n"
     load_both(write(tmp_path / "d.yaml", lines))
     assert parsed_blocks and lines[7] in parsed_blocks[0] and len(parsed_blocks) <= 2  # one block (+ none for the check)
+
+
+# ---- a map seen for the first time is parsed block by block -----------------------------------
+
+
+def test_a_new_map_is_parsed_block_by_block_and_equals_a_whole_parse(tmp_path: Path, parsed_blocks: list[str]) -> None:
+    lines = lines_of()
+    cfg = load_both(write(tmp_path / "c.yaml", lines))  # the first load: no pack yet
+    assert len(parsed_blocks) > 20 and "".join(parsed_blocks) == "".join(lines)
+    assert len(cfg.inner_maps["big"].entries) == N
+
+
+@pytest.mark.parametrize("value,render", [
+    ("{struct: [{a: u16}, {b: u32}]}", lambda i: f"{{a: {i % 60000}, b: {i}}}"),  # not integers: YAML, block by block
+    ("u64", lambda i: f"0x{i:x}"),                                                # hex: YAML reads it
+    ("u64", lambda i: str(i) if i % 7 else f"{i:,}".replace(",", "_")),          # underscores: YAML reads them
+])
+def test_new_maps_of_other_forms_equal_a_whole_parse(tmp_path: Path, value: str, render: Any) -> None:
+    lines = [f"      {i * 3}: {render(i)}\n" for i in range(N)]
+    assert len(load_both(write(tmp_path / "c.yaml", lines, value=value)).inner_maps["big"].entries) == N
+
+
+@pytest.mark.parametrize("kind", ["array", "percpu_hash"])
+def test_new_arrays_and_per_cpu_maps_are_parsed_as_values(tmp_path: Path, kind: str) -> None:
+    lines = [f"      {i}: {i * 5}\n" for i in range(N)]
+    path = tmp_path / "c.yaml"
+    path.write_text(f"inner_maps:\n  big:\n    type: {kind}\n    key: u32\n    value: u64\n    max_entries: {N}\n"
+                    "    entries:\n" + "".join(lines))
+    cached, whole = load_config([path]), load_config([path], use_cache=False)
+    assert cached.inner_maps == whole.inner_maps and len(cached.inner_maps["big"].entries) == N
+    bad = list(lines)
+    # An index beyond max_entries, a value out of range: reported with its line.
+    bad[N // 2] = f"      {N + 5}: 1\n" if kind == "array" else f"      {N // 2}: -1\n"
+    with pytest.raises(ConfigError) as e:
+        load_config([write_raw(path, kind, bad)])
+    assert f"c.yaml:{N // 2 + 8}" in str(e.value)
+
+
+def write_raw(path: Path, kind: str, lines: list[str]) -> Path:
+    path.write_text(f"inner_maps:\n  big:\n    type: {kind}\n    key: u32\n    value: u64\n    max_entries: {N}\n"
+                    "    entries:\n" + "".join(lines))
+    return path
+
+
+@pytest.mark.parametrize("change,where,what", [
+    (lambda lines: lines[:-1] + [lines[0]], N + 7, "duplicate"),                              # a key again, blocks apart
+    (lambda lines: lines[:9] + ["      9: 18446744073709551616\n"] + lines[10:], 9 + 8, "18446744073709551616"),
+    (lambda lines: lines[:5] + ["      7: -1\n"] + lines[6:], 5 + 8, "entry 7"),             # out of range for u64
+    (lambda lines: lines[:N // 2] + ["        " + ln.lstrip() for ln in lines[N // 2:]], None, ""),  # deeper
+])
+def test_errors_in_a_new_map_are_reported_as_without_blocks(tmp_path: Path, change: Any, where: int | None,
+                                                             what: str) -> None:
+    path = write(tmp_path / "c.yaml", change(lines_of()))
+    with pytest.raises(ConfigError) as cached:
+        load_config([path])
+    with pytest.raises(ConfigError) as whole:
+        load_config([path], use_cache=False)
+    assert str(cached.value) == str(whole.value)
+    if where is not None:
+        assert f"c.yaml:{where}" in str(cached.value) and what in str(cached.value)
+
+
+# ---- the integer reader agrees with the YAML parser ----------------------------------------------
+
+
+@st.composite
+def integer_like_blocks(draw: Any) -> bytes:
+    """Blocks of lines made mostly of what `_integer_lines` accepts, with its near misses."""
+    token = st.one_of(st.integers(-2**65, 2**65).map(str), st.integers(0, 99).map(str),
+                      st.sampled_from(["007", "-0", "-", "--1", "1-2", "", "1 2", " 3"]))
+    sep = st.sampled_from([": ", ": ", ": ", ":", ": : ", "  ", " : ", ": 1: ", ""])
+    line = st.tuples(st.sampled_from(["  ", "  ", "  ", "   ", " "]), token, sep, token)
+    lines = draw(st.lists(line, min_size=1, max_size=6))
+    return "".join(f"{ind}{k}{sep}{v}\n" for ind, k, sep, v in lines).encode()
+
+
+@settings(max_examples=1000, deadline=None)
+@given(integer_like_blocks())
+def test_the_integer_reader_reads_what_yaml_reads_or_declines(text: bytes) -> None:
+    """What a block of lines at the map's indentation gives the integer reader, YAML reads alike."""
+    import yaml_rs
+
+    from kmesh_apply.config.blocks import _integer_lines
+
+    n = text.count(b"\n")
+    got = _integer_lines(text, n, b"  ")
+    if got is None:
+        return
+    try:
+        parsed = yaml_rs.loads(text.decode())
+    except yaml_rs.YAMLDecodeError as e:  # repeated keys are found later, across all blocks
+        assert "duplicate" in str(e) and len(set(got[0])) < n
+        return
+    assert isinstance(parsed, dict) and len(parsed) == n
+    assert got == (list(parsed), list(parsed.values()))

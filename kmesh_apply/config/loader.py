@@ -263,12 +263,15 @@ def _reuse(raw: bytes, file: str, cache: Cache, pack: Pack, blocks: bool,
         if body is None:
             continue
         cut_blocks = block_digests(cache.salt, raw, c, body[0])
-        previous = payloads.get(before.get(c.name, b""))
-        known = {d for d, _ in blocks_before.get(c.name, ())}
-        if blocks and previous is not None and any(d in known for d, _, _ in cut_blocks):
-            # Only the blocks to parse carry their text (a kept block is sliced from the previous entries).
-            part = partial[c.name] = Partial(previous[1], blocks_before[c.name],
-                                             [(d, b"" if d in known else raw[s:e]) for d, s, e in cut_blocks])
+        if blocks:
+            # Parsed block by block: a block the previous version holds is sliced from its entries,
+            # and a map with none (new, or wholly changed) never exists as one parsed dict.
+            previous = payloads.get(before.get(c.name, b""))
+            known = {d for d, _ in blocks_before.get(c.name, ())}
+            if previous is None or not any(d in known for d, _, _ in cut_blocks):
+                previous = None
+            part = partial[c.name] = Partial(previous[1] if previous else None,
+                                             blocks_before[c.name] if previous else [], raw, cut_blocks, body[1])
             map_blocks[c.name] = part.counts  # filled in as the blocks are assembled
             blank.append(Chunk(c.section, c.name, body[0], c.end))  # the definition is parsed, the entries are not
         else:

@@ -323,8 +323,9 @@ def check_inner(src: Source, name: str, raw: dict[str, Any], problems: list[Prob
         return None
     if partial is not None and cached is None:
         if type_ in ARRAY_TYPES or type_ in PERCPU_TYPES:
-            raise BlocksRefused  # index ranges and per-CPU forms are checked by the full parse
-        cached = partial.assemble(key, value, max_entries)
+            raw["entries"] = partial.parse_whole()  # index ranges and per-CPU forms are checked value by value
+        else:
+            cached = partial.assemble(key, value, max_entries)
     if cached is not None:
         return InnerMapSpec(name, type_, key, value, max_entries, flags, cached, Location(src.file, 0),
                             raw.get("update", "swap"))
