@@ -229,6 +229,19 @@ def _hash_sum(entries: Entries, size: int) -> int:
     return sum(map(hash, records(_interleaved(entries), size)))
 
 
+def holds_base(desired: Entries, live: Entries) -> bool:
+    """Whether `live` holds exactly the entries `desired` was made from (`desired.base`: made by
+    taking records out of them and adding others), found by hash sums without comparing every
+    record: the records `desired` was made from sum to its sum, minus the added, plus the taken out."""
+    if desired.base is None or not _HASH_KEY_SECRET:
+        return False
+    _, added, taken = desired.base
+    if len(live) != len(desired) - len(added) + len(taken) or len(live) < HASH_SUM_FROM:
+        return False
+    size = desired.key_size + desired.value_size
+    return _hash_sum(live, size) == _hash_sum(desired, size) - _hash_sum(added, size) + _hash_sum(taken, size)
+
+
 # Up to this many keys are looked up by scanning the packed keys (memchr speed) rather than by an index.
 FEW_KEYS = 64
 

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from kmesh_apply.config.model import Config, InnerMapSpec, Location, OuterMapSpec
 from kmesh_apply.ctype import Raw
 from kmesh_apply import entries as entries_module
-from kmesh_apply.entries import HASH_SUM_FROM, Entries, diff
+from kmesh_apply.entries import HASH_SUM_FROM, Entries, diff, holds_base
 from kmesh_apply.plan.model import Plan
 from kmesh_apply.plan.planner import REMEMBER_FROM_ENTRIES, make_plan
 from kmesh_apply.state import LiveMap, LiveState
@@ -167,9 +167,19 @@ def test_entries_made_from_known_entries_are_compared_by_what_changed() -> None:
     cfg = Config()
     cfg.inner_maps["m"] = InnerMapSpec("m", "hash", Raw(4), Raw(8), 2 * n, (), desired, LOC)
     live = LiveState("/r", {"m": LiveMap("m", 1, "hash", 4, 8, 2 * n, (), None, None, live_entries)})
-    full = make_plan(cfg, live)
+    exact = Config()
+    exact.inner_maps["m"] = InnerMapSpec("m", "hash", Raw(4), Raw(8), 2 * n, (), packed(after, 4, 8), LOC)
+    full = make_plan(exact, live)  # no base: every record compared
     known = {(before.fingerprint(), live_entries.fingerprint())}
     assert comparable(make_plan(cfg, live, known_equal=known)) == comparable(full)
+    assert holds_base(desired, live_entries)  # found by hash sums, without the remembered pair
+    assert comparable(make_plan(cfg, live)) == comparable(full)
     assert [len(full.changes[0].added), len(full.changes[0].changed), len(full.changes[0].removed)] == [1, 1, 1]
+    drifted = dict(before.items())
+    drifted[(5).to_bytes(4, "little")] = b"\x09" * 8  # the live map changed elsewhere too
+    live.maps["m"].entries = packed(drifted, 4, 8)
+    assert not holds_base(desired, live.maps["m"].entries)
+    assert comparable(make_plan(cfg, live)) == comparable(make_plan(exact, live))
+    assert len(make_plan(cfg, live).changes[0].changed) == 2
     desired[(9).to_bytes(4, "little")] = b"\x03" * 8  # written to: no longer relative to `before`
     assert desired.base is None

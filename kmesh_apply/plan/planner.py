@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from kmesh_apply.config.model import ARRAY_TYPES, NEARLY_FULL, Config, InnerMapSpec, OuterMapSpec, used_entries
 from kmesh_apply.ctype import same_type
-from kmesh_apply.entries import Entries, diff
+from kmesh_apply.entries import Entries, diff, holds_base
 from kmesh_apply.plan.model import (
     CreateMap,
     HeldReplaced,
@@ -285,12 +285,12 @@ class _Planner:
                  is_array: bool) -> tuple[dict[bytes, Any], list[bytes], Mapping[bytes, Any]]:
         """`_diff`, skipped for a pair of large maps already found equal: their fingerprints (one
         hash of the packed buffers each) are in `known_equal`; a pair found equal is added to the plan's.
-        Entries assembled from blocks whose previous version is known equal to the live map are
-        compared by their changed blocks only."""
+        Entries assembled from blocks whose previous version is known equal to the live map (by an
+        earlier plan, or now by hash sums) are compared by their changed blocks only."""
         if not (isinstance(desired, Entries) and isinstance(live, Entries) and len(desired) >= REMEMBER_FROM_ENTRIES):
             return _diff(desired, live, is_array)
         live_print = live.fingerprint()
-        if desired.base is not None and (desired.base[0], live_print) in self.known_equal:
+        if desired.base is not None and ((desired.base[0], live_print) in self.known_equal or holds_base(desired, live)):
             # The live map equals the entries these were made from: only the blocks that changed differ.
             return _diff(desired.base[1], desired.base[2], is_array)
         pair = (desired.fingerprint(), live_print)
