@@ -252,10 +252,13 @@ def _integer_lines(text: bytes, n: int, indent: bytes) -> tuple[list[int], list[
     import orjson
 
     if text.translate(None, _INT_LINE_BYTES) != b":\n" * n or text.count(b" ") != (len(indent) + 1) * n or \
-            text.count(b": ") != n or not _at_indent(text, n, indent, deeper_checked=True):
+            not _at_indent(text, n, indent, deeper_checked=True):
+        return None
+    commas = text.replace(b": ", b",")
+    if b":" in commas:  # a colon without its space
         return None
     try:
-        numbers = orjson.loads(b"[" + text.replace(b":", b",").replace(b"\n", b",")[:-1] + b"]")
+        numbers = orjson.loads(b"[" + commas.replace(b"\n", b",")[:-1] + b"]")
     except orjson.JSONDecodeError:
         return None
     if len(numbers) != 2 * n or set(map(type, numbers)) != {int}:
