@@ -25,7 +25,7 @@ from kmesh_apply.ctype import COPY_UNITS, records
 class Entries(MutableMapping[bytes, bytes]):
     """Fixed-size records: `keys` holds len(self) keys of `key_size` bytes, `values` as many values."""
 
-    __slots__ = ("key_size", "value_size", "keys_buffer", "values_buffer", "_index", "base")
+    __slots__ = ("key_size", "value_size", "keys_buffer", "values_buffer", "_index", "base", "_fingerprint", "_hash_sum")
 
     def __init__(self, key_size: int, value_size: int, keys: bytes | bytearray = b"", values: bytes | bytearray = b""):
         if key_size <= 0 or value_size <= 0 or len(keys) % key_size or len(keys) // key_size * value_size != len(values):
@@ -37,6 +37,8 @@ class Entries(MutableMapping[bytes, bytes]):
         # What these entries are relative to other entries (config.blocks): the other entries'
         # fingerprint, the records added here and the records taken out; None once written to.
         self.base: tuple[bytes, Entries, Entries] | None = None
+        self._fingerprint: bytes | None = None  # both worked out once, forgotten on a write
+        self._hash_sum: int | None = None
 
     @classmethod
     def of(cls, entries: Mapping[bytes, bytes], key_size: int, value_size: int) -> Entries:
@@ -48,10 +50,28 @@ class Entries(MutableMapping[bytes, bytes]):
     def fingerprint(self) -> bytes:
         """SHA-256 of the sizes and the records in their order (16 bytes): equal fingerprints mean
         equal entries, so a comparison of two large maps can be remembered (see the planner)."""
-        h = hashlib.sha256(b"%d,%d\0" % (self.key_size, self.value_size))
-        h.update(self.keys_buffer)
-        h.update(self.values_buffer)
-        return h.digest()[:16]
+        if self._fingerprint is None:
+            h = hashlib.sha256(b"%d,%d\0" % (self.key_size, self.value_size))
+            h.update(self.keys_buffer)
+            h.update(self.values_buffer)
+            self._fingerprint = h.digest()[:16]
+        return self._fingerprint
+
+    def hash_sum(self) -> int:
+        """The sum of the records' hashes, which does not depend on their order (the kernel returns a
+        hash map's entries in bucket order, the config gives them in file order).
+
+        Python hashes bytes with SipHash under a key drawn at random for each process, so two
+        different sets of records have the same sum with a chance of about 2**-64, the same for
+        every pair of maps and not something the map's contents can aim at (unless PYTHONHASHSEED
+        fixes the key: then `diff` does not use it).
+        """
+        if self._hash_sum is None:
+            self._hash_sum = sum(map(hash, records(_interleaved(self), self.key_size + self.value_size)))
+        return self._hash_sum
+
+    def _written(self) -> None:
+        self.base = self._fingerprint = self._hash_sum = None
 
     def payload(self) -> tuple[int, int, bytes, bytes]:
         """What `Entries(*payload)` rebuilds, as plain values (marshal, for the config cache)."""
@@ -129,7 +149,7 @@ class Entries(MutableMapping[bytes, bytes]):
     def __setitem__(self, key: bytes, value: bytes) -> None:
         key, value = bytes(key), bytes(value)
         self._check(key, value)
-        self.base = None
+        self._written()
         index = self._positions()
         keys, values = self._mutable()
         vs = self.value_size
@@ -143,8 +163,8 @@ class Entries(MutableMapping[bytes, bytes]):
 
     def __delitem__(self, key: bytes) -> None:
         index = self._positions()
-        self.base = None
         i = index.pop(key)
+        self._written()
         keys, values = self._mutable()
         ks, vs, last = self.key_size, self.value_size, len(self) - 1
         if i != last:  # the last record moves into the hole
@@ -190,7 +210,7 @@ def diff(desired: Entries, live: Entries) -> tuple[dict[bytes, bytes], list[byte
     if desired.keys_buffer == live.keys_buffer and desired.values_buffer == live.values_buffer:
         return {}, [], {}
     size, ks = desired.key_size + desired.value_size, desired.key_size
-    if len(desired) == len(live) >= HASH_SUM_FROM and _HASH_KEY_SECRET and _hash_sum(desired, size) == _hash_sum(live, size):
+    if len(desired) == len(live) >= HASH_SUM_FROM and _HASH_KEY_SECRET and desired.hash_sum() == live.hash_sum():
         return {}, [], {}
     live_records = set(records(_interleaved(live), size))
     wanted = _interleaved(desired)
@@ -210,23 +230,10 @@ def diff(desired: Entries, live: Entries) -> tuple[dict[bytes, bytes], list[byte
 
 
 # From this many records, two maps of as many entries are first compared by their records'
-# hash sums (see `_hash_sum`): for a million, 0.2 s per side and no set, against a 1 s set diff.
+# hash sums (see `Entries.hash_sum`): for a million, 0.2 s per side and no set, against a 1 s set diff.
 HASH_SUM_FROM = 4096
 # A PYTHONHASHSEED set to a number makes the key known: then only the exact diff is trusted.
 _HASH_KEY_SECRET = os.environ.get("PYTHONHASHSEED", "random") == "random"
-
-
-def _hash_sum(entries: Entries, size: int) -> int:
-    """The sum of the records' hashes, which does not depend on their order (the kernel returns a
-    hash map's entries in bucket order, the config gives them in file order).
-
-    Python hashes bytes with SipHash under a key drawn at random for each process, so two
-    different sets of records have the same sum with a chance of about 2**-64, the same for
-    every pair of maps and not something the map's contents can aim at (unless PYTHONHASHSEED
-    fixes the key: then this is not used). Two maps of distinct
-    keys with equal sums are taken as equal; unequal sums go on to the exact diff.
-    """
-    return sum(map(hash, records(_interleaved(entries), size)))
 
 
 def holds_base(desired: Entries, live: Entries) -> bool:
@@ -238,8 +245,7 @@ def holds_base(desired: Entries, live: Entries) -> bool:
     _, added, taken = desired.base
     if len(live) != len(desired) - len(added) + len(taken) or len(live) < HASH_SUM_FROM:
         return False
-    size = desired.key_size + desired.value_size
-    return _hash_sum(live, size) == _hash_sum(desired, size) - _hash_sum(added, size) + _hash_sum(taken, size)
+    return live.hash_sum() == desired.hash_sum() - added.hash_sum() + taken.hash_sum()
 
 
 # Up to this many keys are looked up by scanning the packed keys (memchr speed) rather than by an index.
