@@ -12,6 +12,7 @@ Every failure raises a `kmesh_apply.errors.KmeshError`.
 from __future__ import annotations
 
 import os
+import queue
 import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
@@ -66,23 +67,40 @@ class _Remembered:
 
     def read_live(self, config: Config, pin_root: str, memlock: bool = False) -> LiveState:
         """read_live, while another thread works out the hash sums the plan will compare large maps
-        by when no remembered pair spares it (0.2 s a million entries): the batch lookups leave the
-        GIL free, so on a second core this costs no time."""
-        desired = [m.entries for m in config.inner_maps.values()
-                   if isinstance(m.entries, Entries) and len(m.entries) >= HASH_SUM_FROM
-                   and os.path.exists(os.path.join(pin_root, m.name))]
-        thread = threading.Thread(target=self._warm, args=(desired,), name="kmesh-hash-sums", daemon=True)
+        by, where no remembered pair spares them (0.2 s a side for a million entries): the desired
+        entries' first, then the live entries' batch by batch as the lookups bring them. The
+        lookups leave the GIL free, so on a second core this costs next to no time."""
+        compared = {d for d, _ in self.known_equal}
+        wanted = {name: spec.entries for name, spec in config.inner_maps.items()
+                  if isinstance(spec.entries, Entries) and len(spec.entries) >= HASH_SUM_FROM
+                  and os.path.exists(os.path.join(pin_root, name)) and spec.entries.fingerprint() not in compared
+                  and (spec.entries.base is None or spec.entries.base[0] not in compared)}
+        if not wanted:
+            return read_live(pin_root, memlock=memlock)
+        parts: queue.SimpleQueue[tuple[str, Entries] | None] = queue.SimpleQueue()
+        sums: dict[str, int] = {}
+
+        def work() -> None:
+            for entries in wanted.values():
+                entries.hash_sum()
+            while (item := parts.get()) is not None:
+                sums[item[0]] = sums.get(item[0], 0) + item[1].hash_sum()
+
+        def observe(name: str) -> Callable[[Entries], None] | None:
+            return (lambda part: parts.put((name, part))) if name in wanted else None
+
+        thread = threading.Thread(target=work, name="kmesh-hash-sums", daemon=True)
         thread.start()
         try:
-            return read_live(pin_root, memlock=memlock)
+            state = read_live(pin_root, memlock=memlock, observe=observe)
         finally:
+            parts.put(None)
             thread.join()
-
-    def _warm(self, desired: list[Entries]) -> None:
-        compared = {d for d, _ in self.known_equal}
-        for entries in desired:
-            if entries.fingerprint() not in compared and (entries.base is None or entries.base[0] not in compared):
-                entries.hash_sum()
+        for name, total in sums.items():
+            live = state.maps.get(name)
+            if live is not None and isinstance(live.entries, Entries):
+                live.entries.remember_hash_sum(total)
+        return state
 
 
 def _plan(config: Config, live: LiveState, remembered: _Remembered | None = None) -> Plan:

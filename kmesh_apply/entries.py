@@ -70,6 +70,11 @@ class Entries(MutableMapping[bytes, bytes]):
             self._hash_sum = sum(map(hash, records(_interleaved(self), self.key_size + self.value_size)))
         return self._hash_sum
 
+    def remember_hash_sum(self, total: int) -> None:
+        """Take `hash_sum` as worked out part by part (a whole's sum is its parts' sums added up):
+        the reader's parts, summed while the kernel read the next ones."""
+        self._hash_sum = total
+
     def _written(self) -> None:
         self.base = self._fingerprint = self._hash_sum = None
 

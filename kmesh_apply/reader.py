@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Callable
 
+from kmesh_apply.entries import Entries
 from kmesh_apply.errors import KmeshError
 from kmesh_apply.kernel.maps import LookupBuffers, Map
 from kmesh_apply.kernel.progs import map_holders
@@ -17,13 +18,15 @@ class _Reader:
     """Reads the maps of one pin root, sharing what they have in common: the lookup buffers, and
     the type specs of their BTF (thousands of maps carry the same few types)."""
 
-    def __init__(self, memlock: bool = False) -> None:
+    def __init__(self, memlock: bool = False, observe: Observer | None = None) -> None:
         self.buffers = LookupBuffers()
         self.memlock = memlock
+        self.observe = observe
         self._specs: dict[tuple[int, ...], tuple[Any, Any]] = {}
 
-    def read_map(self, path: str, name: str) -> LiveMap:
-        """One pinned map as data; outer slots become kernel IDs of the inner maps they hold."""
+    def read_map(self, path: str, name: str, observed: bool = False) -> LiveMap:
+        """One pinned map as data; outer slots become kernel IDs of the inner maps they hold.
+        `observed`: a map of the pin root itself (not a staged one), shown to `observe`."""
         with Map.open_pinned(path) as m:
             info = m.info
             types = (info.btf_id, info.btf_key_type_id, info.btf_value_type_id, info.key_size, info.value_size)
@@ -36,7 +39,8 @@ class _Reader:
             if live.is_outer:
                 live.slots = m.slots(self.buffers)
             else:
-                live.entries = m.items(self.buffers)
+                on_part = self.observe(name) if observed and self.observe is not None else None
+                live.entries = m.items(self.buffers, on_part)
             if self.memlock:
                 live.memlock = m.memlock()
         return live
@@ -52,16 +56,21 @@ class _Reader:
         return out
 
 
-def read_live(pin_root: str, memlock: bool = False, holders: bool = True) -> LiveState:
+# Given a map's name, what sees each batch of its entries as it is read, or None.
+Observer = Callable[[str], Callable[[Entries], None] | None]
+
+
+def read_live(pin_root: str, memlock: bool = False, holders: bool = True, observe: Observer | None = None) -> LiveState:
     """The live state of `pin_root` (empty if it does not exist yet); `memlock` also reads what
     each map costs the kernel (one fdinfo read per map, which plans do not need); `holders`
     finds the loaded programs holding its maps and the maps it replaced (one walk over every
-    loaded program; plans and applies need it, `show` does not)."""
+    loaded program; plans and applies need it, `show` does not); `observe` sees the entries of
+    the inner maps it asks for batch by batch, as they are read."""
     root = check_pin_root(pin_root)
     state = LiveState(pin_root)
     if not root.exists():
         return state
-    reader = _Reader(memlock)
+    reader = _Reader(memlock, observe)
     for entry in sorted(os.scandir(root), key=lambda e: e.name):
         if entry.is_dir(follow_symlinks=False) and entry.name == KEY_TYPES_DIR:
             state.key_types = reader.key_types(entry.path)
@@ -77,7 +86,7 @@ def read_live(pin_root: str, memlock: bool = False, holders: bool = True) -> Liv
         if entry.name == REPLACED_PIN:
             state.replaced = read_replaced(entry.path, reader.buffers)
             continue
-        state.maps[entry.name] = reader.read_map(entry.path, entry.name)
+        state.maps[entry.name] = reader.read_map(entry.path, entry.name, observed=True)
     if holders:
         ids = [m.id for m in state.maps.values()] + [s.live.id for s in state.staged] + list(state.replaced)
         state.holders = map_holders(ids)

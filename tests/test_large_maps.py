@@ -10,7 +10,7 @@ import pytest
 
 from kmesh_apply import api
 from kmesh_apply.config import load_config
-from kmesh_apply.entries import Entries
+from kmesh_apply.entries import Entries, holds_base
 from kmesh_apply.plan.planner import REMEMBER_FROM_ENTRIES
 from kmesh_apply.reader import read_live
 from conftest import bpftool_json, private_block_cache
@@ -52,3 +52,36 @@ def test_a_large_map_is_planned_from_what_changed(tmp_path: Path, pin_root: Path
     assert report is not None and report.entries_written == 1
     assert list(plan.changes[0].changed) == [key.to_bytes(4, "little")]
     assert not api.plan(load_config([path], use_cache=False), str(pin_root)).has_changes
+
+
+def test_an_observed_read_sums_its_parts_as_the_whole(tmp_path: Path, pin_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The live side's hash sum, worked out batch by batch while the kernel reads the next batch,
+    is the whole map's; an apply then a changed apply with no plan between is planned from the
+    changed blocks, the live map found to hold the previous version by those sums."""
+    from kmesh_apply.kernel import maps
+
+    monkeypatch.setattr(maps, "_PART_BYTES", 4096)  # many batches for a few thousand entries
+    rng = random.Random(16)
+    entries = {k: rng.getrandbits(64) for k in rng.sample(range(1 << 32), N)}
+    path = write(tmp_path / "big.yaml", entries)
+    api.converge(load_config([path]), str(pin_root))
+    parts: list[Entries] = []
+    live = read_live(str(pin_root), observe=lambda name: parts.append if name == "big" else None)
+    whole = live.maps["big"].entries
+    assert isinstance(whole, Entries) and len(parts) > 10 and sum(len(p) for p in parts) == N
+    assert sum(p.hash_sum() for p in parts) == Entries(4, 8, whole.keys_buffer, whole.values_buffer).hash_sum()
+
+    key = next(iter(entries))
+    entries[key] = 9
+    changed = load_config([write(path, entries)])
+    remembered = api._Remembered.of(changed)
+    assert not remembered.known_equal  # no plan between the two applies
+    state = remembered.read_live(changed, str(pin_root))
+    assert state.maps["big"].entries._hash_sum is not None  # summed while read
+    from kmesh_apply.plan import planner
+
+    found: list[bool] = []
+    monkeypatch.setattr(planner, "holds_base", lambda d, lv: found.append(holds_base(d, lv)) or found[-1])
+    plan, report = api.converge(changed, str(pin_root))
+    assert found == [True]  # planned from the changed blocks
+    assert report is not None and report.entries_written == 1 and list(plan.changes[0].changed) == [key.to_bytes(4, "little")]

@@ -17,7 +17,7 @@ import re
 import struct
 from dataclasses import dataclass
 from functools import cache
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 from kmesh_apply.ctype import CType
 from kmesh_apply.entries import Entries
@@ -36,6 +36,9 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9_.]{0,15}$")
 # A batch lookup's buffers hold at most this many bytes of entries (more is not faster: the
 # kernel's time per entry is the same for any chunk) and at least one entry of any size.
 _LOOKUP_BYTES = 16 << 20
+# The same for a caller that works on each batch as it comes (the lookups cost the same per entry
+# from 256 KiB to 16 MiB a batch).
+_PART_BYTES = 1 << 20
 _LOOKUP_OPTS_REF = ctypes.byref(L.batch_opts())  # no flags; the kernel only reads them
 _no_batch: set[str] = set()  # map types seen refusing batch operations
 
@@ -331,20 +334,27 @@ class Map:
 
     # --- many entries -------------------------------------------------------------------
 
-    def items(self, buffers: LookupBuffers | None = None) -> Entries:
+    def items(self, buffers: LookupBuffers | None = None,
+              on_part: Callable[[Entries], None] | None = None) -> Entries:
         """Every entry, packed as the batch lookups return them (get_next_key + lookup for types that
-        refuse batches); a reader of many maps passes one `LookupBuffers` for all of them."""
+        refuse batches); a reader of many maps passes one `LookupBuffers` for all of them.
+        `on_part` sees each batch's entries as they come (batches of about 1 MiB then), so that
+        another thread can work on them while the kernel fills the next one."""
         info = self.info
         if info.type not in _no_batch:
             try:
-                return self._items_batched(info, buffers or LookupBuffers())
+                return self._items_batched(info, buffers or LookupBuffers(), on_part)
             except _BatchRefused:
                 _no_batch.add(info.type)
-        return self._items_iterated()
+        entries = self._items_iterated()
+        if on_part is not None:
+            on_part(Entries(entries.key_size, entries.value_size, bytes(entries.keys_buffer), bytes(entries.values_buffer)))
+        return entries
 
-    def _items_batched(self, info: MapInfo, buffers: LookupBuffers) -> Entries:
+    def _items_batched(self, info: MapInfo, buffers: LookupBuffers,
+                       on_part: Callable[[Entries], None] | None) -> Entries:
         ks, vs = self._sizes or self._entry_sizes()
-        chunk = max(1, min(info.max_entries, _LOOKUP_BYTES // (ks + vs)))
+        chunk = max(1, min(info.max_entries, (_PART_BYTES if on_part else _LOOKUP_BYTES) // (ks + vs)))
         keys, vals, in_tok, out_tok = buffers.reserve(chunk * ks, chunk * vs, max(ks, 8))  # tokens: bucket index or key
         count, count_ref, fd = buffers.count, buffers.count_ref, self.fd
         key_parts: list[bytes] = []
@@ -365,6 +375,8 @@ class Map:
             if n:
                 key_parts.append(ctypes.string_at(keys, n * ks))
                 value_parts.append(ctypes.string_at(vals, n * vs))
+                if on_part is not None:
+                    on_part(Entries(ks, vs, key_parts[-1], value_parts[-1]))
             if ret < 0 or (n == info.max_entries and info.type in ARRAY_TYPES):  # an array has no more keys
                 return Entries(ks, vs, _joined(key_parts), _joined(value_parts))
             in_tok, out_tok = out_tok, in_tok
