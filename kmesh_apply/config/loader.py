@@ -109,38 +109,39 @@ def read_source(path: Path, cache: Cache | None = None, blocks: bool = True) -> 
     """A file parsed; with the cache, only its changed maps are parsed (and with `blocks`, only
     the changed blocks of a large map's entries), and a file unchanged since its last load is
     not even read (`_known`)."""
+    file = str(path)
+    reuse: _Reuse | None = None
     try:
         settled_before = time.time_ns() - SETTLED_NS
         with path.open("rb") as f:
             status = os.fstat(f.fileno())
             if status.st_size > MAX_FILE_BYTES:
-                return Diagnostic(f"file too large: {status.st_size / 2**30:.1f} GiB (the limit is {MAX_FILE_BYTES >> 30} GiB)", str(path))
-            large = cache is not None and path.suffix != ".json" and status.st_size >= cache.min_bytes
-            pack = cache.load(str(path)) if large and cache is not None else None
+                return Diagnostic(f"file too large: {status.st_size / 2**30:.1f} GiB (the limit is {MAX_FILE_BYTES >> 30} GiB)", file)
+            cached = cache is not None and path.suffix != ".json" and status.st_size >= cache.min_bytes
+            pack = cache.load(file) if cache is not None and cached else None
             seen = _status_key(status) if max(status.st_mtime_ns, status.st_ctime_ns) < settled_before else None
-            if pack is not None and seen is not None and blocks:
-                known = _known(str(path), pack, seen, cache)  # type: ignore[arg-type]
+            if cache is not None and pack is not None and seen is not None and blocks:
+                known = _known(file, pack, seen, cache)
                 if known is not None:
                     return known
             raw = f.read()
-        text = None if pack is not None else raw.decode("utf-8")
-        if pack is not None:
+        if cache is not None and pack is not None:  # checked without a decoded copy: only the rest is decoded
             _check_utf8(raw)
+            reuse = _reuse(raw, file, cache, pack, blocks, seen)
+        text = raw.decode("utf-8") if reuse is None or reuse.reduced is None else None
     except UnicodeDecodeError as e:
-        return Diagnostic(f"not UTF-8 text ({e.reason} at byte {e.start})", str(path))
+        return Diagnostic(f"not UTF-8 text ({e.reason} at byte {e.start})", file)
     except OSError as e:
-        return Diagnostic(f"cannot read: {e.strerror}", str(path))
-    if text is not None and path.suffix == ".json":
-        return parse_json(text, str(path))
-    reuse = _reuse(raw, str(path), cache, pack, blocks, seen) if pack is not None and cache is not None else None
-    if reuse is None or reuse.reduced is None:
-        text = text if text is not None else raw.decode("utf-8")
+        return Diagnostic(f"cannot read: {e.strerror}", file)
     del raw  # not needed past this point: 38 MB for a million entries, at the peak of the load
-    if reuse is None:
-        return parse_text(text, str(path))  # type: ignore[arg-type]
-    src = parse_text(reuse.reduced or text, str(path))  # type: ignore[arg-type]
+    if reuse is None or cache is None:
+        assert text is not None
+        return parse_json(text, file) if path.suffix == ".json" else parse_text(text, file)
+    rest = reuse.reduced if reuse.reduced is not None else text  # the text with reused maps blanked out
+    assert rest is not None
+    src = parse_text(rest, file)
     if isinstance(src, Source):
-        reuse.fill(src, path, cache, text)  # type: ignore[arg-type]
+        reuse.fill(src, path, cache, text)
     return src
 
 
