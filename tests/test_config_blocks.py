@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from conftest import private_block_cache
 
+import kmesh_apply.config as config_module
 from kmesh_apply.config import cache as cache_mod
 from kmesh_apply.config import load_config
 from kmesh_apply.config.blocks import cut, entries_body
@@ -179,13 +180,21 @@ def test_new_maps_of_other_forms_equal_a_whole_parse(tmp_path: Path, value: str,
 
 
 @pytest.mark.parametrize("kind", ["array", "percpu_hash"])
-def test_new_arrays_and_per_cpu_maps_are_parsed_as_values(tmp_path: Path, kind: str) -> None:
+def test_new_arrays_and_per_cpu_maps_are_parsed_as_values(tmp_path: Path, kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
     lines = [f"      {i}: {i * 5}\n" for i in range(N)]
     path = tmp_path / "c.yaml"
     path.write_text(f"inner_maps:\n  big:\n    type: {kind}\n    key: u32\n    value: u64\n    max_entries: {N}\n"
                     "    entries:\n" + "".join(lines))
     cached, whole = load_config([path]), load_config([path], use_cache=False)
     assert cached.inner_maps == whole.inner_maps and len(cached.inner_maps["big"].entries) == N
+    changed = list(lines)
+    changed[7] = "      7: 99\n"
+    reads: list[bool] = []
+    real = config_module.read_source
+    monkeypatch.setattr(config_module, "read_source", lambda *a, **k: reads.append(True) or real(*a, **k))
+    cached = load_config([write_raw(path, kind, changed)])
+    assert reads == [True]  # one read: the changed map was parsed as values, the load did not start again
+    assert cached.inner_maps == load_config([path], use_cache=False).inner_maps
     bad = list(lines)
     # An index beyond max_entries, a value out of range: reported with its line.
     bad[N // 2] = f"      {N + 5}: 1\n" if kind == "array" else f"      {N // 2}: -1\n"

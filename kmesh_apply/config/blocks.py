@@ -169,12 +169,12 @@ class Partial:
             raise BlocksRefused  # many added keys are left to the full parse, which checks them all
 
     def parse_whole(self) -> Any:
-        """The entries as the YAML parser reads them, for the map types whose checks need them as
-        values (arrays, per-CPU maps). A map with previous blocks, or a body that is not plain
-        YAML, is refused (the full parse reports it)."""
+        """The entries as the YAML parser reads them, all blocks at once, for the map types whose
+        checks need them as values (arrays, per-CPU maps). A body that is not plain YAML is
+        refused (the full parse reports it, with its line)."""
         import yaml_rs
 
-        if self.previous is not None or self.data is None or not self.blocks:
+        if self.data is None or not self.blocks:
             raise BlocksRefused
         try:
             entries = yaml_rs.loads(self.data[self.blocks[0][1]:self.blocks[-1][2]].decode(), parse_datetime=False)
