@@ -240,3 +240,28 @@ def test_a_large_config_naming_btf_files_is_not_taken_from_the_cache(built, tmp_
     assert {len(v) for v in load_config([path]).inner_maps["svc7"].entries.values()} == {22}
     shutil.copy(tmp_path / "wide.o", tmp_path / "prog.o")
     assert {len(v) for v in load_config([path]).inner_maps["svc7"].entries.values()} == {24}
+
+
+def test_maps_using_types_of_btf_named_in_another_file_are_not_taken_from_the_cache(built, tmp_path: Path) -> None:
+    """The BTF files are shared by the whole configuration: a large file that names none may still
+    use their types, so with BTF anywhere no file's maps come from the cache (or its blocks)."""
+    work, _ = built
+    (tmp_path / "types.h").write_text(HEADER.replace("__u16 port;", "__u32 port;"))
+    (tmp_path / "prog.bpf.c").write_text(BPF)
+    subprocess.run(["clang-14", "-O2", "-g", "-target", "bpf", "-I/usr/include/x86_64-linux-gnu", "-c",
+                    str(tmp_path / "prog.bpf.c"), "-o", str(tmp_path / "wide.o")], check=True, capture_output=True)
+    shutil.copy(work / "prog.o", tmp_path / "prog.o")
+    (tmp_path / "a.yaml").write_text("btf: [prog.o]\n")
+    lines = ["inner_maps:"]
+    for m in range(2):
+        lines += [f"  svc{m}:", "    object_map: svc_map", "    max_entries: 9000", "    entries:"]
+        lines += [f"      {i}: {{addr: {{ip4: {i}}}, port: {i}, policy: LB_POLICY_STRICT}}" for i in range(1, 9000)]
+    big = tmp_path / "big.yaml"
+    big.write_text("\n".join(lines) + "\n")
+    files = [tmp_path / "a.yaml", big]
+    assert {len(v) for v in load_config(files).inner_maps["svc1"].entries.values()} == {22}
+    shutil.copy(tmp_path / "wide.o", tmp_path / "prog.o")
+    assert {len(v) for v in load_config(files).inner_maps["svc1"].entries.values()} == {24}
+    big.write_text(big.read_text().replace("      7: {addr: {ip4: 7}, port: 7,", "      7: {addr: {ip4: 7}, port: 70,"))
+    wide = load_config(files).inner_maps["svc1"]  # a changed block: no block kept from the narrow encoding
+    assert {len(v) for v in wide.entries.values()} == {24} and wide.entries == load_config(files, use_cache=False).inner_maps["svc1"].entries

@@ -420,8 +420,7 @@ def build_config(sources: list[Source], problems: list[Problem], known_valid: se
     defined: dict[str, tuple[str, str]] = {}  # name -> (file, section)
     inner_raw: list[tuple[Source, str, dict[str, Any]]] = []
     outer_raw: list[tuple[Source, str, dict[str, Any]]] = []
-    for src in sources:
-        _parse_whole_if_btf(src)
+    for src in _parse_whole_if_btf(sources, problems):
         found = schema_problems(src, known_valid)
         problems += found
         if found or not isinstance(src.data, dict):
@@ -503,14 +502,26 @@ def _with_object_maps(maps: list[tuple[Source, str, dict[str, Any]]], section: s
     return out
 
 
-def _parse_whole_if_btf(src: Source) -> None:
-    """A document that names BTF files is never taken from the config cache: its entries' layout
-    depends on those files, not only on its text."""
-    text = src.full_text() if src.reused and isinstance(src.data, dict) and src.data.get("btf") else None
-    if text is not None:
-        full = parse_text(text, src.file)
+def _parse_whole_if_btf(sources: list[Source], problems: list[Problem]) -> list[Source]:
+    """With BTF files named anywhere, no map is taken from the config cache: the types they name
+    serve every file of the configuration, so an entry's layout depends on those files, not only
+    on its text (and a file that names none may still use their types). Returns the sources to
+    check; one whose file changed since it was read is a problem instead."""
+    if not any(isinstance(src.data, dict) and src.data.get("btf") for src in sources):
+        return sources
+    kept = []
+    for src in sources:
+        if not (src.reused or src.partial):
+            kept.append(src)
+            continue
+        text = src.full_text()
+        full = parse_text(text, src.file) if text is not None else None
         if isinstance(full, Source):
-            src.data, src.reused = full.data, {}
+            src.data, src.reused, src.partial = full.data, {}, {}
+            kept.append(src)
+        else:
+            problems.append(Problem(src.file, (), "the file changed while it was being read: run the command again"))
+    return kept
 
 
 def _named_types(sources: list[Source], problems: list[Problem]) -> NamedTypes:
