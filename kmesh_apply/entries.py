@@ -64,7 +64,7 @@ class Entries(MutableMapping[bytes, bytes]):
         Python hashes bytes with SipHash under a key drawn at random for each process, so two
         different sets of records have the same sum with a chance of about 2**-64, the same for
         every pair of maps and not something the map's contents can aim at (unless PYTHONHASHSEED
-        fixes the key: then `diff` does not use it).
+        fixes the key: then `diff` and `holds_base` do not use it).
         """
         if self._hash_sum is None:
             self._hash_sum = sum(map(hash, records(_interleaved(self), self.key_size + self.value_size)))
@@ -208,9 +208,10 @@ def diff(desired: Entries, live: Entries) -> tuple[dict[bytes, bytes], list[byte
     holds differently, the live keys `desired` lacks, and the live entries that differ (the old
     values, for the plan's description).
 
-    Whole records (key and value together) are compared as sets, built in C: no dict of a
-    million entries, and no Python code per entry. A map equal to the other one costs one set
-    and one pass; only a change that replaces or drops live entries builds the second set.
+    Two large maps of as many entries are first compared by their hash sums (`Entries.hash_sum`):
+    equal, they cost no set at all. Otherwise whole records (key and value together) are compared
+    as sets, built in C: no dict of a million entries, and no Python code per entry; only a
+    change that replaces or drops live entries builds the second set.
     """
     if desired.keys_buffer == live.keys_buffer and desired.values_buffer == live.values_buffer:
         return {}, [], {}
