@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Iterator, Optional
 
 import typer
 
-from kmesh_apply.cli.common import PinRootOption, fail, make_app, run
+from kmesh_apply.cli.common import PinRootOption, fail, json_text, make_app, run
 from kmesh_apply.wording import count
 
 if TYPE_CHECKING:
@@ -184,7 +184,7 @@ def plan(
     if out is not None:
         out.write_text(json.dumps(p.to_saved()))
     if json_out:
-        typer.echo(json.dumps(api.render_json(p), indent=2))
+        typer.echo(json_text(api.render_json(p)))
     else:
         typer.echo(api.render_text(p, color=_colour()), nl=False)
         if out is not None:
@@ -281,7 +281,7 @@ def show(
         _show_usage(root, api.usage(root), json_out)
         return
     doc = api.show(root)
-    typer.echo(json.dumps(doc, indent=2) + "\n" if json_out else dump_yaml(doc), nl=False)
+    typer.echo(json_text(doc) + "\n" if json_out else dump_yaml(doc), nl=False)
 
 
 def _show_usage(root: str, usage: list["MapUsage"], json_out: bool) -> None:
@@ -289,7 +289,7 @@ def _show_usage(root: str, usage: list["MapUsage"], json_out: bool) -> None:
     from kmesh_apply import monitor
 
     if json_out:
-        typer.echo(json.dumps({"pin_root": root, "maps": monitor.usage_json(usage)}, indent=2))
+        typer.echo(json_text({"pin_root": root, "maps": monitor.usage_json(usage)}))
     elif not sys.stdout.isatty():
         typer.echo(monitor.usage_text(usage), nl=False)
     else:

