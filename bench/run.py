@@ -58,8 +58,10 @@ NOOP_AGAIN = "kmesh-apply plan (no-op, repeated)"
 NOOP_NC = "kmesh-apply plan (no-op, no cache)"
 CHANGE = "kmesh-apply apply (change)"
 CHANGE_NC = "kmesh-apply apply (change, no cache)"
-KMESH = (COLD, NOOP, NOOP_AGAIN, NOOP_NC, CHANGE, CHANGE_NC)
-ORDER = (COLD, NOOP, NOOP_AGAIN, NOOP_NC, CHANGE, CHANGE_NC, C_PROG, BPFTOOL, DUMP, NAIVE)
+# Reading the pin root back as a config (beside `bpftool map dump`, which reads it back as text).
+SHOW = "kmesh-apply show"
+KMESH = (COLD, NOOP, NOOP_AGAIN, NOOP_NC, CHANGE, CHANGE_NC, SHOW)
+ORDER = (COLD, NOOP, NOOP_AGAIN, NOOP_NC, CHANGE, CHANGE_NC, SHOW, C_PROG, BPFTOOL, DUMP, NAIVE)
 NO_CACHE = "off"
 SLOW = (BPFTOOL, DUMP, NAIVE)  # one syscall per entry: run fewer times
 
@@ -334,6 +336,12 @@ def bench_workload(name: str, wdir: Path, plan: Plan, kmesh_ok: bool, tmp: Path)
                 # The drift check of a node that planned before: large maps found equal are remembered.
                 res[NOOP_AGAIN].add(run_child(kmesh_cmd("plan", config, p, cache)), expect_rc=0)
                 res[NOOP_NC].add(run_child(kmesh_cmd("plan", config, p)), expect_rc=0)
+                shown = tmp / f"show-{name}.yaml"
+                if res[SHOW].add(run_child([kmesh_apply_bin(), "show", "--pin-root", p], stdout=shown)) and rep == 0:
+                    again = run_child(kmesh_cmd("plan", shown, p))  # what show prints, planned: no changes
+                    if again.rc != 0:
+                        res[SHOW].note = f"CHECK FAILED: a plan of its output exits {again.rc}"
+                shown.unlink(missing_ok=True)
                 if res[CHANGE].add(run_child(kmesh_cmd("apply", change, p, cache))) and rep == 0:
                     after = run_child(kmesh_cmd("plan", change, p))
                     if after.rc != 0:

@@ -234,7 +234,8 @@ def test_integer_entries_are_written_as_pyyaml_writes_them(tmp_path: Path):
     doc = {"pin_root": "/sys/fs/bpf/x", "inner_maps": {
         "a": {"type": "hash", "key": "s64", "value": "u64", "max_entries": 8, "entries": entries},
         "b": {"type": "hash", "key": "u32", "value": "ipv4", "max_entries": 8, "entries": {1: "10.0.0.1"}},
-        "c": {"type": "hash", "key": "u32", "value": "u32", "max_entries": 8, "entries": {1: True, 2: 3}}}}
+        "c": {"type": "hash", "key": "u32", "value": "u32", "max_entries": 8, "entries": {1: True, 2: 3}},
+        "d": {"type": "hash", "key": "u32", "value": "u32", "max_entries": 8, "entries": {5: 6}}}}
     assert dump_yaml(doc) == yaml.safe_dump(doc, sort_keys=False, width=120)
 
 

@@ -174,9 +174,11 @@ def dump_yaml(doc: Mapping[str, Any]) -> str:
     Dumper.add_representer(_Flow, lambda d, v: d.represent_mapping("tag:yaml.org,2002:map", v, flow_style=True))
     lines: dict[str, str] = {}
     text = yaml.dump(_flow_entries(doc, lines), Dumper=Dumper, sort_keys=False, width=120, allow_unicode=True)
-    for token, block in lines.items():
-        placeholder = f"    entries: {token}\n"
-        if text.count(placeholder) != 1:  # not where a map's entries go: let PyYAML write them
+    if lines:  # one pass puts every map's lines in place of its placeholder
+        text, found = _PLACEHOLDER.subn(lambda m: "    entries:\n" + lines[m.group(1)], text)
+        if found != len(lines):  # not where a map's entries go: let PyYAML write them
             return yaml.dump(_flow_entries(doc, None), Dumper=Dumper, sort_keys=False, width=120, allow_unicode=True)
-        text = text.replace(placeholder, "    entries:\n" + block)
     return text
+
+
+_PLACEHOLDER = re.compile(r"^    entries: (kmesh-apply-entries-[0-9a-f]{32})\n", re.M)
