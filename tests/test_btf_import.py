@@ -221,15 +221,20 @@ def test_a_raw_btf_file_names_types_too() -> None:
     assert cfg.inner_maps["m"].key.size == 16 and cfg.inner_maps["m"].value.size == 14
 
 
-def test_a_large_config_naming_btf_files_is_not_taken_from_the_cache(built, tmp_path: Path) -> None:
-    """Its layout depends on the BTF files as well as its text: rebuilt with a wider field, the
-    same text gives wider values (a cached encoding would keep the old ones)."""
+def _narrow_and_wide(built: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
+    """prog.o in tmp_path as built (a 2-byte port), and wide.o, the same with a 4-byte port."""
     work, _ = built
     (tmp_path / "types.h").write_text(HEADER.replace("__u16 port;", "__u32 port;"))
     (tmp_path / "prog.bpf.c").write_text(BPF)
     subprocess.run(["clang-14", "-O2", "-g", "-target", "bpf", "-I/usr/include/x86_64-linux-gnu", "-c",
                     str(tmp_path / "prog.bpf.c"), "-o", str(tmp_path / "wide.o")], check=True, capture_output=True)
     shutil.copy(work / "prog.o", tmp_path / "prog.o")
+
+
+def test_a_large_config_naming_btf_files_is_not_taken_from_the_cache(built, tmp_path: Path) -> None:
+    """Its layout depends on the BTF files as well as its text: rebuilt with a wider field, the
+    same text gives wider values (a cached encoding would keep the old ones)."""
+    _narrow_and_wide(built, tmp_path)
     lines = ["btf:", "  - prog.o", "inner_maps:"]
     for m in range(8):
         lines += [f"  svc{m}:", "    object_map: svc_map", "    max_entries: 2000", "    entries:"]
@@ -245,12 +250,7 @@ def test_a_large_config_naming_btf_files_is_not_taken_from_the_cache(built, tmp_
 def test_maps_using_types_of_btf_named_in_another_file_are_not_taken_from_the_cache(built, tmp_path: Path) -> None:
     """The BTF files are shared by the whole configuration: a large file that names none may still
     use their types, so with BTF anywhere no file's maps come from the cache (or its blocks)."""
-    work, _ = built
-    (tmp_path / "types.h").write_text(HEADER.replace("__u16 port;", "__u32 port;"))
-    (tmp_path / "prog.bpf.c").write_text(BPF)
-    subprocess.run(["clang-14", "-O2", "-g", "-target", "bpf", "-I/usr/include/x86_64-linux-gnu", "-c",
-                    str(tmp_path / "prog.bpf.c"), "-o", str(tmp_path / "wide.o")], check=True, capture_output=True)
-    shutil.copy(work / "prog.o", tmp_path / "prog.o")
+    _narrow_and_wide(built, tmp_path)
     (tmp_path / "a.yaml").write_text("btf: [prog.o]\n")
     lines = ["inner_maps:"]
     for m in range(2):
