@@ -79,12 +79,14 @@ class _Remembered:
             return read_live(pin_root, memlock=memlock)
         parts: queue.SimpleQueue[tuple[str, Entries] | None] = queue.SimpleQueue()
         sums: dict[str, int] = {}
+        done: list[bool] = []  # the live sums are used only if every part was summed
 
         def work() -> None:
             for entries in wanted.values():
                 entries.hash_sum()
             while (item := parts.get()) is not None:
                 sums[item[0]] = sums.get(item[0], 0) + item[1].hash_sum()
+            done.append(True)
 
         def observe(name: str) -> Callable[[Entries], None] | None:
             return (lambda part: parts.put((name, part))) if name in wanted else None
@@ -96,7 +98,7 @@ class _Remembered:
         finally:
             parts.put(None)
             thread.join()
-        for name, total in sums.items():
+        for name, total in sums.items() if done else ():
             live = state.maps.get(name)
             if live is not None and isinstance(live.entries, Entries):
                 live.entries.remember_hash_sum(total)
