@@ -260,3 +260,22 @@ def test_the_integer_reader_reads_what_yaml_reads_or_declines(text: bytes) -> No
         return
     assert isinstance(parsed, dict) and len(parsed) == n
     assert got == (list(parsed), list(parsed.values()))
+
+
+def test_without_the_cache_large_maps_are_parsed_block_by_block_too(tmp_path: Path, parsed_blocks: list[str],
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from kmesh_apply.config import loader
+
+    path = write(tmp_path / "c.yaml", lines_of())
+    whole = load_config([path], use_cache=False)  # below MIN_BLOCKS_BYTES: parsed whole
+    assert not parsed_blocks
+    monkeypatch.setattr(loader, "MIN_BLOCKS_BYTES", 0)
+    monkeypatch.setenv("KMESH_APPLY_CACHE_DIR", "off")
+    streamed = load_config([path])
+    assert len(parsed_blocks) > 20 and streamed.inner_maps == whole.inner_maps
+    assert list(streamed.inner_maps["big"].entries.items()) == list(whole.inner_maps["big"].entries.items())
+    bad = lines_of()
+    bad[N // 3] = "      77: notanumber\n"
+    with pytest.raises(ConfigError) as wrong:
+        load_config([write(path, bad)])
+    assert f"c.yaml:{N // 3 + 8}" in str(wrong.value) and "entry 77" in str(wrong.value)

@@ -279,10 +279,10 @@ def settled(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Files count as settled 50 ms after their last change (instead of 2 s); returns the files read whole."""
     monkeypatch.setattr(loader, "SETTLED_NS", 50_000_000)
     read: list[str] = []
-    real = loader._rereader
+    real = loader._cache_rereader
 
-    def spy(path: Path, whole: bytes, cache: cache_mod.Cache):  # type: ignore[no-untyped-def]
-        inner_reread = real(path, whole, cache)
+    def spy(path: Path, layout: object, cache: cache_mod.Cache):  # type: ignore[no-untyped-def]
+        inner_reread = real(path, layout, cache)  # type: ignore[arg-type]
 
         def reread() -> str | None:
             read.append(str(path))
@@ -290,7 +290,7 @@ def settled(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
         return reread
 
-    monkeypatch.setattr(loader, "_rereader", spy)
+    monkeypatch.setattr(loader, "_cache_rereader", spy)
     return read
 
 

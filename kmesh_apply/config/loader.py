@@ -15,6 +15,7 @@ too, so the same PyYAML composition finds the line of a problem.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import threading
@@ -117,32 +118,59 @@ def read_source(path: Path, cache: Cache | None = None, blocks: bool = True) -> 
             status = os.fstat(f.fileno())
             if status.st_size > MAX_FILE_BYTES:
                 return Diagnostic(f"file too large: {status.st_size / 2**30:.1f} GiB (the limit is {MAX_FILE_BYTES >> 30} GiB)", file)
-            cached = cache is not None and path.suffix != ".json" and status.st_size >= cache.min_bytes
-            pack = cache.load(file) if cache is not None and cached else None
+            large = path.suffix != ".json" and status.st_size >= (cache.min_bytes if cache is not None else MIN_BLOCKS_BYTES)
+            pack = cache.load(file) if cache is not None and large else None
             seen = _status_key(status) if max(status.st_mtime_ns, status.st_ctime_ns) < settled_before else None
             if cache is not None and pack is not None and seen is not None and blocks:
                 known = _known(file, pack, seen, cache)
                 if known is not None:
                     return known
             raw = f.read()
-        if cache is not None and pack is not None:  # checked without a decoded copy: only the rest is decoded
+        if large and (pack is not None or blocks):  # checked without a decoded copy: only the rest is decoded
             _check_utf8(raw)
-            reuse = _reuse(raw, file, cache, pack, blocks, seen)
+            reuse = _reuse(raw, file, cache, pack, blocks, seen) if cache is not None and pack is not None else \
+                _blocks_only(raw, path)
         text = raw.decode("utf-8") if reuse is None or reuse.reduced is None else None
     except UnicodeDecodeError as e:
         return Diagnostic(f"not UTF-8 text ({e.reason} at byte {e.start})", file)
     except OSError as e:
         return Diagnostic(f"cannot read: {e.strerror}", file)
     del raw  # not needed past this point: 38 MB for a million entries, at the peak of the load
-    if reuse is None or cache is None:
+    if reuse is None:
         assert text is not None
         return parse_json(text, file) if path.suffix == ".json" else parse_text(text, file)
     rest = reuse.reduced if reuse.reduced is not None else text  # the text with reused maps blanked out
     assert rest is not None
     src = parse_text(rest, file)
     if isinstance(src, Source):
-        reuse.fill(src, path, cache, text)
+        reuse.fill(src, text)
     return src
+
+
+# Without the config cache, files from this size have their large maps parsed block by block all
+# the same (the cache's own threshold otherwise).
+MIN_BLOCKS_BYTES = 256 * 1024
+
+
+def _blocks_only(raw: bytes, path: Path) -> _Reuse | None:
+    """Without the cache: the large inner maps of a file that can be cut, parsed block by block
+    (config.blocks) so that their entries never exist as one parsed dict; None when nothing is cut."""
+    from kmesh_apply.config.blocks import Partial, cut, entries_body
+
+    chunks = split(raw)
+    partial: dict[str, Partial] = {}
+    blank = []
+    for c in chunks or ():
+        body = entries_body(raw, c) if c.section == "inner_maps" else None
+        if body is not None:
+            blocks = [(i.to_bytes(4, "little"), s, e) for i, (s, e) in enumerate(cut(raw, body[0], c.end))]
+            partial[c.name] = Partial(None, [], raw, blocks, body[1])
+            blank.append(Chunk(c.section, c.name, body[0], c.end))
+    if not partial:
+        return None
+    whole = hashlib.sha256(raw).digest()
+    return _Reuse(blank_out(raw, blank).decode(), {}, partial, None, False,
+                  _rereader(path, lambda again: hashlib.sha256(again).digest() == whole))
 
 
 # A file whose times are this much older than the moment it is read cannot change without its
@@ -169,17 +197,21 @@ def _check_utf8(raw: bytes) -> None:
     decoder.decode(b"", final=True)
 
 
-def _rereader(path: Path, whole: bytes, cache: Cache) -> Callable[[], str | None]:
-    """The file's text read again, if its bytes are still those that were parsed (`whole`: their digest)."""
+def _rereader(path: Path, same: Callable[[bytes], bool]) -> Callable[[], str | None]:
+    """The file's text read again, if its bytes are still those that were parsed (`same` says)."""
 
     def reread() -> str | None:
         try:
             raw = path.read_bytes()
-            return raw.decode("utf-8") if cache.file_digest(raw) == whole else None
+            return raw.decode("utf-8") if same(raw) else None
         except (OSError, UnicodeDecodeError):
             return None
 
     return reread
+
+
+def _cache_rereader(path: Path, layout: Layout, cache: Cache) -> Callable[[], str | None]:
+    return _rereader(path, lambda raw: cache.file_digest(raw) == layout[0])
 
 
 def _known(file: str, pack: Pack, seen: tuple[int, int, int, int, int], cache: Cache) -> Source | None:
@@ -201,7 +233,8 @@ def _known(file: str, pack: Pack, seen: tuple[int, int, int, int, int], cache: C
     src = parse_text(reduced, file)
     if not isinstance(src, Source) or not isinstance(src.data, dict) or "btf" in src.data:
         return None  # the full read reports it with its line, or parses BTF-typed maps whole
-    _Reuse(None, {name: payloads[digests[name]] for name in inner}, {}, layout, True).fill(src, Path(file), cache)
+    _Reuse(None, {name: payloads[digests[name]] for name in inner}, {}, layout, True,
+           _cache_rereader(Path(file), layout, cache)).fill(src)
     return src
 
 
@@ -212,15 +245,16 @@ class _Reuse:
     reduced: str | None  # the text with reused maps blanked out (None: nothing reused)
     reused: dict[str, Payload]
     partial: dict[str, Partial]
-    layout: Layout
+    layout: Layout | None  # None without the cache
     layout_stored: bool
+    reread: Callable[[], str | None]
 
-    def fill(self, src: Source, path: Path, cache: Cache, text: str | None = None) -> None:
+    def fill(self, src: Source, text: str | None = None) -> None:
         """Give the parsed rest of the file what came from the cache; the whole `text` is kept only
         when it was decoded anyway, else read again if a problem needs a line."""
         if self.reused and isinstance(src.data, dict) and src.data.get("inner_maps", {}) is None:
             src.data["inner_maps"] = {}  # every inner map came from the cache
-        src.text, src.reread = text, _rereader(path, self.layout[0], cache)
+        src.text, src.reread = text, self.reread
         if isinstance(src.data, dict) and "btf" in src.data:
             src.text = src.full_text()  # validation parses such a file whole (validate._parse_whole_if_btf)
         src.reused, src.layout, src.layout_stored = self.reused, self.layout, self.layout_stored
@@ -282,7 +316,8 @@ def _reuse(raw: bytes, file: str, cache: Cache, pack: Pack, blocks: bool,
         # What `_known` parses next time, when every inner map comes from the pack: the rest of the file.
         was_seen, stored = (seen, zlib.compress(blank_out(raw, inner), 1)), False
     layout = (whole, [(c.section, c.name, c.start, c.end) for c in chunks], digests, map_blocks, was_seen)
-    return _Reuse(reduced, reused, partial, layout, stored and len(hit) == len(inner))
+    return _Reuse(reduced, reused, partial, layout, stored and len(hit) == len(inner),
+                  _cache_rereader(Path(file), layout, cache))
 
 
 def parse_text(text: str, file: str) -> Source | Diagnostic:
