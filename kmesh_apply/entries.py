@@ -97,14 +97,17 @@ class Entries(MutableMapping[bytes, bytes]):
 
     def find(self, key: bytes) -> bytes | None:
         """The value under `key` without building the index: a scan of the packed keys, for a few lookups."""
-        keys, ks, vs = self.keys_buffer, self.key_size, self.value_size
+        i = self._scan(key)
+        vs = self.value_size
+        return None if i is None else bytes(self.values_buffer[i * vs:(i + 1) * vs])
+
+    def _scan(self, key: bytes) -> int | None:
+        """The position of `key`, found by scanning the packed keys (memchr speed)."""
+        keys, ks = self.keys_buffer, self.key_size
         pos = keys.find(key)
         while pos >= 0 and pos % ks:  # a match that straddles two keys
             pos = keys.find(key, pos + 1)
-        if pos < 0:
-            return None
-        i = pos // ks
-        return bytes(self.values_buffer[i * vs:(i + 1) * vs])
+        return None if pos < 0 else pos // ks
 
     def __getitem__(self, key: bytes) -> bytes:
         i = self._positions()[key]
@@ -126,6 +129,8 @@ class Entries(MutableMapping[bytes, bytes]):
                 return True  # the same records in the same order: no index needed
             if len(other) != len(self):
                 return False
+            if len(self) >= HASH_SUM_FROM and _HASH_KEY_SECRET:
+                return self.hash_sum() == other.hash_sum()  # as `diff` would find them (see there)
             put, gone, _ = diff(self, other)
             return not put and not gone
         if not isinstance(other, Mapping):
@@ -150,6 +155,27 @@ class Entries(MutableMapping[bytes, bytes]):
         if not isinstance(self.values_buffer, bytearray):
             self.values_buffer = bytearray(self.values_buffer)
         return self.keys_buffer, self.values_buffer
+
+    def update(self, other: Any = (), /, **kwargs: bytes) -> None:
+        """As a dict's; a few entries written to a large map without an index are found by scanning
+        (the synchroniser's cache takes one changed entry without indexing a million keys)."""
+        items = list(other.items() if isinstance(other, Mapping) else other) + list(kwargs.items())
+        if self._index is not None or len(items) > FEW_KEYS:
+            super().update(items)
+            return
+        vs = self.value_size
+        for key, value in items:
+            key, value = bytes(key), bytes(value)
+            self._check(key, value)
+            i = self._scan(key)
+            keys, values = self._mutable()
+            if i is None:
+                keys += key
+                values += value
+            else:
+                values[i * vs:(i + 1) * vs] = value
+        if items:
+            self._written()
 
     def __setitem__(self, key: bytes, value: bytes) -> None:
         key, value = bytes(key), bytes(value)

@@ -49,6 +49,11 @@ def test_mapping_protocol_and_writes() -> None:
     with pytest.raises(ValueError):
         Entries(2, 3, b"\x00" * 4, b"\x00" * 5)  # not whole records
     assert Entries(*e.payload()) == e and Entries.of(plain, 2, 3) == e
+    few = packed(plain, 2, 3)
+    few.update({b"\x05\x00": b"upd", b"\x40\x00": b"add"})  # a few writes: found by scanning, no index built
+    assert few._index is None and few == {**plain, b"\x05\x00": b"upd", b"\x40\x00": b"add"}
+    few.update({bytes([i, 1]): b"mny" for i in range(100)})  # many: through the index
+    assert few._index is not None and len(few) == len(plain) + 101
     assert e.fingerprint() == Entries.of(dict(e.items()), 2, 3).fingerprint()  # the same records in the same order
     assert e.fingerprint() != Entries.of(dict(reversed(list(e.items()))), 2, 3).fingerprint()
 
