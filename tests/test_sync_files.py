@@ -162,3 +162,49 @@ def test_a_file_argument_is_watched_through_its_directory(tree: Path):
     files = ConfigFiles([tree / "svc-0.yaml", tree / "outer.yaml", tree / "svc-1.yaml"])
     assert files.directories() == [str(tree)]
     assert set(files.load()[0].inner_maps) == {"svc-0", "svc-1"}
+
+
+def test_an_edit_of_a_large_map_parses_only_its_blocks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A value changed, a line added, a bad value, a repeated key: a large map's edit is assembled
+    from the blocks it touched and the map's last good entries, and gives what a full load gives."""
+    from conftest import private_block_cache
+
+    from kmesh_apply.config import blocks
+
+    private_block_cache(tmp_path, monkeypatch, 1024)
+    parsed: list[bytes] = []
+    real = blocks._encode_block
+    monkeypatch.setattr(blocks, "_encode_block", lambda text, *a: parsed.append(text) or real(text, *a))
+    lines = [f"      {i * 7}: {i}\n" for i in range(3000)]
+
+    def text() -> str:
+        return ("inner_maps:\n  small:\n    type: hash\n    key: u32\n    value: u64\n    max_entries: 4\n    entries: {1: 2}\n"
+                "  big:\n    type: hash\n    key: u32\n    value: u64\n    max_entries: 4000\n    entries:\n" + "".join(lines))
+
+    big = tmp_path / "big.yaml"
+    big.write_text(text())
+    files = ConfigFiles([big])
+    files.load()
+    for edit in ("value", "insert", "bad", "repeat", "fixed"):
+        if edit == "value":
+            lines[1500] = "      10500: 99\n"
+        elif edit == "insert":
+            lines.insert(700, "      5: 5\n")
+        elif edit == "bad":
+            lines[100] = "      700: notanumber\n"
+        elif edit == "repeat":
+            lines[100] = "      7: 1\n"  # the key of line 2, from another block
+        else:
+            lines[100] = "      700: 100\n"
+        save(big, text())
+        parsed.clear()
+        try:
+            merged = files.load(touched={str(big)})[0]
+        except ConfigError as e:
+            with pytest.raises(ConfigError) as full:
+                load_config([big], use_cache=False)
+            assert str(e) == str(full.value) and edit in ("bad", "repeat")
+            continue
+        assert edit not in ("bad", "repeat")
+        assert merged.inner_maps == load_config([big], use_cache=False).inner_maps
+        assert 1 <= len(parsed) <= 4, edit  # the touched block (and its neighbours), not all sixty

@@ -21,9 +21,11 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 from kmesh_apply.config import load_config
-from kmesh_apply.config.chunks import split
+from kmesh_apply.config.blocks import BlocksRefused, Partial, block_digests, entries_body
+from kmesh_apply.config.chunks import Chunk, blank_out, split
 from kmesh_apply.config.loader import Source, config_files, parse_text
 from kmesh_apply.config.model import Config, InnerMapSpec
+from kmesh_apply.entries import Entries
 from kmesh_apply.config.validate import build_config, incompatible
 from kmesh_apply.errors import ConfigError, Diagnostic
 from kmesh_apply.plan.planner import FIXED_PROPERTIES
@@ -180,11 +182,18 @@ class ConfigFiles:
                     return None
                 text, spans, cut, gone = edit
                 replaced |= gone
+            partial: dict[str, Partial] = {}
+            if old is not None and cut is not None:
+                text, partial = self._blocks(old.raw, raw, text, cut, old.spans or [])
             src = parse_text(text.decode("utf-8", "replace"), name)
             if not isinstance(src, Source) or not isinstance(src.data, dict) or set(src.data) - {"inner_maps"}:
                 return None
+            src.partial = partial
             problems: list = []
-            part = build_config([src], problems, self.shapes)
+            try:
+                part = build_config([src], problems, self.shapes)
+            except BlocksRefused:
+                return None  # load everything: its blocks, or its whole maps, say what is wrong
             if problems or not specs.keys().isdisjoint(part.inner_maps):
                 return None  # load everything, for diagnostics with the file's own line numbers
             if cut is None or {n for n, _, _ in cut} != set(part.inner_maps):
@@ -213,6 +222,34 @@ class ConfigFiles:
             return None
         spans = old.spans[:hit[0]] + cut + [(n, s + shift, e + shift) for n, s, e in old.spans[hit[-1] + 1:]]
         return text, spans, cut, {old.spans[i][0] for i in hit}
+
+    def _blocks(self, old_raw: bytes, raw: bytes, text: bytes, cut: list[Span],
+                old_spans: list[Span]) -> tuple[bytes, dict[str, Partial]]:
+        """The edited maps' text with the entries of the large ones left out, and those entries to
+        assemble from blocks (config.blocks): only the blocks the edit touched are parsed, the
+        others are sliced from the map's last good entries. `text` starts where the first edited
+        map's chunk begins in `raw`, less its `inner_maps:` header line."""
+        assert self.config is not None
+        shift = cut[0][1] - len(b"inner_maps:\n")  # text offset -> raw offset
+        before = {n: (a, b) for n, a, b in old_spans}
+        partial, blank = {}, []
+        for name, start, end in cut:
+            spec = self.config.inner_maps.get(name)
+            new_chunk = Chunk("inner_maps", name, start, end)
+            body = entries_body(raw, new_chunk)
+            if spec is None or name not in before or body is None or not isinstance(spec.entries, Entries):
+                continue
+            old_chunk = Chunk("inner_maps", name, *before[name])
+            old_body = entries_body(old_raw, old_chunk)
+            if old_body is None:
+                continue
+            old_blocks = [(d, old_raw.count(b"\n", a, b)) for d, a, b in block_digests(b"", old_raw, old_chunk, old_body[0])]
+            if sum(n for _, n in old_blocks) != len(spec.entries):
+                continue  # its entries are not one a line in file order: parse it whole
+            partial[name] = Partial(spec.entries.payload(), old_blocks, raw,
+                                    block_digests(b"", raw, new_chunk, body[0]), body[1])
+            blank.append(Chunk("inner_maps", name, body[0] - shift, end - shift))
+        return (blank_out(text, blank) if blank else text), partial
 
     def _swap(self, replaced: set[str], specs: dict[str, InnerMapSpec], files: tuple[str, ...]) -> Config | None:
         """The last good config with `replaced` inner maps removed and `specs` added, if that is
