@@ -255,8 +255,6 @@ class _Reuse:
         if self.reused and isinstance(src.data, dict) and src.data.get("inner_maps", {}) is None:
             src.data["inner_maps"] = {}  # every inner map came from the cache
         src.text, src.reread = text, self.reread
-        if isinstance(src.data, dict) and "btf" in src.data:
-            src.text = src.full_text()  # validation parses such a file whole (validate._parse_whole_if_btf)
         src.reused, src.layout, src.layout_stored = self.reused, self.layout, self.layout_stored
         src.partial = self.partial
 
