@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 from kmesh_apply.config import load_config
-from kmesh_apply.config.blocks import BlocksRefused, Partial, block_digests, entries_body
+from kmesh_apply.config.blocks import BlocksRefused, Partial, entries_body
+from kmesh_apply.config.blocks import cut as cut_blocks
 from kmesh_apply.config.chunks import Chunk, blank_out, split
 from kmesh_apply.config.loader import Source, config_files, parse_text
 from kmesh_apply.config.model import Config, InnerMapSpec
@@ -180,11 +181,11 @@ class ConfigFiles:
                 edit = self._edit(old, raw)
                 if edit is None:
                     return None
-                text, spans, cut, gone = edit
+                text, spans, cut, gone, edited = edit
                 replaced |= gone
             partial: dict[str, Partial] = {}
             if old is not None and cut is not None:
-                text, partial = self._blocks(old.raw, raw, text, cut, old.spans or [])
+                text, partial = self._blocks(old, raw, edited, text, cut)
             src = parse_text(text.decode("utf-8", "replace"), name)
             if not isinstance(src, Source) or not isinstance(src.data, dict) or set(src.data) - {"inner_maps"}:
                 return None
@@ -203,10 +204,10 @@ class ConfigFiles:
         return self._swap(replaced, specs, tuple(now))
 
     @staticmethod
-    def _edit(old: _File, raw: bytes) -> tuple[bytes, list[Span], list[Span], set[str]] | None:
+    def _edit(old: _File, raw: bytes) -> tuple[bytes, list[Span], list[Span], set[str], tuple[int, int, int]] | None:
         """For a known file: the text of the inner maps the edit touched (as a document), the file's
-        new spans, those of the touched maps, and the names they had. None when the edit reaches
-        outside the inner maps."""
+        new spans, those of the touched maps, the names they had, and where the bytes differ
+        (`_edited`). None when the edit reaches outside the inner maps."""
         if not old.spans or not old.raw:
             return None
         start, old_end, new_end = _edited(old.raw, raw)
@@ -221,34 +222,42 @@ class ConfigFiles:
         if cut is None or not cut:
             return None
         spans = old.spans[:hit[0]] + cut + [(n, s + shift, e + shift) for n, s, e in old.spans[hit[-1] + 1:]]
-        return text, spans, cut, {old.spans[i][0] for i in hit}
+        return text, spans, cut, {old.spans[i][0] for i in hit}, (start, old_end, new_end)
 
-    def _blocks(self, old_raw: bytes, raw: bytes, text: bytes, cut: list[Span],
-                old_spans: list[Span]) -> tuple[bytes, dict[str, Partial]]:
+    def _blocks(self, old: _File, raw: bytes, edited: tuple[int, int, int], text: bytes,
+                cut: list[Span]) -> tuple[bytes, dict[str, Partial]]:
         """The edited maps' text with the entries of the large ones left out, and those entries to
         assemble from blocks (config.blocks): only the blocks the edit touched are parsed, the
-        others are sliced from the map's last good entries. `text` starts where the first edited
-        map's chunk begins in `raw`, less its `inner_maps:` header line."""
+        others are sliced from the map's last good entries. A block is known by where it lies:
+        before the edit, or after it (shifted), its bytes are the old file's (`edited`: where the
+        bytes differ), so no block is hashed. `text` starts where the first edited map's chunk begins
+        in `raw`, less its `inner_maps:` header line."""
         assert self.config is not None
+        start, old_end, new_end = edited
         shift = cut[0][1] - len(b"inner_maps:\n")  # text offset -> raw offset
-        before = {n: (a, b) for n, a, b in old_spans}
+        before = {n: (a, b) for n, a, b in old.spans or ()}
         partial, blank = {}, []
-        for name, start, end in cut:
+        for name, a, b in cut:
             spec = self.config.inner_maps.get(name)
-            new_chunk = Chunk("inner_maps", name, start, end)
-            body = entries_body(raw, new_chunk)
+            body = entries_body(raw, Chunk("inner_maps", name, a, b))
             if spec is None or name not in before or body is None or not isinstance(spec.entries, Entries):
                 continue
-            old_chunk = Chunk("inner_maps", name, *before[name])
-            old_body = entries_body(old_raw, old_chunk)
-            if old_body is None:
-                continue
-            old_blocks = [(d, old_raw.count(b"\n", a, b)) for d, a, b in block_digests(b"", old_raw, old_chunk, old_body[0])]
+            old_a, old_b = before[name]
+            old_body = entries_body(old.raw, Chunk("inner_maps", name, old_a, old_b))
+            if old_body is None or not old_body[0] <= start <= old_end <= old_b:
+                continue  # the edit reaches its definition (or another map): parse it whole
+            old_bounds = cut_blocks(old.raw, old_body[0], old_b)
+            old_blocks = [(b"%d" % s, old.raw.count(b"\n", s, e)) for s, e in old_bounds]
             if sum(n for _, n in old_blocks) != len(spec.entries):
                 continue  # its entries are not one a line in file order: parse it whole
-            partial[name] = Partial(spec.entries.payload(), old_blocks, raw,
-                                    block_digests(b"", raw, new_chunk, body[0]), body[1])
-            blank.append(Chunk("inner_maps", name, body[0] - shift, end - shift))
+            known, moved = set(old_bounds), new_end - old_end
+            blocks = []
+            for i, (s, e) in enumerate(cut_blocks(raw, body[0], b)):
+                at = s if e <= start else s - moved if s >= new_end else -1
+                same = at >= 0 and (at, at + e - s) in known
+                blocks.append((b"%d" % at if same else b"new %d" % i, s, e))
+            partial[name] = Partial(spec.entries.payload(), old_blocks, raw, blocks, body[1])
+            blank.append(Chunk("inner_maps", name, body[0] - shift, b - shift))
         return (blank_out(text, blank) if blank else text), partial
 
     def _swap(self, replaced: set[str], specs: dict[str, InnerMapSpec], files: tuple[str, ...]) -> Config | None:
