@@ -25,7 +25,7 @@ from kmesh_apply.config.model import Config, InnerMapSpec, Location, OuterMapSpe
 from kmesh_apply.ctype import parse_type  # noqa: E402
 from kmesh_apply.executor import Executor  # noqa: E402
 from kmesh_apply.plan.planner import make_plan  # noqa: E402
-from kmesh_apply.reader import read_live  # noqa: E402
+from kmesh_apply.pinroot.reader import read_live  # noqa: E402
 
 ENDPOINT = {"struct": [{"ip": "ipv4"}, {"port": "be16"}, {"weight": "u16"}]}
 

@@ -33,7 +33,7 @@ from run import fresh_pin_root, kmesh_apply_bin, log  # noqa: E402
 
 from kmesh_apply import Synchroniser, load_config  # noqa: E402
 from kmesh_apply.kernel.maps import Map  # noqa: E402
-from kmesh_apply.reader import read_live  # noqa: E402
+from kmesh_apply.pinroot.reader import read_live  # noqa: E402
 
 WAIT = 120.0
 ENDPOINT = re.compile(r"^(      (\d+): \{ip: [\d.]+, port: \d+, weight: )(\d+)\}$", re.M)

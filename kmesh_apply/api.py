@@ -24,12 +24,12 @@ from kmesh_apply.errors import ReplaceInUseError, StalePlanError
 from kmesh_apply.executor import ApplyReport, Executor
 from kmesh_apply.kernel.maps import Map
 from kmesh_apply.monitor import MapUsage, map_usage
-from kmesh_apply.pinroot import PinRootLock
+from kmesh_apply.pinroot.guard import PinRootLock
 from kmesh_apply.plan.model import Plan, Step
 from kmesh_apply.plan.planner import REMEMBER_FROM_ENTRIES, destroy_plan, make_plan
 from kmesh_apply.plan.render import render_json, render_text
-from kmesh_apply.reader import read_live
-from kmesh_apply.replaced import record_replaced
+from kmesh_apply.pinroot.reader import read_live
+from kmesh_apply.pinroot.replaced import record_replaced
 from kmesh_apply.show import show_document
 from kmesh_apply.state import LiveState
 

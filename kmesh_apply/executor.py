@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from kmesh_apply.ctype import CType, Raw, type_or_raw
+from kmesh_apply.ctype import type_or_raw
 from kmesh_apply.entries import packed
 from kmesh_apply.errors import ApplyError, KmeshError
 from kmesh_apply.kernel.maps import Map
 from kmesh_apply.plan.model import CreateMap, MapDef, MovePin, Plan, RemovePin, SetSlots, Step, WriteEntries
-from kmesh_apply.state import KEY_TYPES_DIR
+from kmesh_apply.pinroot import records
 
 
 @dataclass
@@ -115,10 +115,7 @@ class Executor:
             self._drop(step.pin)
             os.unlink(self.root / step.pin)
             self._tidy_staging(step.pin)
-            record = self.root / KEY_TYPES_DIR / step.pin
-            if "/" not in step.pin and os.path.lexists(record):  # an outer map's key type goes with it
-                os.unlink(record)
-                self._tidy_staging(f"{KEY_TYPES_DIR}/{step.pin}")
+            records.forget(str(self.root), step.pin)
 
     def _create(self, step: CreateMap) -> None:
         d: MapDef = step.map
@@ -136,18 +133,7 @@ class Executor:
             raise
         self.handles[step.pin] = m
         if d.is_outer and d.key_type not in (None, "u32"):  # u32 is what show assumes without a record
-            self._record_key_type(d.name, key_type)
-
-    def _record_key_type(self, name: str, key_type: CType) -> None:
-        """Pin a one-entry hash map whose BTF key is the outer map's key type (see KEY_TYPES_DIR) in
-        place of any earlier record (only `show` reads it, and checks its size against the map's)."""
-        folder = self.root / KEY_TYPES_DIR
-        folder.mkdir(exist_ok=True)
-        if os.path.lexists(folder / name):
-            os.unlink(folder / name)
-        with Map.create("hash", key_type.size, 1, 1, name="kmesh_key_type", flags=("no_prealloc",),
-                        key_type=key_type, value_type=Raw(1)) as record:
-            record.pin(str(folder / name))
+            records.record_key_type(str(self.root), d.name, key_type)
 
     def _tidy_staging(self, pin: str) -> None:
         """Remove the staging directory once it is empty, so a converged pin root holds only maps."""

@@ -2,7 +2,7 @@
 
 Types come from the BTF each inner map carries, so values print as the user
 wrote them. Outer maps cannot carry BTF: their key type is the one kmesh-apply
-recorded beside them when it created them (state.KEY_TYPES_DIR), else they print
+recorded beside them when it created them (pinroot.records), else they print
 by size (`u32` for 4-byte keys, else `key_size`); their template is the inner map
 found in their first slot.
 """

@@ -16,7 +16,7 @@ from conftest import bpftool_json, run_cli
 from kmesh_apply import api
 from kmesh_apply.config import dump_yaml, load_config
 from kmesh_apply.errors import ConfigError
-from kmesh_apply.reader import read_live
+from kmesh_apply.pinroot.reader import read_live
 
 HEADER = r"""
 #include <linux/types.h>

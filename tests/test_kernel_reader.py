@@ -9,7 +9,7 @@ import pytest
 from kmesh_apply.ctype import parse_type
 from kmesh_apply.errors import KmeshError
 from kmesh_apply.kernel import Map
-from kmesh_apply.reader import read_live
+from kmesh_apply.pinroot.reader import read_live
 from kmesh_apply.state import STAGING_DIR
 
 # Same sizes, different types: a reader that shares decoded types between maps must not mix them up.

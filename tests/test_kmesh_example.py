@@ -16,7 +16,7 @@ from kmesh_apply import api
 from kmesh_apply.config import dump_yaml, load_config
 from kmesh_apply.config.codecs import encode
 from kmesh_apply.ctype import parse_type
-from kmesh_apply.reader import read_live
+from kmesh_apply.pinroot.reader import read_live
 
 KMESH = REPO / "examples" / "kmesh"
 MAGLEV_TABLE_SIZE = 16381

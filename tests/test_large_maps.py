@@ -12,7 +12,7 @@ from kmesh_apply import api
 from kmesh_apply.config import load_config
 from kmesh_apply.entries import Entries, holds_base
 from kmesh_apply.plan.planner import REMEMBER_FROM_ENTRIES
-from kmesh_apply.reader import read_live
+from kmesh_apply.pinroot.reader import read_live
 from conftest import bpftool_json, private_block_cache
 
 N = REMEMBER_FROM_ENTRIES + 100

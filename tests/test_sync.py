@@ -13,7 +13,7 @@ from test_safety import SUM_PROG, sum_config
 from test_watch import poke_counter
 
 from kmesh_apply import ConfigError, Synchroniser, load_config
-from kmesh_apply.reader import read_live
+from kmesh_apply.pinroot.reader import read_live
 from kmesh_apply.state import LiveState
 
 MESH = Path(__file__).resolve().parent.parent / "examples" / "mesh"

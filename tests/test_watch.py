@@ -18,7 +18,7 @@ from typing import Callable
 
 from test_safety import big_config
 
-from kmesh_apply.reader import read_live
+from kmesh_apply.pinroot.reader import read_live
 
 KMESH_APPLY = str(Path(sys.executable).parent / "kmesh-apply")
 MESH = Path(__file__).resolve().parent.parent / "examples" / "mesh" / "mesh.yaml"

@@ -14,9 +14,9 @@ from kmesh_apply.errors import KmeshError
 from kmesh_apply.executor import ApplyReport
 from kmesh_apply.kernel.maps import Map
 from kmesh_apply.kernel.progs import Program, map_holders
-from kmesh_apply.pinroot import PinRootLock
+from kmesh_apply.pinroot.guard import PinRootLock
 from kmesh_apply.plan.model import Plan, Step
-from kmesh_apply.reader import read_live, read_map
+from kmesh_apply.pinroot.reader import read_live, read_map
 from kmesh_apply.state import LiveMap, LiveState
 
 

@@ -9,8 +9,9 @@ from kmesh_apply.entries import Entries
 from kmesh_apply.errors import KmeshError
 from kmesh_apply.kernel.maps import LookupBuffers, Map
 from kmesh_apply.kernel.progs import map_holders
-from kmesh_apply.pinroot import check_pin_root
-from kmesh_apply.replaced import read_replaced
+from kmesh_apply.pinroot.guard import check_pin_root
+from kmesh_apply.pinroot.records import read_key_types
+from kmesh_apply.pinroot.replaced import read_replaced
 from kmesh_apply.state import KEY_TYPES_DIR, REPLACED_PIN, STAGING_DIR, LiveMap, LiveState, StagedMap
 
 
@@ -45,16 +46,6 @@ class _Reader:
                 live.memlock = m.memlock()
         return live
 
-    def key_types(self, path: str) -> dict[str, Any]:
-        """The key types recorded for outer maps (see KEY_TYPES_DIR): only BTF is read, no entries."""
-        out = {}
-        for pin in sorted(os.scandir(path), key=lambda e: e.name):
-            with Map.open_pinned(pin.path) as m:
-                key_type = m.key_type()
-            if key_type is not None:
-                out[pin.name] = key_type.spec()
-        return out
-
 
 # Given a map's name, what sees each batch of its entries as it is read, or None.
 Observer = Callable[[str], Callable[[Entries], None] | None]
@@ -73,7 +64,7 @@ def read_live(pin_root: str, memlock: bool = False, holders: bool = True, observ
     reader = _Reader(memlock, observe)
     for entry in sorted(os.scandir(root), key=lambda e: e.name):
         if entry.is_dir(follow_symlinks=False) and entry.name == KEY_TYPES_DIR:
-            state.key_types = reader.key_types(entry.path)
+            state.key_types = read_key_types(entry.path)
             continue
         if entry.is_dir(follow_symlinks=False):
             if entry.name != STAGING_DIR:
