@@ -24,13 +24,13 @@ from dataclasses import dataclass
 from kmesh_apply.config.model import INNER_TYPES, OUTER_ALIASES, OUTER_TYPES
 from kmesh_apply.errors import KernelError, KmeshError
 from kmesh_apply.kernel.maps import (
-    MAP_TYPE_NAMES,
     OUTER_TYPES as KERNEL_OUTER_TYPES,
     PERCPU_TYPES,
     Map,
     flag_bits,
     possible_cpus,
 )
+from kmesh_apply.kernel.names import type_name
 from kmesh_apply.wording import a, count
 
 Key = int | bytes
@@ -80,7 +80,7 @@ class MapInMapInfo:
 
 
 def _type_name(t: str | int, allowed: tuple[str, ...], aliases: dict[str, str], what: str) -> str:
-    name = MAP_TYPE_NAMES.get(t, str(t)) if isinstance(t, int) else aliases.get(t, t)
+    name = type_name(t) if isinstance(t, int) else aliases.get(t, t)
     if name not in allowed:
         raise KmeshError(f"unknown {what} map type '{t}': expected one of {', '.join([*allowed, *aliases])}")
     return name

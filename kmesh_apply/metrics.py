@@ -141,12 +141,12 @@ def map_families(root: str, usage: list[MapUsage]) -> bytes:
     labels = [f'{{map="{_escape(u.name)}",pin_root="{root}"}} ' for u in usage]
     out: list[str] = []
     _family(out, "kmesh_apply_map_entries", "Entries a map holds (outer maps: slots holding an inner map; "
-            "arrays: indexes holding a non-zero value).", [f"kmesh_apply_map_entries{lab}{u.entries}\n"
-                                                           for lab, u in zip(labels, usage)])
+            "arrays: indexes holding a non-zero value; none for maps whose entries cannot be read).",
+            [f"kmesh_apply_map_entries{lab}{u.entries}\n" for lab, u in zip(labels, usage) if u.entries is not None])
     _family(out, "kmesh_apply_map_max_entries", "A map's max_entries.",
             [f"kmesh_apply_map_max_entries{lab}{u.max_entries}\n" for lab, u in zip(labels, usage)])
     _family(out, "kmesh_apply_map_fill_ratio", "entries / max_entries, 0 to 1.",
-            [f"kmesh_apply_map_fill_ratio{lab}{u.fill!r}\n" for lab, u in zip(labels, usage)])
+            [f"kmesh_apply_map_fill_ratio{lab}{u.fill!r}\n" for lab, u in zip(labels, usage) if u.entries is not None])
     _family(out, "kmesh_apply_map_memlock_bytes", "Bytes the kernel charges for a map (bpftool's bytes_memlock).",
             [f"kmesh_apply_map_memlock_bytes{lab}{u.memlock_bytes}\n" for lab, u in zip(labels, usage)
              if u.memlock_bytes is not None])
@@ -162,9 +162,9 @@ def pin_root_families(root: str, usage: list[MapUsage], health: Health) -> bytes
             [f'kmesh_apply_maps{{kind="inner",{label}}} {len(usage) - len(outer)}\n',
              f'kmesh_apply_maps{{kind="outer",{label}}} {len(outer)}\n'])
     totals = (
-        ("kmesh_apply_entries", "Entries of all inner maps of the pin root.",
-         sum(u.entries for u in usage) - sum(u.entries for u in outer)),
-        ("kmesh_apply_outer_slots_used", "Slots of all outer maps that hold an inner map.", sum(u.entries for u in outer)),
+        ("kmesh_apply_entries", "Entries of all inner maps of the pin root (of those whose entries can be read).",
+         sum(u.entries or 0 for u in usage) - sum(u.entries or 0 for u in outer)),
+        ("kmesh_apply_outer_slots_used", "Slots of all outer maps that hold an inner map.", sum(u.entries or 0 for u in outer)),
         ("kmesh_apply_outer_slots_max", "Slots all outer maps can hold (their max_entries).",
          sum(u.max_entries for u in outer)),
         ("kmesh_apply_memlock_bytes", "Bytes the kernel charges for all maps of the pin root.",

@@ -26,15 +26,15 @@ class MapUsage:
     kind: str  # "inner" | "outer"
     type: str
     id: int
-    entries: int  # entries present; for an outer map, slots that hold an inner map
+    entries: int | None  # entries present; for an outer map, slots that hold an inner map; None: unreadable
     max_entries: int
     memlock_bytes: int | None  # the kernel's own figure (fdinfo `memlock:`), None when not read
     programs: tuple[str, ...] = ()  # the loaded programs holding the map, as `ID:name`
 
     @property
     def fill(self) -> float:
-        """entries / max_entries, 0..1."""
-        return self.entries / self.max_entries if self.max_entries else 0.0
+        """entries / max_entries, 0..1 (0 when the entries cannot be read)."""
+        return self.entries / self.max_entries if self.max_entries and self.entries else 0.0
 
 
 @dataclass
@@ -103,7 +103,7 @@ def map_usage(live: LiveState) -> list[MapUsage]:
     """Usage of every map of a live state, fullest first."""
     out = []
     for name, m in live.maps.items():
-        entries = len(m.slots) if m.is_outer else used_entries(m.type, m.entries)
+        entries = len(m.slots) if m.is_outer else None if m.unreadable else used_entries(m.type, m.entries)
         programs = tuple(f"{p.id}:{p.name}" for p in live.holders.get(m.id, ()))
         out.append(MapUsage(name, "outer" if m.is_outer else "inner", m.type, m.id, entries, m.max_entries, m.memlock,
                             programs))
@@ -134,15 +134,16 @@ USAGE_COLUMNS = ("map", "kind", "type", "entries", "max_entries", "fill", "memlo
 
 def usage_rows(usage: list[MapUsage]) -> list[tuple[str, ...]]:
     """The cells of `show --usage`, fullest first; a nearly full map's fill is marked with `!`."""
-    return [(u.name, u.kind, u.type, str(u.entries), str(u.max_entries),
-             f"{u.fill * 100:.1f}%{' !' if u.fill >= NEARLY_FULL else ''}", human_bytes(u.memlock_bytes),
+    return [(u.name, u.kind, u.type, "-" if u.entries is None else str(u.entries), str(u.max_entries),
+             "-" if u.entries is None else f"{u.fill * 100:.1f}%{' !' if u.fill >= NEARLY_FULL else ''}",
+             human_bytes(u.memlock_bytes),
              ", ".join(u.programs) or "-")
             for u in usage]
 
 
 def usage_total(usage: list[MapUsage]) -> str:
     memlock = sum(u.memlock_bytes or 0 for u in usage)
-    entries = sum(u.entries for u in usage if u.kind == "inner")
+    entries = sum(u.entries or 0 for u in usage if u.kind == "inner")
     return f"{len(usage)} maps, {entries} entries in inner maps, {human_bytes(memlock)} memlock"
 
 

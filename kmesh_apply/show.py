@@ -40,14 +40,20 @@ def _entries(keys: list[Any], values: list[Any]) -> Any:
 
 
 def _inner(m: LiveMap) -> dict[str, Any]:
+    """A map that is in no outer slot's place: its type and sizes always, its entries when user space
+    can read them (a ringbuf has neither key nor value; a queue's values cannot be read)."""
     key = type_or_raw(m.key_type, m.key_size)
     value = type_or_raw(m.value_type, m.value_size)
     doc: dict[str, Any] = {"type": m.type}
-    _type_fields(doc, "key", key)
-    _type_fields(doc, "value", value)
+    if m.key_size:
+        _type_fields(doc, "key", key)
+    if m.value_size:
+        _type_fields(doc, "value", value)
     doc["max_entries"] = m.max_entries
     if m.flags:
         doc["flags"] = list(m.flags)
+    if m.unreadable:
+        return doc
     if m.type in ARRAY_TYPES or m.type in PERCPU_TYPES:
         decode = codecs.value_decoder(value, m.type in PERCPU_TYPES)
         items = list(m.entries.items())

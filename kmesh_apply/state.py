@@ -40,6 +40,9 @@ class LiveMap:
     entries: MutableMapping[bytes, bytes] = field(default_factory=dict)  # packed (`Entries`) when read from the kernel
     slots: dict[bytes, int] = field(default_factory=dict)
     memlock: int | None = None  # bytes the kernel charges (fdinfo), when read with memlock=True
+    # Why user space cannot read the map's entries (a ringbuf, a queue, a map of sockets...): its
+    # `entries` are then unknown, not absent. '' when they were read.
+    unreadable: str = ""
 
     @property
     def is_outer(self) -> bool:
@@ -49,7 +52,7 @@ class LiveMap:
         """A fingerprint of everything a plan depends on, independent of iteration order."""
         h = hashlib.blake2b(digest_size=16)
         h.update(repr((self.id, self.type, self.key_size, self.value_size, self.max_entries, self.flags,
-                       self.key_type, self.value_type)).encode())
+                       self.key_type, self.value_type, self.unreadable)).encode())
         h.update(b"".join(sorted(k + v for k, v in self.entries.items())))
         h.update(b"".join(sorted(k + i.to_bytes(4, "little") for k, i in self.slots.items())))
         return h.hexdigest()

@@ -248,6 +248,9 @@ def _describe(m: Map, pin: str | None, holders: tuple[Program, ...]) -> dict[str
         slots = m.slots()
         out["entries"] = len(slots)
         out["slots"] = {str(int.from_bytes(k, "little")): v for k, v in sorted(slots.items(), key=lambda kv: int.from_bytes(kv[0], "little"))}
+    elif m.unreadable():
+        out["entries"] = None
+        out["unreadable"] = m.unreadable()
     else:
         out["entries"] = len(m.items())
         for what, typ in (("key_type", m.key_type()), ("value_type", m.value_type())):

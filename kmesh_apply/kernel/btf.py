@@ -36,7 +36,7 @@ from kmesh_apply.ctype import (Addr, Array, Bool, Bytes, Chars, CType, CUnion, E
                                TypeSpecError, canonical_align, expressible)
 from kmesh_apply.errors import KernelError
 from kmesh_apply.kernel.failure import fail
-from kmesh_apply.kernel.names import MAP_TYPE_NAMES, flag_names
+from kmesh_apply.kernel.names import flag_names, type_name
 from kmesh_apply.kernel import libbpf as L
 
 BTF_KIND_INT, BTF_KIND_ARRAY, BTF_KIND_STRUCT, BTF_KIND_UNION, BTF_KIND_ENUM = 1, 3, 4, 5, 6
@@ -480,11 +480,11 @@ def _map_definition(reader: _Reader, name: str) -> dict[str, Any] | None:
     for info in (L.BtfVarSecinfo * (t.info & 0xFFFF)).from_address(extra):
         kind, var_name, var, _ = reader._type(info.type)
         if kind == BTF_KIND_VAR and var_name == name:
-            return _declared(reader, var.size_or_type, MAP_TYPE_NAMES, flag_names)
+            return _declared(reader, var.size_or_type)
     return None
 
 
-def _declared(reader: _Reader, tid: int, type_names: Mapping[int, str], flag_names: Any) -> dict[str, Any]:
+def _declared(reader: _Reader, tid: int) -> dict[str, Any]:
     kind, _, t, extra = reader._type(tid)
     while kind == BTF_KIND_TYPEDEF or kind in _QUALIFIERS:
         kind, _, t, extra = reader._type(t.size_or_type)
@@ -508,7 +508,7 @@ def _declared(reader: _Reader, tid: int, type_names: Mapping[int, str], flag_nam
             continue  # __array(values, ...): the inner map's template, which a config names itself
         n = L.BtfArray.from_address(aextra).nelems
         if field == "type":
-            out["type"] = type_names.get(n, str(n))
+            out["type"] = type_name(n)
         elif field in ("key_size", "value_size", "max_entries"):
             out[field] = n
         elif field == "map_flags" and n:

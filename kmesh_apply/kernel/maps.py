@@ -24,9 +24,10 @@ from kmesh_apply.entries import Entries
 from kmesh_apply.errors import KernelError, KmeshError
 from kmesh_apply.kernel import libbpf as L
 from kmesh_apply.kernel.failure import ENOTSUPP, HINTS, fail
-from kmesh_apply.kernel.names import MAP_FLAGS, MAP_TYPE_NAMES, MAP_TYPES, flag_bits, flag_names
+from kmesh_apply.kernel.names import MAP_FLAGS, MAP_TYPES, flag_bits, flag_names, type_name
+from kmesh_apply.wording import a
 
-PERCPU_TYPES = frozenset({"percpu_hash", "percpu_array", "lru_percpu_hash"})
+PERCPU_TYPES = frozenset({"percpu_hash", "percpu_array", "lru_percpu_hash", "percpu_cgroup_storage"})
 OUTER_TYPES = frozenset({"array_of_maps", "hash_of_maps"})
 # Array-like maps: every index exists, a slot's template also fixes max_entries.
 ARRAY_TYPES = frozenset({"array", "percpu_array", "array_of_maps"})
@@ -41,6 +42,27 @@ _LOOKUP_BYTES = 16 << 20
 _PART_BYTES = 1 << 20
 _LOOKUP_OPTS_REF = ctypes.byref(L.batch_opts())  # no flags; the kernel only reads them
 _no_batch: set[str] = set()  # map types seen refusing batch operations
+_HANDLES = "its keys are {}, which user space reaches only through their file descriptors"
+_NOT_GIVEN_BACK = "the kernel does not give {} back to user space"
+# Map types whose entries user space cannot read, and why: their syscall side has no lookup or
+# no get_next_key (kernel/bpf/*.c map_ops), or reading would consume what it reads.
+UNREADABLE: dict[str, str] = {
+    "ringbuf": "a ring buffer holds a stream of records, not entries",
+    "user_ringbuf": "a ring buffer holds a stream of records, not entries",
+    "arena": "an arena is pages of memory shared with programs, not entries",
+    "queue": "its values can only be read by popping them, which would consume them",
+    "stack": "its values can only be read by popping them, which would consume them",
+    "bloom_filter": "a bloom filter can only be asked whether it may hold a value",
+    "sk_storage": _HANDLES.format("sockets"),
+    "inode_storage": _HANDLES.format("files"),
+    "task_storage": _HANDLES.format("tasks"),
+    "cgrp_storage": _HANDLES.format("cgroups"),
+    "xskmap": _NOT_GIVEN_BACK.format("AF_XDP sockets"),
+    "perf_event_array": _NOT_GIVEN_BACK.format("perf events"),
+    "cgroup_array": _NOT_GIVEN_BACK.format("cgroups"),
+}
+# Maps of sockets give back each socket's cookie, for 8-byte values only (sock_map_lookup_sys).
+SOCKET_TYPES = frozenset({"sockmap", "sockhash", "reuseport_sockarray"})
 
 
 @cache
@@ -136,7 +158,7 @@ class Map:
         from kmesh_apply.kernel.btf import btf_for
 
         tnum = map_type_number(type)
-        tname = MAP_TYPE_NAMES.get(tnum, str(tnum))
+        tname = type_name(tnum)
         if not _NAME_RE.match(name):
             raise KmeshError(f"map name '{name}' is not a kernel object name: at most 15 letters, digits, '_' or '.'")
         opts = L.MapCreateOpts(sz=ctypes.sizeof(L.MapCreateOpts), map_flags=flag_bits(flags))
@@ -220,7 +242,7 @@ class Map:
             # costs 3x as much, which shows when a reader opens thousands of maps.
             self._info = info = object.__new__(MapInfo)
             info.__dict__.update(
-                id=raw.id, type=MAP_TYPE_NAMES.get(raw.type) or f"type{raw.type}", key_size=raw.key_size,
+                id=raw.id, type=type_name(raw.type), key_size=raw.key_size,
                 value_size=raw.value_size, max_entries=raw.max_entries, flags=flag_names(raw.map_flags),
                 name=raw.name.decode(errors="replace"), btf_id=raw.btf_id,
                 btf_key_type_id=raw.btf_key_type_id, btf_value_type_id=raw.btf_value_type_id,
@@ -334,13 +356,28 @@ class Map:
 
     # --- many entries -------------------------------------------------------------------
 
+    def unreadable(self) -> str:
+        """Why user space cannot read this map's entries ('' when it can)."""
+        info = self.info
+        if info.type in UNREADABLE:
+            return UNREADABLE[info.type]
+        if info.type in SOCKET_TYPES and info.value_size != 8:
+            return "its values are sockets, which the kernel gives back (as cookies) only for 8-byte values"
+        if not info.key_size or not info.value_size:
+            return f"{a(info.type)} map has no keys or values to read"
+        return ""
+
     def items(self, buffers: LookupBuffers | None = None,
               on_part: Callable[[Entries], None] | None = None) -> Entries:
         """Every entry, packed as the batch lookups return them (get_next_key + lookup for types that
         refuse batches); a reader of many maps passes one `LookupBuffers` for all of them.
         `on_part` sees each batch's entries as they come (batches of about 1 MiB then), so that
-        another thread can work on them while the kernel fills the next one."""
+        another thread can work on them while the kernel fills the next one.
+        Raises `EntriesUnreadable` for a map whose entries user space cannot read."""
         info = self.info
+        reason = self.unreadable()
+        if reason:
+            raise EntriesUnreadable(self.label, reason)
         if info.type not in _no_batch:
             try:
                 return self._items_batched(info, buffers or LookupBuffers(), on_part)
@@ -385,12 +422,17 @@ class Map:
     def _items_iterated(self) -> Entries:
         ks, vs = self._sizes or self._entry_sizes()
         out = Entries(ks, vs)
-        key = self.next_key(None)
-        while key is not None:
-            value = self.lookup(key)
-            if value is not None:  # deleted meanwhile, or an empty outer slot
-                out[key] = value
-            key = self.next_key(key)
+        try:
+            key = self.next_key(None)
+            while key is not None:
+                value = self.lookup(key)
+                if value is not None:  # deleted meanwhile, or an empty outer slot
+                    out[key] = value
+                key = self.next_key(key)
+        except KernelError as e:  # a type this module does not know yet, refusing reads
+            if e.errno in UNSUPPORTED:
+                raise EntriesUnreadable(self.label, f"the kernel does not let user space read {a(self.info.type)} map") from None
+            raise
         return out
 
     def update_batch(self, keys: bytes | bytearray, values: bytes | bytearray, count: int, flags: int = UPDATE_ANY) -> None:
@@ -535,6 +577,14 @@ class BatchError(KernelError):
     def __init__(self, op: str, target: str, errno: int, hint: str, done: int):
         super().__init__(op, target, errno, hint)
         self.done = done
+
+
+class EntriesUnreadable(KmeshError):
+    """User space cannot read this map's entries (`reason` says why); its type and sizes still read."""
+
+    def __init__(self, label: str, reason: str):
+        super().__init__(f"cannot read the entries of {label}: {reason}")
+        self.reason = reason
 
 
 class _BatchRefused(Exception):

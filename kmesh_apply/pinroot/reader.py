@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 from kmesh_apply.entries import Entries
 from kmesh_apply.errors import KmeshError
-from kmesh_apply.kernel.maps import LookupBuffers, Map
+from kmesh_apply.kernel.maps import EntriesUnreadable, LookupBuffers, Map
 from kmesh_apply.kernel.progs import map_holders
 from kmesh_apply.pinroot.guard import check_pin_root
 from kmesh_apply.pinroot.records import read_key_types
@@ -41,7 +41,10 @@ class _Reader:
                 live.slots = m.slots(self.buffers)
             else:
                 on_part = self.observe(name) if observed and self.observe is not None else None
-                live.entries = m.items(self.buffers, on_part)
+                try:
+                    live.entries = m.items(self.buffers, on_part)
+                except EntriesUnreadable as e:
+                    live.unreadable = e.reason
             if self.memlock:
                 live.memlock = m.memlock()
         return live
