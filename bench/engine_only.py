@@ -62,7 +62,7 @@ def step(cfg: Config, pin_root: str) -> tuple[float, float, float]:
     plan = make_plan(cfg, live)
     t2 = time.perf_counter()
     if plan.has_changes:
-        Executor(pin_root).run(plan)
+        Executor(pin_root, live).run(plan)
     return t1 - t0, t2 - t1, time.perf_counter() - t2
 
 

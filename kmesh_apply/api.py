@@ -25,10 +25,11 @@ from kmesh_apply.executor import ApplyReport, Executor
 from kmesh_apply.kernel.maps import Map
 from kmesh_apply.monitor import MapUsage, map_usage
 from kmesh_apply.pinroot.guard import PinRootLock
-from kmesh_apply.plan.model import Plan, Step
+from kmesh_apply.plan.model import Plan, RemovePin, Step
 from kmesh_apply.plan.planner import REMEMBER_FROM_ENTRIES, destroy_plan, make_plan
 from kmesh_apply.plan.render import render_json, render_text
 from kmesh_apply.pinroot.reader import read_live
+from kmesh_apply.pinroot.records import Ownership
 from kmesh_apply.pinroot.replaced import record_replaced
 from kmesh_apply.show import show_document
 from kmesh_apply.state import LiveState
@@ -154,11 +155,33 @@ def converge(config: Config | None, pin_root: str, *, confirm: Callable[[Plan], 
             p = destroy_plan(live)
         if not p.has_changes:
             record_replaced(pin_root, live, {})  # prune what programs let go of
-            return p, None
-        held = _refuse_in_use(p, live, allow_replace_in_use)
-        if not confirm(p):
-            return p, None
-        return p, _execute(p, live, held, on_step)
+            keep_records(pin_root, live)
+            report = None
+        else:
+            held = _refuse_in_use(p, live, allow_replace_in_use)
+            if not confirm(p):
+                return p, None
+            report = _execute(p, live, held, on_step)
+        if config is None and report is None:
+            _remove_if_empty(pin_root)  # a destroy with nothing to remove: the pin root itself may still go
+        return p, report
+
+
+def keep_records(pin_root: str, live: LiveState) -> None:
+    """What an apply with nothing to change still does to the tool's records: a pin root of an
+    earlier version gets its ownership record, and maps that vanished are pruned from it."""
+    ownership = Ownership(pin_root, live)
+    ownership.begin()
+    ownership.finish()
+
+
+def _remove_if_empty(pin_root: str) -> None:
+    """After maps were removed: the pin root goes too, unless someone else's maps (or records still needed)
+    are in it."""
+    try:
+        os.rmdir(pin_root)
+    except OSError:
+        pass
 
 
 def perform(plan: Plan, live: LiveState, *, allow_replace_in_use: bool = False,
@@ -174,7 +197,10 @@ def _execute(plan: Plan, live: LiveState, held: dict[int, str], on_step: Callabl
              handles: dict[str, Map] | None = None) -> ApplyReport:
     """Record the held maps about to be replaced (first: a killed apply forgets nothing), then run the steps."""
     record_replaced(plan.pin_root, live, held)
-    return Executor(plan.pin_root, on_step, handles=handles).run(plan)
+    report = Executor(plan.pin_root, live, on_step, handles=handles).run(plan)
+    if any(isinstance(s, RemovePin) and s.pin == s.map for s in plan.steps):
+        _remove_if_empty(plan.pin_root)
+    return report
 
 
 def _refuse_in_use(plan: Plan, live: LiveState, allow: bool) -> dict[int, str]:
@@ -190,9 +216,10 @@ def _refuse_in_use(plan: Plan, live: LiveState, allow: bool) -> dict[int, str]:
     return held
 
 
-def show(pin_root: str) -> dict[str, Any]:
-    """The live state of `pin_root` as a config document that `apply` accepts and plans clean."""
-    return show_document(read_live(pin_root, holders=False))
+def show(pin_root: str, all_maps: bool = False) -> dict[str, Any]:
+    """The managed maps of `pin_root` as a config document that `apply` accepts and plans clean;
+    `all_maps`: the unmanaged ones too, with `adopt: true`."""
+    return show_document(read_live(pin_root, holders=False), all_maps)
 
 
 def usage(pin_root: str) -> list[MapUsage]:

@@ -70,6 +70,16 @@ class LockError(KmeshError):
     """Another run holds the pin root's lock for longer than we were willing to wait."""
 
 
+class PlanError(KmeshError):
+    """The configuration cannot be planned against this pin root (a map someone else owns, a change
+    that would lose entries the tool does not own); carries every such problem, not just the first."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = list(problems)
+        head = "cannot plan this configuration against the pin root (nothing was changed):"
+        super().__init__("\n".join([head, *(f"  {p}" for p in self.problems)]))
+
+
 class StalePlanError(KmeshError):
     """A saved plan no longer matches the live state it was made against."""
 

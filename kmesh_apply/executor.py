@@ -4,6 +4,9 @@ Entries and outer slots are written with one batch call per step (the kernel
 layer splits huge batches); an outer-slot batch costs one RCU grace period
 instead of one per slot. If the kernel refuses a step, the error says which
 steps were applied and which were not, and a re-run converges from there.
+
+The tool's records follow the steps (pinroot.records): a map is recorded as managed
+before it is pinned, an adoption before any step, the rest once the steps are done.
 """
 
 from __future__ import annotations
@@ -19,8 +22,9 @@ from kmesh_apply.ctype import type_or_raw
 from kmesh_apply.entries import packed
 from kmesh_apply.errors import ApplyError, KmeshError
 from kmesh_apply.kernel.maps import Map
-from kmesh_apply.plan.model import CreateMap, MapDef, MovePin, Plan, RemovePin, SetSlots, Step, WriteEntries
+from kmesh_apply.plan.model import CreateMap, MapDef, MovePin, Plan, RecordMap, RemovePin, SetSlots, Step, WriteEntries
 from kmesh_apply.pinroot import records
+from kmesh_apply.state import LiveState
 
 
 @dataclass
@@ -41,15 +45,17 @@ def kernel_name(name: str) -> str:
 
 class Executor:
     """Runs steps with one open handle per pin, closed when done; a caller that keeps running
-    plans (the synchroniser) passes its own `handles`, which then stay open for the next run."""
+    plans (the synchroniser) passes its own `handles`, which then stay open for the next run.
+    `live`: the state read under the pin root's lock, whose ownership record it keeps up to date."""
 
-    def __init__(self, pin_root: str, on_step: Callable[[Step], None] | None = None,
+    def __init__(self, pin_root: str, live: LiveState, on_step: Callable[[Step], None] | None = None,
                  handles: dict[str, Map] | None = None):
         self.root = Path(pin_root)
         self.owns_handles = handles is None
         self.handles: dict[str, Map] = {} if handles is None else handles
         self.on_step = on_step
         self.report = ApplyReport()
+        self.ownership = records.Ownership(pin_root, live)
 
     def _map(self, pin: str) -> Map:
         m = self.handles.get(pin)
@@ -69,23 +75,37 @@ class Executor:
     def run(self, plan: Plan) -> ApplyReport:
         start = time.monotonic()
         self.root.mkdir(parents=True, exist_ok=True)
+        expected = sum(1 for s in plan.steps if isinstance(s, CreateMap) and s.pin == s.map.name or
+                       isinstance(s, RecordMap) and s.adopt)
+        done = False
         try:
+            self._guarded("record the maps kmesh-apply manages", lambda: self.ownership.begin(expected), plan.steps)
             for i, step in enumerate(plan.steps):
-                try:
-                    self._do(step)
-                except KmeshError as e:
-                    raise ApplyError(e, self.report.steps, [s.describe() for s in plan.steps[i:]]) from None
-                except OSError as e:
-                    cause = KmeshError(f"{step.describe()}: {e.strerror or e}")
-                    raise ApplyError(cause, self.report.steps, [s.describe() for s in plan.steps[i:]]) from None
+                self._guarded(step.describe(), lambda: self._do(step), plan.steps[i:])
                 self.report.steps.append(step.describe())
                 if self.on_step:
                     self.on_step(step)
+            done = True
         finally:
+            try:
+                self._guarded("update the record of the maps kmesh-apply manages", self.ownership.finish, [])
+            except ApplyError:
+                if done:
+                    raise  # else the step's own failure is the one to report
             if self.owns_handles:
                 self.close()
         self.report.seconds = time.monotonic() - start
         return self.report
+
+    def _guarded(self, what: str, action: Callable[[], None], remaining: list[Step]) -> None:
+        """Run `action`; a failure becomes an ApplyError saying which steps were and were not applied."""
+        try:
+            action()
+        except KmeshError as e:
+            raise ApplyError(e, self.report.steps, [s.describe() for s in remaining]) from None
+        except OSError as e:
+            cause = KmeshError(f"{what}: {e.strerror or e}")
+            raise ApplyError(cause, self.report.steps, [s.describe() for s in remaining]) from None
 
     def _do(self, step: Step) -> None:
         if isinstance(step, CreateMap):
@@ -106,16 +126,38 @@ class Executor:
             if step.clear:
                 outer.delete_batch(b"".join(step.clear), len(step.clear))
         elif isinstance(step, MovePin):
+            moved = self._map(step.src).id
             os.replace(self.root / step.src, self.root / step.dst)
             self._drop(step.dst)
             if step.src in self.handles:
                 self.handles[step.dst] = self.handles.pop(step.src)
             self._tidy_staging(step.src)
+            self.ownership.moved_into_place(step.dst, moved)
         elif isinstance(step, RemovePin):
             self._drop(step.pin)
             os.unlink(self.root / step.pin)
             self._tidy_staging(step.pin)
-            records.forget(str(self.root), step.pin)
+            if step.pin == step.map:
+                self.ownership.unpinned(step.map)
+                records.forget(str(self.root), step.pin)
+        elif isinstance(step, RecordMap):
+            self._record(step)
+
+    def _record(self, step: RecordMap) -> None:
+        """Adopt the map at the step's pin and/or record its layout, if the pin still holds the map planned."""
+        found = self._map(step.pin).id
+        if found != step.id:
+            raise KmeshError(f"{step.describe()}: {step.pin} now holds map ID {found}, not the map planned: "
+                             "plan again")
+        if step.adopt:
+            self.ownership.adopted(step.map, step.id)
+        if step.layout is not None:
+            self._layout(step.layout, step.id)
+
+    def _layout(self, d: MapDef, map_id: int) -> None:
+        key_type = type_or_raw(d.key_type, d.key_size) if d.key_size else None
+        value_type = type_or_raw(d.value_type, d.value_size) if d.value_size and not d.is_outer else None
+        records.record_layout(str(self.root), map_id, key_type, value_type, d.inner_map if d.is_outer else None)
 
     def _create(self, step: CreateMap) -> None:
         d: MapDef = step.map
@@ -127,13 +169,14 @@ class Executor:
         m = Map.create(d.type, d.key_size, d.value_size, d.max_entries, name=kernel_name(d.name), flags=d.flags,
                        inner_map=template, key_type=key_type, value_type=value_type)
         try:
+            self.ownership.created(d.name, m.id, aside=step.pin != d.name)  # before the pin: intent first
+            if d.is_outer:  # outer maps carry no BTF: their key type and template are recorded
+                self._layout(d, m.id)
             m.pin(str(path))
         except BaseException:
             m.close()
             raise
         self.handles[step.pin] = m
-        if d.is_outer and d.key_type not in (None, "u32"):  # u32 is what show assumes without a record
-            records.record_key_type(str(self.root), d.name, key_type)
 
     def _tidy_staging(self, pin: str) -> None:
         """Remove the staging directory once it is empty, so a converged pin root holds only maps."""

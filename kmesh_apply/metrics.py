@@ -26,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.utils import floatToGoString
 
 from kmesh_apply.errors import ConfigError, KmeshError
-from kmesh_apply.monitor import OUTCOMES, Health, MapUsage, MetricsSource, Snapshot
+from kmesh_apply.monitor import OUTCOMES, UNMANAGED, Health, MapUsage, MetricsSource, Snapshot
 
 # Reconcile durations: from a no-op pass on a small pin root to a large first apply.
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -137,7 +137,8 @@ def _family(out: list[str], name: str, doc: str, samples: list[str]) -> None:
 
 
 def map_families(root: str, usage: list[MapUsage]) -> bytes:
-    """The per-map gauges; `root` is the pin_root label, already escaped."""
+    """The per-map gauges of the managed maps; `root` is the pin_root label, already escaped."""
+    usage = [u for u in usage if u.kind != UNMANAGED]
     labels = [f'{{map="{_escape(u.name)}",pin_root="{root}"}} ' for u in usage]
     out: list[str] = []
     _family(out, "kmesh_apply_map_entries", "Entries a map holds (outer maps: slots holding an inner map; "
@@ -154,13 +155,17 @@ def map_families(root: str, usage: list[MapUsage]) -> bytes:
 
 
 def pin_root_families(root: str, usage: list[MapUsage], health: Health) -> bytes:
-    """The gauges of the whole pin root: totals, health, last success."""
+    """The gauges of the whole pin root: totals (of the managed maps), health, last success."""
     label = f'pin_root="{root}"'
+    unmanaged = sum(1 for u in usage if u.kind == UNMANAGED)
+    usage = [u for u in usage if u.kind != UNMANAGED]
     outer = [u for u in usage if u.kind == "outer"]
     out: list[str] = []
-    _family(out, "kmesh_apply_maps", "Maps pinned in the pin root, by kind.",
+    _family(out, "kmesh_apply_maps", "Maps pinned in the pin root, by kind (unmanaged: pinned there by others, "
+                                     "left alone).",
             [f'kmesh_apply_maps{{kind="inner",{label}}} {len(usage) - len(outer)}\n',
-             f'kmesh_apply_maps{{kind="outer",{label}}} {len(outer)}\n'])
+             f'kmesh_apply_maps{{kind="outer",{label}}} {len(outer)}\n',
+             f'kmesh_apply_maps{{kind="unmanaged",{label}}} {unmanaged}\n'])
     totals = (
         ("kmesh_apply_entries", "Entries of all inner maps of the pin root (of those whose entries can be read).",
          sum(u.entries or 0 for u in usage) - sum(u.entries or 0 for u in outer)),

@@ -16,6 +16,8 @@ from kmesh_apply.state import LiveState
 
 # Outcomes of one reconcile pass, the label values of kmesh_apply_reconciles_total.
 OUTCOMES = ("success", "noop", "error")
+# The kind of a map pinned in the pin root by someone else (others: "inner", "outer").
+UNMANAGED = "unmanaged"
 
 
 @dataclass(frozen=True)
@@ -23,7 +25,7 @@ class MapUsage:
     """How full one map is, and what it costs the kernel."""
 
     name: str
-    kind: str  # "inner" | "outer"
+    kind: str  # "inner" (any map that is not an outer map) | "outer" | UNMANAGED
     type: str
     id: int
     entries: int | None  # entries present; for an outer map, slots that hold an inner map; None: unreadable
@@ -100,14 +102,20 @@ class Snapshot:
 
 
 def map_usage(live: LiveState) -> list[MapUsage]:
-    """Usage of every map of a live state, fullest first."""
+    """Usage of every map of a live state (the unmanaged ones of kind UNMANAGED), fullest first."""
     out = []
-    for name, m in live.maps.items():
-        entries = len(m.slots) if m.is_outer else None if m.unreadable else used_entries(m.type, m.entries)
-        programs = tuple(f"{p.id}:{p.name}" for p in live.holders.get(m.id, ()))
-        out.append(MapUsage(name, "outer" if m.is_outer else "inner", m.type, m.id, entries, m.max_entries, m.memlock,
-                            programs))
+    for managed, maps in ((True, live.maps), (False, live.unmanaged)):
+        for name, m in maps.items():
+            entries = len(m.slots) if m.is_outer else None if m.unreadable else used_entries(m.type, m.entries)
+            programs = tuple(f"{p.id}:{p.name}" for p in live.holders.get(m.id, ()))
+            kind = UNMANAGED if not managed else "outer" if m.is_outer else "inner"
+            out.append(MapUsage(name, kind, m.type, m.id, entries, m.max_entries, m.memlock, programs))
     return sorted(out, key=lambda u: (-u.fill, u.name))
+
+
+def managed_usage(usage: list[MapUsage]) -> list[MapUsage]:
+    """The usage of the maps the tool manages (what `show --usage` lists without --all)."""
+    return [u for u in usage if u.kind != UNMANAGED]
 
 
 def usage_json(usage: list[MapUsage]) -> list[dict[str, Any]]:

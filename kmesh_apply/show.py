@@ -1,10 +1,11 @@
 """Live state -> a config document (the inverse of loading), for `kmesh-apply show`.
 
-Types come from the BTF each inner map carries, so values print as the user
-wrote them. Outer maps cannot carry BTF: their key type is the one kmesh-apply
-recorded beside them when it created them (pinroot.records), else they print
-by size (`u32` for 4-byte keys, else `key_size`); their template is the inner map
-found in their first slot.
+Types come from the BTF each map carries, so values print as the user wrote
+them. Outer maps cannot carry BTF: their key type and template are the ones
+kmesh-apply recorded when it created them (pinroot.records); without a record
+keys print by size (`u32` for 4-byte keys, else `key_size`) and the template is
+the inner map in the lowest slot. Maps kmesh-apply does not manage are left out,
+unless asked for (`all_maps`).
 """
 
 from __future__ import annotations
@@ -69,10 +70,10 @@ def _inner(m: LiveMap) -> dict[str, Any]:
     return doc
 
 
-def _outer(m: LiveMap, names: dict[int, str], inner_names: list[str], recorded: Any) -> dict[str, Any]:
-    """`recorded`: the key type kmesh-apply recorded when it created the map (None: not recorded,
-    e.g. a map made by another tool: then u32 for 4-byte keys, else raw bytes)."""
-    key = parse_type(recorded) if recorded is not None else None
+def _outer(m: LiveMap, names: dict[int, str], template: str | None) -> dict[str, Any]:
+    """The key type is the one kmesh-apply recorded (None: not recorded, e.g. a map made by another
+    tool: then u32 for 4-byte keys, else raw bytes); `template` the inner map it was made with."""
+    key = parse_type(m.key_type) if m.key_type is not None else None
     if key is None or key.size != m.key_size:
         key = parse_type("u32") if m.key_size == 4 else Raw(m.key_size)
     doc: dict[str, Any] = {"type": m.type}
@@ -80,22 +81,57 @@ def _outer(m: LiveMap, names: dict[int, str], inner_names: list[str], recorded: 
     doc["max_entries"] = m.max_entries
     if m.flags:
         doc["flags"] = list(m.flags)
-    held = [names[i] for i in m.slots.values() if i in names]
-    doc["inner_map"] = held[0] if held else (inner_names[0] if inner_names else None)
+    doc["inner_map"] = template
     slots = [(codecs.decode(key, k), names[i]) for k, i in m.slots.items() if i in names]
     if slots:
         doc["entries"] = _entries([k for k, _ in slots], [name for _, name in slots])
     return doc
 
 
-def show_document(live: LiveState) -> dict[str, Any]:
-    names = {m.id: n for n, m in live.maps.items() if not m.is_outer}
-    inner_names = sorted(names.values())
+def _templates(live: LiveState, maps: dict[str, LiveMap], names: dict[int, str]) -> dict[str, str | None]:
+    """Each outer map's template: the one recorded when kmesh-apply created it, if that inner map is
+    still there and fits the slots; else the inner map in its lowest slot; else any inner map."""
+    by_name = {n: m for n, m in maps.items() if not m.is_outer}
+    out: dict[str, str | None] = {}
+    for name, m in maps.items():
+        if not m.is_outer:
+            continue
+        recorded = live.layouts[name].template if name in live.layouts else None
+        held = [names[i] for _, i in sorted(m.slots.items()) if i in names]
+        if recorded in by_name and all(_fits(by_name[recorded], by_name[h]) for h in held):
+            out[name] = recorded
+        else:
+            out[name] = held[0] if held else min(by_name, default=None)
+    return out
+
+
+def _fits(template: LiveMap, inner: LiveMap) -> bool:
+    props = ["type", "key_size", "value_size", "flags"]
+    if template.type in ARRAY_TYPES and "inner_map" not in template.flags:
+        props.append("max_entries")
+    return all(getattr(template, p) == getattr(inner, p) for p in props)
+
+
+def show_document(live: LiveState, all_maps: bool = False) -> dict[str, Any]:
+    """The managed maps as a config document: plain maps (in no outer slot, no outer map's template)
+    under `maps:`, the others under `inner_maps:` and `outer_maps:`. `all_maps`: the unmanaged ones
+    too, marked `adopt: true` (the document then takes them over when applied)."""
+    maps = dict(live.maps)
+    if all_maps:
+        maps.update(live.unmanaged)
+    names = {m.id: n for n, m in maps.items() if not m.is_outer}
+    templates = _templates(live, maps, names)
+    in_slots = {names[i] for m in maps.values() if m.is_outer for i in m.slots.values() if i in names}
     doc: dict[str, Any] = {"pin_root": live.pin_root}
-    inner = {n: _inner(m) for n, m in sorted(live.maps.items()) if not m.is_outer}
-    outer = {n: _outer(m, names, inner_names, live.key_types.get(n)) for n, m in sorted(live.maps.items()) if m.is_outer}
-    if inner:
-        doc["inner_maps"] = inner
-    if outer:
-        doc["outer_maps"] = outer
+    sections: dict[str, dict[str, Any]] = {"maps": {}, "inner_maps": {}, "outer_maps": {}}
+    for n, m in sorted(maps.items()):
+        if m.is_outer:
+            section, body = "outer_maps", _outer(m, names, templates[n])
+        else:
+            section = "inner_maps" if n in in_slots or n in templates.values() else "maps"
+            body = _inner(m)
+        if n in live.unmanaged:
+            body["adopt"] = True
+        sections[section][n] = body
+    doc.update((section, body) for section, body in sections.items() if body)
     return doc

@@ -7,9 +7,9 @@ planner stay pure and lets tests build live states by hand.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Optional
 
 if TYPE_CHECKING:
     from kmesh_apply.kernel.progs import Program
@@ -19,9 +19,27 @@ if TYPE_CHECKING:
 STAGING_DIR = "_kmesh_staging"
 # The tool's record of maps it replaced while loaded programs held them (see replaced.py).
 REPLACED_PIN = "_kmesh_replaced"
-# Outer maps cannot carry BTF, so the key type a config gave an outer map is recorded as the BTF
-# key of a one-entry hash map pinned here under the outer map's name; `show` gives it back.
+# The tool's record of the maps it manages (created or adopted), see pinroot/records.py.
+OWNED_PIN = "_kmesh_owned"
+# The layout the tool applied to managed maps that cannot carry it as BTF (outer maps, adopted maps
+# without BTF): one small map per described map, pinned here under its kernel ID (pinroot/records.py).
+LAYOUTS_DIR = "_kmesh_layouts"
+# Before layout records, the key type of an outer map was recorded as the BTF key of a one-entry hash
+# map pinned here under the outer map's name; still read, and removed with its map.
 KEY_TYPES_DIR = "_kmesh_keys"
+# The tool's records (pinroot/records.py, replaced.py): small maps of its own, never listed as the pin root's maps.
+RECORD_NAMES = (REPLACED_PIN, OWNED_PIN, LAYOUTS_DIR, KEY_TYPES_DIR)
+# Names in a pin root that belong to the tool itself: never a map of a configuration.
+RESERVED_NAMES = (STAGING_DIR, *RECORD_NAMES)
+# What the tool remembers having done to a map (`Owned.origin`).
+CREATED, ADOPTED = "created", "adopted"
+
+
+# Which entries of a map a plan depends on: None for all of them, else the keys it looks at (a
+# `manage_entries: listed` map's listed keys; none for `none` maps and unmanaged ones).
+EntryScope = Optional[frozenset[bytes]]
+ALL_ENTRIES: EntryScope = None
+NO_ENTRIES: EntryScope = frozenset()
 
 
 @dataclass
@@ -48,14 +66,53 @@ class LiveMap:
     def is_outer(self) -> bool:
         return self.type in ("array_of_maps", "hash_of_maps")
 
-    def digest(self) -> str:
-        """A fingerprint of everything a plan depends on, independent of iteration order."""
+    def digest(self, scope: EntryScope = None) -> str:
+        """A fingerprint of everything a plan depends on, independent of iteration order: the map,
+        and its entries or slots within `scope` (None: all; else only these keys)."""
         h = hashlib.blake2b(digest_size=16)
         h.update(repr((self.id, self.type, self.key_size, self.value_size, self.max_entries, self.flags,
                        self.key_type, self.value_type, self.unreadable)).encode())
-        h.update(b"".join(sorted(k + v for k, v in self.entries.items())))
-        h.update(b"".join(sorted(k + i.to_bytes(4, "little") for k, i in self.slots.items())))
+        entries, slots = self.in_scope(scope)
+        h.update(b"".join(sorted(k + v for k, v in entries.items())))
+        h.update(b"".join(sorted(k + i.to_bytes(4, "little") for k, i in slots.items())))
         return h.hexdigest()
+
+    def in_scope(self, scope: EntryScope) -> tuple[Mapping[bytes, bytes], Mapping[bytes, int]]:
+        """The entries and slots whose keys are in `scope` (None: all of them)."""
+        if scope is None:
+            return self.entries, self.slots
+        return ({k: self.entries[k] for k in scope if k in self.entries},
+                {k: self.slots[k] for k in scope if k in self.slots})
+
+    def same_as(self, other: LiveMap, scope: EntryScope = None) -> bool:
+        """Equal as far as a plan with this entry scope is concerned."""
+        if scope is None:
+            return self == other
+        return (self.metadata() == other.metadata() and self.in_scope(scope) == other.in_scope(scope))
+
+    def metadata(self) -> tuple[Any, ...]:
+        return (self.name, self.id, self.type, self.key_size, self.value_size, self.max_entries, self.flags,
+                self.key_type, self.value_type, self.unreadable)
+
+
+@dataclass(frozen=True)
+class Owned:
+    """The ownership record of one managed map: how the tool came to manage it, and the kernel IDs
+    its pin may hold (the map, and while an apply moves a new map into its place, that one too).
+    A pin holding any other map is someone else's, whatever its name."""
+
+    origin: str  # CREATED | ADOPTED
+    ids: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The layout the tool applied to a map that does not carry it as BTF (type specs; None: not
+    recorded), and for an outer map the name of the inner map it was created with as template."""
+
+    key_type: Any = None
+    value_type: Any = None
+    template: str | None = None
 
 
 @dataclass
@@ -76,13 +133,29 @@ class LiveState:
     holders: dict[int, tuple[Program, ...]] = field(default_factory=dict)
     # Maps that pins of this root replaced while programs held them: map ID -> the pin's name.
     replaced: dict[int, str] = field(default_factory=dict)
-    key_types: dict[str, Any] = field(default_factory=dict)  # outer map name -> key type spec (KEY_TYPES_DIR)
+    # Maps pinned here that the tool does not manage (someone else's): read, never changed.
+    unmanaged: dict[str, LiveMap] = field(default_factory=dict)
+    # The ownership record (name -> Owned); None when the pin root has none yet.
+    owned: dict[str, Owned] | None = None
+    # No ownership record, but other records of the tool: made by an earlier version, wholly managed.
+    legacy: bool = False
+    # Recorded layouts of managed maps, by name (outer maps' templates, types of maps without BTF).
+    layouts: dict[str, Layout] = field(default_factory=dict)
 
-    def fingerprint(self) -> dict[str, str]:
-        """Per-map digests, so a refused saved plan can say which map moved."""
-        out = {name: m.digest() for name, m in sorted(self.maps.items())}
+    def fingerprint(self, scopes: Mapping[str, EntryScope] | None = None) -> dict[str, str]:
+        """Per-map digests, so a refused saved plan can say which map moved. `scopes`: the entries a
+        plan depended on, per map (unmanaged maps: none of them, unless the plan adopts them)."""
+        return {name: m.digest(scope) for name, (m, scope) in self.scoped(scopes).items()}
+
+    def scoped(self, scopes: Mapping[str, EntryScope] | None = None) -> dict[str, tuple[LiveMap, EntryScope]]:
+        """Every map a plan depends on (managed, staged, unmanaged: an unmanaged one under its name
+        and a mark, so a change of owner is a change), each with the entries that matter."""
+        scopes = scopes or {}
+        out = {name: (m, scopes.get(name, ALL_ENTRIES)) for name, m in sorted(self.maps.items())}
         for s in self.staged:
-            out[s.pin] = s.live.digest()
+            out[s.pin] = (s.live, ALL_ENTRIES)
+        for name, m in sorted(self.unmanaged.items()):
+            out[name if name in scopes else f"{name} (unmanaged)"] = (m, scopes.get(name, NO_ENTRIES))
         return out
 
     def names_by_id(self) -> dict[int, str]:

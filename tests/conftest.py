@@ -76,6 +76,13 @@ def private_block_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, block_b
     monkeypatch.setattr(blocks, "MAX_BLOCK_BYTES", 4 * block_bytes)
 
 
+def pinned_maps(root: Path) -> list[Path]:
+    """The maps pinned in a pin root, sorted, without kmesh-apply's own records (none when it is gone)."""
+    from kmesh_apply.state import RESERVED_NAMES
+
+    return sorted(p for p in root.iterdir() if p.name not in RESERVED_NAMES) if root.exists() else []
+
+
 def bpftool_json(*args: str):
     """Run `bpftool -j ARGS` (the independent client) and return its parsed output."""
     out = subprocess.run(["bpftool", "-j", *args], check=True, capture_output=True, text=True).stdout

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from bpfprog import BpfProgram
-from conftest import bpftool_json, run_cli
+from conftest import bpftool_json, pinned_maps, run_cli
 from test_safety import SUM_PROG, cli, sum_config, write
 
 from kmesh_apply.kernel.progs import map_holders
@@ -95,7 +95,7 @@ def bigger_outer(value: int) -> str:
 def maps_as_bpftool_sees_them(root: Path) -> dict[str, tuple[int, object]]:
     """Pin name -> (map ID, entries), read by bpftool."""
     out = {}
-    for pin in sorted(root.iterdir()):
+    for pin in pinned_maps(root):
         info = bpftool_json("map", "show", "pinned", str(pin))
         out[pin.name] = (info["id"], bpftool_json("map", "dump", "pinned", str(pin)))
     return out

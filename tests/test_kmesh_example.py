@@ -155,5 +155,5 @@ def test_kmesh_maps_read_back_through_kmesh_structs(kmesh_bytes: dict[str, str],
     assert change.swap  # an array value is copied in place by the kernel: swapped, even for one entry
     assert "1 of 16381 elements changed: [100]" in api.render_text(plan)
     assert encode(parse_type("u32[16381]"), table) == change.changed[bytes(4)][1]
-    api.converge(None, str(pin_root))  # destroy: the outer map's key-type record goes with it
-    assert list(pin_root.iterdir()) == []
+    api.converge(None, str(pin_root))  # destroy: the outer map's records go with it, and the empty pin root
+    assert not pin_root.exists()

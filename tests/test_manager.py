@@ -9,6 +9,7 @@ import sys
 import threading
 
 import pytest
+from conftest import pinned_maps
 
 from kmesh_apply import InnerMapConfig, KernelError, KmeshError, MapInMapInfo, MapInMapManager, OuterMapConfig
 from kmesh_apply.kernel import Map, possible_cpus
@@ -27,7 +28,7 @@ def mgr(pin_root):
 def test_seed_operations_pin_their_maps(mgr, pin_root, bpftool):
     inner = mgr.create_inner_map(InnerMapConfig("hash", 4, 8, 1000))
     outer = mgr.create_outer_map(OuterMapConfig("array", 4, None, 100, inner_map_id=inner))
-    assert sorted(os.listdir(pin_root)) == sorted([f"inner-{inner}", f"outer-{outer}"])
+    assert [p.name for p in pinned_maps(pin_root)] == sorted([f"inner-{inner}", f"outer-{outer}"])
     assert bpftool("map", "show", "pinned", str(pin_root / f"outer-{outer}"))["type"] == "array_of_maps"
     mgr.update_outer_element(outer, 1, inner)
     mgr.update_inner_element(inner, 100, 200)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from conftest import pinned_maps, run_cli
 from kmesh_apply.kernel import possible_cpus
 
 
@@ -99,7 +99,7 @@ def test_pin_root_from_environment(pin_root):
     r = run_cli("kmesh", "map", "create-inner", "--type=hash", "--key-size=4", "--value-size=4", "--max-entries=4",
                 env={"KMESH_PIN_ROOT": str(pin_root)})
     assert r.returncode == 0, r.stderr
-    assert os.listdir(pin_root) == [f"inner-{r.stdout.strip()}"]
+    assert [p.name for p in pinned_maps(pin_root)] == [f"inner-{r.stdout.strip()}"]
 
 
 BAD_INPUT = [

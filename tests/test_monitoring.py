@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import REPO, bpftool_json, run_cli
+from conftest import REPO, bpftool_json, pinned_maps, run_cli
 from kmesh_apply import api
 from kmesh_apply.errors import KmeshError
 from kmesh_apply.metrics import PrometheusRecorder, parse_address, start_server
@@ -89,7 +89,7 @@ def sample(samples: dict, name: str, **labels: str) -> float:
 def bpftool_usage(pin_root: Path) -> dict[str, tuple[int, int, int]]:
     """(entries, max_entries, bytes_memlock) of every pinned map, as bpftool sees them."""
     out = {}
-    for pin in sorted(pin_root.iterdir()):
+    for pin in pinned_maps(pin_root):
         show = bpftool_json("map", "show", "pinned", str(pin))
         dump = bpftool_json("map", "dump", "pinned", str(pin)) or []
         if show["type"] == "array":

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 
-from conftest import run_cli
+from conftest import pinned_maps, run_cli
 
 KMESH_APPLY = str(Path(sys.executable).parent / "kmesh-apply")
 
@@ -153,7 +153,7 @@ def killed_apply(args: list[str], inject: str) -> int:
 def assert_converged(cfg: Path, root: Path, names: set[str]) -> None:
     cli("apply", str(cfg), "--auto-approve", root=root)
     assert clean(cfg, root)
-    assert {p.name for p in root.iterdir()} == names, "stray pins after recovery"
+    assert {p.name for p in pinned_maps(root)} == names, "stray pins after recovery"
 
 
 def test_sigkill_at_any_point_converges(pin_root: Path, tmp_path: Path):
@@ -251,7 +251,7 @@ inner_maps:
     assert "failed step: create percpu_hash map 'b-stats'" in res.stderr
     assert "applied 2 steps" in res.stderr and "done: create hash map 'a-first'" in res.stderr
     assert "skipped: create percpu_hash map 'b-stats'" in res.stderr
-    assert {p.name for p in pin_root.iterdir()} == {"a-first"}
+    assert {p.name for p in pinned_maps(pin_root)} == {"a-first"}
     good = write(tmp_path, "good.yaml", text.replace("{size}", "64"))
     cli("apply", str(good), "--auto-approve", root=pin_root)
     assert clean(good, pin_root)

@@ -154,10 +154,14 @@ def _converge(cfg, pin_root: str, auto_approve: bool, lock_timeout: float, actio
 @app.command()
 def validate(files: Files, pin_root: PinRootOption = None) -> None:
     """Check config files offline (schema and semantics); the kernel is not touched."""
+    from kmesh_apply.config.model import PLAIN_SECTION
+
     cfg, _ = _load(files, pin_root)
     entries = sum(len(m.entries) for m in cfg.inner_maps.values()) + sum(len(m.slots) for m in cfg.outer_maps.values())
-    typer.echo(f"Configuration valid: {count(len(cfg.inner_maps), 'inner map')}, {count(len(cfg.outer_maps), 'outer map')}, "
-               f"{count(entries, 'entry', 'entries')}.")
+    plain = sum(1 for m in cfg.inner_maps.values() if m.section == PLAIN_SECTION)
+    maps = f"{count(plain, 'map')}, " if plain else ""
+    typer.echo(f"Configuration valid: {maps}{count(len(cfg.inner_maps) - plain, 'inner map')}, "
+               f"{count(len(cfg.outer_maps), 'outer map')}, {count(entries, 'entry', 'entries')}.")
 
 
 @app.command()
@@ -259,7 +263,7 @@ def _apply(files: list[Path], pin_root: Optional[str], auto_approve: bool, lock_
 
 @app.command()
 def destroy(pin_root: PinRootOption = None, auto_approve: AutoApprove = False, lock_timeout: LockTimeout = 10.0) -> None:
-    """Remove every map pinned in the pin root."""
+    """Remove every map kmesh-apply manages in the pin root (and the pin root, if nothing else is left in it)."""
     from kmesh_apply import api
 
     _converge(None, api.resolve_pin_root(pin_root), auto_approve, lock_timeout, "destroy")
@@ -271,16 +275,20 @@ def show(
     json_out: JsonOut = False,
     usage: Annotated[bool, typer.Option("--usage", help="Instead of the config: how full each map is (entries / "
                                                         "max_entries) and its memlock, fullest first.")] = False,
+    all_maps: Annotated[bool, typer.Option("--all", help="Also the maps pinned there by others, which kmesh-apply "
+                                                         "does not manage (in the config: with adopt: true).")] = False,
 ) -> None:
-    """Print the live state as a config that apply accepts (or, with --usage, how full each map is)."""
+    """Print the managed maps as a config that apply accepts (or, with --usage, how full each map is)."""
     from kmesh_apply import api
     from kmesh_apply.config import dump_yaml
+    from kmesh_apply.monitor import managed_usage
 
     root = api.resolve_pin_root(pin_root)
     if usage:
-        _show_usage(root, api.usage(root), json_out)
+        found = api.usage(root)
+        _show_usage(root, found if all_maps else managed_usage(found), json_out)
         return
-    doc = api.show(root)
+    doc = api.show(root, all_maps)
     typer.echo(json_text(doc) + "\n" if json_out else dump_yaml(doc), nl=False)
 
 

@@ -233,7 +233,11 @@ def _pins(root: str) -> dict[int, str]:
 
 
 def _pinned_paths(root: str) -> list[str]:
-    return sorted(os.path.join(d, f) for d, _, files in os.walk(root) for f in files)
+    """Every pin under root, except kmesh-apply's own records."""
+    from kmesh_apply.state import RECORD_NAMES
+
+    return sorted(os.path.join(d, f) for d, _, files in os.walk(root) for f in files
+                  if os.path.relpath(os.path.join(d, f), root).split(os.sep)[0] not in RECORD_NAMES)
 
 
 def _describe(m: Map, pin: str | None, holders: tuple[Program, ...]) -> dict[str, Any]:

@@ -25,6 +25,11 @@ UPDATE_STRATEGIES = ("swap", "in_place")
 ARRAY_TYPES = ("array", "percpu_array")
 PERCPU_TYPES = ("percpu_hash", "percpu_array", "lru_percpu_hash")
 DEFAULT_PIN_ROOT = "/sys/fs/bpf/kmesh"
+# Who owns a map's entries (contract section 9): `all` the config's entries are the whole truth,
+# `listed` only the keys the config names are the tool's, `none` the entries are someone else's.
+MANAGE_ENTRIES = ("all", "listed", "none")
+# The sections of non-outer maps: inner maps (for outer slots) and plain maps (in no slot).
+INNER_SECTION, PLAIN_SECTION = "inner_maps", "maps"
 
 
 # A map at or above this fill (entries / max_entries) is nearly full: plan warns, show --usage marks it,
@@ -49,8 +54,25 @@ class Location:
         return f"{self.file}:{self.line}"
 
 
+@dataclass(frozen=True)
+class Management:
+    """What a map's declaration says about who owns the map and its entries (`adopt:`, `manage_entries:`)."""
+
+    adopt: bool = False  # take over a map pinned under this name by someone else
+    entries: str = "all"  # one of MANAGE_ENTRIES
+    # Keys whose entries must not be there (`listed` maps: what the synchroniser was told to delete).
+    absent: frozenset[bytes] = frozenset()
+
+    @property
+    def all_entries(self) -> bool:
+        return self.entries == "all"
+
+
 @dataclass
 class InnerMapSpec:
+    """A map that is not an outer map: an inner map (`inner_maps:`) or a plain map (`maps:`); both
+    plan alike, `section` says where it was declared."""
+
     name: str
     type: str
     key: CType
@@ -60,6 +82,8 @@ class InnerMapSpec:
     entries: MutableMapping[bytes, bytes]  # packed `Entries` when loaded; any mapping plans the same
     location: Location
     update: str = "swap"
+    section: str = INNER_SECTION
+    manage: Management = field(default_factory=Management)
 
     @property
     def key_size(self) -> int:
@@ -80,6 +104,7 @@ class OuterMapSpec:
     inner_map: str
     slots: dict[bytes, str]
     location: Location
+    manage: Management = field(default_factory=Management)
 
     @property
     def key_size(self) -> int:
@@ -90,6 +115,7 @@ class OuterMapSpec:
 
 @dataclass
 class Config:
+    # Every map that is not an outer map, from `inner_maps:` and `maps:` (one namespace; see `section`).
     inner_maps: dict[str, InnerMapSpec] = field(default_factory=dict)
     outer_maps: dict[str, OuterMapSpec] = field(default_factory=dict)
     pin_root: str | None = None

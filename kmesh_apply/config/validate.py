@@ -20,25 +20,29 @@ from kmesh_apply.config.blocks import BlocksRefused, Partial
 from kmesh_apply.config.loader import INLINE, Problem, Source, parse_text
 from kmesh_apply.config.model import (
     ARRAY_TYPES,
+    INNER_SECTION,
     INNER_TYPES,
     OUTER_TYPES,
     OUTER_ALIASES,
     PERCPU_TYPES,
+    PLAIN_SECTION,
     Config,
     InnerMapSpec,
     Location,
+    Management,
     OuterMapSpec,
 )
 from kmesh_apply.ctype import CType, Int, Lpm, Raw, TypeSpecError, parse_type, records
 from kmesh_apply.entries import Entries
-from kmesh_apply.state import KEY_TYPES_DIR, REPLACED_PIN, STAGING_DIR
+from kmesh_apply.state import RESERVED_NAMES
 from kmesh_apply.wording import a, count
 
 if TYPE_CHECKING:
     from kmesh_apply.kernel.btf import NamedTypes
 
 SCHEMA_FILE = Path(__file__).with_name("config-v1.schema.json")
-RESERVED_NAMES = (STAGING_DIR, REPLACED_PIN, KEY_TYPES_DIR)
+# The config's sections of maps, in the order they are checked (outer maps need the others).
+MAP_SECTIONS = (INNER_SECTION, PLAIN_SECTION, "outer_maps")
 ACCESS_FLAGS = {"rdonly", "wronly", "rdonly_prog", "wronly_prog", "numa_node"}
 # The flags each map type's kernel code accepts at creation.
 TYPE_FLAGS = {
@@ -99,7 +103,7 @@ def schema_problems(src: Source, known_valid: set[bytes] | None = None) -> list[
     shapes: dict[str, list[str]] = {}
     sharing: dict[tuple[str, Any], list[Any]] = {}  # (section, representative name) -> every name with that definition
     out = []
-    for section in ("inner_maps", "outer_maps"):
+    for section in MAP_SECTIONS:
         maps = data.get(section)
         if not isinstance(maps, dict):
             continue
@@ -162,7 +166,7 @@ def _shape_digest(shallow: dict[str, Any], shapes: dict[str, list[str]]) -> byte
 
 def _schema_message(err: Any) -> str:
     where = "/".join(str(p) for p in err.absolute_path) or "the top level"
-    if len(err.absolute_path) == 2 and err.absolute_path[0] in ("inner_maps", "outer_maps"):
+    if len(err.absolute_path) == 2 and err.absolute_path[0] in MAP_SECTIONS:
         where = "the map"
     if err.validator == "additionalProperties":
         allowed = sorted(err.schema.get("properties", {}))
@@ -206,6 +210,14 @@ class _MapChecker:
             where = f"{which} field '{'.'.join(fields)}'" if fields else which
             self.problem(f"{where}: {e}", which, *e.path)
             return None
+
+    def management(self) -> Management:
+        """`adopt:` and `manage_entries:` (their types are the schema's business)."""
+        manage = Management(self.raw.get("adopt", False), self.raw.get("manage_entries", "all"))
+        if manage.entries == "none" and self.raw.get("entries") is not None:
+            self.problem("manage_entries: none declares only the map, its entries belong to someone else: remove "
+                         "entries:, or use manage_entries: listed to manage the entries given here", "entries")
+        return manage
 
     def flags(self, type_: str) -> tuple[str, ...]:
         flags = tuple(sorted(self.raw.get("flags") or ()))
@@ -302,15 +314,16 @@ class _MapChecker:
 
 def check_inner(src: Source, name: str, raw: dict[str, Any], problems: list[Problem], ncpus: Callable[[], int],
                 cached: Entries | None = None, partial: Partial | None = None,
-                named: Mapping[str, CType] | None = None) -> InnerMapSpec | None:
-    """An inner map from its definition; `cached` holds its entries already encoded (see config.cache),
-    `partial` assembles them from blocks (config.blocks; raises BlocksRefused when it cannot);
-    `named`: the C types of the config's BTF files."""
-    c = _MapChecker(src, "inner_maps", name, raw, problems, named)
+                named: Mapping[str, CType] | None = None, section: str = INNER_SECTION) -> InnerMapSpec | None:
+    """An inner or plain map (`section`) from its definition; `cached` holds its entries already
+    encoded (see config.cache), `partial` assembles them from blocks (config.blocks; raises
+    BlocksRefused when it cannot); `named`: the C types of the config's BTF files."""
+    c = _MapChecker(src, section, name, raw, problems, named)
     before = len(problems)
     type_ = raw["type"]
     key, value = c.ctype("key"), c.ctype("value")
     flags = c.flags(type_)
+    manage = c.management()
     max_entries = raw["max_entries"]
     if type_ in ARRAY_TYPES and key is not None and key.size != 4:
         c.problem(f"{a(type_)} map's key is a 4-byte index (u32), got {count(key.size, 'byte')}", "key")
@@ -328,7 +341,7 @@ def check_inner(src: Source, name: str, raw: dict[str, Any], problems: list[Prob
             cached = partial.assemble(key, value, max_entries)
     if cached is not None:
         return InnerMapSpec(name, type_, key, value, max_entries, flags, cached, Location(src.file, 0),
-                            raw.get("update", "swap"))
+                            raw.get("update", "swap"), section, manage)
     keys, values, path = c.columns(key)
     if len(problems) > before:
         return None
@@ -347,12 +360,14 @@ def check_inner(src: Source, name: str, raw: dict[str, Any], problems: list[Prob
     if len(problems) > before:
         return None
     return InnerMapSpec(name, type_, key, value, max_entries, flags, entries, Location(src.file, 0),
-                        raw.get("update", "swap"))
+                        raw.get("update", "swap"), section, manage)
 
 
 def check_outer(src: Source, name: str, raw: dict[str, Any], problems: list[Problem],
                 inner: dict[str, InnerMapSpec], inner_raw: set[str], outer_names: set[str],
                 named: Mapping[str, CType] | None = None) -> OuterMapSpec | None:
+    """An outer map from its definition; `inner` holds the inner and plain maps checked so far,
+    `inner_raw` the names of every one declared (good or not)."""
     c = _MapChecker(src, "outer_maps", name, raw, problems, named)
     before = len(problems)
     type_ = OUTER_ALIASES.get(raw["type"], raw["type"])
@@ -360,12 +375,17 @@ def check_outer(src: Source, name: str, raw: dict[str, Any], problems: list[Prob
         c.problem("an outer map's values are inner maps: give no value type", "value" if "value" in raw else "value_size")
     key = c.ctype("key")
     flags = c.flags(type_)
+    manage = c.management()
     max_entries = raw["max_entries"]
     if type_ == "array_of_maps" and key is not None and key.size != 4:
         c.problem(f"an array_of_maps key is a 4-byte index (u32), got {count(key.size, 'byte')}", "key")
     template_name = raw["inner_map"]
     template = inner.get(template_name)
-    if template is None:
+    if template is not None and template.section == PLAIN_SECTION:
+        c.problem(f"inner_map '{template_name}' is declared under maps: (plain maps, in no outer map); "
+                  "declare it under inner_maps", "inner_map")
+        template = None
+    elif template is None:
         if template_name in outer_names:
             c.problem(f"inner_map '{template_name}' is an outer map: an outer map cannot be an inner map", "inner_map")
         elif template_name not in inner_raw:
@@ -378,6 +398,10 @@ def check_outer(src: Source, name: str, raw: dict[str, Any], problems: list[Prob
     for i, (k, v) in enumerate(zip(keys, values)):
         if not isinstance(v, str):
             c.problem(f"slot {k}: expected the name of an inner map, got {v!r}", *path(i), entry=str(k))
+            continue
+        if v in inner and inner[v].section == PLAIN_SECTION:
+            c.problem(f"slot {k}: '{v}' is declared under maps: (plain maps, in no outer map); declare it under "
+                      "inner_maps", *path(i), entry=str(k))
             continue
         if v not in inner:
             if v in outer_names:
@@ -395,7 +419,7 @@ def check_outer(src: Source, name: str, raw: dict[str, Any], problems: list[Prob
         c.check_indexes(slots, keys, path, max_entries, "slot index")
     if len(problems) > before:
         return None
-    return OuterMapSpec(name, type_, key, max_entries, flags, template_name, slots, Location(src.file, 0))
+    return OuterMapSpec(name, type_, key, max_entries, flags, template_name, slots, Location(src.file, 0), manage)
 
 
 def incompatible(template: InnerMapSpec, inner: InnerMapSpec) -> list[str]:
@@ -418,8 +442,7 @@ def build_config(sources: list[Source], problems: list[Problem], known_valid: se
 
     cfg = Config(files=tuple(s.file for s in sources))
     defined: dict[str, tuple[str, str]] = {}  # name -> (file, section)
-    inner_raw: list[tuple[Source, str, dict[str, Any]]] = []
-    outer_raw: list[tuple[Source, str, dict[str, Any]]] = []
+    raw_maps: dict[str, list[tuple[Source, str, dict[str, Any]]]] = {section: [] for section in MAP_SECTIONS}
     for src in _parse_whole_if_btf(sources, problems):
         found = schema_problems(src, known_valid)
         problems += found
@@ -430,7 +453,7 @@ def build_config(sources: list[Source], problems: list[Problem], known_valid: se
             if cfg.pin_root is not None and cfg.pin_root != root:
                 problems.append(Problem(src.file, ("pin_root",), f"pin_root {root} differs from {cfg.pin_root} given in another file"))
             cfg.pin_root = root
-        for section, into in (("inner_maps", inner_raw), ("outer_maps", outer_raw)):
+        for section, into in raw_maps.items():
             for name, raw in _definitions(src, section):
                 if not isinstance(name, str):
                     problems.append(Problem(src.file, (section, name), f"map name {name!r} is not a string: quote it (\"{name}\")", str(name)))
@@ -442,22 +465,22 @@ def build_config(sources: list[Source], problems: list[Problem], known_valid: se
                     other_file, other_section = defined[name]
                     problems.append(Problem(src.file, (section, name),
                                             f"'{name}' is defined again (first in {other_file} under {other_section}): "
-                                            "inner and outer maps share one namespace", name))
+                                            "maps, inner maps and outer maps share one namespace", name))
                     continue
                 defined[name] = (src.file, section)
                 into.append((src, name, raw))
-    inner_names = {n for _, n, _ in inner_raw}
-    outer_names = {n for _, n, _ in outer_raw}
+    inner_names = {n for section in (INNER_SECTION, PLAIN_SECTION) for _, n, _ in raw_maps[section]}
+    outer_names = {n for _, n, _ in raw_maps["outer_maps"]}
     with _named_types(sources, problems) as named:
-        inner_raw = _with_object_maps(inner_raw, "inner_maps", named, problems)
-        outer_raw = _with_object_maps(outer_raw, "outer_maps", named, problems)
-        for src, name, raw in inner_raw:
-            reused = src.reused.get(name)
-            inner_spec = check_inner(src, name, raw, problems, possible_cpus, Entries(*reused[1]) if reused else None,
-                                     src.partial.get(name), named)
-            if inner_spec is not None:
-                cfg.inner_maps[name] = inner_spec
-        for src, name, raw in outer_raw:
+        raw_maps = {section: _with_object_maps(maps, section, named, problems) for section, maps in raw_maps.items()}
+        for section in (INNER_SECTION, PLAIN_SECTION):
+            for src, name, raw in raw_maps[section]:
+                reused = src.reused.get(name)
+                inner_spec = check_inner(src, name, raw, problems, possible_cpus, Entries(*reused[1]) if reused else None,
+                                         src.partial.get(name), named, section)
+                if inner_spec is not None:
+                    cfg.inner_maps[name] = inner_spec
+        for src, name, raw in raw_maps["outer_maps"]:
             outer_spec = check_outer(src, name, raw, problems, cfg.inner_maps, inner_names, outer_names, named)
             if outer_spec is not None:
                 cfg.outer_maps[name] = outer_spec
@@ -489,7 +512,7 @@ def _with_object_maps(maps: list[tuple[Source, str, dict[str, Any]]], section: s
             merged.pop("value", None)
             merged.pop("value_size", None)
         missing = [k for k in ("type", "max_entries") if k not in merged]
-        kinds = INNER_TYPES if section == "inner_maps" else (*OUTER_TYPES, *OUTER_ALIASES)
+        kinds = (*OUTER_TYPES, *OUTER_ALIASES) if section == "outer_maps" else INNER_TYPES
         if not missing and merged["type"] not in kinds:
             problems.append(Problem(src.file, (section, name, "object_map"),
                                     f"object_map: '{wanted}' is a {merged['type']} map; {section} are {', '.join(kinds)}", name))

@@ -10,9 +10,19 @@ from kmesh_apply.errors import KmeshError
 from kmesh_apply.kernel.maps import EntriesUnreadable, LookupBuffers, Map
 from kmesh_apply.kernel.progs import map_holders
 from kmesh_apply.pinroot.guard import check_pin_root
-from kmesh_apply.pinroot.records import read_key_types
+from kmesh_apply.pinroot.records import has_legacy_records, read_layouts, read_owned
 from kmesh_apply.pinroot.replaced import read_replaced
-from kmesh_apply.state import KEY_TYPES_DIR, REPLACED_PIN, STAGING_DIR, LiveMap, LiveState, StagedMap
+from kmesh_apply.state import (
+    LAYOUTS_DIR,
+    KEY_TYPES_DIR,
+    OWNED_PIN,
+    REPLACED_PIN,
+    STAGING_DIR,
+    Layout,
+    LiveMap,
+    LiveState,
+    StagedMap,
+)
 
 
 class _Reader:
@@ -59,15 +69,20 @@ def read_live(pin_root: str, memlock: bool = False, holders: bool = True, observ
     each map costs the kernel (one fdinfo read per map, which plans do not need); `holders`
     finds the loaded programs holding its maps and the maps it replaced (one walk over every
     loaded program; plans and applies need it, `show` does not); `observe` sees the entries of
-    the inner maps it asks for batch by batch, as they are read."""
+    the inner maps it asks for batch by batch, as they are read.
+
+    Maps the tool does not manage (see pinroot.records) go to `unmanaged`, read the same way."""
     root = check_pin_root(pin_root)
     state = LiveState(pin_root)
     if not root.exists():
         return state
     reader = _Reader(memlock, observe)
+    pinned: dict[str, LiveMap] = {}
     for entry in sorted(os.scandir(root), key=lambda e: e.name):
-        if entry.is_dir(follow_symlinks=False) and entry.name == KEY_TYPES_DIR:
-            state.key_types = read_key_types(entry.path)
+        if entry.is_dir(follow_symlinks=False) and entry.name in (KEY_TYPES_DIR, LAYOUTS_DIR):
+            continue  # read below, for the maps they describe
+        if entry.name == OWNED_PIN:
+            state.owned = read_owned(entry.path, reader.buffers)
             continue
         if entry.is_dir(follow_symlinks=False):
             if entry.name != STAGING_DIR:
@@ -80,13 +95,48 @@ def read_live(pin_root: str, memlock: bool = False, holders: bool = True, observ
         if entry.name == REPLACED_PIN:
             state.replaced = read_replaced(entry.path, reader.buffers)
             continue
-        state.maps[entry.name] = reader.read_map(entry.path, entry.name, observed=True)
+        pinned[entry.name] = reader.read_map(entry.path, entry.name, observed=True)
+    _sort_by_owner(state, pinned)
     if holders:
-        ids = [m.id for m in state.maps.values()] + [s.live.id for s in state.staged] + list(state.replaced)
+        ids = [m.id for m in state.maps.values()] + [m.id for m in state.unmanaged.values()] + \
+            [s.live.id for s in state.staged] + list(state.replaced)
         state.holders = map_holders(ids)
     return state
 
 
+def _sort_by_owner(state: LiveState, pinned: dict[str, LiveMap]) -> None:
+    """Managed maps to `maps`, others to `unmanaged`, by the ownership record (none: by whether an
+    earlier version's records are there); then the recorded layouts of the managed ones, whose
+    types stand in for the BTF a map does not carry."""
+    if state.owned is None:
+        state.legacy = has_legacy_records(state.pin_root)
+        state.maps = pinned if state.legacy else {}
+        state.unmanaged = {} if state.legacy else pinned
+    else:
+        owned = state.owned
+        for name, m in pinned.items():
+            record = owned.get(name)
+            (state.maps if record is not None and m.id in record.ids else state.unmanaged)[name] = m
+    if state.maps:
+        state.layouts = _with_layouts(state.pin_root, list(state.maps.values()))
+
+
+def _with_layouts(pin_root: str, maps: list[LiveMap]) -> dict[str, Layout]:
+    """The layouts recorded for these managed maps, by name; their types stand in for the BTF a map lacks."""
+    layouts = read_layouts(pin_root, {m.id: m for m in maps})
+    for m in maps:
+        layout = layouts.get(m.name)
+        if layout is not None:
+            m.key_type = m.key_type if m.key_type is not None else layout.key_type
+            if not m.is_outer:
+                m.value_type = m.value_type if m.value_type is not None else layout.value_type
+    return layouts
+
+
 def read_map(pin_root: str, pin: str, memlock: bool = False) -> LiveMap:
-    """One map of a pin root (`pin` relative to it), as `read_live` reads it: for a map just created."""
-    return _Reader(memlock).read_map(os.path.join(pin_root, pin), os.path.basename(pin))
+    """One map of a pin root (`pin` relative to it), as `read_live` reads it: for a map just created
+    (an outer map with the layout recorded for it)."""
+    live = _Reader(memlock).read_map(os.path.join(pin_root, pin), os.path.basename(pin))
+    if live.is_outer:
+        _with_layouts(pin_root, [live])
+    return live

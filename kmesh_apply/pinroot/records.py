@@ -1,54 +1,397 @@
-"""The tool's own records in a pin root: what it remembers about the maps it manages.
+"""The tool's own records in a pin root: which maps it manages, and the layouts it applied to them.
 
-bpffs holds only pins and directories, so a record is itself a small map whose BTF or
-entries carry what is remembered, pinned under a reserved name (`state.RESERVED_NAMES`).
-Today: the key type of each outer map created with a key other than `u32`
-(`_kmesh_keys/<outer map>`; outer maps cannot carry BTF, so `show` would otherwise print
-their keys as raw bytes). The record of replaced maps lives beside it, in `replaced.py`.
+bpffs holds only pins and directories, so a record is itself a small map whose entries or BTF
+carry what is remembered, pinned under a reserved name (`state.RESERVED_NAMES`). Every record
+carries BTF, so `bpftool map dump pinned <record>` prints it formatted. Record formats (version 1;
+another tool, such as a migration, may read them; only kmesh-apply writes them, under the pin
+root's lock except where said):
+
+`_kmesh_owned` — the ownership record: which maps of the pin root the tool manages.
+    A `hash` map (no_prealloc; capacity grows by rebuilding it aside and renaming it over).
+    key:   `char[256]` — the map's name in the pin root (its pin), NUL-padded.
+    value: `struct { u32 format; u32 origin; u32 id; u32 next_id; }`, 16 bytes, host order:
+           format  = 1 (`OWNED_FORMAT`; a record of another format is refused, never guessed at);
+           origin  = 1 created (the tool made the map) | 2 adopted (`adopt: true` took it over);
+           id      = the kernel ID of the managed map;
+           next_id = the kernel ID of a map being moved into its place (a swap or a replacement),
+                     else 0.
+    A map pinned under a recorded name is managed only if its kernel ID is `id` or `next_id`:
+    a pin someone else replaced is theirs. Any other map in the pin root is unmanaged.
+    Written before the map exists at its pin (intent first: a killed apply never leaves a map
+    the tool made unrecorded, and never a record that vouches for someone else's map): one
+    update per map created, before it is pinned; adoptions before any step changes them; the
+    rest in one batch at the end of an apply (`next_id` folded into `id` after a move, names of
+    removed or vanished maps pruned). The pin goes with the last entry.
+    No ownership record, but another of the tool's records (`_kmesh_keys`, `_kmesh_replaced`,
+    `_kmesh_staging`): a pin root made by an earlier version, read as wholly managed; the next
+    apply writes the record. No record at all: every map already there is someone else's.
+
+`_kmesh_layouts/<kernel ID>` — the layout the tool applied to one managed map that cannot carry
+    it as BTF: an outer map (the kernel refuses BTF on map-in-map types), or an adopted map
+    without BTF whose configuration gives types. A `hash` map, max_entries 1, no_prealloc:
+    BTF key type   = the described map's key type (a map without a key: `u32`, ignored);
+    BTF value type = the described map's value type, or for an outer map `char[256]`;
+    an outer map's record holds one entry, key all zero, value the name of the inner map the
+    outer map was created with as its template (NUL-padded). Other records hold no entry.
+    Keyed by the kernel ID, not the name, so a record never describes the wrong map while a
+    replacement is moved into place; written before the map is pinned (or adopted); records
+    of IDs no longer managed are removed at the end of an apply.
+    Tool-made inner and plain maps carry their own BTF: they get no layout record.
+
+`_kmesh_keys/<outer map>` (earlier versions; read, and removed with its map) — an outer map's
+    key type as the BTF key of a one-entry hash map pinned under the outer map's name.
+
+The record of replaced maps still held by programs lives beside these, in `replaced.py`.
 """
 
 from __future__ import annotations
 
+import errno
 import os
-from typing import Any
+import struct
+from typing import Any, Iterable
 
-from kmesh_apply.ctype import CType, Raw
-from kmesh_apply.kernel.maps import Map
-from kmesh_apply.state import KEY_TYPES_DIR
+from kmesh_apply.ctype import CType, Raw, parse_type
+from kmesh_apply.errors import KernelError, KmeshError
+from kmesh_apply.kernel.maps import LookupBuffers, Map
+from kmesh_apply.state import (
+    ADOPTED,
+    CREATED,
+    KEY_TYPES_DIR,
+    LAYOUTS_DIR,
+    OWNED_PIN,
+    REPLACED_PIN,
+    RESERVED_NAMES,
+    STAGING_DIR,
+    Layout,
+    LiveMap,
+    LiveState,
+    Owned,
+)
+
+OWNED_FORMAT = 1
+NAME_BYTES = 256  # a bpffs name is at most 255 bytes, NUL-padded here
+ORIGINS = {CREATED: 1, ADOPTED: 2}
+_ORIGIN_NAMES = {n: o for o, n in ORIGINS.items()}
+_VALUE = struct.Struct("=IIII")
+_OWNED_KEY = parse_type(f"char[{NAME_BYTES}]")
+_OWNED_VALUE = parse_type({"struct": [{"format": "u32"},
+                                      {"origin": {"enum": "u32", "values": {"created": 1, "adopted": 2}}},
+                                      {"id": "u32"}, {"next_id": "u32"}]})
+MIN_CAPACITY = 1024  # no_prealloc: the capacity costs 16 bytes of hash buckets per entry, the entries what they hold
 
 
-def record_key_type(pin_root: str, name: str, key_type: CType) -> None:
-    """Pin a one-entry hash map whose BTF key is the outer map's key type in place of any earlier
-    record (only `show` reads it, and checks its size against the map's)."""
-    folder = os.path.join(pin_root, KEY_TYPES_DIR)
+# ---- the ownership record -------------------------------------------------------------
+
+
+def read_owned(path: str, buffers: LookupBuffers | None = None) -> dict[str, Owned]:
+    """The ownership record pinned at `path`: name -> Owned. Refuses a record it cannot read exactly."""
+    with Map.open_pinned(path) as m:
+        info = m.info
+        if (info.type, info.key_size, info.value_size) != ("hash", NAME_BYTES, _VALUE.size):
+            raise KmeshError(f"{path} is not a kmesh-apply ownership record ({info.type} map, key {info.key_size} "
+                             f"bytes, value {info.value_size} bytes): remove it only if you know who made it")
+        out = {}
+        for key, value in m.items(buffers).items():
+            fmt, origin, map_id, next_id = _VALUE.unpack(value)
+            if fmt != OWNED_FORMAT or origin not in _ORIGIN_NAMES:
+                raise KmeshError(f"{path} holds a record of format {fmt} (origin {origin}); this kmesh-apply reads "
+                                 f"format {OWNED_FORMAT}: use the kmesh-apply that wrote it, or a newer one")
+            out[key.rstrip(b"\0").decode(errors="replace")] = Owned(_ORIGIN_NAMES[origin], tuple(i for i in (map_id, next_id) if i))
+    return out
+
+
+def _owned_key(name: str) -> bytes:
+    return name.encode().ljust(NAME_BYTES, b"\0")
+
+
+def _owned_value(o: Owned) -> bytes:
+    return _VALUE.pack(OWNED_FORMAT, ORIGINS[o.origin], *(*o.ids, 0, 0)[:2])
+
+
+def _capacity(n: int) -> int:
+    cap = MIN_CAPACITY
+    while cap < 2 * n:
+        cap *= 4
+    return cap
+
+
+class Ownership:
+    """The tool's records as one apply changes them (see the module docstring for when each is written).
+
+    It works on `live.owned` in place, so a caller that keeps its live state (the synchroniser's
+    cache) keeps the record it describes."""
+
+    def __init__(self, pin_root: str, live: LiveState):
+        self.root = pin_root
+        self.path = os.path.join(pin_root, OWNED_PIN)
+        self.live = live
+        self.moved: dict[str, Owned] = {}  # names whose next_id is now their map: folded in at the end
+        self.removed: set[str] = set()
+        self.touched: set[str] = set()  # written during this apply: not pruned as vanished
+        self.reserve = 0  # entries about to be written, so that the record is made large enough at once
+        self._record: Map | None = None
+
+    @property
+    def owned(self) -> dict[str, Owned]:
+        if self.live.owned is None:
+            self.live.owned = {}
+        return self.live.owned
+
+    def begin(self, expected: int = 0) -> None:
+        """Before the first step: a pin root of an earlier version gets its record (every map it holds
+        managed), and room is made for `expected` more entries (maps about to be created or adopted)."""
+        self.reserve = expected
+        if self.live.owned is None and self.live.legacy and self.live.maps:
+            self._put({name: Owned(CREATED, (m.id,)) for name, m in self.live.maps.items()})
+        self.live.legacy = False
+
+    def created(self, name: str, map_id: int, aside: bool) -> None:
+        """A map the tool just created for `name`, not pinned yet; `aside`: it will be moved over the
+        managed map now pinned there, which stays managed until then."""
+        live = self.live.maps.get(name)
+        self._put({name: Owned(CREATED, (live.id, map_id) if aside and live is not None else (map_id,))})
+
+    def adopted(self, name: str, map_id: int) -> None:
+        """The map pinned under `name` is managed from now on (it moves to the live state's managed maps)."""
+        self._put({name: Owned(ADOPTED, (map_id,))})
+        if name in self.live.unmanaged:
+            self.live.maps[name] = self.live.unmanaged.pop(name)
+
+    def moved_into_place(self, name: str, map_id: int) -> None:
+        old = self.owned.get(name)
+        self.moved[name] = Owned(old.origin if old else CREATED, (map_id,))
+
+    def unpinned(self, name: str) -> None:
+        self.removed.add(name)
+
+    def finish(self) -> None:
+        """After the last step (or a failed one): fold moves in, prune removed maps and maps that
+        vanished (no longer pinned under their name with a recorded ID), in one batch each, and the
+        layout records of maps no longer managed; remove the record when it is left empty."""
+        owned = self.owned
+        maps = self.live.maps
+        vanished = {n for n, o in owned.items() if n not in self.touched and n not in self.moved and
+                    (n not in maps or maps[n].id not in o.ids)}
+        gone = sorted((self.removed - self.moved.keys() | vanished) & owned.keys())
+        update = {n: o for n, o in self.moved.items() if owned.get(n) != o}
+        self.moved.clear()
+        self.removed.clear()
+        try:
+            if len(gone) == len(owned) and not update and not has_legacy_records(self.root):
+                if gone:  # an empty record stays while other records do: else the pin root would read as an earlier version's
+                    _unlink(self.path)
+                    owned.clear()
+            elif gone or update:
+                m = self._handle(len(owned) + len(update))
+                if gone:
+                    m.delete_batch(b"".join(map(_owned_key, gone)), len(gone))
+                    for n in gone:
+                        del owned[n]
+                self._put(update)
+        finally:
+            self._close()
+        prune_layouts(self.root, {i for o in owned.values() for i in o.ids})
+
+    def _put(self, entries: dict[str, Owned]) -> None:
+        if not entries:
+            return
+        m = self._handle(len(self.owned) + len(entries))
+        keys = b"".join(map(_owned_key, entries))
+        values = b"".join(map(_owned_value, entries.values()))
+        if len(entries) == 1:
+            m.update(keys, values)
+        else:
+            m.update_batch(keys, values, len(entries))
+        self.owned.update(entries)
+        self.touched.update(entries)
+
+    def _handle(self, needed: int) -> Map:
+        """The record, open; created, or rebuilt with more room, when it cannot hold `needed` entries."""
+        m = self._record
+        if m is None:
+            try:
+                m = Map.open_pinned(self.path)
+            except KernelError as e:
+                if e.errno != errno.ENOENT:
+                    raise
+                m = _create_owned(self.path, _capacity(needed + self.reserve))
+            self._record = m
+        if needed > m.info.max_entries:
+            self._record = m = _rebuild(self.root, m, self.owned, _capacity(needed + self.reserve))
+        return m
+
+    def _close(self) -> None:
+        if self._record is not None:
+            self._record.close()
+            self._record = None
+
+
+def _create_owned(path: str, capacity: int, pin: bool = True) -> Map:
+    m = Map.create("hash", NAME_BYTES, _VALUE.size, capacity, name="kmesh_owned", flags=("no_prealloc",),
+                   key_type=_OWNED_KEY, value_type=_OWNED_VALUE)
+    if pin:
+        try:
+            m.pin(path)
+        except BaseException:
+            m.close()
+            raise
+    return m
+
+
+def _rebuild(pin_root: str, old: Map, owned: dict[str, Owned], capacity: int) -> Map:
+    """A larger record holding the same entries, built aside and renamed over the old one (a killed
+    run leaves either record whole; one left in the staging directory is removed by the next plan)."""
+    aside = os.path.join(pin_root, STAGING_DIR, OWNED_PIN)
+    os.makedirs(os.path.dirname(aside), exist_ok=True)
+    m = _create_owned(aside, capacity)
+    try:
+        if owned:
+            m.update_batch(b"".join(map(_owned_key, owned)), b"".join(map(_owned_value, owned.values())), len(owned))
+        os.replace(aside, old.path)
+        m.path = old.path
+    except BaseException:
+        m.close()
+        raise
+    finally:
+        old.close()
+        try:
+            os.rmdir(os.path.dirname(aside))
+        except OSError:
+            pass  # maps are still staged there
+    return m
+
+
+def record_created_outside_apply(pin_root: str, name: str, map_id: int) -> None:
+    """Record a map that `kmesh map create-*` made and is about to pin (not under an apply: only its
+    own entry is written, one element update that no apply's batch overwrites). A pin root of an
+    earlier version is first recorded whole, as an apply would."""
+    live = LiveState(pin_root)
+    if os.path.lexists(os.path.join(pin_root, OWNED_PIN)):
+        live.owned = {}  # only the one entry is written: the others need not be read
+    elif has_legacy_records(pin_root):
+        live.legacy = True
+        live.maps = {n: _pinned(pin_root, n) for n in _pinned_names(pin_root)}
+    own = Ownership(pin_root, live)
+    try:
+        own.begin()
+        own.created(name, map_id, aside=False)
+    finally:
+        own._close()
+
+
+def has_legacy_records(pin_root: str) -> bool:
+    """Whether a pin root without an ownership record holds another of the tool's records (an earlier
+    version made it: every map in it is the tool's)."""
+    return any(os.path.lexists(os.path.join(pin_root, n)) for n in (KEY_TYPES_DIR, REPLACED_PIN, STAGING_DIR))
+
+
+def _pinned_names(pin_root: str) -> list[str]:
+    return sorted(e.name for e in os.scandir(pin_root) if e.is_file(follow_symlinks=False) and e.name not in RESERVED_NAMES)
+
+
+def _pinned(pin_root: str, name: str) -> LiveMap:
+    """A pinned map's properties, without its entries."""
+    with Map.open_pinned(os.path.join(pin_root, name)) as m:
+        info = m.info
+    return LiveMap(name, info.id, info.type, info.key_size, info.value_size, info.max_entries, info.flags)
+
+
+# ---- layout records -------------------------------------------------------------------
+
+
+def record_layout(pin_root: str, map_id: int, key_type: CType | None, value_type: CType | None,
+                  template: str | None = None) -> None:
+    """Pin the layout record of the map with kernel ID `map_id` (see the module docstring), in place of
+    any earlier one. An outer map's `value_type` is ignored: its record holds the template's name."""
+    folder = os.path.join(pin_root, LAYOUTS_DIR)
     os.makedirs(folder, exist_ok=True)
-    path = os.path.join(folder, name)
-    if os.path.lexists(path):
-        os.unlink(path)
-    with Map.create("hash", key_type.size, 1, 1, name="kmesh_key_type", flags=("no_prealloc",),
-                    key_type=key_type, value_type=Raw(1)) as record:
-        record.pin(path)
+    path = os.path.join(folder, str(map_id))
+    key = key_type if key_type is not None and key_type.size else parse_type("u32")
+    value = parse_type(f"char[{NAME_BYTES}]") if template is not None else value_type or Raw(1)
+    again = os.path.lexists(path)  # a record rewritten (a new template name) is replaced whole, by rename
+    aside = f"{path}_new" if again else path  # not a kernel ID: never read, and pruned if left behind
+    with Map.create("hash", key.size, value.size, 1, name="kmesh_layout", flags=("no_prealloc",),
+                    key_type=key, value_type=value) as record:
+        if template is not None:
+            record.update(bytes(key.size), template.encode().ljust(NAME_BYTES, b"\0"))
+        if again and os.path.lexists(aside):
+            os.unlink(aside)
+        record.pin(aside)
+    if again:
+        os.replace(aside, path)
+
+
+def read_layouts(pin_root: str, wanted: dict[int, Any]) -> dict[str, Layout]:
+    """The layouts recorded for managed maps: `wanted` maps kernel IDs to the LiveMap at that ID (whose
+    name and kind say how to read the record); records of other IDs are left for `prune_layouts`.
+    The records of earlier versions (`_kmesh_keys`) fill in for outer maps without one."""
+    out: dict[str, Layout] = {}
+    folder = os.path.join(pin_root, LAYOUTS_DIR)
+    if os.path.isdir(folder):
+        for pin in os.scandir(folder):
+            live = wanted.get(int(pin.name)) if pin.name.isdigit() else None
+            if live is None:
+                continue
+            with Map.open_pinned(pin.path) as m:
+                key_type, value_type = m.types()
+                template = None
+                if live.is_outer:
+                    raw = m.lookup(bytes(m.info.key_size))
+                    template = raw.rstrip(b"\0").decode(errors="replace") if raw else None
+                    value_type = None
+            out[live.name] = Layout(_spec(key_type, live.key_size), _spec(value_type, live.value_size), template)
+    legacy = os.path.join(pin_root, KEY_TYPES_DIR)
+    if os.path.isdir(legacy):
+        by_name = {live.name: live for live in wanted.values()}
+        for pin in os.scandir(legacy):
+            live = by_name.get(pin.name)
+            if live is None or pin.name in out:
+                continue
+            with Map.open_pinned(pin.path) as m:
+                key_type = m.key_type()
+            out[pin.name] = Layout(_spec(key_type, live.key_size))
+    return out
+
+
+def _spec(typ: CType | None, size: int) -> Any:
+    """A recorded type's spec, if it fits the map it describes (a raw or mismatched one says nothing)."""
+    if typ is None or typ.size != size or isinstance(typ, Raw):
+        return None
+    return typ.spec()
+
+
+def prune_layouts(pin_root: str, keep: Iterable[int]) -> None:
+    """Remove the layout records of maps no longer managed (and the folder once empty)."""
+    folder = os.path.join(pin_root, LAYOUTS_DIR)
+    if not os.path.isdir(folder):
+        return
+    kept = {str(i) for i in keep}
+    for pin in os.scandir(folder):
+        if pin.name not in kept:
+            os.unlink(pin.path)
+    _rmdir_if_empty(folder)
 
 
 def forget(pin_root: str, name: str) -> None:
-    """Remove what is recorded about the map `name` (it is gone); the folder goes once empty."""
+    """Remove the record of an earlier version about the map `name` (it is gone); the folder goes once empty."""
     folder = os.path.join(pin_root, KEY_TYPES_DIR)
     path = os.path.join(folder, name)
     if "/" in name or not os.path.lexists(path):
         return
     os.unlink(path)
+    _rmdir_if_empty(folder)
+
+
+def _rmdir_if_empty(folder: str) -> None:
     try:
         os.rmdir(folder)
     except OSError:
         pass  # other records are still there
 
 
-def read_key_types(folder: str) -> dict[str, Any]:
-    """The key types recorded for outer maps (outer map name -> type spec): only BTF is read, no entries."""
-    out = {}
-    for pin in sorted(os.scandir(folder), key=lambda e: e.name):
-        with Map.open_pinned(pin.path) as m:
-            key_type = m.key_type()
-        if key_type is not None:
-            out[pin.name] = key_type.spec()
-    return out
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass

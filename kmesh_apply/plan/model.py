@@ -14,7 +14,7 @@ from collections.abc import Mapping, MutableMapping
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Union
 
-from kmesh_apply.state import LiveState
+from kmesh_apply.state import EntryScope, LiveState
 
 if TYPE_CHECKING:
     from kmesh_apply.kernel.progs import Program
@@ -110,8 +110,26 @@ class RemovePin:
         return f"remove '{self.map}' ({self.pin})"
 
 
-Step = Union[CreateMap, WriteEntries, SetSlots, MovePin, RemovePin]
-STEP_TYPES: dict[str, type] = {c.op: c for c in (CreateMap, WriteEntries, SetSlots, MovePin, RemovePin)}  # type: ignore[attr-defined]
+@dataclass
+class RecordMap:
+    """Write the tool's records about the live map at `pin` (kernel ID `id`): with `adopt`, take it
+    over (it is managed from then on); with `layout`, record the layout it does not carry as BTF
+    (key and value types; an outer map's template). The executor checks the pin still holds `id`."""
+
+    map: str
+    pin: str
+    id: int
+    adopt: bool = False
+    layout: MapDef | None = None
+    op: str = "record"
+
+    def describe(self) -> str:
+        what = " and ".join(w for w, on in (("adopt", self.adopt), ("record the layout of", self.layout)) if on)
+        return f"{what} '{self.map}' (ID {self.id})"
+
+
+Step = Union[CreateMap, WriteEntries, SetSlots, MovePin, RemovePin, RecordMap]
+STEP_TYPES: dict[str, type] = {c.op: c for c in (CreateMap, WriteEntries, SetSlots, MovePin, RemovePin, RecordMap)}  # type: ignore[attr-defined]
 
 
 # ---- per-map summary, for people and for CI --------------------------------------------
@@ -119,11 +137,13 @@ STEP_TYPES: dict[str, type] = {c.op: c for c in (CreateMap, WriteEntries, SetSlo
 
 @dataclass
 class MapChange:
-    """What happens to one map. `action` is create | update | replace | destroy | recover."""
+    """What happens to one map. `action` is create | update | replace | destroy | recover | adopt
+    (adopt: taken over, its entries maybe written in place; a map adopted and replaced is a
+    replace with `adopted` set)."""
 
     name: str
     action: str
-    kind: str  # "inner" | "outer"
+    kind: str  # "inner" | "outer" | "plain" (a map declared under `maps:`, or in no outer slot)
     definition: MapDef | None = None  # desired properties (None when destroyed)
     reasons: list[str] = field(default_factory=list)  # why replaced, or what is recovered
     added: MutableMapping[bytes, Any] = field(default_factory=dict)  # entry key -> new value (outer: inner map name)
@@ -131,6 +151,20 @@ class MapChange:
     removed: dict[bytes, Any] = field(default_factory=dict)  # key -> old value
     swap: bool = False  # entries change by building a new map and switching slots at once
     holders: list[Program] = field(default_factory=list)  # loaded programs holding the live map
+    adopted: bool = False  # this plan takes the map over from whoever pinned it
+    manage_entries: str = "all"  # entries the config does not name are left alone unless "all"
+
+
+@dataclass(frozen=True)
+class Unmanaged:
+    """A map pinned in the pin root that the tool does not manage: listed, never changed."""
+
+    name: str
+    type: str
+    id: int
+
+    def describe(self) -> str:
+        return f"{self.name} ({self.type}, ID {self.id})"
 
 
 @dataclass
@@ -152,6 +186,10 @@ class Plan:
     steps: list[Step] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     held_replaced: list[HeldReplaced] = field(default_factory=list)
+    unmanaged: list[Unmanaged] = field(default_factory=list)
+    # The entries the plan depends on, for maps where that is not all of them (`manage_entries:
+    # listed` or `none`, adopted maps): a change elsewhere in such a map does not make it stale.
+    scopes: dict[str, EntryScope] = field(default_factory=dict)
     # What the plan was made from: the live state itself while in memory, its digests once saved.
     base: LiveState | None = field(default=None, repr=False, compare=False)
     saved_fingerprint: dict[str, str] = field(default_factory=dict, repr=False)
@@ -159,18 +197,18 @@ class Plan:
     verified: set[tuple[bytes, bytes]] = field(default_factory=set, repr=False, compare=False)
 
     def fingerprint(self) -> dict[str, str]:
-        return self.base.fingerprint() if self.base is not None else self.saved_fingerprint
+        return self.base.fingerprint(self.scopes) if self.base is not None else self.saved_fingerprint
 
     def moved_since(self, now: LiveState) -> list[str]:
         """What changed in the pin root since the plan was made (empty: the plan still applies)."""
         then: dict[str, Any]
         current: dict[str, Any]
         if self.base is not None:  # compare the data itself: cheaper than digests of a million entries
-            then = {**self.base.maps, **{s.pin: s.live for s in self.base.staged}}
-            current = {**now.maps, **{s.pin: s.live for s in now.staged}}
+            then, current = self.base.scoped(self.scopes), now.scoped(self.scopes)
+            changed = [n for n in then if n in current and not then[n][0].same_as(current[n][0], then[n][1])]
         else:
-            then, current = self.saved_fingerprint, now.fingerprint()
-        changed = [n for n in then if n in current and then[n] != current[n]]
+            then, current = self.saved_fingerprint, now.fingerprint(self.scopes)
+            changed = [n for n in then if n in current and then[n] != current[n]]
         return ([f"map '{n}' appeared" for n in current if n not in then]
                 + [f"map '{n}' disappeared" for n in then if n not in current]
                 + [f"map '{n}' changed" for n in changed])
@@ -187,17 +225,20 @@ class Plan:
 
     def displaced(self, live: LiveState) -> dict[int, str]:
         """The live maps this plan moves another map over (replaced or swapped), by kernel ID."""
-        return {live.maps[s.dst].id: s.dst for s in self.steps if isinstance(s, MovePin) and s.dst in live.maps}
+        pinned = {**live.unmanaged, **live.maps}  # an adopted map is still unmanaged in the state the plan was made from
+        return {pinned[s.dst].id: s.dst for s in self.steps if isinstance(s, MovePin) and s.dst in pinned}
 
     @property
     def counts(self) -> dict[str, int]:
         """Terraform's counting: a replaced map is one created and one destroyed."""
-        c = {"create": 0, "update": 0, "destroy": 0}
+        c = {"adopt": 0, "create": 0, "update": 0, "destroy": 0}
         for ch in self.changes:
+            if ch.adopted:
+                c["adopt"] += 1
             if ch.action == "replace":
                 c["create"] += 1
                 c["destroy"] += 1
-            elif ch.action in c:
+            elif ch.action in c and ch.action != "adopt":
                 c[ch.action] += 1
             elif ch.action == "recover":
                 c["update"] += 1
@@ -210,7 +251,8 @@ class Plan:
                         "programs: reload or unload them.")
             return "No changes. The pin root matches the configuration."
         c = self.counts
-        return f"Plan: {c['create']} to create, {c['update']} to update, {c['destroy']} to destroy."
+        adopt = f"{c['adopt']} to adopt, " if c["adopt"] else ""
+        return f"Plan: {adopt}{c['create']} to create, {c['update']} to update, {c['destroy']} to destroy."
 
     # ---- saving and loading (bytes as hex) --------------------------------------------
 
@@ -221,6 +263,8 @@ class Plan:
             "fingerprint": self.fingerprint(),
             "warnings": self.warnings,
             "held_replaced": [asdict(h) for h in self.held_replaced],
+            "unmanaged": [asdict(u) for u in self.unmanaged],
+            "scopes": {name: None if scope is None else [k.hex() for k in sorted(scope)] for name, scope in self.scopes.items()},
             "changes": [_hexify(asdict(c)) for c in self.changes],
             "steps": [_hexify(asdict(s)) for s in self.steps],
         }
@@ -235,6 +279,8 @@ class Plan:
             cls = STEP_TYPES[raw["op"]]
             if cls is CreateMap:
                 raw["map"] = _mapdef(raw["map"])
+            if cls is RecordMap and raw.get("layout"):
+                raw["layout"] = _mapdef(raw["layout"])
             steps.append(cls(**raw))
         changes = []
         for raw in data["changes"]:
@@ -244,7 +290,10 @@ class Plan:
             raw["holders"] = _programs(raw.get("holders", []))
             changes.append(MapChange(**raw))
         held = [HeldReplaced(h["name"], h["id"], _programs(h["programs"])) for h in data.get("held_replaced", [])]
-        return Plan(data["pin_root"], changes, steps, data.get("warnings", []), held,
+        unmanaged = [Unmanaged(**u) for u in data.get("unmanaged", [])]
+        scopes = {name: None if keys is None else frozenset(map(bytes.fromhex, keys))
+                  for name, keys in data.get("scopes", {}).items()}
+        return Plan(data["pin_root"], changes, steps, data.get("warnings", []), held, unmanaged, scopes,
                     saved_fingerprint=data["fingerprint"])
 
 

@@ -2,6 +2,7 @@
 
 Step order is what keeps a data plane safe while it runs:
   1. finish or discard what an interrupted apply left in the staging directory;
+     record the maps adopted (`adopt: true`) as managed before anything changes them;
   2. create new inner maps and fill them (nothing points at them yet);
   3. write in-place entry changes;
   4. build swapped and replaced maps aside, fully filled;
@@ -11,6 +12,12 @@ Step order is what keeps a data plane safe while it runs:
   8. remove the maps the configuration no longer names, outer maps first.
 So no slot ever points at a map that is not yet filled, and a BPF program reading
 through a slot sees either the whole old inner map or the whole new one.
+
+Only managed maps are planned (`LiveState.maps`; contract section 9): a map someone else pinned
+is listed and never touched, unless the configuration adopts it; a declared name pinned by
+someone else without `adopt: true` makes the configuration unplannable (PlanError). Entries
+are planned per `manage_entries`: all of them, only the listed ones, or none; a map whose
+entries are not all the config's is never swapped or replaced (a new map would lose them).
 """
 
 from __future__ import annotations
@@ -21,9 +28,18 @@ from itertools import compress
 from operator import ne
 from typing import TYPE_CHECKING, Any
 
-from kmesh_apply.config.model import ARRAY_TYPES, NEARLY_FULL, Config, InnerMapSpec, OuterMapSpec, used_entries
+from kmesh_apply.config.model import (
+    ARRAY_TYPES,
+    NEARLY_FULL,
+    PLAIN_SECTION,
+    Config,
+    InnerMapSpec,
+    OuterMapSpec,
+    used_entries,
+)
 from kmesh_apply.ctype import same_type
 from kmesh_apply.entries import Entries, diff, holds_base
+from kmesh_apply.errors import PlanError
 from kmesh_apply.plan.model import (
     CreateMap,
     HeldReplaced,
@@ -31,12 +47,15 @@ from kmesh_apply.plan.model import (
     MapDef,
     MovePin,
     Plan,
+    RecordMap,
     RemovePin,
     SetSlots,
     Step,
+    Unmanaged,
     WriteEntries,
 )
-from kmesh_apply.state import STAGING_DIR, LiveMap, LiveState
+from kmesh_apply.state import ALL_ENTRIES, STAGING_DIR, LiveMap, LiveState
+from kmesh_apply.wording import a
 
 if TYPE_CHECKING:
     from kmesh_apply.kernel.progs import Program
@@ -160,11 +179,15 @@ class _Planner:
         self.config = config
         self.only = only
         self.known_equal = known_equal
-        # Copied only when staged maps are adopted into it (a copy of 5,000 maps costs more than a scoped plan).
+        # Copied only when staged or adopted maps join it (a copy of 5,000 maps costs more than a scoped plan).
         self.live = dict(live.maps) if live.staged else live.maps
+        self.base = live
         self.holders = live.holders
         self.result = Plan(live.pin_root, base=live)
+        self.problems: list[str] = []  # what makes the configuration unplannable here (PlanError)
+        self.adopting: set[str] = set()
         self.recover: list[Step] = []
+        self.adopt: list[Step] = []
         self.fill_new: list[Step] = []
         self.in_place: list[Step] = []
         self.build_aside: list[Step] = []
@@ -178,6 +201,7 @@ class _Planner:
         # Inner maps whose live instance is superseded (swapped or replaced): every slot holding them moves.
         self.superseded: set[str] = set()
         self._adopt_staged(live)
+        self._claim()
         self.result.held_replaced = held_replaced(live)
 
     @cached_property
@@ -186,8 +210,13 @@ class _Planner:
         return {i for m in self.live.values() if m.is_outer for i in m.slots.values()}
 
     @cached_property
+    def foreign_slots(self) -> dict[int, str]:
+        """IDs of the maps slots of unmanaged outer maps hold -> that outer map's name."""
+        return {i: n for n, m in self.base.unmanaged.items() if m.is_outer for i in m.slots.values()}
+
+    @cached_property
     def names_by_id(self) -> dict[int, str]:
-        return {m.id: n for n, m in self.live.items()}
+        return {m.id: n for n, m in (*self.base.unmanaged.items(), *self.live.items())}
 
     def _adopt_staged(self, live: LiveState) -> None:
         """A staged map some slot already points at was complete: finish its move. Others are discarded."""
@@ -204,6 +233,36 @@ class _Planner:
                 self.result.changes.append(MapChange(s.name, "recover", "outer" if s.live.is_outer else "inner",
                                                      reasons=[f"remove {s.pin} left by an interrupted apply"]))
 
+    def _claim(self) -> None:
+        """Declared names pinned by someone else: adopted (`adopt: true`, same map type) or refused.
+        An adopted map is planned like a managed one from here on; others are listed, never touched."""
+        unmanaged = self.base.unmanaged
+        specs: list[InnerMapSpec | OuterMapSpec] = [*self.config.inner_maps.values(), *self.config.outer_maps.values()]
+        for spec in specs if unmanaged else ():
+            have = unmanaged.get(spec.name)
+            if have is None or (self.only is not None and spec.name not in self.only):
+                continue
+            if not spec.manage.adopt:
+                self.problems.append(f"map '{spec.name}' is pinned in the pin root but kmesh-apply does not manage it "
+                                     f"({self._whose(spec.name, have)}): add adopt: true to take it over, or pick "
+                                     "another name")
+            elif have.type != spec.type:
+                self.problems.append(f"map '{spec.name}': adopt: the pinned map (ID {have.id}) is {a(have.type)} map, "
+                                     f"the configuration declares {a(spec.type)} map; kmesh-apply does not replace a "
+                                     f"map it does not own on a guess: declare type: {have.type}, or pick another name")
+            else:
+                if self.live is self.base.maps:
+                    self.live = dict(self.live)
+                self.live[spec.name] = have
+                self.adopting.add(spec.name)
+        self.result.unmanaged = [Unmanaged(n, m.type, m.id) for n, m in sorted(unmanaged.items()) if n not in self.adopting]
+
+    def _whose(self, name: str, have: LiveMap) -> str:
+        record = (self.base.owned or {}).get(name)
+        if record is not None:
+            return f"its pin now holds map ID {have.id}, not the map ID {record.ids[0]} kmesh-apply made"
+        return f"{a(have.type)} map, ID {have.id}, pinned by someone else"
+
     def plan(self) -> Plan:
         inner_maps, outer_maps = self.config.inner_maps, self.config.outer_maps
         if self.only is None:
@@ -219,15 +278,20 @@ class _Planner:
             candidates = [(n, self.live[n]) for n in sorted(self.only) if n in self.live]
         for outer in outers:
             self._plan_outer(outer)
+        if self.problems:
+            raise PlanError(self.problems)
         for name, have in candidates:
             if name not in inner_maps and name not in outer_maps:
                 (self.remove_outer if have.is_outer else self.remove_inner).append(RemovePin(name, name))
-                self.result.changes.append(MapChange(name, "destroy", "outer" if have.is_outer else "inner",
-                                                     holders=self._holders(have)))
-        self.result.steps = (self.recover + self.fill_new + self.in_place + self.build_aside + self.outer_create
-                             + self.slots + self.move + self.remove_outer + self.remove_inner)
+                self.result.changes.append(MapChange(name, "destroy", self._kind(have), holders=self._holders(have)))
+        self.result.steps = (self.recover + self.adopt + self.fill_new + self.in_place + self.build_aside
+                             + self.outer_create + self.slots + self.move + self.remove_outer + self.remove_inner)
         self._capacity_warnings()
         return self.result
+
+    def _kind(self, have: LiveMap) -> str:
+        """How a live map the configuration does not declare is named: by what holds it."""
+        return "outer" if have.is_outer else "inner" if have.id in self.slot_held else "plain"
 
     def _capacity_warnings(self) -> None:
         """Maps that would end nearly full: inserts start failing (LRU maps: evicting) soon after.
@@ -245,6 +309,40 @@ class _Planner:
                     f"{kind} map '{name}' would be {used * 100 // most}% full ({used} of {most} {what}); "
                     "raise its max_entries before it fills up")
 
+    def _change(self, spec: InnerMapSpec | OuterMapSpec, action: str, want: MapDef | None = None,
+                **fields: Any) -> MapChange:
+        """A change of a declared map, saying whose entries it manages and whether it is adopted now."""
+        kind = "outer" if isinstance(spec, OuterMapSpec) else "plain" if spec.section == PLAIN_SECTION else "inner"
+        adopted = spec.name in self.adopting
+        if adopted and action == "update":
+            action = "adopt"
+        return MapChange(spec.name, action, kind, want, adopted=adopted, manage_entries=spec.manage.entries, **fields)
+
+    def _owned(self, spec: InnerMapSpec | OuterMapSpec, want: MapDef, have: LiveMap) -> None:
+        """Scope the entries the plan depends on, and record the adoption (and the layout an adopted
+        map without BTF cannot carry) before any other step: intent first."""
+        keys = spec.slots if isinstance(spec, OuterMapSpec) else spec.entries
+        if not spec.manage.all_entries:
+            self.result.scopes[spec.name] = frozenset(keys) | spec.manage.absent
+        elif spec.name in self.adopting:
+            self.result.scopes[spec.name] = ALL_ENTRIES
+        if spec.name not in self.adopting:
+            return
+        untyped = have.key_type is None and have.value_type is None and (want.key_type, want.value_type) != (None, None)
+        layout = want if want.is_outer or untyped else None
+        self.adopt.append(RecordMap(spec.name, spec.name, have.id, adopt=True, layout=layout))
+
+    def _refuse_replace(self, spec: InnerMapSpec | OuterMapSpec, reasons: list[str]) -> bool:
+        """A map whose entries are not all the config's cannot be replaced by an empty one (issue 23 will
+        migrate them): a problem, and True."""
+        if spec.manage.all_entries:
+            return False
+        self.problems.append(
+            f"map '{spec.name}' would have to be replaced ({'; '.join(reasons)}), and a new map would lose the entries "
+            f"others wrote (manage_entries: {spec.manage.entries}); kmesh-apply does not carry them over yet: keep "
+            "its fixed properties as they are, or use manage_entries: all to replace it with the entries given here")
+        return True
+
     def _plan_inner(self, spec: InnerMapSpec) -> None:
         want = map_def(spec)
         have = self.live.get(spec.name)
@@ -252,27 +350,41 @@ class _Planner:
             self.instance[spec.name] = spec.name
             self.fill_new += [CreateMap(want, spec.name), *self._fill(spec, spec.name)]
             # The plan shares the config's entries (no copies: B's million entries are 40 MB a dict).
-            self.result.changes.append(MapChange(spec.name, "create", "inner", want, added=spec.entries))
+            self.result.changes.append(self._change(spec, "create", want, added=spec.entries))
             return
+        self._owned(spec, want, have)
         reasons = replace_reasons(want, have)
         if reasons:
+            if self._refuse_replace(spec, reasons):
+                return
             self._build_aside(spec, want)
-            change = MapChange(spec.name, "replace", "inner", want, reasons, holders=self._in_use(spec.name, have))
+            change = self._change(spec, "replace", want, reasons=reasons, holders=self._in_use(spec.name, have))
             describe_entries(change, *_diff(spec.entries, have.entries, want.type in ARRAY_TYPES))
+            self._foreign_slot_warning(spec.name, have)
             self.result.changes.append(change)
             return
         self.instance[spec.name] = spec.name
-        put, delete, have_entries = self._entries(spec.entries, have.entries, want.type in ARRAY_TYPES)
+        put, delete, have_entries = self._entries(spec, have)
         if not put and not delete:
+            if spec.name in self.adopting:
+                self.result.changes.append(self._change(spec, "update", want))
             return
         swap = (spec.update == "swap" and not atomic_for_readers(spec.type, put, delete, have)
                 and have.id in self.slot_held)
         holders = self._holders(have)
-        change = MapChange(spec.name, "update", "inner", want, holders=holders)
+        change = self._change(spec, "update", want, holders=holders)
         if swap and holders:  # they hold this very map, not the slot: a swap would leave them on the old one
             swap = False
             change.reasons.append(f"written in place, not swapped: {_programs(holders)} hold(s) this inner map "
                                   "directly and would stay on the old map; readers may see the change half done")
+        if swap and not spec.manage.all_entries:
+            swap = False
+            change.reasons.append(f"written in place, not swapped: a new map would lose the entries others write "
+                                  f"(manage_entries: {spec.manage.entries}); readers may see the change half done")
+        if swap and have.id in self.foreign_slots:
+            swap = False
+            change.reasons.append(f"written in place, not swapped: the unmanaged outer map '{self.foreign_slots[have.id]}' "
+                                  "holds it in a slot and would stay on the old map; readers may see the change half done")
         change.swap = swap
         describe_entries(change, put, delete, have_entries)
         self.result.changes.append(change)
@@ -281,8 +393,18 @@ class _Planner:
         else:
             self.in_place.append(WriteEntries(spec.name, spec.name, put, delete))
 
-    def _entries(self, desired: Mapping[bytes, Any], live: Mapping[bytes, Any],
-                 is_array: bool) -> tuple[dict[bytes, Any], list[bytes], Mapping[bytes, Any]]:
+    def _entries(self, spec: InnerMapSpec, have: LiveMap) -> tuple[dict[bytes, Any], list[bytes], Mapping[bytes, Any]]:
+        """What to write to a map that stays: per `manage_entries`, all its entries, only the listed ones
+        (and the keys to be absent), or none."""
+        is_array = spec.type in ARRAY_TYPES
+        if spec.manage.all_entries:
+            return self._all_entries(spec.entries, have.entries, is_array)
+        if spec.manage.entries == "none":
+            return {}, [], have.entries
+        return _listed(spec.entries, have.entries, spec.manage.absent, is_array)
+
+    def _all_entries(self, desired: Mapping[bytes, Any], live: Mapping[bytes, Any],
+                     is_array: bool) -> tuple[dict[bytes, Any], list[bytes], Mapping[bytes, Any]]:
         """`_diff`, skipped for a pair of large maps already found equal: their fingerprints (one
         hash of the packed buffers each) are in `known_equal`; a pair found equal is added to the plan's.
         Entries assembled from blocks whose previous version is known equal to the live map (by an
@@ -323,29 +445,39 @@ class _Planner:
         self.build_aside += [CreateMap(want, pin), *self._fill(spec, pin)]
         self.move.append(MovePin(spec.name, pin, spec.name))
 
+    def _foreign_slot_warning(self, name: str, have: LiveMap) -> None:
+        outer = self.foreign_slots.get(have.id)
+        if outer is not None:
+            self.result.warnings.append(f"map '{name}' (ID {have.id}) is in a slot of the unmanaged outer map '{outer}', "
+                                        "which kmesh-apply leaves alone: that slot keeps the old map after the replacement")
+
     def _plan_outer(self, spec: OuterMapSpec) -> None:
         want = map_def(spec)
         template = map_def(self.config.inner_maps[spec.inner_map])
         have = self.live.get(spec.name)
+        if have is not None:
+            self._owned(spec, want, have)
         reasons = replace_reasons(want, have) if have is not None else []
         if have is not None and not reasons and have.is_outer:
             reasons = self._template_reasons(template, have)
+        if have is not None and reasons and self._refuse_replace(spec, reasons):
+            return
         if have is None or reasons:
             pin = spec.name if have is None else staging_pin(spec.name)
             self.outer_create.append(CreateMap(want, pin, template=self._instance(spec.inner_map)))
             if spec.slots:
                 self.slots.append(SetSlots(spec.name, pin, {k: self._instance(n) for k, n in spec.slots.items()}))
             if have is None:
-                self.result.changes.append(MapChange(spec.name, "create", "outer", want, added=dict(spec.slots)))
+                self.result.changes.append(self._change(spec, "create", want, added=dict(spec.slots)))
             else:
                 self.move.append(MovePin(spec.name, pin, spec.name))
-                change = MapChange(spec.name, "replace", "outer", want, reasons, holders=self._in_use(spec.name, have))
+                change = self._change(spec, "replace", want, reasons=reasons, holders=self._in_use(spec.name, have))
                 old = {k: self.names_by_id.get(i, f"id {i}") for k, i in have.slots.items()} if have.is_outer else {}
                 describe_entries(change, *entry_diff(dict(spec.slots), old, False), old)
                 self.result.changes.append(change)
             return
         set_: dict[bytes, str] = {}
-        change = MapChange(spec.name, "update", "outer", want)
+        change = self._change(spec, "update", want)
         for key, name in spec.slots.items():
             held = have.slots.get(key)
             current = self.live.get(name)
@@ -358,12 +490,22 @@ class _Planner:
                     change.changed[key] = (was, name)
             elif name in self.superseded:
                 set_[key] = self.instance[name]  # same map by name, new instance: not a change users see
-        clear = [k for k in have.slots if k not in spec.slots]
+        if spec.manage.all_entries:
+            clear = [k for k in have.slots if k not in spec.slots]
+        else:
+            clear = [k for k in spec.manage.absent if k in have.slots]
+            # Slots someone else set that hold a map this plan supersedes follow it to its new instance.
+            moving = {self.live[n].id: n for n in self.superseded if n in self.live}
+            set_.update({k: self.instance[moving[i]] for k, i in have.slots.items() if k not in spec.slots and i in moving})
         for k in clear:
             change.removed[k] = self.names_by_id.get(have.slots[k], f"id {have.slots[k]}")
         if set_ or clear:
             self.slots.append(SetSlots(spec.name, spec.name, set_, clear))
-        if change.added or change.changed or change.removed:
+        recorded = self.base.layouts.get(spec.name)
+        if spec.name not in self.adopting and recorded is not None and recorded.template not in (None, spec.inner_map):
+            self.in_place.append(RecordMap(spec.name, spec.name, have.id, layout=want))
+            change.reasons.append(f"its template is recorded as '{spec.inner_map}' (was '{recorded.template}')")
+        if change.added or change.changed or change.removed or change.reasons or change.adopted:
             self.result.changes.append(change)
 
     def _holders(self, have: LiveMap) -> list[Program]:
@@ -385,7 +527,7 @@ class _Planner:
 
     def _template_reasons(self, template: MapDef, have: LiveMap) -> list[str]:
         """The kernel does not report an outer map's template; the inner maps in its slots reveal it."""
-        by_id = {m.id: m for m in self.live.values()}
+        by_id = {m.id: m for m in (*self.base.unmanaged.values(), *self.live.values())}
         for inner_id in have.slots.values():
             inner = by_id.get(inner_id)
             if inner is not None:
@@ -394,6 +536,19 @@ class _Planner:
                     return [f"inner map template: {', '.join(mismatch)}"]
                 return []
         return []
+
+
+def _listed(desired: Mapping[bytes, Any], live: Mapping[bytes, Any], absent: AbstractSet[bytes],
+            is_array: bool) -> tuple[dict[bytes, Any], list[bytes], Mapping[bytes, Any]]:
+    """`manage_entries: listed`: the listed entries that differ, and the keys to be absent that are there
+    (an array's are zeroed); every other entry is someone else's."""
+    have = dict(live.items()) if isinstance(live, Entries) and len(desired) + len(absent) > 64 else live
+    put = {k: v for k, v in desired.items() if have.get(k) != v}
+    gone = [k for k in absent if k in have]
+    if is_array:
+        put.update(_zeroed(gone, have))
+        return put, [], have
+    return put, gone, have
 
 
 def _programs(programs: list[Program]) -> str:

@@ -11,15 +11,17 @@ from kmesh_apply.config.model import PERCPU_TYPES
 from kmesh_apply.plan.model import MapChange, MapDef, Plan
 from kmesh_apply.wording import count
 
-SYMBOL = {"create": "+", "update": "~", "replace": "-/+", "destroy": "-", "recover": "*"}
+SYMBOL = {"create": "+", "update": "~", "replace": "-/+", "destroy": "-", "recover": "*", "adopt": "<="}
 VERB = {
     "create": "will be created",
     "update": "will be updated in place",
     "replace": "must be replaced",
     "destroy": "will be destroyed",
     "recover": "is recovered from an interrupted apply",
+    "adopt": "will be adopted (managed by kmesh-apply from now on)",
 }
-COLOUR = {"+": "32", "~": "33", "-": "31", "-/+": "35", "*": "36"}
+COLOUR = {"+": "32", "~": "33", "-": "31", "-/+": "35", "*": "36", "<=": "36"}
+UNMANAGED_SHOWN = 20  # unmanaged maps named in text before the rest is counted (--json lists them all)
 FOLD_AFTER = 10  # entry lines shown per map before the rest is folded into a count
 LINE_BUDGET = 200  # entry lines in a whole plan: past it, maps show counts only (--json has everything)
 
@@ -96,7 +98,7 @@ def _changed_json(key: Any, old: Any, new: Any) -> dict[str, Any]:
 def _entry_lines(ch: MapChange, limit: int) -> tuple[list[str], int]:
     """The first `limit` entry changes, decoded; the rest only counted (decoding a million costs seconds)."""
     key = _decoder(ch.definition, "key")
-    value = _decoder(ch.definition, "value") if ch.kind == "inner" else str
+    value = _decoder(ch.definition, "value") if ch.kind != "outer" else str
     changes = chain((("+", k, None, v) for k, v in ch.added.items()),
                     (("~", k, o, n) for k, (o, n) in ch.changed.items()),
                     (("-", k, None, v) for k, v in ch.removed.items()))
@@ -112,21 +114,40 @@ def _paint(symbol: str, text: str, color: bool) -> str:
     return f"\x1b[{COLOUR[symbol]}m{text}\x1b[0m" if color and symbol in COLOUR else text
 
 
+def _unmanaged_text(plan: Plan) -> list[str]:
+    """The maps left alone, named (the first UNMANAGED_SHOWN) on one line."""
+    if not plan.unmanaged:
+        return []
+    shown = ", ".join(u.describe() for u in plan.unmanaged[:UNMANAGED_SHOWN])
+    more = f", and {len(plan.unmanaged) - UNMANAGED_SHOWN} more" if len(plan.unmanaged) > UNMANAGED_SHOWN else ""
+    return [f"Unmanaged ({count(len(plan.unmanaged), 'map')} pinned here by others, left alone): {shown}{more}"]
+
+
+def _title(ch: MapChange) -> str:
+    """`inner map "x"`, `outer map "x"`, or for a plain map `map "x"`."""
+    return f"{'' if ch.kind == 'plain' else ch.kind + ' '}map \"{ch.name}\""
+
+
 def render_text(plan: Plan, color: bool = False) -> str:
     """The plan as a reviewer reads it: one block per map, entry diffs folded, then the summary line."""
     if not plan.drift:
-        return "".join(f"Warning: {w}\n" for w in plan.warnings) + plan.summary() + "\n"
+        lines = [f"Warning: {w}" for w in plan.warnings] + _unmanaged_text(plan) + [plan.summary()]
+        return "\n".join(lines) + "\n"
     out = [f"kmesh-apply will perform the following actions in {plan.pin_root}:", ""] if plan.has_changes else []
     budget = LINE_BUDGET
     for ch in plan.changes:
         sym = SYMBOL[ch.action]
-        what = f"{ch.kind} map \"{ch.name}\" {VERB[ch.action]}"
+        what = f"{_title(ch)} {VERB[ch.action]}"
         if ch.action == "update" and ch.swap:
-            what = f"{ch.kind} map \"{ch.name}\" will be updated by swap (built aside, slots switched at once)"
+            what = f"{_title(ch)} will be updated by swap (built aside, slots switched at once)"
         if ch.definition is not None and ch.action in ("create", "replace"):
             d = ch.definition
             what += f" ({d.type}, max_entries {d.max_entries})"
         out.append(_paint(sym, f"  {sym} {what}", color))
+        if ch.adopted and ch.action != "adopt":
+            out.append("      # adopted: managed by kmesh-apply from now on")
+        if ch.manage_entries != "all" and ch.action in ("update", "adopt"):
+            out.append(f"      # manage_entries: {ch.manage_entries}: entries the configuration does not name are left alone")
         for r in ch.reasons:
             out.append(f"      # {r}")
         for p in ch.holders:
@@ -146,6 +167,8 @@ def render_text(plan: Plan, color: bool = False) -> str:
         out.append(f"Drift in {plan.pin_root}: loaded programs still read maps it replaced, until they are reloaded or unloaded:")
         out += [f"  ! {h.describe()}" for h in plan.held_replaced]
         out.append("")
+    if plan.unmanaged:
+        out += [*_unmanaged_text(plan), ""]
     out.append(plan.summary())
     return "\n".join(out) + "\n"
 
@@ -155,13 +178,15 @@ def render_json(plan: Plan) -> dict[str, Any]:
     changes = []
     for ch in plan.changes:
         key = _decoder(ch.definition, "key")
-        value = _decoder(ch.definition, "value") if ch.kind == "inner" else str
+        value = _decoder(ch.definition, "value") if ch.kind != "outer" else str
         changes.append({
             "name": ch.name,
             "kind": ch.kind,
             "action": ch.action,
             "reasons": ch.reasons,
             "swap": ch.swap,
+            "adopted": ch.adopted,
+            "manage_entries": ch.manage_entries,
             "holders": [asdict(p) for p in ch.holders],
             "counts": {"added": len(ch.added), "changed": len(ch.changed), "removed": len(ch.removed)},
             "added": [{"key": key(k), "value": value(v)} for k, v in ch.added.items()],
@@ -177,6 +202,7 @@ def render_json(plan: Plan) -> dict[str, Any]:
         "summary": plan.summary(),
         "warnings": plan.warnings,
         "held_replaced": [asdict(h) for h in plan.held_replaced],
+        "unmanaged": [asdict(u) for u in plan.unmanaged],
         "changes": changes,
         "steps": [{"op": s.op, "description": s.describe()} for s in plan.steps],
     }

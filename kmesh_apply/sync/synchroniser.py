@@ -21,8 +21,8 @@ from types import TracebackType
 from typing import Any, Iterable, Mapping
 
 from kmesh_apply.config import codecs, load_config
-from kmesh_apply.config.model import ARRAY_TYPES, PERCPU_TYPES, Config, InnerMapSpec, OuterMapSpec
-from kmesh_apply.errors import ApplyError, ConfigError, Diagnostic, KmeshError, ReplaceInUseError
+from kmesh_apply.config.model import ARRAY_TYPES, PERCPU_TYPES, PLAIN_SECTION, Config, InnerMapSpec, OuterMapSpec
+from kmesh_apply.errors import ApplyError, ConfigError, Diagnostic, KmeshError, PlanError, ReplaceInUseError
 from kmesh_apply.config.validate import incompatible
 from kmesh_apply.executor import ApplyReport
 from kmesh_apply.kernel.maps import possible_cpus
@@ -93,28 +93,40 @@ class Synchroniser:
             desired = self._desired_config()
             if map_name in desired.outer_maps:
                 outer = desired.outer_maps[map_name]
+                _entries_managed(outer)
                 slots = self._encode_slots(desired, outer, entries)
-                self._own(desired, map_name).slots.update(slots)  # type: ignore[union-attr]
+                owned = self._own(desired, map_name)
+                owned.slots.update(slots)  # type: ignore[union-attr]
+                written = set(slots)
             else:
                 spec = self._inner(desired, map_name)
+                _entries_managed(spec)
                 encoded = _encode_entries(spec, entries)
                 fresh = sum(1 for k in encoded if k not in spec.entries)
                 if spec.type not in ARRAY_TYPES and len(spec.entries) + fresh > spec.max_entries:
                     raise _input_error(map_name, f"{len(spec.entries) + fresh} entries do not fit max_entries "
                                                  f"{spec.max_entries}")
-                self._own(desired, map_name).entries.update(encoded)  # type: ignore[union-attr]
+                owned = self._own(desired, map_name)
+                owned.entries.update(encoded)  # type: ignore[union-attr]
+                written = set(encoded)
+            if owned.manage.absent & written:  # keys put again are no longer to be absent
+                owned.manage = replace(owned.manage, absent=owned.manage.absent - written)
             self._mark({map_name})
 
     def delete(self, map_name: str, keys: Iterable[Any]) -> None:
-        """Remove entries (an array's are zeroed; an outer map's slots are cleared). Missing keys are fine."""
+        """Remove entries (an array's are zeroed; an outer map's slots are cleared). Missing keys are fine.
+        In a `manage_entries: listed` map the keys are deleted by the next flush and then left alone."""
         with self._lock:
             desired = self._desired_config()
             spec = desired.outer_maps.get(map_name) or self._inner(desired, map_name)
+            _entries_managed(spec)
             encoded = [_encode(spec.key, k, map_name, k) for k in keys]
             owned = self._own(desired, map_name)
             table = owned.slots if isinstance(owned, OuterMapSpec) else owned.entries
             for key in encoded:
                 table.pop(key, None)  # type: ignore[union-attr]
+            if not owned.manage.all_entries:
+                owned.manage = replace(owned.manage, absent=owned.manage.absent | set(encoded))
             self._mark({map_name})
 
     def reject_config(self, error: ConfigError) -> None:
@@ -143,7 +155,7 @@ class Synchroniser:
             self._verify_error = None
             if self._desired is None:
                 return []
-            plan = self._plan(None)
+            plan = self._planned(None, set(self._dirty), start)
             drift = [c for c in plan.changes if c.name not in self._dirty]
             if drift:
                 self.recorder.drift(len(drift))
@@ -168,8 +180,17 @@ class Synchroniser:
                 self._failed(e, set(self._dirty), None, start)
                 raise
         scope = set(self._dirty)
-        plan = self._plan(None if self._plan_all else scope)
+        plan = self._planned(None if self._plan_all else scope, scope, start)
         return self._run(plan, scope | {c.name for c in plan.changes}, start)
+
+    def _planned(self, only: set[str] | None, names: set[str], start: float) -> Plan:
+        """`_plan`; a configuration that cannot be planned here (PlanError) fails the pass like a refused
+        apply: nothing was applied, health says why, and it is retried (the pin root may change)."""
+        try:
+            return self._plan(only)
+        except PlanError as e:
+            self._failed(e, names, None, start, cache_valid=True)
+            raise
 
     def _plan(self, only: set[str] | None) -> Plan:
         """Plan against the cache. A plan that moves a map over another (a replace or a swap) is made again
@@ -218,6 +239,9 @@ class Synchroniser:
         for name in names:
             if name in desired.inner_maps or name in desired.outer_maps:
                 self._status[name] = MapStatus(APPLIED, since=stamp)
+                spec = desired.inner_maps.get(name) or desired.outer_maps[name]
+                if spec.manage.absent:  # deleted now: from here on, keys like any others not listed
+                    self._own(desired, name).manage = replace(spec.manage, absent=frozenset())
             else:
                 self._status.pop(name, None)
         self._dirty -= names
@@ -328,8 +352,9 @@ class Synchroniser:
         for key, inner_name in slots.items():
             encoded = _encode(outer.key, key, outer.name, key)
             inner = desired.inner_maps.get(inner_name) if isinstance(inner_name, str) else None
-            if inner is None:
-                raise _input_error(outer.name, f"expected the name of an inner map of the desired state, got {inner_name!r}", key)
+            if inner is None or inner.section == PLAIN_SECTION:
+                raise _input_error(outer.name, f"expected the name of an inner map of the desired state (under "
+                                               f"inner_maps), got {inner_name!r}", key)
             problems = incompatible(template, inner)
             if problems:
                 raise _input_error(outer.name, f"inner map '{inner_name}' is incompatible with the template "
@@ -357,6 +382,13 @@ def _changed(old: Mapping[str, Any], new: Mapping[str, Any]) -> set[str]:
     """Names whose spec differs (unchanged specs are usually the very same objects: compared by identity first)."""
     differ = {n for n, spec in new.items() if old.get(n) is not spec}
     return {n for n in differ if old.get(n) != new[n]} | (old.keys() - new.keys())
+
+
+def _entries_managed(spec: InnerMapSpec | OuterMapSpec) -> None:
+    """`put` and `delete` write entries the configuration owns: not those of a `manage_entries: none` map."""
+    if spec.manage.entries == "none":
+        raise _input_error(spec.name, "its entries are not kmesh-apply's to write (manage_entries: none): "
+                                      "use manage_entries: listed to manage some of them")
 
 
 def _step_map(step: Step) -> str:

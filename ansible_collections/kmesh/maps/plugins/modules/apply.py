@@ -16,7 +16,8 @@ version_added: "0.1.0"
 description:
   - Plans the configuration against the maps pinned under the pin root (read through bpf syscalls)
     and performs the minimal, batched steps, as C(kmesh-apply apply) does.
-  - The configuration is the whole truth for its pin root; maps pinned there that it does not name are destroyed.
+  - The configuration is the whole truth for the maps kmesh-apply manages in its pin root (those it created or
+    adopted); a managed map it does not name is destroyed; maps pinned there by others are left alone.
   - Runs in-process through the kmesh_apply Python API; kmesh-apply must be installed for the node's Python interpreter.
 options:
   src:
@@ -36,8 +37,9 @@ options:
     type: str
   state:
     description:
-      - V(present) applies the configuration; V(absent) destroys every map of the pin root
-        (the pin root of O(src) or O(config) when one is given and O(pin_root) is not).
+      - V(present) applies the configuration; V(absent) destroys every map kmesh-apply manages in the pin root
+        (the pin root of O(src) or O(config) when one is given and O(pin_root) is not), and the pin root when
+        nothing else is left in it.
     type: str
     choices: [present, absent]
     default: present
@@ -99,10 +101,11 @@ EXAMPLES = r"""
 
 RETURN = r"""
 plan:
-  description: The plan's counts of maps, Terraform style (a replaced map counts as one created and one destroyed).
+  description: The plan's counts of maps, Terraform style (a replaced map counts as one created and one destroyed;
+    adopt counts the maps taken over from whoever pinned them).
   returned: always
   type: dict
-  sample: {"create": 2, "update": 1, "destroy": 0}
+  sample: {"adopt": 0, "create": 2, "update": 1, "destroy": 0}
 summary:
   description: The plan's closing line.
   returned: always
