@@ -1,11 +1,13 @@
 """Every map type the kernel has, in a pin root: every command reads it without failing, names
 its type as bpftool does, reads entries only where the kernel allows it (never popping a
-queue), and reports the others by type and size."""
+queue), and reports the others by type and size. Pinned by someone else, they are unmanaged:
+never changed (test_ownership.py), shown with `show --all`."""
 
 from __future__ import annotations
 
 import json
 import urllib.request
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -38,26 +40,27 @@ def test_every_kernel_map_type_has_bpftools_name():
 
 def test_the_reader_reads_every_type_and_only_what_the_kernel_gives(foreign: Path, bpftool):
     live = read_live(str(foreign))
-    assert set(live.maps) == set(FOREIGN)
+    assert set(live.unmanaged) == set(FOREIGN) and not live.maps
     for name, f in FOREIGN.items():
-        m = live.maps[name]
+        m = live.unmanaged[name]
         assert m.type == f.type and (m.key_size, m.value_size) == (f.key_size, f.value_size or m.value_size), name
         assert bool(m.unreadable) == (name in UNREAD), (name, m.unreadable)
         if m.unreadable:
             assert not m.entries
-    assert live.maps["f_hash"].entries == {(1).to_bytes(4, "little"): (10).to_bytes(4, "little"),
-                                           (2).to_bytes(4, "little"): (20).to_bytes(4, "little")}
-    assert list(live.maps["f_devmap"].entries) == [bytes(4)]
-    assert list(live.maps["f_cpumap"].entries) == [bytes(4)]
-    assert "popping" in live.maps["f_queue"].unreadable
-    assert "sockets" in live.maps["f_sk_storage"].unreadable
+    assert live.unmanaged["f_hash"].entries == {(1).to_bytes(4, "little"): (10).to_bytes(4, "little"),
+                                                (2).to_bytes(4, "little"): (20).to_bytes(4, "little")}
+    assert list(live.unmanaged["f_devmap"].entries) == [bytes(4)]
+    assert list(live.unmanaged["f_cpumap"].entries) == [bytes(4)]
+    assert "popping" in live.unmanaged["f_queue"].unreadable
+    assert "sockets" in live.unmanaged["f_sk_storage"].unreadable
     assert drain(foreign, "f_queue") == list(QUEUE_VALUES), "reading a queue must not consume it"
     assert drain(foreign, "f_stack") == list(reversed(STACK_VALUES))
 
 
 def test_kernel_ids_and_types_match_bpftool(foreign: Path, bpftool):
     live = read_live(str(foreign))
-    for name, m in live.maps.items():
+    assert set(live.unmanaged) == set(FOREIGN)
+    for name, m in live.unmanaged.items():
         shown = bpftool("map", "show", "pinned", str(foreign / name))
         assert shown["id"] == m.id
         # bpftool 7.1 (libbpf 1.1) names types up to user_ringbuf and prints newer ones as numbers
@@ -74,19 +77,20 @@ def test_an_unreadable_map_says_why_when_asked_for_entries(foreign: Path):
 
 def test_show_plan_usage_and_metrics_on_every_type(foreign: Path, tmp_path: Path):
     before = snapshot(foreign, FOREIGN)
-    shown = run_cli("kmesh-apply", "show", "--pin-root", str(foreign))
+    shown = run_cli("kmesh-apply", "show", "--all", "--pin-root", str(foreign))
     assert shown.returncode == 0, shown.stderr
     assert "type: ringbuf" in shown.stdout and "type: arena" in shown.stdout
-    doc = json.loads(run_cli("kmesh-apply", "show", "--json", "--pin-root", str(foreign)).stdout)
-    maps = doc["inner_maps"]
-    assert maps["f_ringbuf"] == {"type": "ringbuf", "max_entries": 4096}, "no key, no value, no entries"
-    assert maps["f_queue"] == {"type": "queue", "value_size": 4, "max_entries": 8}
+    doc = json.loads(run_cli("kmesh-apply", "show", "--all", "--json", "--pin-root", str(foreign)).stdout)
+    maps = doc["maps"]
+    assert maps["f_ringbuf"] == {"type": "ringbuf", "max_entries": 4096, "adopt": True}, "no key, no value, no entries"
+    assert maps["f_queue"] == {"type": "queue", "value_size": 4, "max_entries": 8, "adopt": True}
     assert maps["f_hash"]["entries"] == {"1": 10, "2": 20}
-    usage = run_cli("kmesh-apply", "show", "--usage", "--pin-root", str(foreign))
+    usage = run_cli("kmesh-apply", "show", "--usage", "--all", "--pin-root", str(foreign))
     assert usage.returncode == 0, usage.stderr
     ringbuf_row = next(line for line in usage.stdout.splitlines() if line.startswith("f_ringbuf "))
     assert ringbuf_row.split()[3] == "-", "entries that cannot be read are not counted as 0"
-    metrics = map_families("r", api.usage(str(foreign))).decode()
+    # Metrics give per-map gauges for managed maps only: as if these were managed.
+    metrics = map_families("r", [replace(u, kind="inner") for u in api.usage(str(foreign))]).decode()
     assert 'kmesh_apply_map_max_entries{map="f_ringbuf",pin_root="r"} 4096' in metrics
     assert 'kmesh_apply_map_entries{map="f_ringbuf"' not in metrics
     assert 'kmesh_apply_map_entries{map="f_hash",pin_root="r"} 2' in metrics
@@ -102,15 +106,17 @@ def test_show_plan_usage_and_metrics_on_every_type(foreign: Path, tmp_path: Path
 
 
 def test_apply_and_destroy_with_every_type(foreign: Path, tmp_path: Path):
+    before = snapshot(foreign, FOREIGN)
     config = tmp_path / "c.yaml"
     config.write_text(CONFIG)
     res = run_cli("kmesh-apply", "apply", "--auto-approve", str(config), "--pin-root", str(foreign))
     assert res.returncode == 0, res.stderr
     assert (foreign / "mine").exists()
-    pin_foreign_maps(foreign)  # again: they appear between two runs
     res = run_cli("kmesh-apply", "destroy", "--auto-approve", "--pin-root", str(foreign))
     assert res.returncode == 0, res.stderr
     assert not (foreign / "mine").exists()
+    assert snapshot(foreign, FOREIGN) == before, "someone else's maps are never changed or destroyed"
+    assert drain(foreign, "f_queue") == list(QUEUE_VALUES)
 
 
 def test_watch_and_its_metrics_with_maps_of_every_type_appearing(pin_root: Path, tmp_path: Path):
@@ -126,15 +132,21 @@ def test_watch_and_its_metrics_with_maps_of_every_type_appearing(pin_root: Path,
     try:
         w.wait_for(lambda: (pin_root / "mine").exists(), "the first apply")
         pin_foreign_maps(pin_root)
-        w.wait_for(lambda: w.events("drift"), "a drift check that reads the new maps")
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
-            assert b'kmesh_apply_map_entries{map="mine"' in r.read()
+        counted = f'kmesh_apply_maps{{kind="unmanaged",pin_root="{pin_root}"}} {len(FOREIGN)}'.encode()
+        w.wait_for(lambda: counted in scrape(port), "a drift check that reads the new maps")
+        assert b'kmesh_apply_map_entries{map="mine"' in scrape(port)
+        assert not w.events("drift"), "someone else's maps appearing are no drift"
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as r:
             assert r.status == 200
     finally:
         code = w.stop()
     assert code == 0, "".join(w.raw)
     assert not [e for e in w.lines if e["event"] in ("error", "crash")], w.raw
+
+
+def scrape(port: int) -> bytes:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        return r.read()
 
 
 def test_kmesh_map_list_and_info_on_every_type(foreign: Path):

@@ -1,5 +1,5 @@
 """A shared pin root against the real kernel (contract section 9, issue 22): maps pinned by someone
-else are never changed or destroyed, an adopted map and maps in each `manage_entries` mode go through
+else (of every type the kernel has) are never changed or destroyed, an adopted map and maps in each `manage_entries` mode go through
 plan, apply, show, destroy, watch and drift checks with nothing foreign touched (kernel IDs and
 entries compared with bpftool, the independent client) and no false drift from others' entries."""
 
@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import bpftool_json, pinned_maps, run_cli
+from foreign_maps import FOREIGN, QUEUE_VALUES, drain, pin_foreign_maps, snapshot
 from test_watch import Watch
 
 from kmesh_apply import api
@@ -25,16 +26,18 @@ from kmesh_apply.pinroot import records
 from kmesh_apply.state import KEY_TYPES_DIR, LAYOUTS_DIR, OWNED_PIN
 from kmesh_apply.sync.synchroniser import Synchroniser
 
-# Maps a loader and a daemon pinned in the directory before kmesh-apply came (no BTF, as cilium/ebpf
-# and bpftool make them): name -> bpftool `map create` arguments.
-FOREIGN = {
-    "f_hash": "type hash key 4 value 8 entries 16",
-    "f_percpu": "type percpu_hash key 4 value 8 entries 16",
-    "f_lru": "type lru_hash key 4 value 8 entries 16",
-    "f_array": "type array key 4 value 4 entries 4",
-    "f_progs": "type prog_array key 4 value 4 entries 4",
-    "f_inner": "type hash key 4 value 8 entries 8",
+# Maps a loader and a daemon pinned in the directory before kmesh-apply came, made by bpftool (no BTF,
+# as cilium/ebpf makes them): name -> `map create` arguments. Beside them, one map of every type the
+# kernel has (foreign_maps.FOREIGN).
+LOADER = {
+    "l_hash": "type hash key 4 value 8 entries 16",
+    "l_percpu": "type percpu_hash key 4 value 8 entries 16",
+    "l_lru": "type lru_hash key 4 value 8 entries 16",
+    "l_array": "type array key 4 value 4 entries 4",
+    "l_progs": "type prog_array key 4 value 4 entries 4",
+    "l_inner": "type hash key 4 value 8 entries 8",
 }
+OTHERS = sorted([*LOADER, *FOREIGN])
 CONFIG = """
 maps:
   km_backend:                  # the daemon's map: adopted, only entry 7 is the config's
@@ -115,14 +118,19 @@ def entries_of(root: Path, name: str) -> dict[int, int]:
             for e in bpftool_json("map", "dump", "pinned", str(root / name)) or []}
 
 
+def untouched(root: Path) -> tuple[object, object]:
+    """What bpftool says of the maps someone else pinned: IDs, types and the entries it can dump."""
+    return as_bpftool_sees(root, LOADER), snapshot(root, FOREIGN)
+
+
 @pytest.fixture
 def shared(pin_root: Path) -> Path:
     """A pin root where a loader and a daemon were first: foreign maps with entries, and the daemon's km_backend."""
-    pin_root.mkdir()
-    for name, spec in FOREIGN.items():
+    pin_foreign_maps(pin_root)
+    for name, spec in LOADER.items():
         pin_foreign(pin_root, name, spec)
-    bpftool("map", "update", "pinned", str(pin_root / "f_hash"), "key", *u32(1), "value", *u64(11))
-    bpftool("map", "update", "pinned", str(pin_root / "f_array"), "key", *u32(2), "value", *u32(22))
+    bpftool("map", "update", "pinned", str(pin_root / "l_hash"), "key", *u32(1), "value", *u64(11))
+    bpftool("map", "update", "pinned", str(pin_root / "l_array"), "key", *u32(2), "value", *u32(22))
     pin_foreign(pin_root, "km_backend", "type hash key 4 value 8 entries 16")
     for key, value in ((1, 100), (2, 200)):
         bpftool("map", "update", "pinned", str(pin_root / "km_backend"), "key", *u32(key), "value", *u64(value))
@@ -134,20 +142,21 @@ def test_a_shared_pin_root_end_to_end(shared: Path, tmp_path: Path):
     conf = tmp_path / "conf"
     conf.mkdir()
     (conf / "mesh.yaml").write_text(CONFIG)
-    foreign_before = as_bpftool_sees(root, FOREIGN)
+    foreign_before = untouched(root)
     backend_id = bpftool_json("map", "show", "pinned", str(root / "km_backend"))["id"]
 
     # plan: the foreign maps are listed, the daemon's map is adopted, nothing else is touched.
     planned = json.loads(cli("plan", str(conf), "--json", root=root).stdout)
-    assert [u["name"] for u in planned["unmanaged"]] == sorted(FOREIGN)
+    assert [u["name"] for u in planned["unmanaged"]] == OTHERS
     adopted = next(c for c in planned["changes"] if c["name"] == "km_backend")
     assert (adopted["action"], adopted["adopted"], adopted["added"]) == ("adopt", True, [{"key": 7, "value": 700}])
     assert planned["counts"] == {"adopt": 1, "create": 4, "update": 0, "destroy": 0}
     text = cli("plan", str(conf), root=root).stdout
-    assert '<= map "km_backend" will be adopted' in text and "Unmanaged (6 maps pinned here by others, left alone)" in text
+    assert '<= map "km_backend" will be adopted' in text
+    assert f"Unmanaged ({len(OTHERS)} maps pinned here by others, left alone): f_arena (arena, ID" in text
 
     cli("apply", str(conf), "--auto-approve", root=root)
-    assert as_bpftool_sees(root, FOREIGN) == foreign_before
+    assert untouched(root) == foreign_before
     assert bpftool_json("map", "show", "pinned", str(root / "km_backend"))["id"] == backend_id  # the same map, taken over
     assert entries_of(root, "km_backend") == {1: 100, 2: 200, 7: 700}
     # The ownership record names every managed map by its kernel ID, the daemon's one as adopted.
@@ -160,9 +169,9 @@ def test_a_shared_pin_root_end_to_end(shared: Path, tmp_path: Path):
     # The daemon and the programs write their entries; none of that is drift.
     bpftool("map", "update", "pinned", str(root / "km_backend"), "key", *u32(3), "value", *u64(300))
     bpftool("map", "update", "pinned", str(root / "km_conntrack"), "key", *u32(5), "value", *u64(55))
-    bpftool("map", "update", "pinned", str(root / "services"), "key", *u32(2), "value", "pinned", str(root / "f_inner"))
+    bpftool("map", "update", "pinned", str(root / "services"), "key", *u32(2), "value", "pinned", str(root / "l_inner"))
     clean = cli("plan", str(conf), "--detailed-exitcode", root=root)
-    assert "No changes." in clean.stdout and "f_hash (hash, ID" in clean.stdout
+    assert "No changes." in clean.stdout and "(arena, ID" in clean.stdout and f"and {len(OTHERS) - 20} more" in clean.stdout
 
     # show: the managed maps only (plain maps under maps:), with the adopted map's recorded types.
     shown = yaml.safe_load(cli("show", root=root).stdout)
@@ -170,13 +179,14 @@ def test_a_shared_pin_root_end_to_end(shared: Path, tmp_path: Path):
     assert shown["maps"]["km_backend"]["key"] == "u32" and shown["maps"]["km_backend"]["value"] == "u64"
     assert shown["outer_maps"]["services"]["inner_map"] == "backends"
     everything = yaml.safe_load(cli("show", "--all", root=root).stdout)
-    assert everything["maps"]["f_hash"]["adopt"] is True and everything["maps"]["f_hash"]["entries"] == {1: 11}
+    assert everything["maps"]["l_hash"]["adopt"] is True and everything["maps"]["l_hash"]["entries"] == {1: 11}
+    assert everything["maps"]["f_ringbuf"] == {"type": "ringbuf", "max_entries": 4096, "adopt": True}
     usage = json.loads(cli("show", "--usage", "--json", "--all", root=root).stdout)["maps"]
-    assert {u["name"] for u in usage if u["kind"] == "unmanaged"} == set(FOREIGN)
+    assert sorted(u["name"] for u in usage if u["kind"] == "unmanaged") == OTHERS
     metrics = tmp_path / "kmesh.prom"
     cli("plan", str(conf), "--metrics-file", str(metrics), root=root)
-    assert f'kmesh_apply_maps{{kind="unmanaged",pin_root="{root}"}} 6' in metrics.read_text()
-    assert 'map="f_hash"' not in metrics.read_text()
+    assert f'kmesh_apply_maps{{kind="unmanaged",pin_root="{root}"}} {len(OTHERS)}' in metrics.read_text()
+    assert 'map="l_hash"' not in metrics.read_text()
 
     # The synchroniser: drift checks see no drift; put/delete honour each map's mode.
     with Synchroniser(str(root)) as sync:
@@ -190,7 +200,7 @@ def test_a_shared_pin_root_end_to_end(shared: Path, tmp_path: Path):
         assert entries_of(root, "km_backend") == {1: 100, 2: 200, 3: 300, 8: 800}
         bpftool("map", "update", "pinned", str(root / "km_backend"), "key", *u32(7), "value", *u64(7))
         assert sync.verify() == []  # deleted once as asked; the daemon may write it again
-    assert as_bpftool_sees(root, FOREIGN) == foreign_before
+    assert untouched(root) == foreign_before
 
     # watch: keeps the pin root equal to the files, corrects drift of what it owns, and nothing else.
     w = Watch([conf], root, "--drift-interval", "0.2")
@@ -201,14 +211,15 @@ def test_a_shared_pin_root_end_to_end(shared: Path, tmp_path: Path):
     finally:
         assert w.stop() == 0
     assert [d["maps"] for d in w.events("drift")] == [["settings"]]
-    assert as_bpftool_sees(root, FOREIGN) == foreign_before
+    assert untouched(root) == foreign_before
     assert entries_of(root, "km_conntrack") == {5: 55}
 
     # destroy: the managed maps (the adopted one too) and the records go; the foreign maps stay, so does the pin root.
     cli("destroy", "--auto-approve", root=root)
-    assert as_bpftool_sees(root, FOREIGN) == foreign_before
-    assert sorted(os.listdir(root)) == sorted(FOREIGN)
-    for name in FOREIGN:
+    assert untouched(root) == foreign_before
+    assert sorted(os.listdir(root)) == OTHERS
+    assert drain(root, "f_queue") == list(QUEUE_VALUES), "nothing popped the daemon's queue"
+    for name in OTHERS:
         os.unlink(root / name)
     cli("destroy", "--auto-approve", root=root)
     assert not root.exists()
