@@ -119,6 +119,23 @@ def test_cached_load_equals_uncached(tmp_path: Path, cache_dir: Path, parsed: li
     assert "m1:" not in parsed[1] and "outer:" in parsed[1] and parsed[1].count("\n") == f.read_text().count("\n")
 
 
+def test_plain_maps_are_reused_like_inner_maps(tmp_path: Path, cache_dir: Path, parsed: list[str]) -> None:
+    """`maps:` is cut and cached as `inner_maps:` is; a map moved from one section to the other is parsed again."""
+    f = tmp_path / "c.yaml"
+    plain = HEADER + "maps:\n" + inner("p0", {1: 1}) + inner("p1", {2: 2}) + config_text().removeprefix(HEADER)
+    f.write_text(plain)
+    first = load_config([f])
+    second = load_config([f])
+    same_config(first, second)
+    assert "p0:" not in parsed[-1] and "m1:" not in parsed[-1]
+    assert (second.inner_maps["p0"].section, second.inner_maps["p1"].section, second.inner_maps["m0"].section) == \
+        ("maps", "maps", "inner_maps")
+    f.write_text(plain.replace("maps:\n" + inner("p0", {1: 1}), "maps:\n", 1).replace("inner_maps:\n", "inner_maps:\n" + inner("p0", {1: 1})))
+    moved = load_config([f])
+    assert "p0:" in parsed[-1] and moved.inner_maps["p0"].section == "inner_maps"
+    same_config(moved, load_config([f], use_cache=False))
+
+
 def test_a_changed_map_is_parsed_again_and_others_reused(tmp_path: Path, cache_dir: Path, parsed: list[str]) -> None:
     f = tmp_path / "c.yaml"
     f.write_text(config_text())

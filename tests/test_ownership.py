@@ -272,6 +272,7 @@ def test_a_pin_someone_replaced_is_no_longer_managed(pin_root: Path, tmp_path: P
     assert f"not the map ID {ours} kmesh-apply made" in res.stderr
     cli("destroy", "--auto-approve", root=pin_root)
     assert [p.name for p in pinned_maps(pin_root)] == ["a"]  # theirs, left alone
+    assert not (pin_root / OWNED_PIN).exists(), "the record of a map that is gone is pruned"
 
 
 def test_the_template_is_recorded_and_given_back(pin_root: Path, tmp_path: Path):

@@ -74,11 +74,14 @@ def load_config(paths: Sequence[str | os.PathLike] = (), *, inline: str | Mappin
 
 
 def _store(cache: Cache, sources: list[Source], config: Config) -> None:
-    """Keep every inner map of a cut file, and the cut, for the next load (unless the cache holds them already)."""
+    """Keep every plain and inner map of a cut file, and the cut, for the next load (unless the cache holds them already)."""
+    from kmesh_apply.config.chunks import CACHED_SECTIONS
+
     for src in sources:
         if src.layout is None or src.layout_stored:
             continue
-        if set(src.data.get("inner_maps") or {}) != set(src.digests) - set(src.reused):
+        parsed = {name: m for section in CACHED_SECTIONS for name, m in (src.data.get(section) or {}).items()}
+        if set(parsed) != set(src.digests) - set(src.reused):
             continue  # the parser saw other maps than the cut: never store what the cut got wrong
         maps = {}
         for name, digest in src.digests.items():
@@ -86,7 +89,7 @@ def _store(cache: Cache, sources: list[Source], config: Config) -> None:
             if name in src.reused:
                 maps[digest] = src.reused[name]
             elif spec is not None and isinstance(spec.entries, Entries):  # as check_inner packs them
-                definition = {k: v for k, v in src.data["inner_maps"][name].items() if k != "entries"}
+                definition = {k: v for k, v in parsed[name].items() if k != "entries"}
                 maps[digest] = (definition, spec.entries.payload())
         whole, cut, digests, blocks, seen = src.layout
         # A map's blocks are kept only when they hold its entries one a line, in order.
@@ -109,7 +112,7 @@ def _flow_entries(doc: Mapping[str, Any], lines: dict[str, str] | None) -> dict[
     """The document as PyYAML should write it; with `lines`, integer-only entries are left out,
     each in `lines` under the placeholder written in its place (a token no config holds)."""
     out = dict(doc)
-    for section in ("inner_maps", "outer_maps"):
+    for section in ("maps", "inner_maps", "outer_maps"):
         maps = {}
         for name, m in (doc.get(section) or {}).items():
             m = dict(m)

@@ -18,7 +18,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-SECTIONS = ("inner_maps", "outer_maps")
+SECTIONS = ("inner_maps", "maps", "outer_maps")
+# The sections whose maps are taken from the cache: plain and inner maps, whose entries make up most of a file.
+CACHED_SECTIONS = ("inner_maps", "maps")
 # Bytes that open anchors, aliases or tags (or break lines oddly): a file that holds any of
 # them anywhere, even in a comment or a string, is parsed whole rather than reasoned about.
 _UNSAFE_BYTES = (b"&", b"*", b"!", b"\r", b"\t")
@@ -27,7 +29,7 @@ _TOP_LINE = re.compile(rb"\n([^ #\n][^\n]*)")
 _FIRST_LINE = re.compile(rb"([^ #\n][^\n]*)")
 # A top-level key with nothing after it, a plain scalar, or a quoted one closed on the same line.
 _TOP_KEY = re.compile(rb"""([A-Za-z_][A-Za-z0-9_]*):(?:[ ]+(?:[^ #{\[|>'"].*|"[^"\\]*"[ ]*|'[^']*'[ ]*)?)?(?:[ ]+#.*)?""")
-_SECTION_HEADER = re.compile(rb"(inner_maps|outer_maps):[ ]*(?:#.*)?")
+_SECTION_HEADER = re.compile(rb"(inner_maps|maps|outer_maps):[ ]*(?:#.*)?")
 _CONTENT_LINE = re.compile(rb"\n( *)[^ \n#]")
 
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
-from kmesh_apply.config.chunks import Chunk, blank_out, split
+from kmesh_apply.config.chunks import CACHED_SECTIONS, Chunk, blank_out, split
 from kmesh_apply.errors import Diagnostic
 
 if TYPE_CHECKING:
@@ -60,14 +60,13 @@ class Source:
     text_keys: bool = False  # mapping keys may be strings that stand for integers (JSON objects)
     reread: Callable[[], str | None] | None = None  # the text again, None if the file changed since
 
-    @property
-    def inner_order(self) -> list[str]:
-        """Every inner map name of a cut file, in file order."""
-        return [name for section, name, _, _ in self.layout[1] if section == "inner_maps"] if self.layout else []
+    def order(self, section: str) -> list[str]:
+        """Every map name of a section of a cut file, in file order."""
+        return [name for s, name, _, _ in self.layout[1] if s == section] if self.layout else []
 
     @property
     def digests(self) -> dict[str, bytes]:
-        """Each inner map's chunk digest, for a cut file."""
+        """Each plain and inner map's chunk digest, for a cut file."""
         return self.layout[2] if self.layout else {}
 
     def full_text(self) -> str | None:
@@ -161,7 +160,7 @@ def _blocks_only(raw: bytes, path: Path) -> _Reuse | None:
     partial: dict[str, Partial] = {}
     blank = []
     for c in chunks or ():
-        body = entries_body(raw, c) if c.section == "inner_maps" else None
+        body = entries_body(raw, c) if c.section in CACHED_SECTIONS else None
         if body is not None:
             blocks = [(i.to_bytes(4, "little"), s, e) for i, (s, e) in enumerate(cut(raw, body[0], c.end))]
             partial[c.name] = Partial(None, [], raw, blocks, body[1])
@@ -221,7 +220,7 @@ def _known(file: str, pack: Pack, seen: tuple[int, int, int, int, int], cache: C
     layout = pack.layout
     if layout is None or layout[4] is None or layout[4][0] != seen:
         return None
-    inner = [name for section, name, _, _ in layout[1] if section == "inner_maps"]
+    inner = [name for section, name, _, _ in layout[1] if section in CACHED_SECTIONS]
     digests = layout[2]
     payloads = pack.payloads([digests[name] for name in inner])
     if any(digests[name] not in payloads for name in inner):
@@ -252,8 +251,9 @@ class _Reuse:
     def fill(self, src: Source, text: str | None = None) -> None:
         """Give the parsed rest of the file what came from the cache; the whole `text` is kept only
         when it was decoded anyway, else read again if a problem needs a line."""
-        if self.reused and isinstance(src.data, dict) and src.data.get("inner_maps", {}) is None:
-            src.data["inner_maps"] = {}  # every inner map came from the cache
+        for section in CACHED_SECTIONS if self.reused and isinstance(src.data, dict) else ():
+            if src.data.get(section, {}) is None:
+                src.data[section] = {}  # every map of the section came from the cache
         src.text, src.reread = text, self.reread
         src.reused, src.layout, src.layout_stored = self.reused, self.layout, self.layout_stored
         src.partial = self.partial
@@ -278,9 +278,9 @@ def _reuse(raw: bytes, file: str, cache: Cache, pack: Pack, blocks: bool,
             return None
         chunks, was_seen = cut_now, None
         view = memoryview(raw)
-        digests = {c.name: cache.digest(c, view[c.start:c.end]) for c in chunks if c.section == "inner_maps"}
+        digests = {c.name: cache.digest(c, view[c.start:c.end]) for c in chunks if c.section in CACHED_SECTIONS}
         map_blocks = {}
-    inner = [c for c in chunks if c.section == "inner_maps"]
+    inner = [c for c in chunks if c.section in CACHED_SECTIONS]
     _, _, before, blocks_before, _ = pack.layout or (None, None, {}, {}, None)
     payloads = pack.payloads([digests[c.name] for c in inner] + [before[c.name] for c in inner if c.name in before])
     reused = {c.name: payloads[digests[c.name]] for c in inner if digests[c.name] in payloads}

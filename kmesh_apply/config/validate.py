@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from kmesh_apply.config import codecs
 from kmesh_apply.config.blocks import BlocksRefused, Partial
+from kmesh_apply.config.chunks import CACHED_SECTIONS
 from kmesh_apply.config.loader import INLINE, Problem, Source, parse_text
 from kmesh_apply.config.model import (
     ARRAY_TYPES,
@@ -120,7 +121,7 @@ def schema_problems(src: Source, known_valid: set[bytes] | None = None) -> list[
                             for rep in seen.values()}
         # The document's shape includes the maps taken from the cache (they are in the file), so a
         # run that reuses more or fewer of them still recognises a shape validated before.
-        reused = {_shape(definition) for definition, _ in src.reused.values()} if section == "inner_maps" else set()
+        reused = {_shape(src.reused[n][0]) for n in src.order(section) if n in src.reused}
         shapes[section] = sorted(set(seen) | reused)
     shape = _shape_digest(shallow, shapes)
     if known_valid is not None and shape in known_valid:
@@ -571,8 +572,9 @@ def _named_types(sources: list[Source], problems: list[Problem]) -> NamedTypes:
 def _definitions(src: Source, section: str) -> list[tuple[Any, Any]]:
     """A section's (name, definition) pairs in file order, the maps taken from the cache included."""
     parsed = src.data.get(section) or {}
-    if section != "inner_maps" or not src.reused:
+    if section not in CACHED_SECTIONS or not src.reused:
         return list(parsed.items())
-    listed = set(src.inner_order)
-    order = [n for n in src.inner_order if n in src.reused or n in parsed] + [n for n in parsed if n not in listed]
+    cut = src.order(section)
+    listed = set(cut)
+    order = [n for n in cut if n in src.reused or n in parsed] + [n for n in parsed if n not in listed]
     return [(n, src.reused[n][0] if n in src.reused else parsed[n]) for n in order]

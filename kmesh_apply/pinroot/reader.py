@@ -117,6 +117,7 @@ def _sort_by_owner(state: LiveState, pinned: dict[str, LiveMap]) -> None:
         for name, m in pinned.items():
             record = owned.get(name)
             (state.maps if record is not None and m.id in record.ids else state.unmanaged)[name] = m
+        state.stale = owned.keys() - state.maps.keys()
     if state.maps:
         state.layouts = _with_layouts(state.pin_root, list(state.maps.values()))
 

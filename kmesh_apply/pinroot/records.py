@@ -91,13 +91,16 @@ def read_owned(path: str, buffers: LookupBuffers | None = None) -> dict[str, Own
         if (info.type, info.key_size, info.value_size) != ("hash", NAME_BYTES, _VALUE.size):
             raise KmeshError(f"{path} is not a kmesh-apply ownership record ({info.type} map, key {info.key_size} "
                              f"bytes, value {info.value_size} bytes): remove it only if you know who made it")
-        out = {}
-        for key, value in m.items(buffers).items():
-            fmt, origin, map_id, next_id = _VALUE.unpack(value)
-            if fmt != OWNED_FORMAT or origin not in _ORIGIN_NAMES:
-                raise KmeshError(f"{path} holds a record of format {fmt} (origin {origin}); this kmesh-apply reads "
-                                 f"format {OWNED_FORMAT}: use the kmesh-apply that wrote it, or a newer one")
-            out[key.rstrip(b"\0").decode(errors="replace")] = Owned(_ORIGIN_NAMES[origin], tuple(i for i in (map_id, next_id) if i))
+        entries = m.items(buffers)
+    keys, values = entries.keys_buffer, entries.values_buffer
+    end = keys.index  # a name ends at its first NUL (at most 255 bytes: there always is one)
+    names = [keys[i:end(0, i)].decode(errors="replace") for i in range(0, len(keys), NAME_BYTES)]
+    out = {}
+    for name, (fmt, origin, map_id, next_id) in zip(names, _VALUE.iter_unpack(values)):
+        if fmt != OWNED_FORMAT or origin not in _ORIGIN_NAMES:
+            raise KmeshError(f"{path} holds a record of format {fmt} (origin {origin}); this kmesh-apply reads "
+                             f"format {OWNED_FORMAT}: use the kmesh-apply that wrote it, or a newer one")
+        out[name] = Owned(_ORIGIN_NAMES[origin], (map_id, next_id) if next_id else (map_id,))
     return out
 
 
@@ -166,22 +169,21 @@ class Ownership:
         self.removed.add(name)
 
     def finish(self) -> None:
-        """After the last step (or a failed one): fold moves in, prune removed maps and maps that
-        vanished (no longer pinned under their name with a recorded ID), in one batch each, and the
-        layout records of maps no longer managed; remove the record when it is left empty."""
+        """After the last step (or a failed one): fold moves in, prune removed maps and those the reader
+        found no longer pinned under their name with a recorded ID (`LiveState.stale`), in one batch
+        each, and the layout records of maps no longer managed; remove the record when it is left
+        empty. Nothing to do costs no syscall (the synchroniser finishes every flush)."""
         owned = self.owned
-        maps = self.live.maps
-        vanished = {n for n, o in owned.items() if n not in self.touched and n not in self.moved and
-                    (n not in maps or maps[n].id not in o.ids)}
-        gone = sorted((self.removed - self.moved.keys() | vanished) & owned.keys())
+        stale = self.live.stale - self.touched - self.moved.keys()
+        gone = sorted((self.removed - self.moved.keys() | stale) & owned.keys())
         update = {n: o for n, o in self.moved.items() if owned.get(n) != o}
+        changed = bool(gone or update or self.touched)
         self.moved.clear()
         self.removed.clear()
         try:
-            if len(gone) == len(owned) and not update and not has_legacy_records(self.root):
-                if gone:  # an empty record stays while other records do: else the pin root would read as an earlier version's
-                    _unlink(self.path)
-                    owned.clear()
+            if gone and len(gone) == len(owned) and not update and not has_legacy_records(self.root):
+                _unlink(self.path)  # (an empty record stays while other records do: else the root would read as an earlier version's)
+                owned.clear()
             elif gone or update:
                 m = self._handle(len(owned) + len(update))
                 if gone:
@@ -189,9 +191,11 @@ class Ownership:
                     for n in gone:
                         del owned[n]
                 self._put(update)
+            self.live.stale = set()
         finally:
             self._close()
-        prune_layouts(self.root, {i for o in owned.values() for i in o.ids})
+        if changed:
+            prune_layouts(self.root, {i for o in owned.values() for i in o.ids})
 
     def _put(self, entries: dict[str, Owned]) -> None:
         if not entries:
