@@ -15,6 +15,7 @@ import pytest
 import yaml
 from conftest import bpftool_json, pinned_maps, run_cli
 from foreign_maps import FOREIGN, QUEUE_VALUES, drain, pin_foreign_maps, snapshot
+from test_safety import cli
 from test_watch import Watch
 
 from kmesh_apply import api
@@ -76,14 +77,6 @@ outer_maps:
     manage_entries: listed
     entries: {1: backends}
 """
-
-
-def cli(*args: str, root: Path, check: int | None = 0) -> subprocess.CompletedProcess:
-    res = run_cli("kmesh-apply", *args, "--pin-root", str(root))
-    assert "Traceback" not in res.stderr, res.stderr
-    if check is not None:
-        assert res.returncode == check, f"exit {res.returncode}\nstdout:\n{res.stdout}\nstderr:\n{res.stderr}"
-    return res
 
 
 def bpftool(*args: str) -> None:

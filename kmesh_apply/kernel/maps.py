@@ -207,6 +207,15 @@ class Map:
             raise fail("pin", f"{self.label} at {path}", -ret, hints.get(-ret, ""))
         self.path = path
 
+    def pin_new(self, path: str) -> Map:
+        """Pin a map just created; if that fails, close it (nothing else holds it: it goes away) and raise."""
+        try:
+            self.pin(path)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
     # --- the handle -------------------------------------------------------------------
 
     @property

@@ -231,16 +231,9 @@ class Ownership:
             self._record = None
 
 
-def _create_owned(path: str, capacity: int, pin: bool = True) -> Map:
-    m = Map.create("hash", NAME_BYTES, _VALUE.size, capacity, name="kmesh_owned", flags=("no_prealloc",),
-                   key_type=_OWNED_KEY, value_type=_OWNED_VALUE)
-    if pin:
-        try:
-            m.pin(path)
-        except BaseException:
-            m.close()
-            raise
-    return m
+def _create_owned(path: str, capacity: int) -> Map:
+    return Map.create("hash", NAME_BYTES, _VALUE.size, capacity, name="kmesh_owned", flags=("no_prealloc",),
+                      key_type=_OWNED_KEY, value_type=_OWNED_VALUE).pin_new(path)
 
 
 def _rebuild(pin_root: str, old: Map, owned: dict[str, Owned], capacity: int) -> Map:
@@ -259,10 +252,7 @@ def _rebuild(pin_root: str, old: Map, owned: dict[str, Owned], capacity: int) ->
         raise
     finally:
         old.close()
-        try:
-            os.rmdir(os.path.dirname(aside))
-        except OSError:
-            pass  # maps are still staged there
+        _rmdir_if_empty(os.path.dirname(aside))  # unless maps are still staged there
     return m
 
 

@@ -66,11 +66,5 @@ def _open_or_create(path: str) -> Map:
     except KernelError as e:
         if e.errno != errno.ENOENT:
             raise
-    m = Map.create("hash", 4, NAME_BYTES, CAPACITY, name="kmesh_replaced", flags=("no_prealloc",),
-                   key_type=parse_type("u32"), value_type=parse_type(f"char[{NAME_BYTES}]"))
-    try:
-        m.pin(path)
-    except BaseException:
-        m.close()
-        raise
-    return m
+    return Map.create("hash", 4, NAME_BYTES, CAPACITY, name="kmesh_replaced", flags=("no_prealloc",),
+                      key_type=parse_type("u32"), value_type=parse_type(f"char[{NAME_BYTES}]")).pin_new(path)
