@@ -42,6 +42,12 @@ root's lock except where said):
     key type as the BTF key of a one-entry hash map pinned under the outer map's name.
 
 The record of replaced maps still held by programs lives beside these, in `replaced.py`.
+
+Reading them: `reader.read_live` sorts the pinned maps into `LiveState.maps` (managed) and
+`LiveState.unmanaged`, keeps the ownership record as `LiveState.owned` (name -> `Owned`) and
+the layouts as `LiveState.layouts` (name -> `Layout`); a managed map without BTF of its own
+gets its recorded key and value types as `LiveMap.key_type`/`value_type`. So "the old layout"
+of a map is its `LiveMap` types: from its BTF, else from its layout record.
 """
 
 from __future__ import annotations
