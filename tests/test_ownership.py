@@ -313,3 +313,23 @@ def test_the_ownership_record_grows_as_maps_are_added(pin_root: Path, monkeypatc
         assert m.info.max_entries >= 10 and len(m.items()) == 10
     assert not (pin_root / "_kmesh_staging").exists()
     assert not api.plan(load_config(inline={"maps": maps}), str(pin_root)).has_changes
+
+
+def test_a_saved_plan_adopts_and_is_not_stale_for_entries_it_does_not_own(pin_root: Path, tmp_path: Path):
+    pin_root.mkdir()
+    pin_foreign(pin_root, "x", "type hash key 4 value 8 entries 8")
+    theirs = bpftool_json("map", "show", "pinned", str(pin_root / "x"))["id"]
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("maps:\n  x: {type: hash, key: u32, value: u64, max_entries: 8, adopt: true, manage_entries: listed, "
+                   "entries: {1: 10}}\n")
+    saved = tmp_path / "x.plan"
+    cli("plan", str(cfg), "--out", str(saved), root=pin_root)
+    bpftool("map", "update", "pinned", str(pin_root / "x"), "key", *u32(2), "value", *u64(20))  # the daemon, meanwhile
+    cli("apply", str(saved), root=pin_root)
+    assert entries_of(pin_root, "x") == {1: 10, 2: 20}
+    record = {e["formatted"]["key"]: e["formatted"]["value"] for e in bpftool_json("map", "dump", "pinned", str(pin_root / OWNED_PIN))}
+    assert record == {"x": {"format": 1, "origin": "adopted", "id": theirs, "next_id": 0}}
+    assert yaml.safe_load(cli("show", root=pin_root).stdout)["maps"]["x"]["value"] == "u64"  # its layout, recorded
+    cli("plan", str(cfg), "--detailed-exitcode", root=pin_root)
+    bpftool("map", "update", "pinned", str(pin_root / "x"), "key", *u32(1), "value", *u64(11))  # a listed entry: drift
+    cli("plan", str(cfg), "--detailed-exitcode", root=pin_root, check=2)
