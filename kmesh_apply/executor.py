@@ -6,7 +6,9 @@ instead of one per slot. If the kernel refuses a step, the error says which
 steps were applied and which were not, and a re-run converges from there.
 
 The tool's records follow the steps (pinroot.records): a map is recorded as managed
-before it is pinned, an adoption before any step, the rest once the steps are done.
+before it is pinned, an adoption before any step, the rest once the steps are done. Maps
+created one after another (and filled) are recorded in one batch and only then pinned, so
+5,000 new maps cost one record update, not 5,000.
 """
 
 from __future__ import annotations
@@ -56,6 +58,8 @@ class Executor:
         self.on_step = on_step
         self.report = ApplyReport()
         self.ownership = records.Ownership(pin_root, live)
+        self.unpinned: list[tuple[CreateMap, Map]] = []  # created (and maybe filled), to record and pin at once
+        self.untold: list[Step] = []  # done, not yet shown to on_step: a step is shown once its maps are pinned
 
     def _map(self, pin: str) -> Map:
         m = self.handles.get(pin)
@@ -79,33 +83,63 @@ class Executor:
                        isinstance(s, RecordMap) and s.adopt)
         done = False
         try:
-            self._guarded("record the maps kmesh-apply manages", lambda: self.ownership.begin(expected), plan.steps)
+            try:
+                self.ownership.begin(expected)
+            except (KmeshError, OSError) as e:
+                raise self._failed(e, "record the maps kmesh-apply manages", plan.steps) from None
             for i, step in enumerate(plan.steps):
-                self._guarded(step.describe(), lambda: self._do(step), plan.steps[i:])
+                try:
+                    if not isinstance(step, (CreateMap, WriteEntries)):
+                        self._pin_created()  # what comes next works on pins
+                    self._do(step)
+                except (KmeshError, OSError) as e:
+                    self._pin_created(quiet=True)  # what was applied before this step is really there
+                    raise self._failed(e, step.describe(), plan.steps[i:]) from None
                 self.report.steps.append(step.describe())
-                if self.on_step:
-                    self.on_step(step)
+                self.untold.append(step)
+                if not self.unpinned:
+                    self._tell()
+            try:
+                self._pin_created()
+            except (KmeshError, OSError) as e:
+                raise self._failed(e, "record and pin the maps created", []) from None
             done = True
         finally:
             try:
-                self._guarded("update the record of the maps kmesh-apply manages", self.ownership.finish, [])
-            except ApplyError:
-                if done:
-                    raise  # else the step's own failure is the one to report
+                self.ownership.finish()
+            except (KmeshError, OSError) as e:
+                if done:  # else the step's own failure is the one to report
+                    raise self._failed(e, "update the record of the maps kmesh-apply manages", []) from None
             if self.owns_handles:
                 self.close()
         self.report.seconds = time.monotonic() - start
         return self.report
 
-    def _guarded(self, what: str, action: Callable[[], None], remaining: list[Step]) -> None:
-        """Run `action`; a failure becomes an ApplyError saying which steps were and were not applied."""
+    def _pin_created(self, quiet: bool = False) -> None:
+        """Record the maps created since the last call (one batch), then pin them; `quiet`: on the way
+        out of a failure, whose error is the one to report (a map not pinned then simply goes away)."""
+        if not self.unpinned:
+            return
+        created, self.unpinned = self.unpinned, []
         try:
-            action()
-        except KmeshError as e:
-            raise ApplyError(e, self.report.steps, [s.describe() for s in remaining]) from None
-        except OSError as e:
-            cause = KmeshError(f"{what}: {e.strerror or e}")
-            raise ApplyError(cause, self.report.steps, [s.describe() for s in remaining]) from None
+            self.ownership.created([(step.map.name, m.id, step.pin != step.map.name) for step, m in created])
+            for step, m in created:
+                m.pin(str(self.root / step.pin))
+        except (KmeshError, OSError):
+            if not quiet:
+                raise
+            return
+        self._tell()
+
+    def _tell(self) -> None:
+        for step in self.untold if self.on_step else ():
+            self.on_step(step)  # type: ignore[misc]
+        self.untold.clear()
+
+    def _failed(self, e: KmeshError | OSError, what: str, remaining: list[Step]) -> ApplyError:
+        """The ApplyError for a failure while doing `what`: which steps were and were not applied."""
+        cause = e if isinstance(e, KmeshError) else KmeshError(f"{what}: {e.strerror or e}")
+        return ApplyError(cause, self.report.steps, [s.describe() for s in remaining])
 
     def _do(self, step: Step) -> None:
         if isinstance(step, CreateMap):
@@ -168,15 +202,10 @@ class Executor:
         value_type = None if d.is_outer else type_or_raw(d.value_type, d.value_size)
         m = Map.create(d.type, d.key_size, d.value_size, d.max_entries, name=kernel_name(d.name), flags=d.flags,
                        inner_map=template, key_type=key_type, value_type=value_type)
-        try:
-            self.ownership.created(d.name, m.id, aside=step.pin != d.name)  # before the pin: intent first
-            if d.is_outer:  # outer maps carry no BTF: their key type and template are recorded
-                self._layout(d, m.id)
-            m.pin(str(path))
-        except BaseException:
-            m.close()
-            raise
-        self.handles[step.pin] = m
+        self.handles[step.pin] = m  # closed with the others if it is never pinned: then it goes away
+        if d.is_outer:  # outer maps carry no BTF: their key type and template are recorded (before the pin)
+            self._layout(d, m.id)
+        self.unpinned.append((step, m))  # recorded as managed, then pinned, by _pin_created
 
     def _tidy_staging(self, pin: str) -> None:
         """Remove the staging directory once it is empty, so a converged pin root holds only maps."""

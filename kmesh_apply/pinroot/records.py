@@ -18,9 +18,9 @@ root's lock except where said):
     A map pinned under a recorded name is managed only if its kernel ID is `id` or `next_id`:
     a pin someone else replaced is theirs. Any other map in the pin root is unmanaged.
     Written before the map exists at its pin (intent first: a killed apply never leaves a map
-    the tool made unrecorded, and never a record that vouches for someone else's map): one
-    update per map created, before it is pinned; adoptions before any step changes them; the
-    rest in one batch at the end of an apply (`next_id` folded into `id` after a move, names of
+    the tool made unrecorded, and never a record that vouches for someone else's map): maps
+    created one after another in one batch, before they are pinned; adoptions before any step
+    changes them; the rest in one batch at the end of an apply (`next_id` folded into `id` after a move, names of
     removed or vanished maps pruned). The pin goes with the last entry.
     No ownership record, but another of the tool's records (`_kmesh_keys`, `_kmesh_replaced`,
     `_kmesh_staging`): a pin root made by an earlier version, read as wholly managed; the next
@@ -155,11 +155,14 @@ class Ownership:
             self._put({name: Owned(CREATED, (m.id,)) for name, m in self.live.maps.items()})
         self.live.legacy = False
 
-    def created(self, name: str, map_id: int, aside: bool) -> None:
-        """A map the tool just created for `name`, not pinned yet; `aside`: it will be moved over the
-        managed map now pinned there, which stays managed until then."""
-        live = self.live.maps.get(name)
-        self._put({name: Owned(CREATED, (live.id, map_id) if aside and live is not None else (map_id,))})
+    def created(self, maps: list[tuple[str, int, bool]]) -> None:
+        """Maps the tool just created, not pinned yet, in one update: (name, kernel ID, aside), where
+        `aside` means it will be moved over the managed map now pinned there, which stays managed until then."""
+        entries = {}
+        for name, map_id, aside in maps:
+            live = self.live.maps.get(name) if aside else None
+            entries[name] = Owned(CREATED, (live.id, map_id) if live is not None else (map_id,))
+        self._put(entries)
 
     def adopted(self, name: str, map_id: int) -> None:
         """The map pinned under `name` is managed from now on (it moves to the live state's managed maps)."""
@@ -275,7 +278,7 @@ def record_created_outside_apply(pin_root: str, name: str, map_id: int) -> None:
     own = Ownership(pin_root, live)
     try:
         own.begin()
-        own.created(name, map_id, aside=False)
+        own.created([(name, map_id, False)])
     finally:
         own._close()
 
