@@ -237,10 +237,9 @@ class _Planner:
         """Declared names pinned by someone else: adopted (`adopt: true`, same map type) or refused.
         An adopted map is planned like a managed one from here on; others are listed, never touched."""
         unmanaged = self.base.unmanaged
-        specs: list[InnerMapSpec | OuterMapSpec] = [*self.config.inner_maps.values(), *self.config.outer_maps.values()]
-        for spec in specs if unmanaged else ():
-            have = unmanaged.get(spec.name)
-            if have is None or (self.only is not None and spec.name not in self.only):
+        for name, have in unmanaged.items():
+            spec: InnerMapSpec | OuterMapSpec | None = self.config.inner_maps.get(name) or self.config.outer_maps.get(name)
+            if spec is None or (self.only is not None and name not in self.only):
                 continue
             if not spec.manage.adopt:
                 self.problems.append(f"map '{spec.name}' is pinned in the pin root but kmesh-apply does not manage it "
