@@ -124,7 +124,10 @@ def test_endpoint_values_match_bpftool(applied: Path, pin_root: Path, bpftool) -
         assert sample(samples, "kmesh_apply_map_entries", map=name, pin_root=root) == entries
         assert sample(samples, "kmesh_apply_map_max_entries", map=name, pin_root=root) == max_entries
         assert sample(samples, "kmesh_apply_map_memlock_bytes", map=name, pin_root=root) == memlock
-        assert sample(samples, "kmesh_apply_map_fill_ratio", map=name, pin_root=root) == pytest.approx(entries / max_entries)
+        if name == "counters":  # an array cannot fill up: no ratio to alert on
+            assert ("kmesh_apply_map_fill_ratio", (("map", name), ("pin_root", root))) not in samples
+        else:
+            assert sample(samples, "kmesh_apply_map_fill_ratio", map=name, pin_root=root) == pytest.approx(entries / max_entries)
     assert sample(samples, "kmesh_apply_maps", kind="inner", pin_root=root) == 4
     assert sample(samples, "kmesh_apply_maps", kind="outer", pin_root=root) == 1
     assert sample(samples, "kmesh_apply_entries", pin_root=root) == 9 + 3 + 2 + 1
@@ -283,6 +286,53 @@ def test_plan_warns_of_nearly_full_maps(pin_root: Path, tmp_path: Path) -> None:
     assert json.loads(res.stdout)["warnings"] == [w.removeprefix("Warning: ") for w in warnings]
     res = run_cli("kmesh-apply", "plan", str(config), "--pin-root", str(pin_root))  # no changes: still warned
     assert res.stdout.splitlines() == [*warnings, "No changes. The pin root matches the configuration."]
+
+
+FULL_ARRAYS = """
+inner_maps:
+  maglev:
+    type: array
+    key: u32
+    value: u32[4]
+    max_entries: 1
+    entries: {0: [1, 2, 3, 4]}
+  per-cpu:
+    type: percpu_array
+    key: u32
+    value: u64
+    max_entries: 2
+    entries: {0: 1, 1: 2}
+outer_maps:
+  by-index:
+    type: array_of_maps
+    key: u32
+    max_entries: 1
+    inner_map: maglev
+    entries: {0: maglev}
+"""
+
+
+def test_arrays_are_never_full(pin_root: Path, tmp_path: Path) -> None:
+    """Every index of an array exists, so a one-entry array holding its one entry (Kmesh's maglev inner
+    map) is not "full": no plan warning, no `!` in show --usage, no fill ratio for the alerts."""
+    config = tmp_path / "arrays.yaml"
+    config.write_text(FULL_ARRAYS)
+    res = run_cli("kmesh-apply", "plan", str(config), "--pin-root", str(pin_root), "--json")
+    assert res.returncode == 0 and json.loads(res.stdout)["warnings"] == [], res.stdout + res.stderr
+    api.converge(api.load_config([config]), str(pin_root))
+    res = run_cli("kmesh-apply", "plan", str(config), "--pin-root", str(pin_root))
+    assert res.stdout.splitlines() == ["No changes. The pin root matches the configuration."], res.stdout
+    res = run_cli("kmesh-apply", "show", "--usage", "--pin-root", str(pin_root))
+    rows = {line.split()[0]: line.split() for line in res.stdout.splitlines()[1:-1]}
+    assert [rows[n][5] for n in ("maglev", "per-cpu", "by-index")] == ["100.0%"] * 3 and "!" not in res.stdout
+    doc = json.loads(run_cli("kmesh-apply", "show", "--usage", "--json", "--pin-root", str(pin_root)).stdout)
+    assert {m["name"]: (m["fill"], m["can_fill"]) for m in doc["maps"]} == {
+        "maglev": (1.0, False), "per-cpu": (1.0, False), "by-index": (1.0, False)}
+    root = str(pin_root)
+    with start_server("127.0.0.1:0", Snapshot(root, api.usage(root)), PrometheusRecorder(root)) as server:
+        samples = scrape(server.url + "/metrics")
+    assert not [key for key in samples if key[0] == "kmesh_apply_map_fill_ratio"]
+    assert sample(samples, "kmesh_apply_map_entries", map="maglev", pin_root=root) == 1
 
 
 def test_example_rules_pass_promtool() -> None:

@@ -296,13 +296,11 @@ def _show_usage(root: str, usage: list["MapUsage"], json_out: bool) -> None:
         from rich.console import Console
         from rich.table import Table
 
-        from kmesh_apply.config.model import NEARLY_FULL
-
         table = Table(title=f"Map usage in {root}", caption=monitor.usage_total(usage))
         for i, column in enumerate(monitor.USAGE_COLUMNS):
             table.add_column(column, justify="right" if 3 <= i <= 6 else "left")
         for u, cells in zip(usage, monitor.usage_rows(usage)):
-            table.add_row(*cells, style="bold red" if u.fill >= NEARLY_FULL else None)
+            table.add_row(*cells, style="bold red" if u.nearly_full else None)
         Console().print(table)
 
 

@@ -21,7 +21,7 @@ from itertools import compress
 from operator import ne
 from typing import TYPE_CHECKING, Any
 
-from kmesh_apply.config.model import ARRAY_TYPES, NEARLY_FULL, Config, InnerMapSpec, OuterMapSpec, used_entries
+from kmesh_apply.config.model import ARRAY_TYPES, NEARLY_FULL, Config, InnerMapSpec, OuterMapSpec, can_fill, used_entries
 from kmesh_apply.ctype import same_type
 from kmesh_apply.entries import Entries, diff, holds_base
 from kmesh_apply.plan.model import (
@@ -231,14 +231,16 @@ class _Planner:
 
     def _capacity_warnings(self) -> None:
         """Maps that would end nearly full: inserts start failing (LRU maps: evicting) soon after.
-        A scoped plan looks at its own maps only (the others were looked at when they changed)."""
+        Arrays cannot fill up (see can_fill). A scoped plan looks at its own maps only (the others
+        were looked at when they changed)."""
         inner_maps: Collection[InnerMapSpec] = self.config.inner_maps.values()
         outer_maps: Collection[OuterMapSpec] = self.config.outer_maps.values()
         if self.only is not None:
             inner_maps = [self.config.inner_maps[n] for n in self.only if n in self.config.inner_maps]
             outer_maps = [self.config.outer_maps[n] for n in self.only if n in self.config.outer_maps]
-        usage = [("inner", s.name, used_entries(s.type, s.entries), s.max_entries, "entries") for s in inner_maps]
-        usage += [("outer", s.name, len(s.slots), s.max_entries, "slots") for s in outer_maps]
+        usage = [("inner", s.name, used_entries(s.type, s.entries), s.max_entries, "entries")
+                 for s in inner_maps if can_fill(s.type)]
+        usage += [("outer", s.name, len(s.slots), s.max_entries, "slots") for s in outer_maps if can_fill(s.type)]
         for kind, name, used, most, what in usage:
             if used >= NEARLY_FULL * most:
                 self.result.warnings.append(
