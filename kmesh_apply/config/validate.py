@@ -474,16 +474,30 @@ def _with_object_maps(maps: list[tuple[Source, str, dict[str, Any]]], section: s
         if wanted is None:
             out.append((src, name, raw))
             continue
-        found = named.map_definition(wanted)
-        if found is None:
+        declared = named.map_definition(wanted)
+        if declared is None:
             where = "the files under btf:" if named else "no BPF object (name one under btf:)"
             problems.append(Problem(src.file, (section, name, "object_map"),
                                     f"object_map: no map '{wanted}' in the .maps section of {where}", name))
             continue
+        found, obj = declared
+        contradicted = False
         for which in ("key", "value"):  # a type or a size given here replaces both of the object's
             if which in raw or f"{which}_size" in raw:
+                mine, theirs = _size_of(raw, which, named), _size_of(found, which, named)
+                outer_value = section == "outer_maps" and which == "value"  # refused below, whatever its size
+                if mine is not None and theirs is not None and mine != theirs and not outer_value:
+                    given = f"{which} {_spec_text(raw[which])} ({count(mine, 'byte')})" if which in raw else \
+                        f"{which}_size {mine}"
+                    problems.append(Problem(src.file, (section, name, which if which in raw else f"{which}_size"),
+                                            f"{given} contradicts map '{wanted}' in {obj}, whose {which}s are "
+                                            f"{count(theirs, 'byte')}: a {which} written beside object_map must have "
+                                            "the object's size (its loader would refuse the map)", name))
+                    contradicted = True
                 found.pop(which, None)
                 found.pop(f"{which}_size", None)
+        if contradicted:
+            continue
         merged = {**found, **{k: v for k, v in raw.items() if k != "object_map"}}
         if section == "outer_maps":
             merged.pop("value", None)
@@ -500,6 +514,25 @@ def _with_object_maps(maps: list[tuple[Source, str, dict[str, Any]]], section: s
             continue
         out.append((src, name, merged))
     return out
+
+
+def _spec_text(spec: Any) -> str:
+    """A type spec as a message quotes it: a name as it is, a mapping in YAML's flow style."""
+    return spec if isinstance(spec, str) else json.dumps(spec).replace('"', "")
+
+
+def _size_of(definition: Mapping[str, Any], which: str, named: Mapping[str, CType]) -> int | None:
+    """The size of a definition's key or value (a type or `*_size`); None when it gives neither or
+    its type does not parse (that is reported where the type is checked)."""
+    if f"{which}_size" in definition:
+        size = definition[f"{which}_size"]
+        return size if type(size) is int else None
+    if which not in definition:
+        return None
+    try:
+        return parse_type(definition[which], named).size
+    except TypeSpecError:
+        return None
 
 
 def _parse_whole_if_btf(sources: list[Source], problems: list[Problem]) -> list[Source]:

@@ -418,13 +418,13 @@ class NamedTypes(Mapping[str, CType]):
                                            "zero-length or flexible array)") from None
         return None
 
-    def map_definition(self, name: str) -> dict[str, Any] | None:
+    def map_definition(self, name: str) -> tuple[dict[str, Any], str] | None:
         """What the first file declaring map `name` in its `.maps` section says of it, as config keys
-        (type, key or key_size, value or value_size, max_entries, flags)."""
+        (type, key or key_size, value or value_size, max_entries, flags), and that file."""
         for reader in self._readers:
             found = _map_definition(reader, name)
             if found is not None:
-                return found
+                return found, reader.what
         return None
 
     def __getitem__(self, name: str) -> CType:
