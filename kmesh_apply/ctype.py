@@ -20,6 +20,7 @@ natural struct, and the BTF read back from a map (which records offsets, not
 
 from __future__ import annotations
 
+import difflib
 import re
 import struct
 from dataclasses import dataclass, field
@@ -438,15 +439,25 @@ def _parse_name(spec: str, named: Mapping[str, CType]) -> CType:
     raise _unknown(spec, named)
 
 
+_C_NAME_RE = re.compile(r"^(?:(?:struct|union|enum) )?[A-Za-z_][A-Za-z0-9_]*$")
+
+
 def _unknown(spec: str, named: Mapping[str, CType]) -> TypeSpecError:
-    hint = ""
-    if spec.startswith(("struct ", "union ", "enum ", "typedef ")) or " " in spec:
-        hint = (f"; no type '{spec}' in the BTF files the config names" if named
-                else "; named C types need a top-level `btf:` list of BPF object or BTF files")
-    return TypeSpecError(
-        f"unknown type '{spec}': expected one of {', '.join(INT_NAMES)}, bool, ipv4, ipv6, mac, "
-        "bytes[N], char[N], T[N], {lpm: ...}, {struct: [...]}, {union: [...]}, {enum: ...} or {array: T, length: N}"
-        + hint)
+    """Say where a name was looked for: `named` may tell (`searched`: the files under `btf:`)."""
+    builtin = (f"{', '.join(INT_NAMES)}, bool, ipv4, ipv6, mac, bytes[N], char[N], T[N], {{lpm: ...}}, {{struct: [...]}}, "
+               "{union: [...]}, {enum: ...} or {array: T, length: N}")
+    close = difflib.get_close_matches(spec, SCALAR_NAMES, n=1, cutoff=0.6)
+    if close or not _C_NAME_RE.match(spec):
+        hint = f": did you mean '{close[0]}'? The built-in types are" if close else ": expected one of"
+        return TypeSpecError(f"unknown type '{spec}'{hint} {builtin}")
+    searched = getattr(named, "searched", None) or []
+    if searched:
+        where = f"not declared in {', '.join(searched)} (the files under btf:, searched in that order)"
+    elif named:
+        where = "not among the named types given"
+    else:
+        where = "a C type's name needs a top-level `btf:` list of BPF objects, BTF files or C headers that declare it"
+    return TypeSpecError(f"unknown type '{spec}': {where}; the built-in types are {builtin}")
 
 
 def _members(spec: Any, word: str, named: Mapping[str, CType], bitfields: bool) -> list[tuple[str, CType, int]]:

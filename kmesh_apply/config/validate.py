@@ -448,7 +448,10 @@ def build_config(sources: list[Source], problems: list[Problem], known_valid: se
                 into.append((src, name, raw))
     inner_names = {n for _, n, _ in inner_raw}
     outer_names = {n for _, n, _ in outer_raw}
+    before = len(problems)
     with _named_types(sources, problems) as named:
+        if len(problems) > before:
+            return cfg  # the maps' types come from these files: their errors would only echo this one
         inner_raw = _with_object_maps(inner_raw, "inner_maps", named, problems)
         outer_raw = _with_object_maps(outer_raw, "outer_maps", named, problems)
         for src, name, raw in inner_raw:
@@ -476,7 +479,7 @@ def _with_object_maps(maps: list[tuple[Source, str, dict[str, Any]]], section: s
             continue
         declared = named.map_definition(wanted)
         if declared is None:
-            where = "the files under btf:" if named else "no BPF object (name one under btf:)"
+            where = ", ".join(named.searched) if named else "no BPF object (name one under btf:)"
             problems.append(Problem(src.file, (section, name, "object_map"),
                                     f"object_map: no map '{wanted}' in the .maps section of {where}", name))
             continue
@@ -558,22 +561,29 @@ def _parse_whole_if_btf(sources: list[Source], problems: list[Problem]) -> list[
 
 
 def _named_types(sources: list[Source], problems: list[Problem]) -> NamedTypes:
-    """The C types of the BTF files the documents name under `btf:` (paths relative to each file),
-    shared by the whole configuration."""
+    """The C types of the BTF files and C headers the documents name under `btf:` (paths relative
+    to each file), shared by the whole configuration."""
+    from kmesh_apply.config.cache import Cache
+    from kmesh_apply.config.headers import Header, HeaderError, compile_btf, is_c
     from kmesh_apply.kernel.btf import BtfFileError, NamedTypes
 
     named = NamedTypes()
+    cache: list[Cache | None] = []  # opened for the first header
     for src in sources:
-        paths = src.data.get("btf") if isinstance(src.data, dict) else None
-        if not isinstance(paths, list):
+        items = src.data.get("btf") if isinstance(src.data, dict) else None
+        if not isinstance(items, list):
             continue
         base = Path(src.file).parent if src.file != INLINE else Path.cwd()
-        for i, path in enumerate(paths):
-            if not isinstance(path, str):
-                continue  # the schema reports it
+        for i, item in enumerate(items):
             try:
-                named.add(str(base / path))
-            except BtfFileError as e:
+                if is_c(item):
+                    cache = cache or [Cache.open()]
+                    header = Header.from_item(item, base)
+                    btf, clang = compile_btf(header, cache[0])
+                    named.add_raw(btf, header.describe(clang))
+                elif isinstance(item, str):
+                    named.add(str(base / item))
+            except (BtfFileError, HeaderError) as e:
                 problems.append(Problem(src.file, ("btf", i), f"btf: {e}"))
     return named
 

@@ -15,8 +15,9 @@ gives back an equal `CType`:
 
 Decoding also reads what clang writes for C sources (typedefs, `char` arrays,
 anonymous members: a struct or union whose one member is an anonymous union or
-struct is that member), so a BPF object's or raw BTF file's named types can be used
-in a config (`named_types`).
+struct is that member; the kernel's network-order typedefs `__be16`, `__be32`,
+`__be64`, `__sum16` and `__wsum` as be16/be32), so a BPF object's or raw BTF file's
+named types can be used in a config (`NamedTypes`).
 
 Kernel rules this honours (checked in tests/test_kernel_btf.py): an array map's key
 must resolve to a 32-bit INT, so other 4-byte key types are recorded there as
@@ -44,7 +45,10 @@ BTF_KIND_TYPEDEF, BTF_KIND_VOLATILE, BTF_KIND_CONST, BTF_KIND_RESTRICT = 8, 9, 1
 BTF_KIND_TYPE_TAG, BTF_KIND_ENUM64 = 18, 19
 _QUALIFIERS = (BTF_KIND_VOLATILE, BTF_KIND_CONST, BTF_KIND_RESTRICT, BTF_KIND_TYPE_TAG)
 BTF_INT_SIGNED, BTF_INT_CHAR, BTF_INT_BOOL = 1, 2, 4
-_TYPEDEF_BYTES = ("ipv4", "ipv6", "mac", "bytes", "raw")
+# Typedefs whose integers are in network order: ours, and the kernel's (linux/types.h), which C
+# headers use for addresses, ports and checksums (__wsum is a 32-bit checksum in network order).
+_NETWORK_ORDER = {"be16": "be16", "be32": "be32", "be64": "be64", "__be16": "be16", "__be32": "be32",
+                  "__be64": "be64", "__sum16": "be16", "__wsum": "be32"}
 _LPM_PREFIX = "lpm_"
 _WRAPPER = "kmesh_key"
 
@@ -261,8 +265,8 @@ class _Reader:
                 raise _Unrepresentable(name)
             return Int(f"{'i' if enc & BTF_INT_SIGNED else 'u'}{t.size_or_type * 8}")
         if kind == BTF_KIND_TYPEDEF:
-            if name in ("be16", "be32", "be64"):
-                return Int(name)
+            if name in _NETWORK_ORDER and self._size(tid) == Int(_NETWORK_ORDER[name]).size:
+                return Int(_NETWORK_ORDER[name])
             if name in ("ipv4", "ipv6", "mac"):
                 return Addr(name)
             if name == "bytes":
@@ -390,6 +394,18 @@ class NamedTypes(Mapping[str, CType]):
         """Look names up in this file too (after those added before); raises BtfFileError."""
         self._readers.append(_open_file(path))
 
+    def add_raw(self, data: bytes, what: str) -> None:
+        """Look names up in this raw BTF too (`what`: where it came from, for messages)."""
+        btf = L.btf__new(data, len(data))
+        if not btf:
+            raise BtfFileError(f"{what}: not valid BTF ({os.strerror(L.last_errno())})")
+        self._readers.append(_Reader(btf, what))
+
+    @property
+    def searched(self) -> list[str]:
+        """Where names are looked up, in order (for messages that say a name was not found)."""
+        return [r.what for r in self._readers]
+
     def close(self) -> None:
         for r in self._readers:
             r.close()
@@ -464,6 +480,19 @@ def _open_file(path: str) -> _Reader:
             raise BtfFileError(f"{path}: no BTF in it (compile the BPF object with clang -g so it has a .BTF section)")
         raise BtfFileError(f"{path}: not a BPF object file or raw BTF file ({os.strerror(err)})")
     return _Reader(btf, path)
+
+
+def object_btf(path: str) -> bytes:
+    """The raw `.BTF` of a BPF object or BTF file (what `add_raw` takes); raises BtfFileError."""
+    reader = _open_file(path)
+    try:
+        size = ctypes.c_uint32()
+        data = L.btf__raw_data(reader.btf, ctypes.byref(size))
+        if not data:
+            raise BtfFileError(f"{path}: its BTF cannot be read back ({os.strerror(L.last_errno())})")
+        return ctypes.string_at(data, size.value)
+    finally:
+        reader.close()
 
 
 BTF_KIND_PTR, BTF_KIND_VAR, BTF_KIND_DATASEC = 2, 14, 15
