@@ -408,14 +408,15 @@ def test_real_prometheus_scrapes_the_endpoint(applied: Path, pin_root: Path, tmp
 
 
 def test_capacity_warnings_count_like_the_metrics() -> None:
-    """Pure planner check: an array's zero values are not entries; below 90% is quiet."""
+    """Pure planner check: arrays cannot fill up (all indexes used is not full); below 90% is quiet."""
     from kmesh_apply.plan.planner import make_plan
     from kmesh_apply.state import LiveState
 
     cfg = api.load_config(inline="""
 inner_maps:
   zeros: {type: array, key: u32, value: u32, max_entries: 4, entries: {0: 0, 1: 0, 2: 0, 3: 1}}
-  busy: {type: array, key: u32, value: u32, max_entries: 4, entries: {0: 1, 1: 1, 2: 1, 3: 1}}
+  every_index: {type: array, key: u32, value: u32, max_entries: 4, entries: {0: 1, 1: 1, 2: 1, 3: 1}}
+  busy: {type: hash, key: u32, value: u32, max_entries: 4, entries: {0: 1, 1: 1, 2: 1, 3: 1}}
   quiet: {type: hash, key: u32, value: u32, max_entries: 10, entries: {0: 1, 1: 1, 2: 1, 3: 1, 4: 1, 5: 1, 6: 1, 7: 1}}
 """)
     assert make_plan(cfg, LiveState("/sys/fs/bpf/kmesh-x")).warnings == [

@@ -19,7 +19,8 @@ from itertools import chain, repeat
 from operator import itemgetter
 from typing import Any, Callable, Sequence
 
-from kmesh_apply.ctype import COPY_UNITS, Addr, Array, Bool, Bytes, Chars, CType, CUnion, Enum, Field, Int, Lpm, Raw, Struct, records
+from kmesh_apply.ctype import (COPY_UNITS, Addr, Array, Bool, Bytes, Chars, CType, CUnion, Enum, Field, Formatted, Int, Lpm,
+                               Raw, Struct, records)
 from kmesh_apply.wording import count
 
 Encoder = Callable[[Any], bytes]
@@ -336,6 +337,22 @@ def _enum_encoder(typ: Enum) -> Encoder:
     return enc
 
 
+def _formatted_encoder(typ: Formatted) -> Encoder:
+    """The format's encoding, then zeros to the field's size (a be16 in a u32: its low bytes)."""
+    shown, pad = encoder(typ.shown), b"\0" * (typ.size - typ.shown.size)
+    return (lambda value: shown(value) + pad) if pad else shown
+
+
+def _formatted_decoder(typ: Formatted) -> Decoder:
+    """The format's reading; bytes past a narrower format that are not zero (written by someone else)
+    read as the field's own type, which the format then refuses to write back."""
+    shown, n = _decoder(typ.shown), typ.shown.size
+    if n == typ.size:
+        return shown
+    base = _decoder(typ.base)
+    return lambda data: shown(data[:n]) if not any(data[n:]) else base(data)
+
+
 def _encode_bool(value: Any) -> bytes:
     if type(value) is bool:
         return b"\1" if value else b"\0"
@@ -382,6 +399,8 @@ def encoder(typ: CType) -> Encoder:
         return _enum_encoder(typ)
     if isinstance(typ, Bool):
         return _encode_bool
+    if isinstance(typ, Formatted):
+        return _formatted_encoder(typ)
     return _raw_encoder(typ)
 
 
@@ -424,6 +443,8 @@ def _decoder(typ: CType) -> Decoder:
         return lambda data: names.get(ints(data), ints(data))
     if isinstance(typ, Bool):
         return lambda data: {0: False, 1: True}.get(data[0], data[0])
+    if isinstance(typ, Formatted):
+        return _formatted_decoder(typ)
     return lambda data: data.hex()
 
 
@@ -525,6 +546,8 @@ def _column_encoder(typ: CType) -> ColumnEncoder:
         return _array_column(typ)
     if isinstance(typ, Struct) and not any(f.bits for f in typ.fields):
         return _struct_column(typ)
+    if isinstance(typ, Formatted) and typ.shown.size == typ.size:
+        return _column_encoder(typ.shown)  # the same bytes the format's own type encodes
     enc = encoder(typ)
     return lambda values: b"".join(map(enc, values))
 

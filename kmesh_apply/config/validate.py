@@ -29,7 +29,8 @@ from kmesh_apply.config.model import (
     Location,
     OuterMapSpec,
 )
-from kmesh_apply.ctype import CType, Int, Lpm, Raw, TypeSpecError, parse_type, records
+from kmesh_apply.ctype import (CType, Formatted, Int, Lpm, Raw, TypeSpecError, apply_format, format_path, missing_step,
+                               parse_type, records, spec_text)
 from kmesh_apply.entries import Entries
 from kmesh_apply.state import KEY_TYPES_DIR, REPLACED_PIN, STAGING_DIR
 from kmesh_apply.wording import a, count
@@ -59,7 +60,10 @@ _DECIMAL_CHARS = re.compile(r"[-0-9\n]*").fullmatch
 
 
 def _numeric(key: CType) -> bool:
-    """Whether the key type takes integers: u8..i64, be16..be64, and key_size 1, 2, 4 or 8."""
+    """Whether the key type takes integers: u8..i64, be16..be64, and key_size 1, 2, 4 or 8 (or a
+    field formatted as one of those)."""
+    if isinstance(key, Formatted):
+        return _numeric(key.shown)
     return isinstance(key, Int) or (isinstance(key, Raw) and key.size in (1, 2, 4, 8))
 
 
@@ -207,6 +211,32 @@ class _MapChecker:
             self.problem(f"{where}: {e}", which, *e.path)
             return None
 
+    def formats(self, **types: CType | None) -> dict[str, CType | None]:
+        """The key (and value) with the map's `formats:` applied, each path to whichever it leads into
+        (both, if both have it); a path that leads nowhere, or a format that cannot read its field, is
+        a problem. A type that did not parse (None, reported already) is passed over."""
+        for path, spec in (self.raw.get("formats") or {}).items():
+            try:
+                steps, shown = format_path(path), parse_type(spec, self.named)
+            except TypeSpecError as e:
+                self.problem(f"formats: {path}: {e}", "formats", path)
+                continue
+            found = False
+            for which, typ in types.items():
+                if typ is None:
+                    continue
+                try:
+                    types[which] = apply_format(typ, steps, shown)
+                except KeyError:
+                    continue
+                except TypeSpecError as e:
+                    self.problem(f"formats: {path} in the {which}: {e}", "formats", path)
+                found = True
+            if not found and None not in types.values():
+                self.problem("formats: " + "; ".join(missing_step(steps[0], f"the {which}", t)
+                                                     for which, t in types.items() if t is not None), "formats", path)
+        return types
+
     def flags(self, type_: str) -> tuple[str, ...]:
         flags = tuple(sorted(self.raw.get("flags") or ()))
         bad = [f for f in flags if f not in TYPE_FLAGS.get(type_, ())]
@@ -309,7 +339,8 @@ def check_inner(src: Source, name: str, raw: dict[str, Any], problems: list[Prob
     c = _MapChecker(src, "inner_maps", name, raw, problems, named)
     before = len(problems)
     type_ = raw["type"]
-    key, value = c.ctype("key"), c.ctype("value")
+    typed = c.formats(key=c.ctype("key"), value=c.ctype("value"))
+    key, value = typed["key"], typed["value"]
     flags = c.flags(type_)
     max_entries = raw["max_entries"]
     if type_ in ARRAY_TYPES and key is not None and key.size != 4:
@@ -358,7 +389,7 @@ def check_outer(src: Source, name: str, raw: dict[str, Any], problems: list[Prob
     type_ = OUTER_ALIASES.get(raw["type"], raw["type"])
     if "value" in raw or "value_size" in raw:
         c.problem("an outer map's values are inner maps: give no value type", "value" if "value" in raw else "value_size")
-    key = c.ctype("key")
+    key = c.formats(key=c.ctype("key"))["key"]
     flags = c.flags(type_)
     max_entries = raw["max_entries"]
     if type_ == "array_of_maps" and key is not None and key.size != 4:
@@ -490,7 +521,7 @@ def _with_object_maps(maps: list[tuple[Source, str, dict[str, Any]]], section: s
                 mine, theirs = _size_of(raw, which, named), _size_of(found, which, named)
                 outer_value = section == "outer_maps" and which == "value"  # refused below, whatever its size
                 if mine is not None and theirs is not None and mine != theirs and not outer_value:
-                    given = f"{which} {_spec_text(raw[which])} ({count(mine, 'byte')})" if which in raw else \
+                    given = f"{which} {spec_text(raw[which])} ({count(mine, 'byte')})" if which in raw else \
                         f"{which}_size {mine}"
                     problems.append(Problem(src.file, (section, name, which if which in raw else f"{which}_size"),
                                             f"{given} contradicts map '{wanted}' in {obj}, whose {which}s are "
@@ -517,11 +548,6 @@ def _with_object_maps(maps: list[tuple[Source, str, dict[str, Any]]], section: s
             continue
         out.append((src, name, merged))
     return out
-
-
-def _spec_text(spec: Any) -> str:
-    """A type spec as a message quotes it: a name as it is, a mapping in YAML's flow style."""
-    return spec if isinstance(spec, str) else json.dumps(spec).replace('"', "")
 
 
 def _size_of(definition: Mapping[str, Any], which: str, named: Mapping[str, CType]) -> int | None:
@@ -585,7 +611,43 @@ def _named_types(sources: list[Source], problems: list[Problem]) -> NamedTypes:
                     named.add(str(base / item))
             except (BtfFileError, HeaderError) as e:
                 problems.append(Problem(src.file, ("btf", i), f"btf: {e}"))
+    _type_formats(sources, named, problems)
     return named
+
+
+def _type_formats(sources: list[Source], named: NamedTypes, problems: list[Problem]) -> None:
+    """The top-level `formats:` of named types ({type name: {path: format}}), checked against each type
+    as its file declares it; the paths that apply are given to `named`, which applies them wherever
+    the type is used."""
+    found: dict[str, list[Any]] = {}
+    for src in sources:
+        by_type = src.data.get("formats") if isinstance(src.data, dict) else None
+        for type_name, paths in (by_type or {}).items():
+            where = ("formats", type_name)
+            try:
+                plain = named[type_name] if named else None
+            except KeyError:
+                plain = None
+            except TypeSpecError as e:
+                problems.append(Problem(src.file, where, f"formats: {type_name}: {e}"))
+                continue
+            if plain is None:
+                searched = ", ".join(named.searched) or "no file: formats of named types need a top-level btf: list"
+                problems.append(Problem(src.file, where, f"formats: no type '{type_name}' in {searched}"))
+                continue
+            for path, spec in paths.items():
+                try:
+                    steps, shown = format_path(path), parse_type(spec, named)
+                    apply_format(plain, steps, shown)
+                except KeyError as e:
+                    problems.append(Problem(src.file, (*where, path),
+                                            f"formats: {missing_step(e.args[0], type_name, plain)}"))
+                except TypeSpecError as e:
+                    problems.append(Problem(src.file, (*where, path), f"formats: {type_name}: {path}: {e}"))
+                else:
+                    found.setdefault(type_name, []).append((steps, shown))
+    if found:
+        named.set_formats(found)
 
 
 def _definitions(src: Source, section: str) -> list[tuple[Any, Any]]:
