@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Iterator, Optional
 
 import typer
 
-from kmesh_apply.cli.common import PinRootOption, fail, json_text, make_app, run
+from kmesh_apply.cli.common import PinRootNoFileOption, PinRootOption, fail, json_text, make_app, run
 from kmesh_apply.wording import count
 
 if TYPE_CHECKING:
@@ -258,7 +258,7 @@ def _apply(files: list[Path], pin_root: Optional[str], auto_approve: bool, lock_
 
 
 @app.command()
-def destroy(pin_root: PinRootOption = None, auto_approve: AutoApprove = False, lock_timeout: LockTimeout = 10.0) -> None:
+def destroy(pin_root: PinRootNoFileOption = None, auto_approve: AutoApprove = False, lock_timeout: LockTimeout = 10.0) -> None:
     """Remove every map pinned in the pin root."""
     from kmesh_apply import api
 
@@ -267,7 +267,7 @@ def destroy(pin_root: PinRootOption = None, auto_approve: AutoApprove = False, l
 
 @app.command()
 def show(
-    pin_root: PinRootOption = None,
+    pin_root: PinRootNoFileOption = None,
     json_out: JsonOut = False,
     usage: Annotated[bool, typer.Option("--usage", help="Instead of the config: how full each map is (entries / "
                                                         "max_entries) and its memlock, fullest first.")] = False,
@@ -337,7 +337,9 @@ def watch(
 
 
 @app.command()
-def schema() -> None:
+def schema(pin_root: Annotated[Optional[str], typer.Option(
+        "--pin-root", help="Taken, as by every command, and not needed: the schema is the same for every pin root.",
+        show_default=False)] = None) -> None:
     """Print the JSON Schema of the config (for editors: yaml-language-server)."""
     from kmesh_apply.config import schema_text
 
