@@ -29,6 +29,8 @@ from functools import cache
 from itertools import chain
 from typing import Any, Iterable, Mapping, Sequence, Union
 
+from kmesh_apply.wording import count
+
 INT_NAMES = {
     "u8": (1, False, False), "u16": (2, False, False), "u32": (4, False, False), "u64": (8, False, False),
     "i8": (1, True, False), "i16": (2, True, False), "i32": (4, True, False), "i64": (8, True, False),
@@ -597,7 +599,7 @@ def formatted(base: CType, shown: CType) -> Formatted:
         raise TypeSpecError(f"a format applies to an integer, an array of integers or bytes, not to {spec_text(base.spec())}")
     narrow = shown.size < base.size and isinstance(base, Int) and not base.signed and not base.big_endian
     if shown.size != base.size and not narrow:
-        raise TypeSpecError(f"format {spec_text(shown.spec())} is {shown.size} bytes but the field's "
+        raise TypeSpecError(f"format {spec_text(shown.spec())} is {count(shown.size, 'byte')} but the field's "
                             f"{spec_text(base.spec())} is {base.size} (a narrower format needs an unsigned integer field)")
     if isinstance(shown, Enum) and base != shown.base:
         raise TypeSpecError(f"an enum of {shown.base.name} formats a {shown.base.name} field, not {spec_text(base.spec())}")

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from kmesh_apply.config.model import NEARLY_FULL, can_fill, used_entries
 from kmesh_apply.state import LiveState
+from kmesh_apply.wording import count
 
 # Outcomes of one reconcile pass, the label values of kmesh_apply_reconciles_total.
 OUTCOMES = ("success", "noop", "error")
@@ -154,7 +155,7 @@ def usage_rows(usage: list[MapUsage]) -> list[tuple[str, ...]]:
 def usage_total(usage: list[MapUsage]) -> str:
     memlock = sum(u.memlock_bytes or 0 for u in usage)
     entries = sum(u.entries or 0 for u in usage if u.kind == "inner")
-    return f"{len(usage)} maps, {entries} entries in inner maps, {human_bytes(memlock)} memlock"
+    return f"{count(len(usage), 'map')}, {count(entries, 'entry', 'entries')} in inner maps, {human_bytes(memlock)} memlock"
 
 
 def usage_text(usage: list[MapUsage]) -> str:

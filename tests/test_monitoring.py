@@ -5,6 +5,7 @@ endpoint, `show --usage`, and the planner's capacity warnings."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import socket
 import subprocess
@@ -452,3 +453,44 @@ def test_metrics_file_in_a_missing_directory(pin_root: Path, tmp_path: Path) -> 
     assert res.returncode == 1 and "Traceback" not in res.stderr
     assert f"--metrics-file {tmp_path}/nowhere/kmesh.prom: {tmp_path}/nowhere is not a directory" in res.stderr
     assert not pin_root.exists()  # refused before anything was applied
+
+
+def _on_a_terminal(argv: list[str], columns: int) -> str:
+    """What a command prints on a terminal `columns` wide (a pseudo-terminal, as a user's shell has)."""
+    import fcntl
+    import os
+    import pty
+    import struct
+    import sys
+    import termios
+
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    proc = subprocess.Popen([str(Path(sys.executable).parent / argv[0]), *argv[1:]], stdin=follower, stdout=follower, stderr=follower,
+                            env=env, close_fds=True)
+    os.close(follower)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # EIO: the command closed the terminal
+            break
+        if not chunk:
+            break
+        out += chunk
+    proc.wait(timeout=60)
+    os.close(leader)
+    return re.sub(r"\x1b\[[0-9;]*m", "", out.decode(errors="replace")).replace("\r\n", "\n")
+
+
+def test_show_usage_never_cuts_a_name_on_a_narrow_terminal(pin_root: Path, tmp_path: Path) -> None:
+    long = "backends-" + "x" * 60 + "-end"
+    config = tmp_path / "long.yaml"
+    config.write_text(f"inner_maps:\n  {long}: {{type: hash, key: u32, value: u32, max_entries: 4, entries: {{1: 1}}}}\n"
+                      "  short: {type: hash, key: u32, value: u32, max_entries: 4}\n")
+    api.converge(api.load_config([config]), str(pin_root))
+    wide = _on_a_terminal(["kmesh-apply", "show", "--usage", "--pin-root", str(pin_root)], 200)
+    assert long in wide and "┃ map" in wide  # the table, when it fits
+    narrow = _on_a_terminal(["kmesh-apply", "show", "--usage", "--pin-root", str(pin_root)], 80)
+    assert long in narrow and "┃ map" not in narrow, narrow  # too wide for the table: plain text, names whole

@@ -241,12 +241,15 @@ def _apply(files: list[Path], pin_root: Optional[str], auto_approve: bool, lock_
             fail(f"the saved plan is for pin root {saved.pin_root}, not {pin_root}")
         if run:
             run.pin_root = saved.pin_root
-        typer.echo(api.render_text(saved, color=_colour()), nl=False)
         progress = _Progress()
-        progress.start(saved)
+
+        def checked(plan: "Plan") -> None:
+            typer.echo(api.render_text(plan, color=_colour()), nl=False)
+            progress.start(plan)
+
         try:
             report = api.apply(saved, lock_timeout=lock_timeout, allow_replace_in_use=allow_replace_in_use,
-                               on_step=progress.tick)
+                               on_step=progress.tick, on_checked=checked)
         finally:
             progress.stop()
         _report(saved, report)
@@ -285,23 +288,31 @@ def show(
 
 
 def _show_usage(root: str, usage: list["MapUsage"], json_out: bool) -> None:
-    """JSON, a rich table on a terminal, else plain aligned text; nearly full maps stand out."""
+    """JSON, a rich table on a terminal wide enough for it, else plain aligned text (names are never
+    cut short); nearly full maps stand out."""
     from kmesh_apply import monitor
 
     if json_out:
         typer.echo(json_text({"pin_root": root, "maps": monitor.usage_json(usage)}))
-    elif not sys.stdout.isatty():
-        typer.echo(monitor.usage_text(usage), nl=False)
-    else:
+        return
+    rows = monitor.usage_rows(usage)
+    if sys.stdout.isatty():
         from rich.console import Console
         from rich.table import Table
 
-        table = Table(title=f"Map usage in {root}", caption=monitor.usage_total(usage))
-        for i, column in enumerate(monitor.USAGE_COLUMNS):
-            table.add_column(column, justify="right" if 3 <= i <= 6 else "left")
-        for u, cells in zip(usage, monitor.usage_rows(usage)):
-            table.add_row(*cells, style="bold red" if u.nearly_full else None)
-        Console().print(table)
+        console = Console()
+        # Each cell is padded by a space on either side and followed by a border.
+        natural = 1 + sum(3 + max(len(r[i]) for r in [monitor.USAGE_COLUMNS, *rows]) for i in range(len(rows[0]))) \
+            if rows else 0
+        if natural <= console.width:
+            table = Table(title=f"Map usage in {root}", caption=monitor.usage_total(usage))
+            for i, column in enumerate(monitor.USAGE_COLUMNS):
+                table.add_column(column, justify="right" if 3 <= i <= 6 else "left", no_wrap=True)
+            for u, cells in zip(usage, rows):
+                table.add_row(*cells, style="bold red" if u.nearly_full else None)
+            console.print(table)
+            return
+    typer.echo(monitor.usage_text(usage), nl=False)
 
 
 @app.command()

@@ -11,6 +11,7 @@ only on the per-value path, which a column falls back to for anything unusual.
 
 from __future__ import annotations
 
+import difflib
 import re
 import socket
 import struct
@@ -20,8 +21,8 @@ from operator import itemgetter
 from typing import Any, Callable, Sequence
 
 from kmesh_apply.ctype import (COPY_UNITS, Addr, Array, Bool, Bytes, Chars, CType, CUnion, Enum, Field, Formatted, Int, Lpm,
-                               Raw, Struct, records)
-from kmesh_apply.wording import count
+                               Raw, Struct, records, spec_text)
+from kmesh_apply.wording import count, flow
 
 Encoder = Callable[[Any], bytes]
 Decoder = Callable[[bytes], Any]
@@ -55,7 +56,8 @@ def _path_text(path: tuple[str | int, ...]) -> str:
 
 
 def _got(value: Any) -> str:
-    text = repr(value)
+    """What was given: a string quoted (so that `'10'` and `10` differ), anything else as YAML writes it."""
+    text = repr(value) if isinstance(value, (str, bytes)) or value is None else flow(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
 
@@ -205,7 +207,7 @@ def _array_encoder(typ: Array) -> Encoder:
 
     def enc(value: Any) -> bytes:
         if not isinstance(value, list) or len(value) != n:
-            raise _fail(f"a list of {n} values for {typ.spec()}", value)
+            raise _fail(f"a list of {count(n, 'value')} for {spec_text(typ.spec())}", value)
         i = 0
         try:
             out = []
@@ -362,14 +364,19 @@ def _encode_bool(value: Any) -> bytes:
 
 
 def _check_fields(names: list[str], value: dict[Any, Any]) -> None:
-    """Name the first missing or unknown field (only reached when the fields do not match)."""
+    """Name the first missing or unknown field (only reached when the fields do not match); an unknown
+    field that is a missing one misspelt is named first, with the field meant."""
     every = ", ".join(names)
-    for name in names:
-        if name not in value:
-            raise CodecError(f"missing (a struct value needs every field: {every})", (name,))
-    for key in value:
-        if key not in names:
-            raise CodecError(f"unknown field {_got(key)} (the fields are: {every})")
+    missing = [name for name in names if name not in value]
+    unknown = [key for key in value if key not in names]
+    for key in unknown:
+        close = difflib.get_close_matches(key, missing, n=1, cutoff=0.6) if isinstance(key, str) else []
+        if close:
+            raise CodecError(f"unknown field {_got(key)}: did you mean '{close[0]}'? (the fields are: {every})")
+    if missing:
+        raise CodecError(f"missing (a struct value needs every field: {every})", (missing[0],))
+    if unknown:
+        raise CodecError(f"unknown field {_got(unknown[0])} (the fields are: {every})")
 
 
 # ---------------------------------------------------------------- entry points

@@ -7,6 +7,7 @@ names its map and entry; lines are filled in afterwards (see loader.resolve).
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import re
@@ -33,7 +34,7 @@ from kmesh_apply.ctype import (CType, Formatted, Int, Lpm, Raw, TypeSpecError, a
                                parse_type, records, spec_text)
 from kmesh_apply.entries import Entries
 from kmesh_apply.state import KEY_TYPES_DIR, REPLACED_PIN, STAGING_DIR
-from kmesh_apply.wording import a, count
+from kmesh_apply.wording import a, count, flow, verb
 
 if TYPE_CHECKING:
     from kmesh_apply.kernel.btf import NamedTypes
@@ -128,7 +129,11 @@ def schema_problems(src: Source, known_valid: set[bytes] | None = None) -> list[
     from jsonschema import Draft202012Validator
 
     found = len(out)
-    for err in Draft202012Validator(schema()).iter_errors(shallow):
+    errors = list(Draft202012Validator(schema()).iter_errors(shallow))
+    misspelt = _misspelt(errors)
+    for err in errors:
+        if _explained_by_a_misspelling(err, misspelt):
+            continue  # `max_entires` is reported once, as an unknown key with a suggestion, not also as missing
         path = tuple(err.absolute_path)
         if "propertyNames" in err.schema_path:
             continue  # names are checked above, for every map
@@ -164,6 +169,35 @@ def _shape_digest(shallow: dict[str, Any], shapes: dict[str, list[str]]) -> byte
     return hashlib.blake2b(text.encode(), digest_size=16).digest()
 
 
+def _misspelt(errors: list[Any]) -> dict[tuple[Any, ...], dict[str, str]]:
+    """For each mapping with unknown keys: {unknown key: the allowed key it is a misspelling of}."""
+    out: dict[tuple[Any, ...], dict[str, str]] = {}
+    for err in errors:
+        if err.validator == "additionalProperties" and isinstance(err.instance, dict):
+            allowed = [k for k in err.schema.get("properties", {}) if k not in err.instance]
+            for key in err.instance:
+                if isinstance(key, str) and key not in err.schema.get("properties", {}):
+                    close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.75)
+                    if close:
+                        out.setdefault(tuple(err.absolute_path), {})[key] = close[0]
+    return out
+
+
+def _missing(err: Any) -> set[str]:
+    """The keys a `required` (or an anyOf of `required`s, the map's first choice) finds missing."""
+    if err.validator == "required":
+        return {k for k in err.validator_value if k not in err.instance}
+    if err.validator == "anyOf" and isinstance(err.instance, dict) and err.validator_value and \
+            set(err.validator_value[0]) == {"required"}:
+        return {k for k in err.validator_value[0]["required"] if k not in err.instance}
+    return set()
+
+
+def _explained_by_a_misspelling(err: Any, misspelt: dict[tuple[Any, ...], dict[str, str]]) -> bool:
+    missing = _missing(err)
+    return bool(missing) and missing <= set(misspelt.get(tuple(err.absolute_path), {}).values())
+
+
 def _schema_message(err: Any) -> str:
     where = "/".join(str(p) for p in err.absolute_path) or "the top level"
     if len(err.absolute_path) == 2 and err.absolute_path[0] in ("inner_maps", "outer_maps"):
@@ -171,7 +205,12 @@ def _schema_message(err: Any) -> str:
     if err.validator == "additionalProperties":
         allowed = sorted(err.schema.get("properties", {}))
         extra = sorted(set(err.instance) - set(allowed), key=str) if isinstance(err.instance, dict) else []
-        return f"unknown key {', '.join(repr(e) for e in extra)} in {where}: expected one of {', '.join(allowed)}"
+        guess = _misspelt([err]).get(tuple(err.absolute_path), {})
+        hint = "".join(f" (did you mean '{guess[e]}'?)" for e in extra[:1] if e in guess)
+        return f"unknown key {', '.join(repr(e) for e in extra)} in {where}{hint}: expected one of {', '.join(allowed)}"
+    if err.validator == "anyOf" and _missing(err):
+        choices = [" and ".join(branch["required"]) for branch in err.validator_value]
+        return f"{where} needs {' (or '.join(choices)}{')' * (len(choices) - 1)}"
     if err.validator == "pattern" and err.validator_value == "^[A-Za-z0-9_-]+$":
         return f"{err.instance!r} is not a valid map name: use letters, digits, '_' and '-' (bpffs refuses dots; no '/')"
     if err.validator == "propertyNames":
@@ -305,7 +344,7 @@ class _MapChecker:
             seen: set[bytes] = set()
             for i, ek in enumerate(enc_keys if enc_keys is not None else records(key_blob, key.size)):  # type: ignore[arg-type]
                 if ek in seen:
-                    self.problem(f"key {keys[i]!r} is given twice (after encoding)", *path(i), entry=str(keys[i]))
+                    self.problem(f"key {flow(keys[i])} is given twice (after encoding)", *path(i), entry=flow(keys[i]))
                     break
                 seen.add(ek)
             return {}
@@ -319,12 +358,12 @@ class _MapChecker:
         for i, ek in enumerate(encoded):
             if int.from_bytes(ek, "little") >= max_entries:
                 self.problem(f"{what} {keys[i]} is out of range: max_entries is {max_entries} "
-                             f"(indexes 0..{max_entries - 1})", *path(i), entry=str(keys[i]))
+                             f"(indexes 0..{max_entries - 1})", *path(i), entry=flow(keys[i]))
                 return
 
     def _entry_problem(self, reported: int, message: str, path: tuple[Any, ...], key: Any) -> int:
         if reported < MAX_PROBLEMS_PER_MAP:
-            self.problem(message, *path, entry=str(key))
+            self.problem(message, *path, entry=flow(key))
         elif reported == MAX_PROBLEMS_PER_MAP:
             self.problem("more bad entries follow; fix the ones above first", "entries")
         return 1
@@ -364,7 +403,7 @@ def check_inner(src: Source, name: str, raw: dict[str, Any], problems: list[Prob
     if len(problems) > before:
         return None
     if len(keys) > max_entries:
-        c.problem(f"{len(keys)} entries do not fit max_entries {max_entries}", "entries")
+        c.problem(f"{count(len(keys), 'entry', 'entries')} {verb(len(keys), 'does', 'do')} not fit max_entries {max_entries}", "entries")
         return None
     if type_ in PERCPU_TYPES:
         n = ncpus()
@@ -403,22 +442,22 @@ def check_outer(src: Source, name: str, raw: dict[str, Any], problems: list[Prob
             c.problem(f"inner_map '{template_name}' is not defined under inner_maps", "inner_map")
     keys, values, path = c.columns(key) if key is not None else ([], [], lambda i: ("entries",))
     if len(keys) > max_entries:
-        c.problem(f"{len(keys)} slots do not fit max_entries {max_entries}", "entries")
+        c.problem(f"{count(len(keys), 'slot')} {verb(len(keys), 'does', 'do')} not fit max_entries {max_entries}", "entries")
     if len(problems) > before or key is None or template is None:
         return None
     for i, (k, v) in enumerate(zip(keys, values)):
         if not isinstance(v, str):
-            c.problem(f"slot {k}: expected the name of an inner map, got {v!r}", *path(i), entry=str(k))
+            c.problem(f"slot {flow(k)}: expected the name of an inner map, got {flow(v)}", *path(i), entry=flow(k))
             continue
         if v not in inner:
             if v in outer_names:
-                c.problem(f"slot {k}: '{v}' is an outer map; a slot holds an inner map", *path(i), entry=str(k))
+                c.problem(f"slot {flow(k)}: '{v}' is an outer map; a slot holds an inner map", *path(i), entry=flow(k))
             elif v not in inner_raw:
-                c.problem(f"slot {k}: '{v}' is not defined under inner_maps", *path(i), entry=str(k))
+                c.problem(f"slot {flow(k)}: '{v}' is not defined under inner_maps", *path(i), entry=flow(k))
             continue
         for reason in incompatible(template, inner[v]):
-            c.problem(f"slot {k}: inner map '{v}' is incompatible with the template '{template_name}': {reason} "
-                      "(the kernel refuses it)", *path(i), entry=str(k))
+            c.problem(f"slot {flow(k)}: inner map '{v}' is incompatible with the template '{template_name}': {reason} "
+                      "(the kernel refuses it)", *path(i), entry=flow(k))
     if len(problems) > before:
         return None
     slots = dict(c.encode_all(keys, values, path, key, None, lambda v: v))

@@ -37,6 +37,7 @@ from kmesh_apply.plan.model import (
     WriteEntries,
 )
 from kmesh_apply.state import STAGING_DIR, LiveMap, LiveState
+from kmesh_apply.wording import verb
 
 if TYPE_CHECKING:
     from kmesh_apply.kernel.progs import Program
@@ -273,7 +274,7 @@ class _Planner:
         change = MapChange(spec.name, "update", "inner", want, holders=holders)
         if swap and holders:  # they hold this very map, not the slot: a swap would leave them on the old one
             swap = False
-            change.reasons.append(f"written in place, not swapped: {_programs(holders)} hold(s) this inner map "
+            change.reasons.append(f"written in place, not swapped: {_programs(holders)} {verb(len(holders), 'holds', 'hold')} this inner map "
                                   "directly and would stay on the old map; readers may see the change half done")
         change.swap = swap
         describe_entries(change, put, delete, have_entries)
