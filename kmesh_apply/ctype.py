@@ -183,20 +183,26 @@ class Lpm:
         return {"lpm": self.family}
 
 
+class _SizedByBase:
+    """A type laid out as its `base` is: the same size and alignment."""
+
+    base: Any
+
+    @property
+    def size(self) -> int:
+        return int(self.base.size)
+
+    @property
+    def align(self) -> int:
+        return int(self.base.align)
+
+
 @dataclass(frozen=True)
-class Enum:
+class Enum(_SizedByBase):
     """A C enum: an integer of `base`'s size whose values may be written (and are shown) by name."""
 
     base: Int
     values: tuple[tuple[str, int], ...]
-
-    @property
-    def size(self) -> int:
-        return self.base.size
-
-    @property
-    def align(self) -> int:
-        return self.base.align
 
     def spec(self) -> Any:
         return {"enum": self.base.name, "values": dict(self.values)}
@@ -293,7 +299,7 @@ class CUnion:
 
 
 @dataclass(frozen=True)
-class Formatted:
+class Formatted(_SizedByBase):
     """A field of C type `base` written and shown as `shown` (`formats:`): Kmesh's `__u32 ip4` holds an
     IPv4 address in network order, its ports are `__u32` holding htons() values. A format is how
     bytes read, never what they are: the size and alignment are the base's. `shown` may be narrower
@@ -302,14 +308,6 @@ class Formatted:
 
     base: "CType"
     shown: "CType"
-
-    @property
-    def size(self) -> int:
-        return self.base.size
-
-    @property
-    def align(self) -> int:
-        return self.base.align
 
     def spec(self) -> Any:
         return {"type": self.base.spec(), "format": self.shown.spec()}

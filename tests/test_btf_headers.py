@@ -6,7 +6,6 @@ enum, sizes from macros); values are checked against the bytes a C compiler lays
 
 from __future__ import annotations
 
-import os
 import stat
 import subprocess
 from pathlib import Path
@@ -14,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from cbytes import c_bytes
-from conftest import run_cli
+from conftest import REPO, run_cli
 from kmesh_apply import api
 from kmesh_apply.config import headers, load_config
 from kmesh_apply.errors import ConfigError
@@ -182,30 +181,16 @@ def test_compiled_btf_is_cached_until_a_header_it_reads_changes(work: Path, tmp_
     assert len(runs) == 4 and wider.size == first.size + 4  # the union grew from 16 to 20 bytes
 
 
-def test_a_c_source_gives_its_maps_too(work: Path, pin_root: Path) -> None:
+def test_a_c_source_gives_its_maps_too(tmp_path: Path) -> None:
     """A .c file under btf: is compiled the same way: its `.maps` serve object_map, with its
-    key_size-only declarations typed from the same file's typedefs (Kmesh's style)."""
-    (work / "prog.c").write_text(r"""
-#include "types.h"
-#include <linux/bpf.h>
-#include <bpf/bpf_helpers.h>
-struct {
-    __uint(type, BPF_MAP_TYPE_HASH);
-    __uint(key_size, sizeof(frontend_key));
-    __uint(value_size, sizeof(backend_value));
-    __uint(max_entries, 16);
-    __uint(map_flags, BPF_F_NO_PREALLOC);
-} map_of_frontend SEC(".maps");
-char LICENSE[] SEC("license") = "GPL";
-""")
-    (work / "maps.yaml").write_text("""
-btf: [{header: prog.c, include: [inc]}]
+    key_size-only declarations typed from the typedefs it includes (Kmesh's style): examples/btf's."""
+    (tmp_path / "maps.yaml").write_text(f"""
+btf: [{{header: {REPO / "examples/btf/maps.bpf.c"}}}]
 inner_maps:
-  frontend:
-    object_map: map_of_frontend
-    key: frontend_key
+  backend:
+    object_map: km_backend
+    key: backend_key
     value: backend_value
 """)
-    spec = load_config([work / "maps.yaml"]).inner_maps["frontend"]
-    assert (spec.type, spec.max_entries, spec.flags, spec.key.size, spec.value.size) == ("hash", 16, ("no_prealloc",), 16, 30)
-    assert os.path.exists(work / "prog.c")
+    spec = load_config([tmp_path / "maps.yaml"]).inner_maps["backend"]
+    assert (spec.type, spec.max_entries, spec.flags, spec.key.size, spec.value.size) == ("hash", 1024, ("no_prealloc",), 4, 24)
