@@ -1,9 +1,9 @@
 """One command for the issue-6 benchmark: kmesh-apply against bpftool, a naive applier and C.
 
-    .venv/bin/python bench/run.py [--quick] [--only S,K,B,G] [--runs N] [--markdown]
+    .venv/bin/python bench/run.py [--quick] [--only S,K,B,G] [--runs N] [--markdown] [--pin-root DIR]
 
 Builds bench/c/batch_apply.c, generates the workloads (bench/workloads.py), then runs
-every competitor on the same data, each in a fresh pin root under /sys/fs/bpf (removed
+every competitor on the same data, each in a fresh pin root under /sys/fs/bpf or --pin-root (removed
 afterwards, also on failure or Ctrl-C), and prints one table of times (median), ratios,
 bpf() syscall counts (perf stat of the sys_enter_bpf tracepoint, or strace) and peak RSS (per child, /usr/bin/time), the S-like growth
 curve, and each issue-6 target as met / not met. Needs root.
@@ -177,13 +177,16 @@ def _remove_root(path: Path) -> None:
 @contextmanager
 def fresh_pin_root() -> Iterator[str]:
     """A new empty directory on bpffs, removed with everything pinned in it, whatever happens."""
-    path = BPFFS / f"kmesh-bench-{secrets.token_hex(4)}"
+    path = _pin_parent / f"kmesh-bench-{secrets.token_hex(4)}"
     path.mkdir()
     _live_roots.add(path)
     try:
         yield str(path)
     finally:
         _remove_root(path)
+
+
+_pin_parent = BPFFS  # where fresh pin roots are made (--pin-root)
 
 
 def _on_sigterm(signum: int, frame: object) -> None:
@@ -628,6 +631,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     ap.add_argument("--no-counts", action="store_true", help="skip the bpf() syscall counts (perf or strace)")
     ap.add_argument("--kmesh-apply", metavar="PATH", help="the kmesh-apply to run (default: .venv/bin/kmesh-apply)")
     ap.add_argument("--markdown", action="store_true", help="print the results as markdown (for bench/RESULTS.md)")
+    ap.add_argument("--pin-root", metavar="DIR", type=Path, default=BPFFS,
+                    help=f"bpffs directory in which each run's fresh pin root is made and removed (default {BPFFS})")
     args = ap.parse_args(argv)
     args.argv = list(argv)
     return args
@@ -656,8 +661,17 @@ def main(argv: Sequence[str]) -> int:
     runs = args.runs or (1 if args.quick else 3)
     plan = Plan(runs=runs, slow_runs=args.slow_runs or 1, count_calls=not args.no_counts, count_slow=not args.quick)
     names = selected(args)
-    global _kmesh_apply_override
+    global _kmesh_apply_override, _pin_parent
     _kmesh_apply_override = args.kmesh_apply
+    from kmesh_apply.errors import KmeshError
+    from kmesh_apply.pinroot.guard import check_pin_root
+
+    _pin_parent = args.pin_root.absolute()
+    try:
+        check_pin_root(str(_pin_parent))
+    except KmeshError as e:
+        raise SystemExit(f"--pin-root: {e}") from None
+    _pin_parent.mkdir(parents=True, exist_ok=True)
     signal.signal(signal.SIGTERM, _on_sigterm)
     started = time.perf_counter()
     results: Results = {}

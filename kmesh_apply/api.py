@@ -128,16 +128,21 @@ def plan_destroy(pin_root: str) -> Plan:
 
 
 def apply(plan: Plan, *, lock_timeout: float = DEFAULT_LOCK_TIMEOUT, allow_replace_in_use: bool = False,
-          on_step: Callable[[Step], None] | None = None) -> ApplyReport:
+          on_step: Callable[[Step], None] | None = None, on_checked: Callable[[Plan], None] | None = None) -> ApplyReport:
     """Perform a plan made earlier (maybe saved), refusing it if the live state moved since, or if
-    it replaces maps that loaded programs hold now (unless `allow_replace_in_use`)."""
+    it replaces maps that loaded programs hold now (unless `allow_replace_in_use`). `on_checked` sees
+    the plan once it is known to still hold, before anything runs (the CLI shows it then: a stale
+    plan is refused without showing what will not be done)."""
     with PinRootLock(plan.pin_root, lock_timeout):
         live = read_live(plan.pin_root)
         moved = plan.moved_since(live)
         if moved:
             raise StalePlanError(f"the plan is stale: since it was made, {'; '.join(moved)}. "
                                  "Make a new plan and review it.")
-        return perform(plan, live, allow_replace_in_use=allow_replace_in_use, on_step=on_step)
+        held = _refuse_in_use(plan, live, allow_replace_in_use)
+        if on_checked is not None:
+            on_checked(plan)
+        return _execute(plan, live, held, on_step)
 
 
 def converge(config: Config | None, pin_root: str, *, confirm: Callable[[Plan], bool] = lambda p: True,

@@ -20,12 +20,16 @@ natural struct, and the BTF read back from a map (which records offsets, not
 
 from __future__ import annotations
 
+import difflib
+import json
 import re
 import struct
 from dataclasses import dataclass, field
 from functools import cache
 from itertools import chain
 from typing import Any, Iterable, Mapping, Sequence, Union
+
+from kmesh_apply.wording import count
 
 INT_NAMES = {
     "u8": (1, False, False), "u16": (2, False, False), "u32": (4, False, False), "u64": (8, False, False),
@@ -179,20 +183,26 @@ class Lpm:
         return {"lpm": self.family}
 
 
+class _SizedByBase:
+    """A type laid out as its `base` is: the same size and alignment."""
+
+    base: Any
+
+    @property
+    def size(self) -> int:
+        return int(self.base.size)
+
+    @property
+    def align(self) -> int:
+        return int(self.base.align)
+
+
 @dataclass(frozen=True)
-class Enum:
+class Enum(_SizedByBase):
     """A C enum: an integer of `base`'s size whose values may be written (and are shown) by name."""
 
     base: Int
     values: tuple[tuple[str, int], ...]
-
-    @property
-    def size(self) -> int:
-        return self.base.size
-
-    @property
-    def align(self) -> int:
-        return self.base.align
 
     def spec(self) -> Any:
         return {"enum": self.base.name, "values": dict(self.values)}
@@ -289,6 +299,21 @@ class CUnion:
 
 
 @dataclass(frozen=True)
+class Formatted(_SizedByBase):
+    """A field of C type `base` written and shown as `shown` (`formats:`): Kmesh's `__u32 ip4` holds an
+    IPv4 address in network order, its ports are `__u32` holding htons() values. A format is how
+    bytes read, never what they are: the size and alignment are the base's. `shown` may be narrower
+    than an unsigned integer base (a be16 in a u32): its bytes come first and the rest are zero, as
+    an htons() value widened to 32 bits lies in memory on the little-endian machines this runs on."""
+
+    base: "CType"
+    shown: "CType"
+
+    def spec(self) -> Any:
+        return {"type": self.base.spec(), "format": self.shown.spec()}
+
+
+@dataclass(frozen=True)
 class Raw(_ByteRun):
     """Only a size is known (`key_size: N`): an integer for N in 1, 2, 4, 8, else hex."""
 
@@ -296,7 +321,7 @@ class Raw(_ByteRun):
         return None
 
 
-CType = Union[Int, Bool, Addr, Bytes, Chars, Array, Lpm, Enum, Struct, CUnion, Raw]
+CType = Union[Int, Bool, Addr, Bytes, Chars, Array, Lpm, Enum, Struct, CUnion, Formatted, Raw]
 
 
 # How a struct's canonical spec reproduces its offsets (_mode): _PACKED, or natural with the
@@ -438,15 +463,25 @@ def _parse_name(spec: str, named: Mapping[str, CType]) -> CType:
     raise _unknown(spec, named)
 
 
+_C_NAME_RE = re.compile(r"^(?:(?:struct|union|enum) )?[A-Za-z_][A-Za-z0-9_]*$")
+
+
 def _unknown(spec: str, named: Mapping[str, CType]) -> TypeSpecError:
-    hint = ""
-    if spec.startswith(("struct ", "union ", "enum ", "typedef ")) or " " in spec:
-        hint = (f"; no type '{spec}' in the BTF files the config names" if named
-                else "; named C types need a top-level `btf:` list of BPF object or BTF files")
-    return TypeSpecError(
-        f"unknown type '{spec}': expected one of {', '.join(INT_NAMES)}, bool, ipv4, ipv6, mac, "
-        "bytes[N], char[N], T[N], {lpm: ...}, {struct: [...]}, {union: [...]}, {enum: ...} or {array: T, length: N}"
-        + hint)
+    """Say where a name was looked for: `named` may tell (`searched`: the files under `btf:`)."""
+    builtin = (f"{', '.join(INT_NAMES)}, bool, ipv4, ipv6, mac, bytes[N], char[N], T[N], {{lpm: ...}}, {{struct: [...]}}, "
+               "{union: [...]}, {enum: ...} or {array: T, length: N}")
+    close = difflib.get_close_matches(spec, SCALAR_NAMES, n=1, cutoff=0.6)
+    if close or not _C_NAME_RE.match(spec):
+        hint = f": did you mean '{close[0]}'? The built-in types are" if close else ": expected one of"
+        return TypeSpecError(f"unknown type '{spec}'{hint} {builtin}")
+    searched = getattr(named, "searched", None) or []
+    if searched:
+        where = f"not declared in {', '.join(searched)} (the files under btf:, searched in that order)"
+    elif named:
+        where = "not among the named types given"
+    else:
+        where = "a C type's name needs a top-level `btf:` list of BPF objects, BTF files or C headers that declare it"
+    return TypeSpecError(f"unknown type '{spec}': {where}; the built-in types are {builtin}")
 
 
 def _members(spec: Any, word: str, named: Mapping[str, CType], bitfields: bool) -> list[tuple[str, CType, int]]:
@@ -512,8 +547,19 @@ def _parse(spec: Any, named: Mapping[str, CType]) -> CType:
                 raise e.inside("array") from None
         if "enum" in spec and set(spec) <= {"enum", "values"}:
             return _parse_enum(spec)
+        if set(spec) == {"type", "format"}:
+            try:
+                base = _parse(spec["type"], named)
+            except TypeSpecError as e:
+                raise e.inside("type") from None
+            try:
+                shown = _parse(spec["format"], named)
+            except TypeSpecError as e:
+                raise e.inside("format") from None
+            return formatted(base, shown)
         raise TypeSpecError(f"unknown type {spec!r}: a mapping type is {{lpm: ...}}, {{struct: [...], packed: bool}}, "
-                            "{union: [...]}, {enum: u32, values: {NAME: number}} or {array: T, length: N}")
+                            "{union: [...]}, {enum: u32, values: {NAME: number}}, {array: T, length: N} or "
+                            "{type: T, format: F}")
     raise TypeSpecError(f"a type is a name or a mapping, got {spec!r}")
 
 
@@ -534,17 +580,125 @@ def _parse_enum(spec: dict[str, Any]) -> Enum:
     return Enum(typ, tuple(values.items()))
 
 
+# ---- formats: how a field's bytes are written and shown (`formats:`) ----------------------------
+
+FORMAT_KINDS = (Int, Addr, Bool, Chars, Bytes, Enum)
+_FORMAT_PATH_RE = re.compile(r"^(?:[A-Za-z_][A-Za-z0-9_]*)?(?:\[\])*(?:\.[A-Za-z_][A-Za-z0-9_]*(?:\[\])*)*$")
+
+
+def formatted(base: CType, shown: CType) -> Formatted:
+    """`base` shown as `shown`; raises TypeSpecError unless the format can read the base's bytes."""
+    if isinstance(base, Formatted):
+        base = base.base  # a map's format overrides its type's
+    if not isinstance(shown, FORMAT_KINDS):
+        raise TypeSpecError(f"a format is a scalar type (an integer, be16..be64, bool, an enum, ipv4, ipv6, mac, char[N] "
+                            f"or bytes[N]), got {spec_text(shown.spec())}")
+    if not _scalar_bytes(base):
+        raise TypeSpecError(f"a format applies to an integer, an array of integers or bytes, not to {spec_text(base.spec())}")
+    narrow = shown.size < base.size and isinstance(base, Int) and not base.signed and not base.big_endian
+    if shown.size != base.size and not narrow:
+        raise TypeSpecError(f"format {spec_text(shown.spec())} is {count(shown.size, 'byte')} but the field's "
+                            f"{spec_text(base.spec())} is {base.size} (a narrower format needs an unsigned integer field)")
+    if isinstance(shown, Enum) and base != shown.base:
+        raise TypeSpecError(f"an enum of {shown.base.name} formats a {shown.base.name} field, not {spec_text(base.spec())}")
+    return Formatted(base, shown)
+
+
+def _scalar_bytes(t: CType) -> bool:
+    """Integers, bytes and arrays of them: what a format may read differently."""
+    if isinstance(t, Array):
+        return _scalar_bytes(t.elem)
+    return isinstance(t, (Int, Addr, Bool, Chars, Bytes, Enum, Raw))
+
+
+def spec_text(spec: Any) -> str:
+    """A type spec as messages quote it: a name as it is, a mapping in YAML's flow style."""
+    return spec if isinstance(spec, str) else json.dumps(spec).replace('"', "")
+
+
+def format_path(path: str) -> list[str]:
+    """`addr.ip4` -> [addr, ip4]; `service_port[]` -> [service_port, []] (every element); raises TypeSpecError."""
+    if not isinstance(path, str) or not path or not _FORMAT_PATH_RE.match(path):
+        raise TypeSpecError(f"{path!r} is not a field path: field names joined by '.', '[]' for every element "
+                            "of an array (addr.ip4, service_port[])")
+    return [step for part in re.split(r"\.|(?=\[\])", path) for step in ([part] if part else [])]
+
+
+def apply_format(t: CType, steps: Sequence[str], shown: CType) -> CType:
+    """`t` with the field at `steps` (see format_path) shown as `shown`; raises TypeSpecError
+    (KeyError when the first step names no field of `t`, so a map can try its key and its value)."""
+    if not steps:
+        return formatted(t, shown)
+    step, rest = steps[0], steps[1:]
+    if step == "[]":
+        if not isinstance(t, Array):
+            raise KeyError(step)
+        try:
+            return Array(apply_format(t.elem, rest, shown), t.length)
+        except KeyError as e:
+            raise TypeSpecError(missing_step(e.args[0], "an element", t.elem)) from None
+    if not isinstance(t, (Struct, CUnion)):
+        raise KeyError(step)
+    for i, f in enumerate(t.fields):
+        if f.name == step:
+            if f.bits:
+                raise TypeSpecError(f"field '{step}' is a bitfield: a format reads whole bytes")
+            try:
+                new = apply_format(f.type, rest, shown)
+            except KeyError as e:
+                raise TypeSpecError(missing_step(e.args[0], f"'{step}'", f.type)) from None
+            fields = (*t.fields[:i], Field(f.name, new, f.offset), *t.fields[i + 1:])
+            return Struct(fields, t.size, t.align, t.packed) if isinstance(t, Struct) else CUnion(fields, t.size, t.align)
+    raise KeyError(step)
+
+
+def missing_step(step: str, where: str, t: CType) -> str:
+    """Why a format's path step leads nowhere in `t` (found at `where`)."""
+    if step == "[]":
+        return f"{where} is not an array ({spec_text(t.spec())})"
+    if isinstance(t, (Struct, CUnion)):
+        return f"no field '{step}' in {where} (its fields: {', '.join(f.name for f in t.fields)})"
+    return f"no field '{step}' in {where}, a {spec_text(t.spec())}"
+
+
+def unformatted(t: CType) -> CType:
+    """`t` without its formats: the C type whose bytes a format only reads differently."""
+    if isinstance(t, Formatted):
+        return t.base
+    if isinstance(t, Array):
+        return Array(unformatted(t.elem), t.length)
+    if isinstance(t, (Struct, CUnion)):
+        fields = tuple(Field(f.name, unformatted(f.type), f.offset, f.bits, f.bit_offset) for f in t.fields)
+        return Struct(fields, t.size, t.align, t.packed) if isinstance(t, Struct) else CUnion(fields, t.size, t.align)
+    return t
+
+
+def formats_of(t: CType, prefix: str = "") -> dict[str, Any]:
+    """The formats inside `t` as `formats:` writes them: {path: format spec} (`show` writes them back)."""
+    if isinstance(t, Formatted):
+        return {prefix: t.shown.spec()}
+    if isinstance(t, Array):
+        return formats_of(t.elem, prefix + "[]")
+    if isinstance(t, (Struct, CUnion)):
+        out: dict[str, Any] = {}
+        for f in t.fields:
+            out.update(formats_of(f.type, f"{prefix}.{f.name}" if prefix else f.name))
+        return out
+    return {}
+
+
 def type_or_raw(spec: Any, size: int) -> CType:
     """The type a spec names, or raw bytes of `size` when there is no spec (a map without BTF, `key_size: N`)."""
     return parse_type(spec) if spec is not None else Raw(size)
 
 
 def same_type(a: Any, b: Any) -> bool:
-    """Whether two type specs describe the same bytes read the same way (see the module docstring)."""
+    """Whether two type specs describe the same bytes read the same way (see the module docstring);
+    formats are how bytes are shown, not what they are, so they are left out."""
     if a == b:
         return True
     try:
-        return parse_type(a) == parse_type(b)
+        return unformatted(parse_type(a)) == unformatted(parse_type(b))
     except TypeSpecError:
         return False
 # Copy units for strided copies into packed records (struct columns, interleaved keys and

@@ -146,8 +146,9 @@ def map_families(root: str, usage: list[MapUsage]) -> bytes:
             [f"kmesh_apply_map_entries{lab}{u.entries}\n" for lab, u in zip(labels, usage) if u.entries is not None])
     _family(out, "kmesh_apply_map_max_entries", "A map's max_entries.",
             [f"kmesh_apply_map_max_entries{lab}{u.max_entries}\n" for lab, u in zip(labels, usage)])
-    _family(out, "kmesh_apply_map_fill_ratio", "entries / max_entries, 0 to 1.",
-            [f"kmesh_apply_map_fill_ratio{lab}{u.fill!r}\n" for lab, u in zip(labels, usage) if u.entries is not None])
+    _family(out, "kmesh_apply_map_fill_ratio", "entries / max_entries, 0 to 1 (not for arrays, which cannot fill up).",
+            [f"kmesh_apply_map_fill_ratio{lab}{u.fill!r}\n" for lab, u in zip(labels, usage)
+             if u.entries is not None and u.can_fill])
     _family(out, "kmesh_apply_map_memlock_bytes", "Bytes the kernel charges for a map (bpftool's bytes_memlock).",
             [f"kmesh_apply_map_memlock_bytes{lab}{u.memlock_bytes}\n" for lab, u in zip(labels, usage)
              if u.memlock_bytes is not None])

@@ -11,8 +11,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-from kmesh_apply.config.model import NEARLY_FULL, used_entries
+from kmesh_apply.config.model import NEARLY_FULL, can_fill, used_entries
 from kmesh_apply.state import LiveState
+from kmesh_apply.wording import count
 
 # Outcomes of one reconcile pass, the label values of kmesh_apply_reconciles_total.
 OUTCOMES = ("success", "noop", "error")
@@ -35,8 +36,18 @@ class MapUsage:
 
     @property
     def fill(self) -> float:
-        """entries / max_entries, 0..1 (0 when the entries cannot be read)."""
+        """entries / max_entries, 0..1 (0 when the entries cannot be read). For an array: the share of its
+        indexes holding a non-zero value."""
         return self.entries / self.max_entries if self.max_entries and self.entries else 0.0
+
+    @property
+    def can_fill(self) -> bool:
+        """Whether inserts can fail for want of room (arrays cannot fill up: every index exists)."""
+        return can_fill(self.type)
+
+    @property
+    def nearly_full(self) -> bool:
+        return self.can_fill and self.fill >= NEARLY_FULL
 
 
 @dataclass
@@ -119,8 +130,8 @@ def managed_usage(usage: list[MapUsage]) -> list[MapUsage]:
 
 
 def usage_json(usage: list[MapUsage]) -> list[dict[str, Any]]:
-    """`show --usage --json`: one object per map, fill as a ratio 0..1."""
-    return [{**asdict(u), "fill": round(u.fill, 6)} for u in usage]
+    """`show --usage --json`: one object per map, fill as a ratio 0..1 (`can_fill`: false for arrays)."""
+    return [{**asdict(u), "fill": round(u.fill, 6), "can_fill": u.can_fill} for u in usage]
 
 
 def human_bytes(n: int | None) -> str:
@@ -141,9 +152,9 @@ USAGE_COLUMNS = ("map", "kind", "type", "entries", "max_entries", "fill", "memlo
 
 
 def usage_rows(usage: list[MapUsage]) -> list[tuple[str, ...]]:
-    """The cells of `show --usage`, fullest first; a nearly full map's fill is marked with `!`."""
+    """The cells of `show --usage`, fullest first; a nearly full map's fill is marked with `!` (never an array's)."""
     return [(u.name, u.kind, u.type, "-" if u.entries is None else str(u.entries), str(u.max_entries),
-             "-" if u.entries is None else f"{u.fill * 100:.1f}%{' !' if u.fill >= NEARLY_FULL else ''}",
+             "-" if u.entries is None else f"{u.fill * 100:.1f}%{' !' if u.nearly_full else ''}",
              human_bytes(u.memlock_bytes),
              ", ".join(u.programs) or "-")
             for u in usage]
@@ -152,7 +163,7 @@ def usage_rows(usage: list[MapUsage]) -> list[tuple[str, ...]]:
 def usage_total(usage: list[MapUsage]) -> str:
     memlock = sum(u.memlock_bytes or 0 for u in usage)
     entries = sum(u.entries or 0 for u in usage if u.kind == "inner")
-    return f"{len(usage)} maps, {entries} entries in inner maps, {human_bytes(memlock)} memlock"
+    return f"{count(len(usage), 'map')}, {count(entries, 'entry', 'entries')} in inner maps, {human_bytes(memlock)} memlock"
 
 
 def usage_text(usage: list[MapUsage]) -> str:

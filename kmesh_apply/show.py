@@ -1,11 +1,11 @@
 """Live state -> a config document (the inverse of loading), for `kmesh-apply show`.
 
 Types come from the BTF each map carries, so values print as the user wrote
-them. Outer maps cannot carry BTF: their key type and template are the ones
-kmesh-apply recorded when it created them (pinroot.records); without a record
-keys print by size (`u32` for 4-byte keys, else `key_size`) and the template is
-the inner map in the lowest slot. Maps kmesh-apply does not manage are left out,
-unless asked for (`all_maps`).
+them, formats included (written back under `formats:`). Outer maps cannot carry
+BTF: their key type and template are the ones kmesh-apply recorded when it
+created them (pinroot.records); without a record keys print by size (`u32` for
+4-byte keys, else `key_size`) and the template is the inner map in the lowest
+slot. Maps kmesh-apply does not manage are left out, unless asked for (`all_maps`).
 """
 
 from __future__ import annotations
@@ -15,17 +15,43 @@ from typing import Any
 
 from kmesh_apply.config import codecs
 from kmesh_apply.config.model import ARRAY_TYPES, PERCPU_TYPES
-from kmesh_apply.ctype import CType, Raw, parse_type, type_or_raw
+from kmesh_apply.ctype import (CType, Raw, TypeSpecError, apply_format, format_path, formats_of, parse_type, type_or_raw,
+                               unformatted)
 from kmesh_apply.entries import packed
 from kmesh_apply.state import LiveMap, LiveState
 
 
-def _type_fields(doc: dict[str, Any], which: str, typ: CType) -> None:
-    spec = typ.spec()
-    if spec is None:
-        doc[f"{which}_size"] = typ.size
-    else:
-        doc[which] = spec
+def _type_fields(doc: dict[str, Any], types: dict[str, CType]) -> None:
+    """The key and value types (or their sizes), their formats written under `formats:` as a config
+    gives them (when applying those to both gives back exactly these types; else spelled inline)."""
+    formats = _formats(types)
+    for which, typ in types.items():
+        spec = (unformatted(typ) if formats else typ).spec()
+        if spec is None:
+            doc[f"{which}_size"] = typ.size
+        else:
+            doc[which] = spec
+    if formats:
+        doc["formats"] = formats
+
+
+def _formats(types: dict[str, CType]) -> dict[str, Any]:
+    """The `formats:` that turn the plain key and value into these, or {} when none (or none does)."""
+    formats: dict[str, Any] = {}
+    for typ in types.values():
+        for path, spec in formats_of(typ).items():
+            if formats.setdefault(path, spec) != spec:
+                return {}
+    again = {which: unformatted(typ) for which, typ in types.items()}
+    for path, spec in formats.items():
+        for which, typ in again.items():
+            try:
+                again[which] = apply_format(typ, format_path(path), parse_type(spec))
+            except KeyError:
+                pass  # not a path of this one
+            except TypeSpecError:
+                return {}  # a config would refuse the path here
+    return formats if again == types else {}
 
 
 def _entries(keys: list[Any], values: list[Any]) -> Any:
@@ -46,10 +72,8 @@ def _inner(m: LiveMap) -> dict[str, Any]:
     key = type_or_raw(m.key_type, m.key_size)
     value = type_or_raw(m.value_type, m.value_size)
     doc: dict[str, Any] = {"type": m.type}
-    if m.key_size:
-        _type_fields(doc, "key", key)
-    if m.value_size:
-        _type_fields(doc, "value", value)
+    _type_fields(doc, {which: typ for which, typ, size in (("key", key, m.key_size), ("value", value, m.value_size))
+                       if size})  # ringbufs, queues and stacks have no key, ringbufs no value either
     doc["max_entries"] = m.max_entries
     if m.flags:
         doc["flags"] = list(m.flags)
@@ -77,7 +101,7 @@ def _outer(m: LiveMap, names: dict[int, str], template: str | None) -> dict[str,
     if key is None or key.size != m.key_size:
         key = parse_type("u32") if m.key_size == 4 else Raw(m.key_size)
     doc: dict[str, Any] = {"type": m.type}
-    _type_fields(doc, "key", key)
+    _type_fields(doc, {"key": key})
     doc["max_entries"] = m.max_entries
     if m.flags:
         doc["flags"] = list(m.flags)

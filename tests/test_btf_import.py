@@ -265,3 +265,21 @@ def test_maps_using_types_of_btf_named_in_another_file_are_not_taken_from_the_ca
     big.write_text(big.read_text().replace("      7: {addr: {ip4: 7}, port: 7,", "      7: {addr: {ip4: 7}, port: 70,"))
     wide = load_config(files).inner_maps["svc1"]  # a changed block: no block kept from the narrow encoding
     assert {len(v) for v in wide.entries.values()} == {24} and wide.entries == load_config(files, use_cache=False).inner_maps["svc1"].entries
+
+
+@pytest.mark.parametrize("written, line, message", [
+    ("    value: u64\n", 6, "value u64 (8 bytes) contradicts map 'svc_map' in {obj}, whose values are 22 bytes"),
+    ("    key_size: 8\n", 6, "key_size 8 contradicts map 'svc_map' in {obj}, whose keys are 4 bytes"),
+])
+def test_object_map_with_a_key_or_value_of_another_size_is_refused(built, pin_root: Path, written: str, line: int,
+                                                                   message: str) -> None:
+    """What the object's loader would refuse to reuse is refused here, naming both sizes and the line."""
+    work, _ = built
+    path = work / "contradicts.yaml"
+    path.write_text(f"btf: [prog.o]\ninner_maps:\n  svc:\n    object_map: svc_map\n    max_entries: 4\n{written}")
+    res = run_cli("kmesh-apply", "apply", str(path), "--auto-approve", "--pin-root", str(pin_root))
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    errors = [ln for ln in res.stderr.splitlines() if "contradicts.yaml:" in ln]
+    assert len(errors) == 1 and f"contradicts.yaml:{line}:" in errors[0], res.stderr
+    assert message.format(obj=work / "prog.o") in errors[0], errors[0]
+    assert not pin_root.exists()

@@ -56,3 +56,41 @@ def test_install_completion_for_bash(tool: str, tmp_path: Path):
     assert f"complete -o default -F _{tool.replace('-', '_')}_completion {tool}" in script.read_text()
     shown = run_cli(tool, "--show-completion", "bash")
     assert shown.returncode == 0 and shown.stdout.strip() == script.read_text().strip()
+
+
+@pytest.mark.parametrize("shell, first_line", [("bash", "_kmesh_apply_completion() {"), ("zsh", "#compdef kmesh-apply"),
+                                               ("fish", "complete --command kmesh-apply")])
+def test_show_completion_prints_the_named_shell_s_script(shell: str, first_line: str):
+    """Whatever shell the command runs from (here: none detected, or the test's), the named one's script."""
+    res = run_cli("kmesh-apply", "--show-completion", shell, env={"SHELL": "/bin/bash"})
+    assert res.returncode == 0 and res.stdout.startswith(first_line), res.stdout[:200] + res.stderr
+
+
+def test_show_completion_refuses_what_is_not_a_shell():
+    res = run_cli("kmesh-apply", "--show-completion", "tcsh")
+    assert res.returncode == 1 and "'tcsh' is not a shell: expected one of bash, zsh, fish" in res.stderr
+
+
+@pytest.mark.parametrize("argv, default", [
+    (("kmesh-apply", "show"), "/sys/fs/bpf/kmesh"), (("kmesh-apply", "destroy"), "/sys/fs/bpf/kmesh"),
+    (("kmesh", "map", "info"), "/sys/fs/bpf/kmesh"), (("kmesh", "map", "create-inner"), "/sys/fs/bpf/kmesh"),
+    (("kmesh-apply", "plan"), "the file's pin_root"), (("kmesh-apply", "watch"), "the file's pin_root"),
+])
+def test_pin_root_help_names_the_file_only_where_there_is_one(argv: tuple[str, ...], default: str):
+    lines = run_cli(*argv, "--help").stdout.splitlines()
+    start = next(i for i, ln in enumerate(lines) if "--pin-root" in ln)
+    end = next(i for i in range(start + 1, len(lines)) if not lines[i].startswith("     "))
+    text = " ".join(ln.strip() for ln in lines[start:end])
+    assert default in text and ("pin_root" in text) == (default != "/sys/fs/bpf/kmesh"), text
+
+
+@pytest.mark.parametrize("tool, commands", [
+    ("kmesh-apply", ("validate", "plan", "apply", "show", "destroy", "schema", "watch")),
+    ("kmesh", ("map create-inner", "map create-outer", "map update-outer", "map update-inner", "map lookup", "map info")),
+])
+def test_every_command_takes_pin_root(tool: str, commands: tuple[str, ...]):
+    for command in commands:
+        res = run_cli(tool, *command.split(), "--help")
+        assert "--pin-root" in res.stdout, (command, res.stdout)
+    schema = run_cli("kmesh-apply", "schema", "--pin-root", "/sys/fs/bpf/elsewhere")
+    assert schema.returncode == 0 and schema.stdout == run_cli("kmesh-apply", "schema").stdout

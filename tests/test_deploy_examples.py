@@ -3,6 +3,7 @@ config valid for kmesh-apply, and the systemd unit accepted by systemd-analyze."
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -46,9 +47,14 @@ def test_the_daemonset_watches_the_configmap_it_mounts():
 def test_the_systemd_unit_is_accepted(tmp_path: Path):
     unit = (EXAMPLES / "systemd" / "kmesh-apply-watch.service").read_text()
     assert "Type=notify" in unit and "ExecReload=/bin/kill -HUP $MAINPID" in unit
+    # ExecStart runs the kmesh-apply that the unit's own install steps put in place.
+    (venv,) = re.findall(r"^#\s+python3 -m venv (\S+)", unit, re.M)
+    assert f"{venv}/bin/pip install " in unit
+    (exe,) = re.findall(r"^ExecStart=(\S+)", unit, re.M)
+    assert exe == f"{venv}/bin/kmesh-apply"
     if shutil.which("systemd-analyze") is None:
         return  # parsing needs systemd; the checks above still ran
     local = tmp_path / "kmesh-apply-watch.service"
-    local.write_text(unit.replace("/usr/local/bin/kmesh-apply", str(Path(sys.executable).parent / "kmesh-apply")))
+    local.write_text(unit.replace(exe, str(Path(sys.executable).parent / "kmesh-apply")))
     res = subprocess.run(["systemd-analyze", "verify", str(local)], capture_output=True, text=True)
     assert res.returncode == 0 and "kmesh-apply-watch.service" not in res.stderr, res.stderr

@@ -83,16 +83,17 @@ int main(void)
     ZERO(sk); sk.service_id = 1; show("service_key.0", &sk, sizeof(sk));
     ZERO(sv);
     sv.prio_endpoint_count[0] = 2; sv.lb_policy = LB_POLICY_FAILOVER;
-    sv.service_port[0] = 80; sv.service_port[1] = 443; sv.target_port[0] = 8080; sv.target_port[1] = 8443;
+    sv.service_port[0] = htons(80); sv.service_port[1] = htons(443);  /* as Kmesh's control plane writes ports */
+    sv.target_port[0] = htons(8080); sv.target_port[1] = htons(8443);
     show("service_value.0", &sv, sizeof(sv));
 
-    ZERO(ek); ek.service_id = 1; ek.backend_index = 1; show("endpoint_key.1", &ek, sizeof(ek));
+    ZERO(ek); ek.service_id = 1; ek.backend_index = 2; show("endpoint_key.1", &ek, sizeof(ek));  /* counted from 1 */
     ZERO(ev); ev.backend_uid = 1002; show("endpoint_value.1", &ev, sizeof(ev));
 
     ZERO(bk); bk.backend_uid = 1002; show("backend_key.1", &bk, sizeof(bk));
     ZERO(bv);
     inet_pton(AF_INET6, "fd00:10:244:2::7", bv.addr.ip6); bv.service_count = 1; bv.service[0] = 1;
-    inet_pton(AF_INET, "10.244.9.9", &bv.wp_addr.ip4); bv.waypoint_port = 15008;
+    inet_pton(AF_INET, "10.244.9.9", &bv.wp_addr.ip4); bv.waypoint_port = htons(15008);
     show("backend_value.1", &bv, sizeof(bv));
 
     for (int i = 0; i < MAGLEV_TABLE_SIZE; i++)
@@ -157,3 +158,16 @@ def test_kmesh_maps_read_back_through_kmesh_structs(kmesh_bytes: dict[str, str],
     assert encode(parse_type("u32[16381]"), table) == change.changed[bytes(4)][1]
     api.converge(None, str(pin_root))  # destroy: the outer map's records go with it, and the empty pin root
     assert not pin_root.exists()
+
+
+def test_endpoints_are_numbered_as_kmesh_picks_them() -> None:
+    """Kmesh picks an endpoint as `rand % prio_endpoint_count[prio] + 1` (service.h): for each service
+    and prio, the example's backend_index values are exactly 1..count (an index 0 is never looked up)."""
+    doc = yaml_rs.loads((KMESH / "workload.yaml").read_text())["inner_maps"]
+    counts = {e["key"]["service_id"]: e["value"]["prio_endpoint_count"] for e in doc["map_of_service"]["entries"]}
+    seen: dict[tuple[int, int], list[int]] = {}
+    for e in doc["map_of_endpoint"]["entries"]:
+        k = e["key"]
+        seen.setdefault((k["service_id"], k["prio"]), []).append(k["backend_index"])
+    for (service, prio), indexes in seen.items():
+        assert sorted(indexes) == list(range(1, counts[service][prio] + 1)), (service, prio, indexes)

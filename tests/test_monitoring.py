@@ -5,6 +5,7 @@ endpoint, `show --usage`, and the planner's capacity warnings."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import socket
 import subprocess
@@ -124,7 +125,10 @@ def test_endpoint_values_match_bpftool(applied: Path, pin_root: Path, bpftool) -
         assert sample(samples, "kmesh_apply_map_entries", map=name, pin_root=root) == entries
         assert sample(samples, "kmesh_apply_map_max_entries", map=name, pin_root=root) == max_entries
         assert sample(samples, "kmesh_apply_map_memlock_bytes", map=name, pin_root=root) == memlock
-        assert sample(samples, "kmesh_apply_map_fill_ratio", map=name, pin_root=root) == pytest.approx(entries / max_entries)
+        if name == "counters":  # an array cannot fill up: no ratio to alert on
+            assert ("kmesh_apply_map_fill_ratio", (("map", name), ("pin_root", root))) not in samples
+        else:
+            assert sample(samples, "kmesh_apply_map_fill_ratio", map=name, pin_root=root) == pytest.approx(entries / max_entries)
     assert sample(samples, "kmesh_apply_maps", kind="inner", pin_root=root) == 4
     assert sample(samples, "kmesh_apply_maps", kind="outer", pin_root=root) == 1
     assert sample(samples, "kmesh_apply_entries", pin_root=root) == 9 + 3 + 2 + 1
@@ -285,6 +289,53 @@ def test_plan_warns_of_nearly_full_maps(pin_root: Path, tmp_path: Path) -> None:
     assert res.stdout.splitlines() == [*warnings, "No changes. The pin root matches the configuration."]
 
 
+FULL_ARRAYS = """
+inner_maps:
+  maglev:
+    type: array
+    key: u32
+    value: u32[4]
+    max_entries: 1
+    entries: {0: [1, 2, 3, 4]}
+  per-cpu:
+    type: percpu_array
+    key: u32
+    value: u64
+    max_entries: 2
+    entries: {0: 1, 1: 2}
+outer_maps:
+  by-index:
+    type: array_of_maps
+    key: u32
+    max_entries: 1
+    inner_map: maglev
+    entries: {0: maglev}
+"""
+
+
+def test_arrays_are_never_full(pin_root: Path, tmp_path: Path) -> None:
+    """Every index of an array exists, so a one-entry array holding its one entry (Kmesh's maglev inner
+    map) is not "full": no plan warning, no `!` in show --usage, no fill ratio for the alerts."""
+    config = tmp_path / "arrays.yaml"
+    config.write_text(FULL_ARRAYS)
+    res = run_cli("kmesh-apply", "plan", str(config), "--pin-root", str(pin_root), "--json")
+    assert res.returncode == 0 and json.loads(res.stdout)["warnings"] == [], res.stdout + res.stderr
+    api.converge(api.load_config([config]), str(pin_root))
+    res = run_cli("kmesh-apply", "plan", str(config), "--pin-root", str(pin_root))
+    assert res.stdout.splitlines() == ["No changes. The pin root matches the configuration."], res.stdout
+    res = run_cli("kmesh-apply", "show", "--usage", "--pin-root", str(pin_root))
+    rows = {line.split()[0]: line.split() for line in res.stdout.splitlines()[1:-1]}
+    assert [rows[n][5] for n in ("maglev", "per-cpu", "by-index")] == ["100.0%"] * 3 and "!" not in res.stdout
+    doc = json.loads(run_cli("kmesh-apply", "show", "--usage", "--json", "--pin-root", str(pin_root)).stdout)
+    assert {m["name"]: (m["fill"], m["can_fill"]) for m in doc["maps"]} == {
+        "maglev": (1.0, False), "per-cpu": (1.0, False), "by-index": (1.0, False)}
+    root = str(pin_root)
+    with start_server("127.0.0.1:0", Snapshot(root, api.usage(root)), PrometheusRecorder(root)) as server:
+        samples = scrape(server.url + "/metrics")
+    assert not [key for key in samples if key[0] == "kmesh_apply_map_fill_ratio"]
+    assert sample(samples, "kmesh_apply_map_entries", map="maglev", pin_root=root) == 1
+
+
 def test_example_rules_pass_promtool() -> None:
     for args in (("check", "rules", "alerts.yml"), ("test", "rules", "alerts.test.yml"),
                  ("check", "config", "prometheus.yml")):
@@ -358,14 +409,15 @@ def test_real_prometheus_scrapes_the_endpoint(applied: Path, pin_root: Path, tmp
 
 
 def test_capacity_warnings_count_like_the_metrics() -> None:
-    """Pure planner check: an array's zero values are not entries; below 90% is quiet."""
+    """Pure planner check: arrays cannot fill up (all indexes used is not full); below 90% is quiet."""
     from kmesh_apply.plan.planner import make_plan
     from kmesh_apply.state import LiveState
 
     cfg = api.load_config(inline="""
 inner_maps:
   zeros: {type: array, key: u32, value: u32, max_entries: 4, entries: {0: 0, 1: 0, 2: 0, 3: 1}}
-  busy: {type: array, key: u32, value: u32, max_entries: 4, entries: {0: 1, 1: 1, 2: 1, 3: 1}}
+  every_index: {type: array, key: u32, value: u32, max_entries: 4, entries: {0: 1, 1: 1, 2: 1, 3: 1}}
+  busy: {type: hash, key: u32, value: u32, max_entries: 4, entries: {0: 1, 1: 1, 2: 1, 3: 1}}
   quiet: {type: hash, key: u32, value: u32, max_entries: 10, entries: {0: 1, 1: 1, 2: 1, 3: 1, 4: 1, 5: 1, 6: 1, 7: 1}}
 """)
     assert make_plan(cfg, LiveState("/sys/fs/bpf/kmesh-x")).warnings == [
@@ -401,3 +453,44 @@ def test_metrics_file_in_a_missing_directory(pin_root: Path, tmp_path: Path) -> 
     assert res.returncode == 1 and "Traceback" not in res.stderr
     assert f"--metrics-file {tmp_path}/nowhere/kmesh.prom: {tmp_path}/nowhere is not a directory" in res.stderr
     assert not pin_root.exists()  # refused before anything was applied
+
+
+def _on_a_terminal(argv: list[str], columns: int) -> str:
+    """What a command prints on a terminal `columns` wide (a pseudo-terminal, as a user's shell has)."""
+    import fcntl
+    import os
+    import pty
+    import struct
+    import sys
+    import termios
+
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    proc = subprocess.Popen([str(Path(sys.executable).parent / argv[0]), *argv[1:]], stdin=follower, stdout=follower, stderr=follower,
+                            env=env, close_fds=True)
+    os.close(follower)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # EIO: the command closed the terminal
+            break
+        if not chunk:
+            break
+        out += chunk
+    proc.wait(timeout=60)
+    os.close(leader)
+    return re.sub(r"\x1b\[[0-9;]*m", "", out.decode(errors="replace")).replace("\r\n", "\n")
+
+
+def test_show_usage_never_cuts_a_name_on_a_narrow_terminal(pin_root: Path, tmp_path: Path) -> None:
+    long = "backends-" + "x" * 60 + "-end"
+    config = tmp_path / "long.yaml"
+    config.write_text(f"inner_maps:\n  {long}: {{type: hash, key: u32, value: u32, max_entries: 4, entries: {{1: 1}}}}\n"
+                      "  short: {type: hash, key: u32, value: u32, max_entries: 4}\n")
+    api.converge(api.load_config([config]), str(pin_root))
+    wide = _on_a_terminal(["kmesh-apply", "show", "--usage", "--pin-root", str(pin_root)], 200)
+    assert long in wide and "┃ map" in wide  # the table, when it fits
+    narrow = _on_a_terminal(["kmesh-apply", "show", "--usage", "--pin-root", str(pin_root)], 80)
+    assert long in narrow and "┃ map" not in narrow, narrow  # too wide for the table: plain text, names whole

@@ -69,3 +69,27 @@ def test_the_installed_wheel_validates_plans_and_prints_the_schema(venv: Path, t
     schema = run(venv / "kmesh-apply", "schema", cwd=tmp_path)
     assert schema.returncode == 0 and schema.stdout == (REPO / "schemas/config-v1.schema.json").read_text()
     assert run(venv / "kmesh", "--version", cwd=tmp_path).returncode == 0
+
+
+def test_the_container_image_s_wheel_carries_the_schema(tmp_path: Path):
+    """examples/kubernetes/Containerfile builds the package from what it copies: that alone (links kept
+    as links, as podman and docker copy them) must make a wheel with the JSON Schema in it."""
+    import re
+    import shutil
+
+    context = tmp_path / "image"
+    copies = re.findall(r"^COPY\s+(.+)$", (REPO / "examples/kubernetes/Containerfile").read_text(), re.M)
+    for line in copies:
+        *sources, dest = line.split()
+        for source in sources:
+            target = context / dest.lstrip("/") / (Path(source).name if dest.endswith("/") else "")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if (REPO / source).is_dir():
+                shutil.copytree(REPO / source, target, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
+            else:
+                shutil.copy2(REPO / source, target, follow_symlinks=False)
+    res = run(sys.executable, "-m", "build", "--wheel", "--outdir", tmp_path / "dist", context / "src", cwd=tmp_path)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    (wheel,) = (tmp_path / "dist").glob("kmesh_apply-*.whl")
+    with zipfile.ZipFile(wheel) as z:
+        assert z.read(SCHEMA) == (REPO / "schemas/config-v1.schema.json").read_bytes()

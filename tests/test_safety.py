@@ -222,6 +222,7 @@ def test_stale_saved_plan_is_refused(pin_root: Path, tmp_path: Path):
     cli("apply", str(write(tmp_path, "two.yaml", sum_config(2))), "--auto-approve", root=pin_root)
     res = cli("apply", str(saved), root=pin_root, check=1)
     assert "stale" in res.stderr and "'values' changed" in res.stderr
+    assert res.stdout == ""  # refused before showing what it will not do
     assert clean(tmp_path / "two.yaml", pin_root)
     cli("plan", str(three), "--out", str(saved), root=pin_root)
     cli("apply", str(saved), root=pin_root)

@@ -111,7 +111,7 @@ def test_a_failed_flush_backs_off_and_its_retry_rereads_the_kernel(setup):
     assert (st.state, st.attempts) == ("failed", 1) and "errno 16" in st.error
     assert 0.05 < sync.retry_in() <= 0.1
     health = sync.health()
-    assert not health.ok and "map 'b' failed 1 time(s)" in health.reasons[0]
+    assert not health.ok and "map 'b' failed 1 time: " in health.reasons[0]
     with pytest.raises(ApplyError):
         sync.flush()
     assert sync.status()["b"].attempts == 2 and 0.1 < sync.retry_in() <= 0.2

@@ -35,3 +35,49 @@ def test_validate_counts_in_words(maps: int, said: str, tmp_path: Path):
 def test_an_apply_cut_short_counts_its_steps():
     text = str(ApplyError(KmeshError("boom"), ["create a"], ["create b", "create c"]))
     assert "applied 1 step before the failure:" in text and "not applied (2 steps):" in text
+
+
+def test_counts_that_can_be_one_read_right(pin_root: Path, tmp_path: Path):
+    """`1 entry written`, `1 map, 1 entry in inner maps`, `1 replaced map is still held`."""
+    from kmesh_apply.plan.model import HeldReplaced, Plan
+    from kmesh_apply.wording import flow, verb
+
+    config = tmp_path / "one.yaml"
+    config.write_text("inner_maps:\n  m: {type: hash, key: u32, value: u32, max_entries: 4, entries: {1: 1}}\n")
+    res = run_cli("kmesh-apply", "apply", str(config), "--auto-approve", "--pin-root", str(pin_root))
+    assert "(1 entry written, 0 deleted, 0 slots set in " in res.stdout, res.stdout
+    usage = run_cli("kmesh-apply", "show", "--usage", "--pin-root", str(pin_root)).stdout
+    assert usage.splitlines()[-1].startswith("1 map, 1 entry in inner maps, ")
+    held = Plan(str(pin_root), held_replaced=[HeldReplaced("m", 7)])
+    assert held.summary().startswith("No changes to apply, but 1 replaced map is still held by loaded programs")
+    assert [verb(n, "is", "are") for n in (0, 1, 2)] == ["are", "is", "are"]
+    assert flow({"ip": "10.0.0.1", "port": 80}) == "{ip: 10.0.0.1, port: 80}" and flow([1, [2, 3]]) == "[1, [2, 3]]"
+
+
+def test_messages_name_what_was_meant(tmp_path: Path):
+    """A misspelt struct field is named, with the field meant; a misspelt map key is one line with a
+    suggestion (not also a second line saying the real key is missing); entries are named as YAML writes them."""
+    config = tmp_path / "typos.yaml"
+    config.write_text("""inner_maps:
+  backends:
+    type: hash
+    key: {struct: [{ip: ipv4}, {port: u16}]}
+    value: {struct: [{weight: u16}, {prio: u8}]}
+    max_entires: 64
+""")
+    res = run_cli("kmesh-apply", "validate", str(config))
+    errors = [ln.strip() for ln in res.stderr.splitlines()]
+    assert errors == ["error: typos.yaml:6: map 'backends': unknown key 'max_entires' in the map (did you mean "
+                      "'max_entries'?): expected one of entries, flags, formats, key, key_size, max_entries, object_map, "
+                      "type, update, value, value_size".replace("typos.yaml", str(config))], res.stderr
+    config.write_text(config.read_text().replace("max_entires: 64", """max_entries: 64
+    entries:
+      - key: {ip: 10.0.0.1, port: 80}
+        value: {wieght: 3, prio: 1}
+"""))
+    res = run_cli("kmesh-apply", "validate", str(config))
+    assert res.stderr.strip() == (f"error: {config}:8: map 'backends' entry {{ip: 10.0.0.1, port: 80}}: value: unknown "
+                                  "field 'wieght': did you mean 'weight'? (the fields are: weight, prio)"), res.stderr
+    config.write_text(config.read_text().replace("    max_entries: 64\n", "").replace("    type: hash\n", ""))
+    res = run_cli("kmesh-apply", "validate", str(config))
+    assert f"{config}:2: map 'backends': the map needs type and max_entries (or object_map)" in res.stderr, res.stderr

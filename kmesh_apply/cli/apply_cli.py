@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Iterator, Optional
 
 import typer
 
-from kmesh_apply.cli.common import PinRootOption, fail, json_text, make_app, run
+from kmesh_apply.cli.common import PinRootNoFileOption, PinRootOption, fail, json_text, make_app, run
 from kmesh_apply.wording import count
 
 if TYPE_CHECKING:
@@ -245,12 +245,15 @@ def _apply(files: list[Path], pin_root: Optional[str], auto_approve: bool, lock_
             fail(f"the saved plan is for pin root {saved.pin_root}, not {pin_root}")
         if run:
             run.pin_root = saved.pin_root
-        typer.echo(api.render_text(saved, color=_colour()), nl=False)
         progress = _Progress()
-        progress.start(saved)
+
+        def checked(plan: "Plan") -> None:
+            typer.echo(api.render_text(plan, color=_colour()), nl=False)
+            progress.start(plan)
+
         try:
             report = api.apply(saved, lock_timeout=lock_timeout, allow_replace_in_use=allow_replace_in_use,
-                               on_step=progress.tick)
+                               on_step=progress.tick, on_checked=checked)
         finally:
             progress.stop()
         _report(saved, report)
@@ -262,7 +265,7 @@ def _apply(files: list[Path], pin_root: Optional[str], auto_approve: bool, lock_
 
 
 @app.command()
-def destroy(pin_root: PinRootOption = None, auto_approve: AutoApprove = False, lock_timeout: LockTimeout = 10.0) -> None:
+def destroy(pin_root: PinRootNoFileOption = None, auto_approve: AutoApprove = False, lock_timeout: LockTimeout = 10.0) -> None:
     """Remove every map kmesh-apply manages in the pin root (and the pin root, if nothing else is left in it)."""
     from kmesh_apply import api
 
@@ -271,7 +274,7 @@ def destroy(pin_root: PinRootOption = None, auto_approve: AutoApprove = False, l
 
 @app.command()
 def show(
-    pin_root: PinRootOption = None,
+    pin_root: PinRootNoFileOption = None,
     json_out: JsonOut = False,
     usage: Annotated[bool, typer.Option("--usage", help="Instead of the config: how full each map is (entries / "
                                                         "max_entries) and its memlock, fullest first.")] = False,
@@ -293,25 +296,31 @@ def show(
 
 
 def _show_usage(root: str, usage: list["MapUsage"], json_out: bool) -> None:
-    """JSON, a rich table on a terminal, else plain aligned text; nearly full maps stand out."""
+    """JSON, a rich table on a terminal wide enough for it, else plain aligned text (names are never
+    cut short); nearly full maps stand out."""
     from kmesh_apply import monitor
 
     if json_out:
         typer.echo(json_text({"pin_root": root, "maps": monitor.usage_json(usage)}))
-    elif not sys.stdout.isatty():
-        typer.echo(monitor.usage_text(usage), nl=False)
-    else:
+        return
+    rows = monitor.usage_rows(usage)
+    if sys.stdout.isatty():
         from rich.console import Console
         from rich.table import Table
 
-        from kmesh_apply.config.model import NEARLY_FULL
-
-        table = Table(title=f"Map usage in {root}", caption=monitor.usage_total(usage))
-        for i, column in enumerate(monitor.USAGE_COLUMNS):
-            table.add_column(column, justify="right" if 3 <= i <= 6 else "left")
-        for u, cells in zip(usage, monitor.usage_rows(usage)):
-            table.add_row(*cells, style="bold red" if u.fill >= NEARLY_FULL else None)
-        Console().print(table)
+        console = Console()
+        # Each cell is padded by a space on either side and followed by a border.
+        natural = 1 + sum(3 + max(len(r[i]) for r in [monitor.USAGE_COLUMNS, *rows]) for i in range(len(rows[0]))) \
+            if rows else 0
+        if natural <= console.width:
+            table = Table(title=f"Map usage in {root}", caption=monitor.usage_total(usage))
+            for i, column in enumerate(monitor.USAGE_COLUMNS):
+                table.add_column(column, justify="right" if 3 <= i <= 6 else "left", no_wrap=True)
+            for u, cells in zip(usage, rows):
+                table.add_row(*cells, style="bold red" if u.nearly_full else None)
+            console.print(table)
+            return
+    typer.echo(monitor.usage_text(usage), nl=False)
 
 
 @app.command()
@@ -347,7 +356,9 @@ def watch(
 
 
 @app.command()
-def schema() -> None:
+def schema(pin_root: Annotated[Optional[str], typer.Option(
+        "--pin-root", help="Taken, as by every command, and not needed: the schema is the same for every pin root.",
+        show_default=False)] = None) -> None:
     """Print the JSON Schema of the config (for editors: yaml-language-server)."""
     from kmesh_apply.config import schema_text
 

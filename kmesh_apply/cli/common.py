@@ -7,25 +7,74 @@ which the kernel and filesystem raise) becomes `error: ...` on stderr and exit 1
 from __future__ import annotations
 
 import sys
-from typing import Annotated, NoReturn, Optional
+from typing import Annotated, Any, NoReturn, Optional
 
 import typer
 
+# Commands that read config files take the pin root from them too; the others (show, destroy, schema,
+# every `kmesh map` command) have no file to take it from.
 PinRootOption = Annotated[
     Optional[str],
     typer.Option("--pin-root", help="bpffs directory holding the maps [env: KMESH_PIN_ROOT; default: the file's pin_root, "
                                     "then /sys/fs/bpf/kmesh]", show_default=False),
 ]
+PinRootNoFileOption = Annotated[
+    Optional[str],
+    typer.Option("--pin-root", help="bpffs directory holding the maps [env: KMESH_PIN_ROOT; default: /sys/fs/bpf/kmesh]",
+                 show_default=False),
+]
+SHELLS = ("bash", "zsh", "fish", "powershell", "pwsh")
+
+
+COMPLETION_OPTIONS = ("--install-completion", "--show-completion")
+
+
+def _completion(install: bool) -> Any:
+    """--install-completion / --show-completion SHELL (typer's own take no shell where the current one can be
+    detected, and then print the current shell's script whatever is named); `run` supplies the current
+    shell when none is named."""
+
+    def callback(ctx: typer.Context, param: Any, value: Optional[str]) -> None:
+        if value is None or ctx.resilient_parsing:
+            return
+        if value not in SHELLS:
+            raise typer.BadParameter(f"{value!r} is not a shell: expected one of {', '.join(SHELLS)}")
+        from typer import completion
+
+        (completion.install_callback if install else completion.show_callback)(ctx, param, value)
+
+    what = "Install completion for SHELL" if install else "Print the completion script of SHELL"
+    return typer.Option(None, COMPLETION_OPTIONS[not install], metavar="[SHELL]", callback=callback, expose_value=False,
+                        is_eager=True, show_default=False,
+                        help=f"{what} ({', '.join(SHELLS[:3])}; default: the current shell).")
+
+
+def _with_current_shell(argv: list[str]) -> list[str]:
+    """The arguments with the current shell's name after a completion option that names none."""
+    out: list[str] = []
+    for i, arg in enumerate(argv):
+        out.append(arg)
+        if arg in COMPLETION_OPTIONS and (i + 1 == len(argv) or argv[i + 1].startswith("-")):
+            from typer._completion_shared import _get_shell_name
+
+            shell = _get_shell_name()
+            if shell in SHELLS:
+                out.append(shell)
+    return out
 
 
 def make_app(name: str, help: str) -> typer.Typer:
     """A typer app with the settings both command lines share: plain help, no pretty tracebacks,
-    --version, and shell completion (--install-completion / --show-completion for bash, zsh, fish)."""
-    app = typer.Typer(name=name, help=help, no_args_is_help=True, add_completion=True, rich_markup_mode=None,
+    --version, and shell completion (--install-completion / --show-completion [SHELL] for bash, zsh, fish)."""
+    from typer.completion import completion_init
+
+    completion_init()  # the completion classes the scripts talk to (typer registers them only with its own options)
+    app = typer.Typer(name=name, help=help, no_args_is_help=True, add_completion=False, rich_markup_mode=None,
                       pretty_exceptions_enable=False)
 
     @app.callback()
-    def main(version: VersionOption = False) -> None:
+    def main(version: VersionOption = False, install_completion: Optional[str] = _completion(True),
+             show_completion: Optional[str] = _completion(False)) -> None:
         pass
 
     return app
@@ -103,7 +152,8 @@ def run(app: typer.Typer) -> None:
 
     _raise_fd_limit()
     try:
-        code = app(standalone_mode=False)  # click returns an Exit's code instead of raising it here
+        # click returns an Exit's code instead of raising it here
+        code = app(args=_with_current_shell(sys.argv[1:]), standalone_mode=False)
     except typer.Exit as e:
         code = e.exit_code
     except typer.Abort:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
-from kmesh_apply.cli.common import PinRootOption, make_app, run
+from kmesh_apply.cli.common import PinRootNoFileOption, make_app, run
 from kmesh_apply.errors import KmeshError
 
 if TYPE_CHECKING:
@@ -109,7 +109,7 @@ def create_inner(
     max_entries: MaxEntries,
     flags: Flags = None,
     name: Name = "",
-    pin_root: PinRootOption = None,
+    pin_root: PinRootNoFileOption = None,
 ) -> None:
     """Create an inner map, pin it as <pin root>/inner-<id> and print its kernel ID."""
     from kmesh_apply.manager import InnerMapConfig
@@ -126,7 +126,7 @@ def create_outer(
     key_size: Annotated[int, typer.Option("--key-size", help="Slot key size in bytes (4 for array).")] = 4,
     flags: Flags = None,
     name: Name = "",
-    pin_root: PinRootOption = None,
+    pin_root: PinRootNoFileOption = None,
 ) -> None:
     """Create an outer map, pin it as <pin root>/outer-<id> and print its kernel ID."""
     from kmesh_apply.manager import OuterMapConfig
@@ -145,7 +145,7 @@ def update_outer(
     inner_map: Annotated[str, typer.Option("--inner-map", help="ID of the inner map to put in the slot.")],
     key: KeyOpt = None,
     key_hex: KeyHexOpt = None,
-    pin_root: PinRootOption = None,
+    pin_root: PinRootNoFileOption = None,
 ) -> None:
     """Put an inner map in a slot of an outer map."""
     with _manager(pin_root) as mgr:
@@ -159,7 +159,7 @@ def update_inner(
     key_hex: KeyHexOpt = None,
     value: Annotated[Optional[str], _opt("--value", "Value as an integer (decimal or 0x hex).")] = None,
     value_hex: Annotated[Optional[str], _opt("--value-hex", "Value as raw bytes in hex.")] = None,
-    pin_root: PinRootOption = None,
+    pin_root: PinRootNoFileOption = None,
 ) -> None:
     """Write one entry of an inner map (a per-CPU map gets the value on every CPU)."""
     with _manager(pin_root) as mgr:
@@ -167,7 +167,7 @@ def update_inner(
 
 
 @map_app.command("delete-outer")
-def delete_outer(outer_map: MapId, key: KeyOpt = None, key_hex: KeyHexOpt = None, pin_root: PinRootOption = None) -> None:
+def delete_outer(outer_map: MapId, key: KeyOpt = None, key_hex: KeyHexOpt = None, pin_root: PinRootNoFileOption = None) -> None:
     """Empty a slot of an outer map."""
     with _manager(pin_root) as mgr:
         k = _key(key, key_hex, "key")
@@ -176,7 +176,7 @@ def delete_outer(outer_map: MapId, key: KeyOpt = None, key_hex: KeyHexOpt = None
 
 
 @map_app.command("delete-inner")
-def delete_inner(inner_map: MapId, key: KeyOpt = None, key_hex: KeyHexOpt = None, pin_root: PinRootOption = None) -> None:
+def delete_inner(inner_map: MapId, key: KeyOpt = None, key_hex: KeyHexOpt = None, pin_root: PinRootNoFileOption = None) -> None:
     """Delete one entry of an inner map."""
     with _manager(pin_root) as mgr:
         if not mgr.delete_inner_element(_map_id(inner_map), _key(key, key_hex, "key")):
@@ -194,7 +194,7 @@ def lookup(
     inner_key: Annotated[Optional[str], _opt("--inner-key", "Key in the inner map as an integer.")] = None,
     inner_key_hex: Annotated[Optional[str], _opt("--inner-key-hex", "Key in the inner map as hex bytes.")] = None,
     as_json: Json = False,
-    pin_root: PinRootOption = None,
+    pin_root: PinRootNoFileOption = None,
 ) -> None:
     """Look a key up in the inner map that sits in a slot of an outer map."""
     from kmesh_apply.kernel.maps import PERCPU_TYPES
@@ -267,7 +267,7 @@ def _describe(m: Map, pin: str | None, holders: tuple[Program, ...]) -> dict[str
 
 
 @map_app.command("info")
-def info(map_id: MapId, as_json: Json = False, pin_root: PinRootOption = None) -> None:
+def info(map_id: MapId, as_json: Json = False, pin_root: PinRootNoFileOption = None) -> None:
     """Describe a map: type, sizes, flags, entries in use, memory, and an outer map's slots."""
     from kmesh_apply.config.model import resolve_pin_root
     from kmesh_apply.kernel.progs import Program, map_holders
@@ -297,7 +297,7 @@ def info(map_id: MapId, as_json: Json = False, pin_root: PinRootOption = None) -
 
 
 @map_app.command("list")
-def list_maps(as_json: Json = False, pin_root: PinRootOption = None) -> None:
+def list_maps(as_json: Json = False, pin_root: PinRootNoFileOption = None) -> None:
     """List the maps pinned under the pin root."""
     from kmesh_apply.config.model import resolve_pin_root
     from kmesh_apply.kernel.maps import Map

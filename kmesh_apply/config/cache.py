@@ -198,6 +198,14 @@ class Cache:
         if new:
             self._write(self.root / EQUAL_FILE, (self._equal + new)[-KEEP_EQUAL:])
 
+    def read_blob(self, name: str) -> Any:
+        """What `write_blob` stored under `name` (a file name in the cache), or None."""
+        return self._read(self.root / name) if self._usable() else None
+
+    def write_blob(self, name: str, content: Any) -> None:
+        """Store plain data (marshal-able) under `name`, atomically."""
+        self._write(self.root / name, content)
+
     def _read(self, path: Path) -> Any:
         """A blob's content, or None when it is missing, unreadable or from another salt."""
         try:

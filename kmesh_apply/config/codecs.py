@@ -11,6 +11,7 @@ only on the per-value path, which a column falls back to for anything unusual.
 
 from __future__ import annotations
 
+import difflib
 import re
 import socket
 import struct
@@ -19,8 +20,9 @@ from itertools import chain, repeat
 from operator import itemgetter
 from typing import Any, Callable, Sequence
 
-from kmesh_apply.ctype import COPY_UNITS, Addr, Array, Bool, Bytes, Chars, CType, CUnion, Enum, Field, Int, Lpm, Raw, Struct, records
-from kmesh_apply.wording import count
+from kmesh_apply.ctype import (COPY_UNITS, Addr, Array, Bool, Bytes, Chars, CType, CUnion, Enum, Field, Formatted, Int, Lpm,
+                               Raw, Struct, records, spec_text)
+from kmesh_apply.wording import count, flow
 
 Encoder = Callable[[Any], bytes]
 Decoder = Callable[[bytes], Any]
@@ -54,7 +56,8 @@ def _path_text(path: tuple[str | int, ...]) -> str:
 
 
 def _got(value: Any) -> str:
-    text = repr(value)
+    """What was given: a string quoted (so that `'10'` and `10` differ), anything else as YAML writes it."""
+    text = repr(value) if isinstance(value, (str, bytes)) or value is None else flow(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
 
@@ -204,7 +207,7 @@ def _array_encoder(typ: Array) -> Encoder:
 
     def enc(value: Any) -> bytes:
         if not isinstance(value, list) or len(value) != n:
-            raise _fail(f"a list of {n} values for {typ.spec()}", value)
+            raise _fail(f"a list of {count(n, 'value')} for {spec_text(typ.spec())}", value)
         i = 0
         try:
             out = []
@@ -336,6 +339,22 @@ def _enum_encoder(typ: Enum) -> Encoder:
     return enc
 
 
+def _formatted_encoder(typ: Formatted) -> Encoder:
+    """The format's encoding, then zeros to the field's size (a be16 in a u32: its low bytes)."""
+    shown, pad = encoder(typ.shown), b"\0" * (typ.size - typ.shown.size)
+    return (lambda value: shown(value) + pad) if pad else shown
+
+
+def _formatted_decoder(typ: Formatted) -> Decoder:
+    """The format's reading; bytes past a narrower format that are not zero (written by someone else)
+    read as the field's own type, which the format then refuses to write back."""
+    shown, n = _decoder(typ.shown), typ.shown.size
+    if n == typ.size:
+        return shown
+    base = _decoder(typ.base)
+    return lambda data: shown(data[:n]) if not any(data[n:]) else base(data)
+
+
 def _encode_bool(value: Any) -> bytes:
     if type(value) is bool:
         return b"\1" if value else b"\0"
@@ -345,14 +364,19 @@ def _encode_bool(value: Any) -> bytes:
 
 
 def _check_fields(names: list[str], value: dict[Any, Any]) -> None:
-    """Name the first missing or unknown field (only reached when the fields do not match)."""
+    """Name the first missing or unknown field (only reached when the fields do not match); an unknown
+    field that is a missing one misspelt is named first, with the field meant."""
     every = ", ".join(names)
-    for name in names:
-        if name not in value:
-            raise CodecError(f"missing (a struct value needs every field: {every})", (name,))
-    for key in value:
-        if key not in names:
-            raise CodecError(f"unknown field {_got(key)} (the fields are: {every})")
+    missing = [name for name in names if name not in value]
+    unknown = [key for key in value if key not in names]
+    for key in unknown:
+        close = difflib.get_close_matches(key, missing, n=1, cutoff=0.6) if isinstance(key, str) else []
+        if close:
+            raise CodecError(f"unknown field {_got(key)}: did you mean '{close[0]}'? (the fields are: {every})")
+    if missing:
+        raise CodecError(f"missing (a struct value needs every field: {every})", (missing[0],))
+    if unknown:
+        raise CodecError(f"unknown field {_got(unknown[0])} (the fields are: {every})")
 
 
 # ---------------------------------------------------------------- entry points
@@ -382,6 +406,8 @@ def encoder(typ: CType) -> Encoder:
         return _enum_encoder(typ)
     if isinstance(typ, Bool):
         return _encode_bool
+    if isinstance(typ, Formatted):
+        return _formatted_encoder(typ)
     return _raw_encoder(typ)
 
 
@@ -424,6 +450,8 @@ def _decoder(typ: CType) -> Decoder:
         return lambda data: names.get(ints(data), ints(data))
     if isinstance(typ, Bool):
         return lambda data: {0: False, 1: True}.get(data[0], data[0])
+    if isinstance(typ, Formatted):
+        return _formatted_decoder(typ)
     return lambda data: data.hex()
 
 
@@ -525,6 +553,8 @@ def _column_encoder(typ: CType) -> ColumnEncoder:
         return _array_column(typ)
     if isinstance(typ, Struct) and not any(f.bits for f in typ.fields):
         return _struct_column(typ)
+    if isinstance(typ, Formatted) and typ.shown.size == typ.size:
+        return _column_encoder(typ.shown)  # the same bytes the format's own type encodes
     enc = encoder(typ)
     return lambda values: b"".join(map(enc, values))
 

@@ -35,6 +35,15 @@ INNER_SECTION, PLAIN_SECTION = "inner_maps", "maps"
 # A map at or above this fill (entries / max_entries) is nearly full: plan warns, show --usage marks it,
 # and examples/monitoring alerts on it.
 NEARLY_FULL = 0.9
+# Map types whose every index exists from creation: an update never fails for want of room, so they
+# cannot fill up (Kmesh's maglev inner map is a one-entry array by design) and are never warned of.
+INDEXED_TYPES = ("array", "percpu_array", "array_of_maps", "prog_array", "perf_event_array", "cgroup_array",
+                 "devmap", "cpumap", "xskmap", "sockmap", "reuseport_sockarray")
+
+
+def can_fill(type_: str) -> bool:
+    """Whether inserts into a map of this type fail (LRU maps: evict) once it holds max_entries entries."""
+    return type_ not in INDEXED_TYPES
 
 
 def used_entries(type_: str, entries: Mapping[bytes, bytes]) -> int:

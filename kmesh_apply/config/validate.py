@@ -7,6 +7,7 @@ names its map and entry; lines are filled in afterwards (see loader.resolve).
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import re
@@ -33,10 +34,11 @@ from kmesh_apply.config.model import (
     Management,
     OuterMapSpec,
 )
-from kmesh_apply.ctype import CType, Int, Lpm, Raw, TypeSpecError, parse_type, records
+from kmesh_apply.ctype import (CType, Formatted, Int, Lpm, Raw, TypeSpecError, apply_format, format_path, missing_step,
+                               parse_type, records, spec_text)
 from kmesh_apply.entries import Entries
 from kmesh_apply.state import RESERVED_NAMES
-from kmesh_apply.wording import a, count
+from kmesh_apply.wording import a, count, flow, verb
 
 if TYPE_CHECKING:
     from kmesh_apply.kernel.btf import NamedTypes
@@ -64,7 +66,10 @@ _DECIMAL_CHARS = re.compile(r"[-0-9\n]*").fullmatch
 
 
 def _numeric(key: CType) -> bool:
-    """Whether the key type takes integers: u8..i64, be16..be64, and key_size 1, 2, 4 or 8."""
+    """Whether the key type takes integers: u8..i64, be16..be64, and key_size 1, 2, 4 or 8 (or a
+    field formatted as one of those)."""
+    if isinstance(key, Formatted):
+        return _numeric(key.shown)
     return isinstance(key, Int) or (isinstance(key, Raw) and key.size in (1, 2, 4, 8))
 
 
@@ -129,7 +134,11 @@ def schema_problems(src: Source, known_valid: set[bytes] | None = None) -> list[
     from jsonschema import Draft202012Validator
 
     found = len(out)
-    for err in Draft202012Validator(schema()).iter_errors(shallow):
+    errors = list(Draft202012Validator(schema()).iter_errors(shallow))
+    misspelt = _misspelt(errors)
+    for err in errors:
+        if _explained_by_a_misspelling(err, misspelt):
+            continue  # `max_entires` is reported once, as an unknown key with a suggestion, not also as missing
         path = tuple(err.absolute_path)
         if "propertyNames" in err.schema_path:
             continue  # names are checked above, for every map
@@ -165,6 +174,35 @@ def _shape_digest(shallow: dict[str, Any], shapes: dict[str, list[str]]) -> byte
     return hashlib.blake2b(text.encode(), digest_size=16).digest()
 
 
+def _misspelt(errors: list[Any]) -> dict[tuple[Any, ...], dict[str, str]]:
+    """For each mapping with unknown keys: {unknown key: the allowed key it is a misspelling of}."""
+    out: dict[tuple[Any, ...], dict[str, str]] = {}
+    for err in errors:
+        if err.validator == "additionalProperties" and isinstance(err.instance, dict):
+            allowed = [k for k in err.schema.get("properties", {}) if k not in err.instance]
+            for key in err.instance:
+                if isinstance(key, str) and key not in err.schema.get("properties", {}):
+                    close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.75)
+                    if close:
+                        out.setdefault(tuple(err.absolute_path), {})[key] = close[0]
+    return out
+
+
+def _missing(err: Any) -> set[str]:
+    """The keys a `required` (or an anyOf of `required`s, the map's first choice) finds missing."""
+    if err.validator == "required":
+        return {k for k in err.validator_value if k not in err.instance}
+    if err.validator == "anyOf" and isinstance(err.instance, dict) and err.validator_value and \
+            set(err.validator_value[0]) == {"required"}:
+        return {k for k in err.validator_value[0]["required"] if k not in err.instance}
+    return set()
+
+
+def _explained_by_a_misspelling(err: Any, misspelt: dict[tuple[Any, ...], dict[str, str]]) -> bool:
+    missing = _missing(err)
+    return bool(missing) and missing <= set(misspelt.get(tuple(err.absolute_path), {}).values())
+
+
 def _schema_message(err: Any) -> str:
     where = "/".join(str(p) for p in err.absolute_path) or "the top level"
     if len(err.absolute_path) == 2 and err.absolute_path[0] in MAP_SECTIONS:
@@ -172,7 +210,12 @@ def _schema_message(err: Any) -> str:
     if err.validator == "additionalProperties":
         allowed = sorted(err.schema.get("properties", {}))
         extra = sorted(set(err.instance) - set(allowed), key=str) if isinstance(err.instance, dict) else []
-        return f"unknown key {', '.join(repr(e) for e in extra)} in {where}: expected one of {', '.join(allowed)}"
+        guess = _misspelt([err]).get(tuple(err.absolute_path), {})
+        hint = "".join(f" (did you mean '{guess[e]}'?)" for e in extra[:1] if e in guess)
+        return f"unknown key {', '.join(repr(e) for e in extra)} in {where}{hint}: expected one of {', '.join(allowed)}"
+    if err.validator == "anyOf" and _missing(err):
+        choices = [" and ".join(branch["required"]) for branch in err.validator_value]
+        return f"{where} needs {' (or '.join(choices)}{')' * (len(choices) - 1)}"
     if err.validator == "pattern" and err.validator_value == "^[A-Za-z0-9_-]+$":
         return f"{err.instance!r} is not a valid map name: use letters, digits, '_' and '-' (bpffs refuses dots; no '/')"
     if err.validator == "propertyNames":
@@ -219,6 +262,32 @@ class _MapChecker:
             self.problem("manage_entries: none declares only the map, its entries belong to someone else: remove "
                          "entries:, or use manage_entries: listed to manage the entries given here", "entries")
         return manage
+
+    def formats(self, **types: CType | None) -> dict[str, CType | None]:
+        """The key (and value) with the map's `formats:` applied, each path to whichever it leads into
+        (both, if both have it); a path that leads nowhere, or a format that cannot read its field, is
+        a problem. A type that did not parse (None, reported already) is passed over."""
+        for path, spec in (self.raw.get("formats") or {}).items():
+            try:
+                steps, shown = format_path(path), parse_type(spec, self.named)
+            except TypeSpecError as e:
+                self.problem(f"formats: {path}: {e}", "formats", path)
+                continue
+            found = False
+            for which, typ in types.items():
+                if typ is None:
+                    continue
+                try:
+                    types[which] = apply_format(typ, steps, shown)
+                except KeyError:
+                    continue
+                except TypeSpecError as e:
+                    self.problem(f"formats: {path} in the {which}: {e}", "formats", path)
+                found = True
+            if not found and None not in types.values():
+                self.problem("formats: " + "; ".join(missing_step(steps[0], f"the {which}", t)
+                                                     for which, t in types.items() if t is not None), "formats", path)
+        return types
 
     def flags(self, type_: str) -> tuple[str, ...]:
         flags = tuple(sorted(self.raw.get("flags") or ()))
@@ -288,7 +357,7 @@ class _MapChecker:
             seen: set[bytes] = set()
             for i, ek in enumerate(enc_keys if enc_keys is not None else records(key_blob, key.size)):  # type: ignore[arg-type]
                 if ek in seen:
-                    self.problem(f"key {keys[i]!r} is given twice (after encoding)", *path(i), entry=str(keys[i]))
+                    self.problem(f"key {flow(keys[i])} is given twice (after encoding)", *path(i), entry=flow(keys[i]))
                     break
                 seen.add(ek)
             return {}
@@ -302,12 +371,12 @@ class _MapChecker:
         for i, ek in enumerate(encoded):
             if int.from_bytes(ek, "little") >= max_entries:
                 self.problem(f"{what} {keys[i]} is out of range: max_entries is {max_entries} "
-                             f"(indexes 0..{max_entries - 1})", *path(i), entry=str(keys[i]))
+                             f"(indexes 0..{max_entries - 1})", *path(i), entry=flow(keys[i]))
                 return
 
     def _entry_problem(self, reported: int, message: str, path: tuple[Any, ...], key: Any) -> int:
         if reported < MAX_PROBLEMS_PER_MAP:
-            self.problem(message, *path, entry=str(key))
+            self.problem(message, *path, entry=flow(key))
         elif reported == MAX_PROBLEMS_PER_MAP:
             self.problem("more bad entries follow; fix the ones above first", "entries")
         return 1
@@ -322,7 +391,8 @@ def check_inner(src: Source, name: str, raw: dict[str, Any], problems: list[Prob
     c = _MapChecker(src, section, name, raw, problems, named)
     before = len(problems)
     type_ = raw["type"]
-    key, value = c.ctype("key"), c.ctype("value")
+    typed = c.formats(key=c.ctype("key"), value=c.ctype("value"))
+    key, value = typed["key"], typed["value"]
     flags = c.flags(type_)
     manage = c.management()
     max_entries = raw["max_entries"]
@@ -347,7 +417,7 @@ def check_inner(src: Source, name: str, raw: dict[str, Any], problems: list[Prob
     if len(problems) > before:
         return None
     if len(keys) > max_entries:
-        c.problem(f"{len(keys)} entries do not fit max_entries {max_entries}", "entries")
+        c.problem(f"{count(len(keys), 'entry', 'entries')} {verb(len(keys), 'does', 'do')} not fit max_entries {max_entries}", "entries")
         return None
     if type_ in PERCPU_TYPES:
         n = ncpus()
@@ -374,7 +444,7 @@ def check_outer(src: Source, name: str, raw: dict[str, Any], problems: list[Prob
     type_ = OUTER_ALIASES.get(raw["type"], raw["type"])
     if "value" in raw or "value_size" in raw:
         c.problem("an outer map's values are inner maps: give no value type", "value" if "value" in raw else "value_size")
-    key = c.ctype("key")
+    key = c.formats(key=c.ctype("key"))["key"]
     flags = c.flags(type_)
     manage = c.management()
     max_entries = raw["max_entries"]
@@ -393,12 +463,12 @@ def check_outer(src: Source, name: str, raw: dict[str, Any], problems: list[Prob
             c.problem(f"inner_map '{template_name}' is not defined under inner_maps", "inner_map")
     keys, values, path = c.columns(key) if key is not None else ([], [], lambda i: ("entries",))
     if len(keys) > max_entries:
-        c.problem(f"{len(keys)} slots do not fit max_entries {max_entries}", "entries")
+        c.problem(f"{count(len(keys), 'slot')} {verb(len(keys), 'does', 'do')} not fit max_entries {max_entries}", "entries")
     if len(problems) > before or key is None or template is None:
         return None
     for i, (k, v) in enumerate(zip(keys, values)):
         if not isinstance(v, str):
-            c.problem(f"slot {k}: expected the name of an inner map, got {v!r}", *path(i), entry=str(k))
+            c.problem(f"slot {flow(k)}: expected the name of an inner map, got {flow(v)}", *path(i), entry=flow(k))
             continue
         if v in inner and inner[v].section == PLAIN_SECTION:
             c.problem(f"slot {k}: '{v}' is declared under maps: (plain maps, in no outer map); declare it under "
@@ -406,13 +476,13 @@ def check_outer(src: Source, name: str, raw: dict[str, Any], problems: list[Prob
             continue
         if v not in inner:
             if v in outer_names:
-                c.problem(f"slot {k}: '{v}' is an outer map; a slot holds an inner map", *path(i), entry=str(k))
+                c.problem(f"slot {flow(k)}: '{v}' is an outer map; a slot holds an inner map", *path(i), entry=flow(k))
             elif v not in inner_raw:
-                c.problem(f"slot {k}: '{v}' is not defined under inner_maps", *path(i), entry=str(k))
+                c.problem(f"slot {flow(k)}: '{v}' is not defined under inner_maps", *path(i), entry=flow(k))
             continue
         for reason in incompatible(template, inner[v]):
-            c.problem(f"slot {k}: inner map '{v}' is incompatible with the template '{template_name}': {reason} "
-                      "(the kernel refuses it)", *path(i), entry=str(k))
+            c.problem(f"slot {flow(k)}: inner map '{v}' is incompatible with the template '{template_name}': {reason} "
+                      "(the kernel refuses it)", *path(i), entry=flow(k))
     if len(problems) > before:
         return None
     slots = dict(c.encode_all(keys, values, path, key, None, lambda v: v))
@@ -472,7 +542,10 @@ def build_config(sources: list[Source], problems: list[Problem], known_valid: se
                 into.append((src, name, raw))
     inner_names = {n for section in (INNER_SECTION, PLAIN_SECTION) for _, n, _ in raw_maps[section]}
     outer_names = {n for _, n, _ in raw_maps["outer_maps"]}
+    before = len(problems)
     with _named_types(sources, problems) as named:
+        if len(problems) > before:
+            return cfg  # the maps' types come from these files: their errors would only echo this one
         raw_maps = {section: _with_object_maps(maps, section, named, problems) for section, maps in raw_maps.items()}
         for section in (INNER_SECTION, PLAIN_SECTION):
             for src, name, raw in raw_maps[section]:
@@ -498,16 +571,30 @@ def _with_object_maps(maps: list[tuple[Source, str, dict[str, Any]]], section: s
         if wanted is None:
             out.append((src, name, raw))
             continue
-        found = named.map_definition(wanted)
-        if found is None:
-            where = "the files under btf:" if named else "no BPF object (name one under btf:)"
+        declared = named.map_definition(wanted)
+        if declared is None:
+            where = ", ".join(named.searched) if named else "no BPF object (name one under btf:)"
             problems.append(Problem(src.file, (section, name, "object_map"),
                                     f"object_map: no map '{wanted}' in the .maps section of {where}", name))
             continue
+        found, obj = declared
+        contradicted = False
         for which in ("key", "value"):  # a type or a size given here replaces both of the object's
             if which in raw or f"{which}_size" in raw:
+                mine, theirs = _size_of(raw, which, named), _size_of(found, which, named)
+                outer_value = section == "outer_maps" and which == "value"  # refused below, whatever its size
+                if mine is not None and theirs is not None and mine != theirs and not outer_value:
+                    given = f"{which} {spec_text(raw[which])} ({count(mine, 'byte')})" if which in raw else \
+                        f"{which}_size {mine}"
+                    problems.append(Problem(src.file, (section, name, which if which in raw else f"{which}_size"),
+                                            f"{given} contradicts map '{wanted}' in {obj}, whose {which}s are "
+                                            f"{count(theirs, 'byte')}: a {which} written beside object_map must have "
+                                            "the object's size (its loader would refuse the map)", name))
+                    contradicted = True
                 found.pop(which, None)
                 found.pop(f"{which}_size", None)
+        if contradicted:
+            continue
         merged = {**found, **{k: v for k, v in raw.items() if k != "object_map"}}
         if section == "outer_maps":
             merged.pop("value", None)
@@ -524,6 +611,20 @@ def _with_object_maps(maps: list[tuple[Source, str, dict[str, Any]]], section: s
             continue
         out.append((src, name, merged))
     return out
+
+
+def _size_of(definition: Mapping[str, Any], which: str, named: Mapping[str, CType]) -> int | None:
+    """The size of a definition's key or value (a type or `*_size`); None when it gives neither or
+    its type does not parse (that is reported where the type is checked)."""
+    if f"{which}_size" in definition:
+        size = definition[f"{which}_size"]
+        return size if type(size) is int else None
+    if which not in definition:
+        return None
+    try:
+        return parse_type(definition[which], named).size
+    except TypeSpecError:
+        return None
 
 
 def _parse_whole_if_btf(sources: list[Source], problems: list[Problem]) -> list[Source]:
@@ -549,24 +650,67 @@ def _parse_whole_if_btf(sources: list[Source], problems: list[Problem]) -> list[
 
 
 def _named_types(sources: list[Source], problems: list[Problem]) -> NamedTypes:
-    """The C types of the BTF files the documents name under `btf:` (paths relative to each file),
-    shared by the whole configuration."""
+    """The C types of the BTF files and C headers the documents name under `btf:` (paths relative
+    to each file), shared by the whole configuration."""
+    from kmesh_apply.config.cache import Cache
+    from kmesh_apply.config.headers import Header, HeaderError, compile_btf, is_c
     from kmesh_apply.kernel.btf import BtfFileError, NamedTypes
 
     named = NamedTypes()
+    cache: list[Cache | None] = []  # opened for the first header
     for src in sources:
-        paths = src.data.get("btf") if isinstance(src.data, dict) else None
-        if not isinstance(paths, list):
+        items = src.data.get("btf") if isinstance(src.data, dict) else None
+        if not isinstance(items, list):
             continue
         base = Path(src.file).parent if src.file != INLINE else Path.cwd()
-        for i, path in enumerate(paths):
-            if not isinstance(path, str):
-                continue  # the schema reports it
+        for i, item in enumerate(items):
             try:
-                named.add(str(base / path))
-            except BtfFileError as e:
+                if is_c(item):
+                    cache = cache or [Cache.open()]
+                    header = Header.from_item(item, base)
+                    btf, clang = compile_btf(header, cache[0])
+                    named.add_raw(btf, header.describe(clang))
+                elif isinstance(item, str):
+                    named.add(str(base / item))
+            except (BtfFileError, HeaderError) as e:
                 problems.append(Problem(src.file, ("btf", i), f"btf: {e}"))
+    _type_formats(sources, named, problems)
     return named
+
+
+def _type_formats(sources: list[Source], named: NamedTypes, problems: list[Problem]) -> None:
+    """The top-level `formats:` of named types ({type name: {path: format}}), checked against each type
+    as its file declares it; the paths that apply are given to `named`, which applies them wherever
+    the type is used."""
+    found: dict[str, list[Any]] = {}
+    for src in sources:
+        by_type = src.data.get("formats") if isinstance(src.data, dict) else None
+        for type_name, paths in (by_type or {}).items():
+            where = ("formats", type_name)
+            try:
+                plain = named[type_name] if named else None
+            except KeyError:
+                plain = None
+            except TypeSpecError as e:
+                problems.append(Problem(src.file, where, f"formats: {type_name}: {e}"))
+                continue
+            if plain is None:
+                searched = ", ".join(named.searched) or "no file: formats of named types need a top-level btf: list"
+                problems.append(Problem(src.file, where, f"formats: no type '{type_name}' in {searched}"))
+                continue
+            for path, spec in paths.items():
+                try:
+                    steps, shown = format_path(path), parse_type(spec, named)
+                    apply_format(plain, steps, shown)
+                except KeyError as e:
+                    problems.append(Problem(src.file, (*where, path),
+                                            f"formats: {missing_step(e.args[0], type_name, plain)}"))
+                except TypeSpecError as e:
+                    problems.append(Problem(src.file, (*where, path), f"formats: {type_name}: {path}: {e}"))
+                else:
+                    found.setdefault(type_name, []).append((steps, shown))
+    if found:
+        named.set_formats(found)
 
 
 def _definitions(src: Source, section: str) -> list[tuple[Any, Any]]:

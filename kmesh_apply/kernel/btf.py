@@ -9,14 +9,16 @@ gives back an equal `CType`:
   (be* -> the unsigned INT, the rest -> u8[N]);
 - bool: INT `bool` (BOOL encoding); enums: ENUM (ENUM64 for 8 bytes), signed in kind_flag;
 - char[N]: ARRAY of the INT `char`; T[N]: ARRAY of T;
+- a format (`{type: T, format: F}`): a TYPEDEF `kmesh_fmt_F` of T (of the enum, for enum formats);
 - {lpm: F}: STRUCT `lpm_F` {u32 prefixlen; F addr}; structs and unions: anonymous
   STRUCT/UNION with member offsets (bitfields with their widths); a type is its layout,
   so `packed` need not be recorded (see ctype's docstring).
 
 Decoding also reads what clang writes for C sources (typedefs, `char` arrays,
 anonymous members: a struct or union whose one member is an anonymous union or
-struct is that member), so a BPF object's or raw BTF file's named types can be used
-in a config (`named_types`).
+struct is that member; the kernel's network-order typedefs `__be16`, `__be32`,
+`__be64`, `__sum16` and `__wsum` as be16/be32), so a BPF object's or raw BTF file's
+named types can be used in a config (`NamedTypes`).
 
 Kernel rules this honours (checked in tests/test_kernel_btf.py): an array map's key
 must resolve to a 32-bit INT, so other 4-byte key types are recorded there as
@@ -30,10 +32,10 @@ import ctypes
 import threading
 
 import os
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
-from kmesh_apply.ctype import (Addr, Array, Bool, Bytes, Chars, CType, CUnion, Enum, Field, Int, Lpm, Raw, Struct,
-                               TypeSpecError, canonical_align, expressible)
+from kmesh_apply.ctype import (Addr, Array, Bool, Bytes, Chars, CType, CUnion, Enum, Field, Formatted, Int, Lpm, Raw,
+                               Struct, TypeSpecError, apply_format, canonical_align, expressible, formatted, parse_type)
 from kmesh_apply.errors import KernelError
 from kmesh_apply.kernel.failure import fail
 from kmesh_apply.kernel.names import flag_names, type_name
@@ -44,7 +46,25 @@ BTF_KIND_TYPEDEF, BTF_KIND_VOLATILE, BTF_KIND_CONST, BTF_KIND_RESTRICT = 8, 9, 1
 BTF_KIND_TYPE_TAG, BTF_KIND_ENUM64 = 18, 19
 _QUALIFIERS = (BTF_KIND_VOLATILE, BTF_KIND_CONST, BTF_KIND_RESTRICT, BTF_KIND_TYPE_TAG)
 BTF_INT_SIGNED, BTF_INT_CHAR, BTF_INT_BOOL = 1, 2, 4
-_TYPEDEF_BYTES = ("ipv4", "ipv6", "mac", "bytes", "raw")
+# A format (ctype.Formatted) is a typedef of the field's C type named for the format, so bpftool and
+# the data plane see the C type and `show` gets the format back: kmesh_fmt_ipv4, kmesh_fmt_char_8;
+# an enum format is a typedef of the enum itself (kmesh_fmt_enum), whose integer is the field's type.
+_FORMAT_PREFIX = "kmesh_fmt_"
+
+
+def _format_token(spec: str) -> str:
+    return spec.replace("[", "_").rstrip("]")
+
+
+def _format_spec(token: str) -> str:
+    word, _, n = token.rpartition("_")
+    return f"{word}[{n}]" if word in ("char", "bytes") and n.isdigit() else token
+
+
+# Typedefs whose integers are in network order: ours, and the kernel's (linux/types.h), which C
+# headers use for addresses, ports and checksums (__wsum is a 32-bit checksum in network order).
+_NETWORK_ORDER = {"be16": "be16", "be32": "be32", "be64": "be64", "__be16": "be16", "__be32": "be32",
+                  "__be64": "be64", "__sum16": "be16", "__wsum": "be32"}
 _LPM_PREFIX = "lpm_"
 _WRAPPER = "kmesh_key"
 
@@ -140,6 +160,10 @@ class _Builder:
             return self.struct(_LPM_PREFIX + t.family, t.size, members)
         if isinstance(t, (Struct, CUnion)):
             return self.struct("", t.size, [self._member(t, f) for f in t.fields], isinstance(t, CUnion))
+        if isinstance(t, Formatted):
+            if isinstance(t.shown, Enum):  # the enum is its own integer (formatted() checks the base is)
+                return self.typedef(_FORMAT_PREFIX + "enum", self.add(t.shown))
+            return self.typedef(_FORMAT_PREFIX + _format_token(t.shown.spec()), self.add(t.base))
         raise TypeError(f"not a CType: {t!r}")
 
     def _member(self, t: Struct | CUnion, f: Field) -> tuple[str, int, int, int]:
@@ -211,6 +235,7 @@ class _Reader:
         self.btf = btf
         self.what = what
         self._done: dict[int, CType] = {}
+        self.formats: Mapping[str, list[TypeFormat]] = {}  # by C name: see NamedTypes.set_formats
 
     @staticmethod
     def from_kernel(btf_id: int) -> "_Reader":
@@ -248,7 +273,18 @@ class _Reader:
     def decode(self, tid: int) -> CType:
         typ = self._done.get(tid)
         if typ is None:
-            typ = self._done[tid] = self._decode(tid)
+            typ = self._decode(tid)
+            if self.formats:
+                typ = self._formatted_as_named(tid, typ)
+            self._done[tid] = typ
+        return typ
+
+    def _formatted_as_named(self, tid: int, typ: CType) -> CType:
+        """A named struct, union or typedef with the formats given for its name."""
+        kind, name, _, _ = self._type(tid)
+        word = {BTF_KIND_STRUCT: "struct ", BTF_KIND_UNION: "union ", BTF_KIND_TYPEDEF: ""}.get(kind)
+        for steps, shown in self.formats.get(f"{word}{name}", ()) if word is not None and name else ():
+            typ = apply_format(typ, steps, shown)  # NamedTypes.set_formats kept only paths that apply
         return typ
 
     def _decode(self, tid: int) -> CType:
@@ -261,8 +297,10 @@ class _Reader:
                 raise _Unrepresentable(name)
             return Int(f"{'i' if enc & BTF_INT_SIGNED else 'u'}{t.size_or_type * 8}")
         if kind == BTF_KIND_TYPEDEF:
-            if name in ("be16", "be32", "be64"):
-                return Int(name)
+            if name in _NETWORK_ORDER and self._size(tid) == Int(_NETWORK_ORDER[name]).size:
+                return Int(_NETWORK_ORDER[name])
+            if name.startswith(_FORMAT_PREFIX):
+                return self._formatted(name[len(_FORMAT_PREFIX):], self.decode(t.size_or_type))
             if name in ("ipv4", "ipv6", "mac"):
                 return Addr(name)
             if name == "bytes":
@@ -284,6 +322,16 @@ class _Reader:
         if kind in (BTF_KIND_ENUM, BTF_KIND_ENUM64):
             return self._enum(kind, t, extra)
         raise _Unrepresentable(name)
+
+    @staticmethod
+    def _formatted(token: str, base: CType) -> CType:
+        """A format's typedef read back; the plain type when it does not fit (not one of ours)."""
+        try:
+            if token == "enum":
+                return formatted(base.base, base) if isinstance(base, Enum) else base
+            return formatted(base, parse_type(_format_spec(token)))
+        except TypeSpecError:
+            return base
 
     def _enum(self, kind: int, t: L.BtfType, extra: int) -> Enum:
         signed, size, n = bool(t.info >> 31), t.size_or_type, t.info & 0xFFFF
@@ -377,6 +425,10 @@ class BtfFileError(Exception):
     """A BTF file that cannot be used; the message says why."""
 
 
+# A format of a named type: the path to a field (ctype.format_path) and how it is shown.
+TypeFormat = tuple[Sequence[str], CType]
+
+
 class NamedTypes(Mapping[str, CType]):
     """The named C types of BPF object files (their .BTF section) or raw BTF files, by the name a
     C programmer writes: `struct backend_value`, `union ip_addr`, `enum lb_policy`, or a typedef's
@@ -389,6 +441,27 @@ class NamedTypes(Mapping[str, CType]):
     def add(self, path: str) -> None:
         """Look names up in this file too (after those added before); raises BtfFileError."""
         self._readers.append(_open_file(path))
+
+    def add_raw(self, data: bytes, what: str) -> None:
+        """Look names up in this raw BTF too (`what`: where it came from, for messages)."""
+        btf = L.btf__new(data, len(data))
+        if not btf:
+            raise BtfFileError(f"{what}: not valid BTF ({os.strerror(L.last_errno())})")
+        self._readers.append(_Reader(btf, what))
+
+    def set_formats(self, formats: Mapping[str, list[TypeFormat]]) -> None:
+        """Show fields of these named types (`struct ip_addr`, a typedef's name) in these formats,
+        wherever the types are used: in a map's key or value, or inside another type. Each path
+        must apply to the type as decoded before (the config checks that first)."""
+        self._found.clear()
+        for r in self._readers:
+            r._done.clear()
+            r.formats = formats
+
+    @property
+    def searched(self) -> list[str]:
+        """Where names are looked up, in order (for messages that say a name was not found)."""
+        return [r.what for r in self._readers]
 
     def close(self) -> None:
         for r in self._readers:
@@ -418,13 +491,13 @@ class NamedTypes(Mapping[str, CType]):
                                            "zero-length or flexible array)") from None
         return None
 
-    def map_definition(self, name: str) -> dict[str, Any] | None:
+    def map_definition(self, name: str) -> tuple[dict[str, Any], str] | None:
         """What the first file declaring map `name` in its `.maps` section says of it, as config keys
-        (type, key or key_size, value or value_size, max_entries, flags)."""
+        (type, key or key_size, value or value_size, max_entries, flags), and that file."""
         for reader in self._readers:
             found = _map_definition(reader, name)
             if found is not None:
-                return found
+                return found, reader.what
         return None
 
     def __getitem__(self, name: str) -> CType:
@@ -464,6 +537,19 @@ def _open_file(path: str) -> _Reader:
             raise BtfFileError(f"{path}: no BTF in it (compile the BPF object with clang -g so it has a .BTF section)")
         raise BtfFileError(f"{path}: not a BPF object file or raw BTF file ({os.strerror(err)})")
     return _Reader(btf, path)
+
+
+def object_btf(path: str) -> bytes:
+    """The raw `.BTF` of a BPF object or BTF file (what `add_raw` takes); raises BtfFileError."""
+    reader = _open_file(path)
+    try:
+        size = ctypes.c_uint32()
+        data = L.btf__raw_data(reader.btf, ctypes.byref(size))
+        if not data:
+            raise BtfFileError(f"{path}: its BTF cannot be read back ({os.strerror(L.last_errno())})")
+        return ctypes.string_at(data, size.value)
+    finally:
+        reader.close()
 
 
 BTF_KIND_PTR, BTF_KIND_VAR, BTF_KIND_DATASEC = 2, 14, 15

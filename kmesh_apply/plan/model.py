@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Union
 
 from kmesh_apply.state import EntryScope, LiveState
+from kmesh_apply.wording import count, verb
 
 if TYPE_CHECKING:
     from kmesh_apply.kernel.progs import Program
@@ -247,7 +248,8 @@ class Plan:
     def summary(self) -> str:
         if not self.has_changes:
             if self.held_replaced:
-                return (f"No changes to apply, but {len(self.held_replaced)} replaced map(s) are still held by loaded "
+                n = len(self.held_replaced)
+                return (f"No changes to apply, but {count(n, 'replaced map')} {verb(n, 'is', 'are')} still held by loaded "
                         "programs: reload or unload them.")
             return "No changes. The pin root matches the configuration."
         c = self.counts

@@ -35,6 +35,7 @@ from kmesh_apply.config.model import (
     Config,
     InnerMapSpec,
     OuterMapSpec,
+    can_fill,
     used_entries,
 )
 from kmesh_apply.ctype import same_type
@@ -55,7 +56,7 @@ from kmesh_apply.plan.model import (
     WriteEntries,
 )
 from kmesh_apply.state import ALL_ENTRIES, STAGING_DIR, LiveMap, LiveState
-from kmesh_apply.wording import a
+from kmesh_apply.wording import a, verb
 
 if TYPE_CHECKING:
     from kmesh_apply.kernel.progs import Program
@@ -294,14 +295,16 @@ class _Planner:
 
     def _capacity_warnings(self) -> None:
         """Maps that would end nearly full: inserts start failing (LRU maps: evicting) soon after.
-        A scoped plan looks at its own maps only (the others were looked at when they changed)."""
+        Arrays cannot fill up (see can_fill). A scoped plan looks at its own maps only (the others
+        were looked at when they changed)."""
         inner_maps: Collection[InnerMapSpec] = self.config.inner_maps.values()
         outer_maps: Collection[OuterMapSpec] = self.config.outer_maps.values()
         if self.only is not None:
             inner_maps = [self.config.inner_maps[n] for n in self.only if n in self.config.inner_maps]
             outer_maps = [self.config.outer_maps[n] for n in self.only if n in self.config.outer_maps]
-        usage = [("inner", s.name, used_entries(s.type, s.entries), s.max_entries, "entries") for s in inner_maps]
-        usage += [("outer", s.name, len(s.slots), s.max_entries, "slots") for s in outer_maps]
+        usage = [("inner", s.name, used_entries(s.type, s.entries), s.max_entries, "entries")
+                 for s in inner_maps if can_fill(s.type)]
+        usage += [("outer", s.name, len(s.slots), s.max_entries, "slots") for s in outer_maps if can_fill(s.type)]
         for kind, name, used, most, what in usage:
             if used >= NEARLY_FULL * most:
                 self.result.warnings.append(
@@ -374,7 +377,7 @@ class _Planner:
         change = self._change(spec, "update", want, holders=holders)
         if swap and holders:  # they hold this very map, not the slot: a swap would leave them on the old one
             swap = False
-            change.reasons.append(f"written in place, not swapped: {_programs(holders)} hold(s) this inner map "
+            change.reasons.append(f"written in place, not swapped: {_programs(holders)} {verb(len(holders), 'holds', 'hold')} this inner map "
                                   "directly and would stay on the old map; readers may see the change half done")
         if swap and not spec.manage.all_entries:
             swap = False

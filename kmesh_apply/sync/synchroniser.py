@@ -34,6 +34,7 @@ from kmesh_apply.state import LiveState
 from kmesh_apply.sync.cache import Mirror
 from kmesh_apply.sync.kernel import Kernel, PinRootKernel
 from kmesh_apply.sync.retries import APPLIED, FAILED, PENDING, MapStatus, backoff
+from kmesh_apply.wording import count, verb
 
 DEFAULT_LOCK_TIMEOUT = 10.0
 PUT_SOURCE = "<put>"
@@ -104,8 +105,9 @@ class Synchroniser:
                 encoded = _encode_entries(spec, entries)
                 fresh = sum(1 for k in encoded if k not in spec.entries)
                 if spec.type not in ARRAY_TYPES and len(spec.entries) + fresh > spec.max_entries:
-                    raise _input_error(map_name, f"{len(spec.entries) + fresh} entries do not fit max_entries "
-                                                 f"{spec.max_entries}")
+                    n = len(spec.entries) + fresh
+                    raise _input_error(map_name, f"{count(n, 'entry', 'entries')} {verb(n, 'does', 'do')} not fit "
+                                                 f"max_entries {spec.max_entries}")
                 owned = self._own(desired, map_name)
                 owned.entries.update(encoded)  # type: ignore[union-attr]
                 written = set(encoded)
@@ -311,7 +313,7 @@ class Synchroniser:
         reasons += [h.describe() + ": reload them" for h in held_replaced(self._cache)]
         for name, st in sorted(self._status.items()):
             if st.state == FAILED:
-                reasons.append(f"map '{name}' failed {st.attempts} time(s): {st.error}")
+                reasons.append(f"map '{name}' failed {count(st.attempts, 'time')}: {st.error}")
         return Health(not reasons, reasons, self._last_success)
 
     @property

@@ -23,6 +23,7 @@ from kmesh_apply.sync.files import ConfigFiles
 from kmesh_apply.sync.log import Log
 from kmesh_apply.sync.notify import Notifier
 from kmesh_apply.sync.synchroniser import Synchroniser
+from kmesh_apply.wording import count
 
 DEBOUNCE_MS = 50  # a burst is applied at most this long after its first event
 STEP_MS = 2  # ... and this long after its last one (idle, the wake-ups cost about 1% of a core)
@@ -183,7 +184,7 @@ class Watcher:
             self.log.event("error", f"drift check failed ({e}); retrying", trigger="drift")
             return
         if drift:
-            self.log.event("drift", f"corrected {len(drift)} map(s) changed by someone else: {describe(drift)} "
+            self.log.event("drift", f"corrected {count(len(drift), 'map')} changed by someone else: {describe(drift)} "
                                     f"in {(time.monotonic() - start) * 1000:.1f} ms",
                            maps=[c.name for c in drift], seconds=time.monotonic() - start)
         self.notifier.status(self._status())
@@ -203,8 +204,8 @@ class Watcher:
         seconds = time.monotonic() - start
         changes = self.sync.last_changes
         about = f" ({', '.join(files)})" if files else ""
-        self.log.event("reconcile", f"{trigger}{about}: {describe(changes)}; {report.entries_written} entries "
-                                    f"written, {report.entries_deleted} deleted, {report.slots_set} slots set "
+        self.log.event("reconcile", f"{trigger}{about}: {describe(changes)}; {count(report.entries_written, 'entry', 'entries')} "
+                                    f"written, {report.entries_deleted} deleted, {count(report.slots_set, 'slot')} set "
                                     f"in {seconds * 1000:.1f} ms",
                        trigger=trigger, files=files or [], maps=[f"{c.name}:{c.action}" for c in changes],
                        entries_written=report.entries_written, entries_deleted=report.entries_deleted,
