@@ -66,7 +66,7 @@ def test_the_btf_example_writes_what_its_c_types_lay_out(built: Path, pin_root: 
     assert live["km_backend"].entries[bytes.fromhex(expected["backend_key"])].hex() == expected["backend_value"]
     assert not api.plan(cfg, str(pin_root)).has_changes
     shown = api.show(str(pin_root))
-    assert shown["inner_maps"]["km_backend"]["formats"]["port"] == "be16"
+    assert shown["maps"]["km_backend"]["formats"]["port"] == "be16"
     assert not api.plan(load_config(inline=dump_yaml(shown)), str(pin_root)).has_changes
 
 
