@@ -67,25 +67,24 @@ def _fields(value: dict[Any, Any], main: str, value_size: int) -> Any:
     return value[main], value.get("program")
 
 
+# What the first 4 bytes of a devmap's or cpumap's value are, and how a config writes them.
+_FIRST: dict[str, tuple[str, Callable[[Any], Any]]] = {DEVICES: ("interface", _interface), CPUS: ("queue_size", _queue_size)}
+
+
 def parser(entries: str, value_size: int) -> Callable[[Any], Target]:
     """The function turning one entry's value, as a config writes it, into a Target (CodecError if it is not one)."""
     if entries == PROGRAMS:
         return lambda v: Target(program=_program(v))
-    if entries == DEVICES:
-        def device(v: Any) -> Target:
-            if isinstance(v, dict):
-                iface, prog = _fields(v, "interface", value_size)
-                return Target(program=None if prog is None else _program(prog), interface=_interface(iface))
-            return Target(interface=_interface(v))
-        return device
-    if entries == CPUS:
-        def cpu(v: Any) -> Target:
-            if isinstance(v, dict):
-                size, prog = _fields(v, "queue_size", value_size)
-                return Target(program=None if prog is None else _program(prog), queue_size=_queue_size(size))
-            return Target(queue_size=_queue_size(v))
-        return cpu
-    raise ValueError(f"entries of kind {entries} name nothing outside the map")
+    if entries not in _FIRST:
+        raise ValueError(f"entries of kind {entries} name nothing outside the map")
+    field, parse = _FIRST[entries]
+
+    def parsed(v: Any) -> Target:
+        prog = None
+        if isinstance(v, dict):
+            v, prog = _fields(v, field, value_size)
+        return Target(program=None if prog is None else _program(prog), **{field: parse(v)})
+    return parsed
 
 
 def encode(target: Target, value_size: int, program_id: Callable[[str | int], int],
