@@ -262,3 +262,19 @@ def test_synchroniser_puts_programs_and_refuses_puts_on_queues(pin_root: Path, t
             sync.put("km_socket", {0: 1})
     with Map.open_pinned(str(pin_root / "km_tails")) as tails:
         assert tails.lookup((1).to_bytes(4, "little")) is not None
+
+
+def test_the_config_cache_keeps_every_types_entries(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    import yaml
+
+    from kmesh_apply.config import cache, load_config
+
+    monkeypatch.setenv("KMESH_APPLY_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(cache, "MIN_FILE_BYTES", 0)
+    block = yaml.safe_dump(yaml.safe_load(EVERY_TYPE), default_flow_style=False, sort_keys=False)
+    config = write(tmp_path / "every.yaml", block)  # block style: the cache cuts it map by map
+    first = load_config([str(config)])
+    again = load_config([str(config)])  # from the cache
+    assert {n: dict(s.entries) for n, s in again.inner_maps.items()} == \
+        {n: dict(s.entries) for n, s in first.inner_maps.items()}
+    assert list(again.inner_maps["pending"].entries.values()) == [v.to_bytes(4, "little") for v in (11, 22, 33)]

@@ -368,7 +368,12 @@ def check_inner(src: Source, name: str, raw: dict[str, Any], problems: list[Prob
         c.problem("an lpm_trie key is {lpm: ipv4} or {lpm: ipv6} (or key_size: N for raw bytes)", "key")
     if len(problems) > before or key is None or value is None:
         return None
+    if kind.entries != DATA and cached is not None:  # a queue's or bloom filter's values, as packed before
+        return InnerMapSpec(name, type_, key, value, max_entries, flags, cached, Location(src.file, 0),
+                            raw.get("update", "swap"))
     if kind.entries != DATA:
+        if partial is not None:
+            raw["entries"] = partial.parse_whole()
         entries = c.other_entries(kind, key, value, max_entries, ncpus)
         if len(problems) > before:
             return None
