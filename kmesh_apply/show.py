@@ -20,6 +20,7 @@ from kmesh_apply.ctype import CType, Raw, parse_type, type_or_raw
 from kmesh_apply.entries import packed
 from kmesh_apply.kernel.maps import PROGRAM_OFFSET
 from kmesh_apply.state import LiveMap, LiveState
+from kmesh_apply.wording import a
 
 
 def _type_fields(doc: dict[str, Any], which: str, typ: CType) -> None:
@@ -151,6 +152,9 @@ def show_document(live: LiveState, all_maps: bool = False, programs: Mapping[int
     doc: dict[str, Any] = {"pin_root": live.pin_root}
     sections: dict[str, dict[str, Any]] = {"maps": {}, "inner_maps": {}, "outer_maps": {}}
     for n, m in sorted(maps.items()):
+        if not m.is_outer and m.type not in maptypes.KINDS:  # someone's struct_ops, or a type newer than this tool
+            warn(f"map '{n}' is {a(m.type)} map, which a config cannot declare: left out")
+            continue
         if m.is_outer:
             section, body = "outer_maps", _outer(m, names, templates[n])
         else:

@@ -24,7 +24,7 @@ from kmesh_apply.kernel.names import MAP_TYPES
 from kmesh_apply.pinroot.reader import read_live
 
 EVERY_TYPE = """\
-inner_maps:
+maps:
   events:   {type: ringbuf, max_entries: 4096}
   uevents:  {type: user_ringbuf, max_entries: 8192}
   pending:  {type: queue, value: u32, max_entries: 16, entries: [11, 22, 33]}
@@ -81,7 +81,7 @@ def test_a_config_of_every_type_applies_plans_clean_and_round_trips(pin_root: Pa
 
     shown = write(tmp_path / "shown.yaml", kmesh_apply("show", root=pin_root).stdout)
     kmesh_apply("plan", "--detailed-exitcode", str(shown), root=pin_root)
-    doc = json.loads(kmesh_apply("show", "--json", root=pin_root).stdout)["inner_maps"]
+    doc = json.loads(kmesh_apply("show", "--json", root=pin_root).stdout)["maps"]
     assert doc["events"] == {"type": "ringbuf", "max_entries": 4096}
     assert doc["ports"]["entries"] == {"0": "lo"} and doc["ports2"]["entries"] == {"7": "lo"}
     assert doc["cpus"]["entries"] == {"0": 192, "1": 64}
@@ -120,6 +120,8 @@ RULES = {
     "arena value": ("{type: arena, value: u32, max_entries: 4, flags: [mmapable]}", "an arena map has no value"),
     "stack_trace value": ("{type: stack_trace, key: u32, value_size: 12, max_entries: 4}", "whole number of u64 addresses"),
     "hash size": ("{type: hash, key: u32, value: u32, max_entries: 0}", "max_entries must be at least 1"),
+    "sockhash owner": ("{type: sockhash, key: u32, value: u32, max_entries: 4, manage_entries: all}",
+                       "its manage_entries is none"),
     "struct_ops": ("{type: struct_ops, key: u32, value_size: 64, max_entries: 1}", "struct_ops cannot be declared"),
     "no value": ("{type: queue, max_entries: 4}", "give exactly one of 'value'"),
 }
@@ -128,7 +130,7 @@ RULES = {
 @pytest.mark.parametrize("rule", sorted(RULES))
 def test_each_kernel_rule_is_one_clear_error(tmp_path: Path, rule: str):
     definition, expected = RULES[rule]
-    config = write(tmp_path / "c.yaml", f"inner_maps:\n  ok: {{type: hash, key: u32, value: u32, max_entries: 1}}\n"
+    config = write(tmp_path / "c.yaml", f"maps:\n  ok: {{type: hash, key: u32, value: u32, max_entries: 1}}\n"
                                         f"  bad: {definition}\n")
     res = run_cli("kmesh-apply", "validate", str(config))
     assert res.returncode == 1
@@ -138,7 +140,7 @@ def test_each_kernel_rule_is_one_clear_error(tmp_path: Path, rule: str):
 
 
 def test_a_bloom_filter_only_grows_and_says_so(pin_root: Path, tmp_path: Path):
-    base = "inner_maps:\n  seen: {type: bloom_filter, value: u32, max_entries: 64, entries: %s}\n"
+    base = "maps:\n  seen: {type: bloom_filter, value: u32, max_entries: 64, entries: %s}\n"
     kmesh_apply("apply", "--auto-approve", str(write(tmp_path / "a.yaml", base % "[5, 6]")), root=pin_root)
     grown = write(tmp_path / "b.yaml", base % "[5, 6, 7]")
     plan = kmesh_apply("plan", "--detailed-exitcode", str(grown), root=pin_root, check=2).stdout
@@ -152,7 +154,7 @@ def test_a_bloom_filter_only_grows_and_says_so(pin_root: Path, tmp_path: Path):
 
 
 def test_a_queue_gets_its_values_when_created_only(pin_root: Path, tmp_path: Path, bpftool):
-    base = "inner_maps:\n  q: {type: queue, value: u32, max_entries: %d, entries: [11, 22, 33]}\n"
+    base = "maps:\n  q: {type: queue, value: u32, max_entries: %d, entries: [11, 22, 33]}\n"
     kmesh_apply("apply", "--auto-approve", str(write(tmp_path / "a.yaml", base % 8)), root=pin_root)
     first = bpftool("map", "dequeue", "pinned", str(pin_root / "q"))
     assert int(first["value"][0], 16) == 11
@@ -168,7 +170,7 @@ def test_a_queue_gets_its_values_when_created_only(pin_root: Path, tmp_path: Pat
 def typed(tmp_path: Path, pin_root: Path, bpf_scratch: Path):
     """The Kmesh-like object built, its maps applied by object_map, its programs loaded reusing them."""
     obj = build(tmp_path)
-    config = write(tmp_path / "typed.yaml", "btf: [typed.bpf.o]\ninner_maps:\n" + "".join(
+    config = write(tmp_path / "typed.yaml", "btf: [typed.bpf.o]\nmaps:\n" + "".join(
         f"  {m}: {{object_map: {m}}}\n" for m in MAPS))
     kmesh_apply("apply", "--auto-approve", str(config), root=pin_root)
     progs = bpf_scratch / "progs"
@@ -189,7 +191,7 @@ def test_a_kmesh_like_object_loads_reusing_every_map(pin_root: Path, typed, bpft
 
 def test_program_entries_resolve_run_and_follow_a_reload(pin_root: Path, tmp_path: Path, typed, bpf_scratch: Path):
     obj, _, progs = typed
-    text = ("btf: [typed.bpf.o]\ninner_maps:\n" + "".join(f"  {m}: {{object_map: {m}}}\n" for m in MAPS
+    text = ("btf: [typed.bpf.o]\nmaps:\n" + "".join(f"  {m}: {{object_map: {m}}}\n" for m in MAPS
                                                         if m not in ("km_tails", "km_ports", "km_cpus", "km_pending", "km_seen"))
             + f"  km_tails: {{object_map: km_tails, entries: {{0: {progs}/handler}}}}\n"
             + f"  km_ports: {{object_map: km_ports, entries: {{0: {{interface: lo, program: {progs}/on_port}}}}}}\n"
@@ -211,7 +213,7 @@ def test_program_entries_resolve_run_and_follow_a_reload(pin_root: Path, tmp_pat
     assert load_all(obj, again, {m: pin_root / m for m in MAPS}).returncode == 0
     assert run_pinned(again / "entry") == 42, "popped 11, found 5, tail-called handler through km_tails"
 
-    doc = json.loads(kmesh_apply("show", "--json", root=pin_root).stdout)["inner_maps"]
+    doc = json.loads(kmesh_apply("show", "--json", root=pin_root).stdout)["maps"]
     assert doc["km_tails"]["entries"] == {"0": f"{progs}/handler"}
     assert doc["km_ports"]["entries"] == {"0": {"interface": "lo", "program": f"{progs}/on_port"}}
     assert doc["km_cpus"]["entries"] == {"0": {"queue_size": 128, "program": f"{progs}/on_cpu"}}
@@ -236,7 +238,7 @@ def test_program_entries_resolve_run_and_follow_a_reload(pin_root: Path, tmp_pat
 
 
 def test_what_an_entry_names_must_exist(pin_root: Path, tmp_path: Path, bpf_scratch: Path):
-    base = "inner_maps:\n  m: {type: %s, key: u32, value: u32, max_entries: 4, entries: {0: %s}}\n"
+    base = "maps:\n  m: {type: %s, key: u32, value: u32, max_entries: 4, entries: {0: %s}}\n"
     missing = write(tmp_path / "a.yaml", base % ("prog_array", bpf_scratch / "nothing"))
     res = kmesh_apply("plan", str(missing), root=pin_root, check=1)
     assert f"map 'm' entry 0: open pinned program on {bpf_scratch}/nothing failed" in res.stderr

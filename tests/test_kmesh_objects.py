@@ -51,7 +51,8 @@ def config_text(objects: list[Path], maps: list[str], port: int) -> str:
     """Every map by object_map; Kmesh's frontend/service/endpoint/backend maps (declared by size only)
     typed as examples/kmesh/workload.yaml types them, with the entries that send SERVICE_IP:80 to
     127.0.0.1:port; and this network namespace marked as managed by Kmesh (km_manage)."""
-    typed = yaml_rs.loads((REPO / "examples" / "kmesh" / "workload.yaml").read_text())["inner_maps"]
+    example = yaml_rs.loads((REPO / "examples" / "kmesh" / "workload.yaml").read_text())
+    typed = {**(example.get("inner_maps") or {}), **(example.get("maps") or {})}
     be16 = lambda p: socket.htons(p)  # noqa: E731 - Kmesh keeps ports as htons() values in __u32
     entries = {
         "km_manage": [{"key": {"netns_cookie": netns_cookie()}, "value": 0}],
@@ -65,7 +66,7 @@ def config_text(objects: list[Path], maps: list[str], port: int) -> str:
             "addr": {"ip4": "127.0.0.1"}, "service_count": 1, "service": [1] + [0] * 9,
             "wp_addr": {"ip4": "0.0.0.0"}, "waypoint_port": 0}}],
     }
-    doc = {"btf": [str(o) for o in objects], "inner_maps": {}}
+    doc = {"btf": [str(o) for o in objects], "maps": {}}
     for name in maps:
         m = {"object_map": name}
         example = "map_of_" + name.removeprefix("km_")
@@ -73,7 +74,7 @@ def config_text(objects: list[Path], maps: list[str], port: int) -> str:
             if example in typed:
                 m.update(key=typed[example]["key"], value=typed[example]["value"])
             m["entries"] = entries[name]
-        doc["inner_maps"][name] = m
+        doc["maps"][name] = m
     return json.dumps(doc)
 
 

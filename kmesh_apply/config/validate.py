@@ -370,7 +370,7 @@ def check_inner(src: Source, name: str, raw: dict[str, Any], problems: list[Prob
         return None
     if kind.entries != DATA and cached is not None:  # a queue's or bloom filter's values, as packed before
         return InnerMapSpec(name, type_, key, value, max_entries, flags, cached, Location(src.file, 0),
-                            raw.get("update", "swap"))
+                            raw.get("update", "swap"), section, manage)
     if kind.entries != DATA:
         if partial is not None:
             raw["entries"] = partial.parse_whole()

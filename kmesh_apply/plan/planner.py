@@ -372,6 +372,9 @@ class _Planner:
             self.result.changes.append(change)
             return
         self.instance[spec.name] = spec.name
+        put: dict[bytes, Any]
+        delete: list[bytes]
+        have_entries: Mapping[bytes, Any]
         if kind in (maptypes.NONE, maptypes.LIST):  # not the config's, or a queue's readers' once it exists
             put, delete, have_entries = {}, [], have.entries
         elif kind == maptypes.SET:  # a bloom filter: only what it surely lacks can be added

@@ -392,8 +392,10 @@ def _changed(old: Mapping[str, Any], new: Mapping[str, Any]) -> set[str]:
 def _entries_managed(spec: InnerMapSpec | OuterMapSpec) -> None:
     """`put` and `delete` write entries the configuration owns: not those of a `manage_entries: none` map."""
     if spec.manage.entries == "none":
-        raise _input_error(spec.name, "its entries are not kmesh-apply's to write (manage_entries: none): "
-                                      "use manage_entries: listed to manage some of them")
+        holds = maptypes.kind(spec.type).holds if spec.type in maptypes.KINDS else ""
+        raise _input_error(spec.name, f"put does not apply to {a(spec.type)} map: its entries are {holds}" if holds else
+                           "its entries are not kmesh-apply's to write (manage_entries: none): use manage_entries: "
+                           "listed to manage some of them")
 
 
 def _step_map(step: Step) -> str:
