@@ -23,6 +23,7 @@ from kmesh_apply.entries import HASH_SUM_FROM, Entries
 from kmesh_apply.errors import ReplaceInUseError, StalePlanError
 from kmesh_apply.executor import ApplyReport, Executor
 from kmesh_apply.kernel.maps import Map
+from kmesh_apply.kernel.progs import program_pins
 from kmesh_apply.monitor import MapUsage, map_usage
 from kmesh_apply.pinroot.guard import PinRootLock
 from kmesh_apply.plan.model import Plan, RemovePin, Step
@@ -31,7 +32,8 @@ from kmesh_apply.plan.render import render_json, render_text
 from kmesh_apply.pinroot.reader import read_live
 from kmesh_apply.pinroot.records import Ownership
 from kmesh_apply.pinroot.replaced import record_replaced
-from kmesh_apply.show import show_document
+from kmesh_apply.resolve import prepare
+from kmesh_apply.show import referenced_programs, show_document
 from kmesh_apply.state import LiveState
 
 if TYPE_CHECKING:
@@ -109,7 +111,7 @@ class _Remembered:
 def _plan(config: Config, live: LiveState, remembered: _Remembered | None = None) -> Plan:
     """make_plan, remembering in the config cache which large maps it found equal to their config."""
     remembered = remembered or _Remembered.of(config)
-    p = make_plan(config, live, known_equal=remembered.known_equal)
+    p = make_plan(prepare(config, live), live, known_equal=remembered.known_equal)
     if remembered.cache is not None and p.verified:
         remembered.cache.save_equal(p.verified)
     return p
@@ -221,10 +223,13 @@ def _refuse_in_use(plan: Plan, live: LiveState, allow: bool) -> dict[int, str]:
     return held
 
 
-def show(pin_root: str, all_maps: bool = False) -> dict[str, Any]:
+def show(pin_root: str, all_maps: bool = False, warn: Callable[[str], None] = lambda message: None) -> dict[str, Any]:
     """The managed maps of `pin_root` as a config document that `apply` accepts and plans clean;
-    `all_maps`: the unmanaged ones too, with `adopt: true`."""
-    return show_document(read_live(pin_root, holders=False), all_maps)
+    `all_maps`: the unmanaged ones too, with `adopt: true`; `warn` hears what it cannot give back as
+    a config would (a program pinned nowhere, named by its ID)."""
+    live = read_live(pin_root, holders=False)
+    wanted = referenced_programs(live)
+    return show_document(live, all_maps, program_pins(wanted) if wanted else {}, warn)
 
 
 def usage(pin_root: str) -> list[MapUsage]:

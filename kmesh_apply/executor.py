@@ -146,7 +146,10 @@ class Executor:
             self._create(step)
         elif isinstance(step, WriteEntries):
             m = self._map(step.pin)
-            if step.put:
+            if step.put and not m.info.key_size:  # a queue, stack or bloom filter: its values are pushed, in order
+                m.push(b"".join(step.put.values()), len(step.put))
+                self.report.entries_written += len(step.put)
+            elif step.put:
                 m.update_batch(*packed(step.put), len(step.put))
                 self.report.entries_written += len(step.put)
             if step.delete:

@@ -10,15 +10,18 @@ slot. Maps kmesh-apply does not manage are left out, unless asked for (`all_maps
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from operator import itemgetter
 from typing import Any
 
-from kmesh_apply.config import codecs
+from kmesh_apply.config import codecs, maptypes, references
 from kmesh_apply.config.model import ARRAY_TYPES, PERCPU_TYPES
 from kmesh_apply.ctype import (CType, Raw, TypeSpecError, apply_format, format_path, formats_of, parse_type, type_or_raw,
                                unformatted)
 from kmesh_apply.entries import packed
+from kmesh_apply.kernel.maps import PROGRAM_OFFSET
 from kmesh_apply.state import LiveMap, LiveState
+from kmesh_apply.wording import a
 
 
 def _type_fields(doc: dict[str, Any], types: dict[str, CType]) -> None:
@@ -66,9 +69,10 @@ def _entries(keys: list[Any], values: list[Any]) -> Any:
     return [{"key": k, "value": v} for k, v in pairs]
 
 
-def _inner(m: LiveMap) -> dict[str, Any]:
-    """A map that is in no outer slot's place: its type and sizes always, its entries when user space
-    can read them (a ringbuf has neither key nor value; a queue's values cannot be read)."""
+def _inner(m: LiveMap, programs: Mapping[int, str], warn: Callable[[str], None]) -> dict[str, Any]:
+    """A map that is in no outer slot's place: its type and sizes always, its entries when they are the
+    config's to give and user space can read them (a ringbuf has neither key nor value; a queue's
+    values cannot be read; a sockhash's are sockets)."""
     key = type_or_raw(m.key_type, m.key_size)
     value = type_or_raw(m.value_type, m.value_size)
     doc: dict[str, Any] = {"type": m.type}
@@ -77,8 +81,11 @@ def _inner(m: LiveMap) -> dict[str, Any]:
     doc["max_entries"] = m.max_entries
     if m.flags:
         doc["flags"] = list(m.flags)
-    if m.unreadable:
+    kind = maptypes.kind(m.type).entries if m.type in maptypes.KINDS else maptypes.NONE
+    if m.unreadable or kind in (maptypes.NONE, maptypes.LIST, maptypes.SET):
         return doc
+    if kind in maptypes.REFERENCES:
+        return _with_targets(doc, m, key, kind, programs, warn)
     if m.type in ARRAY_TYPES or m.type in PERCPU_TYPES:
         decode = codecs.value_decoder(value, m.type in PERCPU_TYPES)
         items = list(m.entries.items())
@@ -91,6 +98,23 @@ def _inner(m: LiveMap) -> dict[str, Any]:
         keys, values = codecs.decode_column(key, key_bytes), codecs.decode_column(value, value_bytes)
     if keys:
         doc["entries"] = _entries(keys, values)
+    return doc
+
+
+def _with_targets(doc: dict[str, Any], m: LiveMap, key: CType, kind: str, programs: Mapping[int, str],
+                  warn: Callable[[str], None]) -> dict[str, Any]:
+    """A prog_array's, devmap's or cpumap's entries, programs by the path they are pinned at (by ID, with
+    a warning, when they are pinned nowhere) and interfaces by name."""
+    entries = {}
+    for k, v in m.entries.items():
+        shown = references.decode(kind, v, lambda i: programs.get(i, i), references.interface_name)
+        entries[codecs.decode(key, k)] = shown
+        prog = shown.get("program") if isinstance(shown, dict) else shown if kind == maptypes.PROGRAMS else None
+        if isinstance(prog, int):
+            warn(f"map '{m.name}' entry {codecs.decode(key, k)}: program {prog} is pinned nowhere in bpffs, so it "
+                 "is written by its ID, which a reload of the program changes; pin it and name it by its path")
+    if entries:
+        doc["entries"] = _entries(list(entries), list(entries.values()))
     return doc
 
 
@@ -136,10 +160,13 @@ def _fits(template: LiveMap, inner: LiveMap) -> bool:
     return all(getattr(template, p) == getattr(inner, p) for p in props)
 
 
-def show_document(live: LiveState, all_maps: bool = False) -> dict[str, Any]:
+def show_document(live: LiveState, all_maps: bool = False, programs: Mapping[int, str] | None = None,
+                  warn: Callable[[str], None] = lambda message: None) -> dict[str, Any]:
     """The managed maps as a config document: plain maps (in no outer slot, no outer map's template)
     under `maps:`, the others under `inner_maps:` and `outer_maps:`. `all_maps`: the unmanaged ones
-    too, marked `adopt: true` (the document then takes them over when applied)."""
+    too, marked `adopt: true` (the document then takes them over when applied). `programs` gives the
+    paths the programs in prog_array, devmap and cpumap entries are pinned at (`referenced_programs`
+    says which), `warn` hears of those that are not."""
     maps = dict(live.maps)
     if all_maps:
         maps.update(live.unmanaged)
@@ -149,13 +176,26 @@ def show_document(live: LiveState, all_maps: bool = False) -> dict[str, Any]:
     doc: dict[str, Any] = {"pin_root": live.pin_root}
     sections: dict[str, dict[str, Any]] = {"maps": {}, "inner_maps": {}, "outer_maps": {}}
     for n, m in sorted(maps.items()):
+        if not m.is_outer and m.type not in maptypes.KINDS:  # someone's struct_ops, or a type newer than this tool
+            warn(f"map '{n}' is {a(m.type)} map, which a config cannot declare: left out")
+            continue
         if m.is_outer:
             section, body = "outer_maps", _outer(m, names, templates[n])
         else:
             section = "inner_maps" if n in in_slots or n in templates.values() else "maps"
-            body = _inner(m)
+            body = _inner(m, programs or {}, warn)
         if n in live.unmanaged:
             body["adopt"] = True
         sections[section][n] = body
     doc.update((section, body) for section, body in sections.items() if body)
     return doc
+
+
+def referenced_programs(live: LiveState) -> set[int]:
+    """The IDs of the programs that prog_array, devmap and cpumap entries hold (ask where they are pinned)."""
+    out: set[int] = set()
+    for m in [*live.maps.values(), *live.unmanaged.values()]:
+        offset = PROGRAM_OFFSET.get(m.type)
+        if offset is not None and not m.unreadable:
+            out.update(int.from_bytes(v[offset:offset + 4], "little") for v in m.entries.values() if len(v) >= offset + 4)
+    return out - {0}

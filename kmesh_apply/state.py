@@ -143,6 +143,9 @@ class LiveState:
     stale: set[str] = field(default_factory=set)
     # Recorded layouts of managed maps, by name (outer maps' templates, types of maps without BTF).
     layouts: dict[str, Layout] = field(default_factory=dict)
+    # Bloom filter name -> the values of the config it may hold (filled by `resolve.prepare` for a plan:
+    # a bloom filter can only be asked about values, not listed).
+    probed: dict[str, set[bytes]] = field(default_factory=dict)
 
     def fingerprint(self, scopes: Mapping[str, EntryScope] | None = None) -> dict[str, str]:
         """Per-map digests, so a refused saved plan can say which map moved. `scopes`: the entries a

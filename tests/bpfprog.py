@@ -40,6 +40,30 @@ _lib.bpf_link_create.restype = ctypes.c_int
 BPF_XDP = 37  # enum bpf_attach_type
 
 
+def test_run(fd: int, repeat: int = 1) -> int:
+    """BPF_PROG_TEST_RUN of a program that takes a packet (XDP, tc) on a 64-byte one; its return value."""
+    packet = ctypes.create_string_buffer(64)
+    opts = _TestRunOpts(sz=ctypes.sizeof(_TestRunOpts), data_in=ctypes.addressof(packet), data_size_in=64,
+                        repeat=repeat)
+    rc = _lib.bpf_prog_test_run_opts(fd, ctypes.byref(opts))
+    if rc < 0:
+        raise OSError(-rc, "BPF_PROG_TEST_RUN")
+    return opts.retval
+
+
+def run_pinned(path: Path) -> int:
+    """test_run of the program pinned at path."""
+    import os
+
+    fd = _lib.bpf_obj_get(str(path).encode())
+    if fd < 0:
+        raise OSError(-fd, f"bpf_obj_get {path}")
+    try:
+        return test_run(fd)
+    finally:
+        os.close(fd)
+
+
 class BpfProgram:
     """An XDP program loaded from C source, its maps reused from pins, runnable by test-run."""
 
@@ -58,16 +82,10 @@ class BpfProgram:
         self.fd = _lib.bpf_obj_get(str(prog_pin).encode())
         if self.fd < 0:
             raise OSError(-self.fd, "bpf_obj_get of the test program")
-        self._packet = ctypes.create_string_buffer(64)
 
     def run(self, repeat: int = 1) -> int:
         """One BPF_PROG_TEST_RUN; returns the program's return value."""
-        opts = _TestRunOpts(sz=ctypes.sizeof(_TestRunOpts), data_in=ctypes.addressof(self._packet),
-                            data_size_in=64, repeat=repeat)
-        rc = _lib.bpf_prog_test_run_opts(self.fd, ctypes.byref(opts))
-        if rc < 0:
-            raise OSError(-rc, "BPF_PROG_TEST_RUN")
-        return opts.retval
+        return test_run(self.fd, repeat)
 
     def attach_xdp(self, ifindex: int) -> int:
         """Attach the program to a network device through a BPF link; returns the link's fd (close it to detach)."""

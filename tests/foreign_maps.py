@@ -148,7 +148,8 @@ def snapshot(root: Path, names: list[str] | dict[str, Foreign]) -> dict[str, obj
 def drain(root: Path, name: str) -> list[int]:
     """Pop every value of a pinned queue or stack, in the order its readers would get them."""
     values = []
-    verb = "dequeue" if FOREIGN[name].type == "queue" else "pop"
+    shown = bpftool("map", "show", "pinned", str(root / name))
+    verb = "dequeue" if isinstance(shown, dict) and shown["type"] == "queue" else "pop"
     while True:
         res = subprocess.run(["bpftool", "-j", "map", verb, "pinned", str(root / name)], capture_output=True, text=True)
         if res.returncode != 0:

@@ -85,6 +85,10 @@ def test_show_plan_usage_and_metrics_on_every_type(foreign: Path, tmp_path: Path
     assert maps["f_ringbuf"] == {"type": "ringbuf", "max_entries": 4096, "adopt": True}, "no key, no value, no entries"
     assert maps["f_queue"] == {"type": "queue", "value_size": 4, "max_entries": 8, "adopt": True}
     assert maps["f_hash"]["entries"] == {"1": 10, "2": 20}
+    assert "f_struct_ops" not in maps and "a struct_ops map, which a config cannot declare" in shown.stderr
+    (tmp_path / "shown.yaml").write_text(shown.stdout)
+    valid = run_cli("kmesh-apply", "validate", str(tmp_path / "shown.yaml"))
+    assert valid.returncode == 0, valid.stderr  # every other type can be declared as shown
     usage = run_cli("kmesh-apply", "show", "--usage", "--all", "--pin-root", str(foreign))
     assert usage.returncode == 0, usage.stderr
     ringbuf_row = next(line for line in usage.stdout.splitlines() if line.startswith("f_ringbuf "))

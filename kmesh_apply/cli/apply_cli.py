@@ -291,7 +291,7 @@ def show(
         found = api.usage(root)
         _show_usage(root, found if all_maps else managed_usage(found), json_out)
         return
-    doc = api.show(root, all_maps)
+    doc = api.show(root, all_maps, warn=lambda message: typer.echo(f"warning: {message}", err=True))
     typer.echo(json_text(doc) + "\n" if json_out else dump_yaml(doc), nl=False)
 
 

@@ -39,11 +39,15 @@ NEARLY_FULL = 0.9
 # cannot fill up (Kmesh's maglev inner map is a one-entry array by design) and are never warned of.
 INDEXED_TYPES = ("array", "percpu_array", "array_of_maps", "prog_array", "perf_event_array", "cgroup_array",
                  "devmap", "cpumap", "xskmap", "sockmap", "reuseport_sockarray")
+# Map types whose max_entries is no count of entries: bytes or pages (ring buffers, arenas), or 0
+# (storage maps, which hold one value per socket, file, task or cgroup).
+UNCOUNTED_TYPES = ("ringbuf", "user_ringbuf", "arena", "sk_storage", "inode_storage", "task_storage", "cgrp_storage",
+                   "cgroup_storage", "percpu_cgroup_storage")
 
 
 def can_fill(type_: str) -> bool:
     """Whether inserts into a map of this type fail (LRU maps: evict) once it holds max_entries entries."""
-    return type_ not in INDEXED_TYPES
+    return type_ not in INDEXED_TYPES and type_ not in UNCOUNTED_TYPES
 
 
 def used_entries(type_: str, entries: Mapping[bytes, bytes]) -> int:

@@ -12,18 +12,19 @@ import hashlib
 import json
 import re
 from collections.abc import Mapping, MutableMapping
+from dataclasses import replace
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from kmesh_apply.config import codecs
+from kmesh_apply.config import codecs, maptypes, references
 from kmesh_apply.config.blocks import BlocksRefused, Partial
 from kmesh_apply.config.chunks import CACHED_SECTIONS
 from kmesh_apply.config.loader import INLINE, Problem, Source, parse_text
+from kmesh_apply.config.maptypes import CPUS, DATA, LIST, NONE, SET
 from kmesh_apply.config.model import (
     ARRAY_TYPES,
     INNER_SECTION,
-    INNER_TYPES,
     OUTER_TYPES,
     OUTER_ALIASES,
     PERCPU_TYPES,
@@ -46,19 +47,6 @@ if TYPE_CHECKING:
 SCHEMA_FILE = Path(__file__).with_name("config-v1.schema.json")
 # The config's sections of maps, in the order they are checked (outer maps need the others).
 MAP_SECTIONS = (INNER_SECTION, PLAIN_SECTION, "outer_maps")
-ACCESS_FLAGS = {"rdonly", "wronly", "rdonly_prog", "wronly_prog", "numa_node"}
-# The flags each map type's kernel code accepts at creation.
-TYPE_FLAGS = {
-    "hash": ACCESS_FLAGS | {"no_prealloc", "zero_seed"},
-    "percpu_hash": ACCESS_FLAGS | {"no_prealloc", "zero_seed"},
-    "lru_hash": ACCESS_FLAGS | {"no_common_lru", "zero_seed"},
-    "lru_percpu_hash": ACCESS_FLAGS | {"no_common_lru", "zero_seed"},
-    "array": ACCESS_FLAGS | {"mmapable", "inner_map"},
-    "percpu_array": ACCESS_FLAGS | {"inner_map"},
-    "lpm_trie": ACCESS_FLAGS | {"no_prealloc"},
-    "array_of_maps": ACCESS_FLAGS,
-    "hash_of_maps": ACCESS_FLAGS | {"no_prealloc"},
-}
 MAX_PROBLEMS_PER_MAP = 20
 # An object key of a JSON config that spells a decimal integer is that integer where the key type is numeric.
 _DECIMAL = re.compile(r"-?[0-9]+").fullmatch
@@ -289,14 +277,52 @@ class _MapChecker:
                                                      for which, t in types.items() if t is not None), "formats", path)
         return types
 
-    def flags(self, type_: str) -> tuple[str, ...]:
-        flags = tuple(sorted(self.raw.get("flags") or ()))
-        bad = [f for f in flags if f not in TYPE_FLAGS.get(type_, ())]
-        if bad:
-            which = f"flag {bad[0]} is" if len(bad) == 1 else f"flags {', '.join(bad)} are"
-            self.problem(f"{which} not valid for {a(type_)} map: expected some of "
-                         f"{', '.join(sorted(TYPE_FLAGS.get(type_, ())))}", "flags")
-        return flags
+    def sized(self, which: str, has: bool) -> CType | None:
+        """`ctype`, for a map type that has a key (or value); Raw(0) for one that has none, unless the
+        declaration gives one anyway (the type's rules then say it has none)."""
+        if has or which in self.raw or f"{which}_size" in self.raw:
+            return self.ctype(which)
+        return Raw(0)
+
+    def other_entries(self, kind: maptypes.MapKind, key: CType, value: CType, max_entries: int,
+                      ncpus: Callable[[], int]) -> MutableMapping[bytes, Any]:
+        """The entries of a map whose entries are not key -> value data (see config.maptypes): a queue's
+        values by position, a bloom filter's by value, references as `Target`s, none for the rest."""
+        given = self.raw.get("entries")
+        if kind.entries == NONE:
+            if given:
+                self.problem(f"the entries of {a(self.raw['type'])} map are {kind.holds}: declare the map "
+                             "without entries", "entries")
+            return {}
+        if kind.entries in (LIST, SET):
+            if given is None:
+                return {}
+            if not isinstance(given, list):
+                self.problem(f"{a(self.raw['type'])} map's entries are a list of values"
+                             f"{', in the order they are pushed' if kind.entries == LIST else ''}", "entries")
+                return {}
+            if len(given) > max_entries:
+                self.problem(f"{len(given)} values do not fit max_entries {max_entries}", "entries")
+                return {}
+            encoded = self.encode_all(list(range(len(given))), given, lambda i: ("entries", i), Raw(4), value)
+            if kind.entries == LIST or not encoded:
+                return Entries.of(encoded, 4, value.size)
+            values = list(encoded.values())
+            twice = next((i for i, v in enumerate(values) if v in values[:i]), None)
+            if twice is not None:
+                self.problem(f"value {given[twice]!r} is given twice", "entries", twice, entry=f"#{twice}")
+                return {}
+            return Entries.of(dict(zip(values, values)), value.size, value.size)
+        keys, values, path = self.columns(key)
+        if len(keys) > max_entries:
+            self.problem(f"{len(keys)} entries do not fit max_entries {max_entries}", "entries")
+            return {}
+        out = self.encode_all(keys, values, path, key, None, references.parser(kind.entries, value.size))
+        if self.raw["type"] in maptypes.INDEXED:
+            self.check_indexes(out, keys, path, max_entries, "index")
+        if kind.entries == CPUS:
+            self.check_indexes(out, keys, path, ncpus(), "CPU")
+        return out
 
     def columns(self, key: CType) -> tuple[list[Any], list[Any], Callable[[int], tuple[Any, ...]]]:
         """Entries as a key column, a value column and where entry i was written, whether given
@@ -391,20 +417,38 @@ def check_inner(src: Source, name: str, raw: dict[str, Any], problems: list[Prob
     c = _MapChecker(src, section, name, raw, problems, named)
     before = len(problems)
     type_ = raw["type"]
-    typed = c.formats(key=c.ctype("key"), value=c.ctype("value"))
+    if type_ in maptypes.REFUSED:
+        c.problem(f"{type_} cannot be declared: {maptypes.REFUSED[type_]}", "type")
+        return None
+    kind = maptypes.kind(type_)
+    typed = c.formats(key=c.sized("key", kind.key != "none"), value=c.sized("value", kind.value != "none"))
     key, value = typed["key"], typed["value"]
-    flags = c.flags(type_)
+    flags = tuple(sorted(raw.get("flags") or ()))
     manage = c.management()
+    if kind.entries == NONE and manage.entries != "none":
+        if "manage_entries" in raw:
+            c.problem(f"the entries of {a(type_)} map are {kind.holds}: its manage_entries is none", "manage_entries")
+        manage = replace(manage, entries="none")
     max_entries = raw["max_entries"]
-    if type_ in ARRAY_TYPES and key is not None and key.size != 4:
-        c.problem(f"{a(type_)} map's key is a 4-byte index (u32), got {count(key.size, 'byte')}", "key")
-    if type_ == "lpm_trie":
-        if "no_prealloc" not in flags:
-            c.problem("an lpm_trie needs flags: [no_prealloc] (the kernel refuses it otherwise)", "type")
-        if key is not None and not isinstance(key, (Lpm, Raw)):
-            c.problem("an lpm_trie key is {lpm: ipv4} or {lpm: ipv6} (or key_size: N for raw bytes)", "key")
+    given = {which: t.size if t is not None and (which in raw or f"{which}_size" in raw) else None
+             for which, t in (("key", key), ("value", value))}
+    for message, about in maptypes.rule_problems(type_, given["key"], given["value"], max_entries, flags):
+        c.problem(message, next((k for k in (about, f"{about}_size") if k in raw), "type"))
+    if type_ == "lpm_trie" and key is not None and not isinstance(key, (Lpm, Raw)):
+        c.problem("an lpm_trie key is {lpm: ipv4} or {lpm: ipv6} (or key_size: N for raw bytes)", "key")
     if len(problems) > before or key is None or value is None:
         return None
+    if kind.entries != DATA and cached is not None:  # a queue's or bloom filter's values, as packed before
+        return InnerMapSpec(name, type_, key, value, max_entries, flags, cached, Location(src.file, 0),
+                            raw.get("update", "swap"), section, manage)
+    if kind.entries != DATA:
+        if partial is not None:
+            raw["entries"] = partial.parse_whole()
+        entries = c.other_entries(kind, key, value, max_entries, ncpus)
+        if len(problems) > before:
+            return None
+        return InnerMapSpec(name, type_, key, value, max_entries, flags, entries, Location(src.file, 0),
+                            raw.get("update", "swap"), section, manage)
     if partial is not None and cached is None:
         if type_ in ARRAY_TYPES or type_ in PERCPU_TYPES:
             raw["entries"] = partial.parse_whole()  # index ranges and per-CPU forms are checked value by value
@@ -445,8 +489,10 @@ def check_outer(src: Source, name: str, raw: dict[str, Any], problems: list[Prob
     if "value" in raw or "value_size" in raw:
         c.problem("an outer map's values are inner maps: give no value type", "value" if "value" in raw else "value_size")
     key = c.formats(key=c.ctype("key"))["key"]
-    flags = c.flags(type_)
     manage = c.management()
+    flags = tuple(sorted(raw.get("flags") or ()))
+    for message in maptypes.flag_problems(type_, flags):
+        c.problem(message, "flags")
     max_entries = raw["max_entries"]
     if type_ == "array_of_maps" and key is not None and key.size != 4:
         c.problem(f"an array_of_maps key is a 4-byte index (u32), got {count(key.size, 'byte')}", "key")
@@ -461,6 +507,9 @@ def check_outer(src: Source, name: str, raw: dict[str, Any], problems: list[Prob
             c.problem(f"inner_map '{template_name}' is an outer map: an outer map cannot be an inner map", "inner_map")
         elif template_name not in inner_raw:
             c.problem(f"inner_map '{template_name}' is not defined under inner_maps", "inner_map")
+    if template is not None and template.type not in maptypes.SLOT_TYPES:
+        c.problem(f"inner_map '{template_name}' is {a(template.type)} map: an outer map's slots hold "
+                  f"{', '.join(maptypes.SLOT_TYPES)} maps", "inner_map")
     keys, values, path = c.columns(key) if key is not None else ([], [], lambda i: ("entries",))
     if len(keys) > max_entries:
         c.problem(f"{count(len(keys), 'slot')} {verb(len(keys), 'does', 'do')} not fit max_entries {max_entries}", "entries")
@@ -599,11 +648,15 @@ def _with_object_maps(maps: list[tuple[Source, str, dict[str, Any]]], section: s
         if section == "outer_maps":
             merged.pop("value", None)
             merged.pop("value_size", None)
+        if merged.get("type") in maptypes.KINDS and maptypes.kind(merged["type"]).max_entries == "zero":
+            merged.setdefault("max_entries", 0)  # a storage map declares none: libbpf creates it with 0
         missing = [k for k in ("type", "max_entries") if k not in merged]
-        kinds = (*OUTER_TYPES, *OUTER_ALIASES) if section == "outer_maps" else INNER_TYPES
+        kinds = (*OUTER_TYPES, *OUTER_ALIASES) if section == "outer_maps" else (*maptypes.KINDS, *maptypes.REFUSED)
         if not missing and merged["type"] not in kinds:
+            where = ("declare it under outer_maps" if merged["type"] in OUTER_TYPES else
+                     "declare it under inner_maps" if merged["type"] in maptypes.KINDS else "kmesh-apply does not know it")
             problems.append(Problem(src.file, (section, name, "object_map"),
-                                    f"object_map: '{wanted}' is a {merged['type']} map; {section} are {', '.join(kinds)}", name))
+                                    f"object_map: '{wanted}' is {a(merged['type'])} map: {where}", name))
             continue
         if missing:
             problems.append(Problem(src.file, (section, name, "object_map"),

@@ -23,7 +23,10 @@ named types can be used in a config (`NamedTypes`).
 Kernel rules this honours (checked in tests/test_kernel_btf.py): an array map's key
 must resolve to a 32-bit INT, so other 4-byte key types are recorded there as
 `raw` -> u32; an lpm_trie key must resolve to a STRUCT, so a non-struct key is
-wrapped in STRUCT `kmesh_key` {v}; outer maps take no BTF at all.
+wrapped in STRUCT `kmesh_key` {v}; storage maps keyed by a file descriptor and prog_array want a 32-bit INT,
+a cgroup storage a u64 or `struct bpf_cgroup_storage_key`; a keyless map (queue, stack, bloom
+filter) takes a zero-size key type, but a bloom filter takes void (type id 0); outer maps, maps of sockets, devices or CPUs, and the
+other types whose kernel code refuses BTF (NO_BTF_TYPES) take none at all.
 """
 
 from __future__ import annotations
@@ -69,9 +72,15 @@ _LPM_PREFIX = "lpm_"
 _WRAPPER = "kmesh_key"
 
 # How a key must be shaped for a map type's BTF check.
-KEY_PLAIN, KEY_INT32, KEY_STRUCT = "plain", "int32", "struct"
-_KEY_MODES = {"array": KEY_INT32, "percpu_array": KEY_INT32, "lpm_trie": KEY_STRUCT}
-NO_BTF_TYPES = frozenset({"array_of_maps", "hash_of_maps"})
+KEY_PLAIN, KEY_INT32, KEY_STRUCT, KEY_CGROUP, KEY_VOID = "plain", "int32", "struct", "cgroup", "void"
+_KEY_MODES = {"array": KEY_INT32, "percpu_array": KEY_INT32, "lpm_trie": KEY_STRUCT, "prog_array": KEY_INT32,
+              "bloom_filter": KEY_VOID,
+              "sk_storage": KEY_INT32, "inode_storage": KEY_INT32, "task_storage": KEY_INT32,
+              "cgrp_storage": KEY_INT32, "cgroup_storage": KEY_CGROUP, "percpu_cgroup_storage": KEY_CGROUP}
+# Types whose kernel code refuses BTF for key and value (map_check_no_btf: ENOTSUPP), and the
+# struct_ops map, whose value type is the kernel's own.
+NO_BTF_TYPES = frozenset({"array_of_maps", "hash_of_maps", "perf_event_array", "stack_trace", "cgroup_array",
+                          "devmap", "devmap_hash", "sockmap", "sockhash", "cpumap", "xskmap", "struct_ops"})
 
 
 class _Builder:
@@ -176,9 +185,18 @@ class _Builder:
         return f.name, self.add(f.type), f.bit_offset if f.bits else 8 * f.offset, bits
 
     def add_key(self, t: CType, mode: str) -> int:
-        """The key's id, shaped as the map type's BTF check requires."""
+        """The key's id, shaped as the map type's BTF check requires (0: void, for a bloom filter;
+        a cgroup storage's raw key is the kernel's `struct bpf_cgroup_storage_key` or a u64)."""
+        if mode == KEY_VOID:
+            return 0
         if mode == KEY_INT32 and not (isinstance(t, Int) and t.size == 4):
             return self.typedef("raw", self.int_("u32", 4, 0))
+        if mode == KEY_CGROUP and isinstance(t, Raw):
+            u64 = self.int_("u64", 8, 0)
+            if t.size == 8:
+                return u64
+            members = [("cgroup_inode_id", u64, 0, 0), ("attach_type", self.int_("u32", 4, 0), 64, 0)]
+            return self.struct("bpf_cgroup_storage_key", t.size, members)
         if mode == KEY_STRUCT and not isinstance(t, (Struct, Lpm)):
             inner = self.add(t)
             return self.struct(_WRAPPER, t.size, [("v", inner, 0, 0)])
@@ -210,7 +228,7 @@ def btf_for(map_type: str, key: CType, value: CType) -> LoadedBtf | None:
     Cached per (key shape, key, value): creating thousands of maps of the same
     types loads BTF once; the cached objects live as long as the process.
     """
-    if map_type in NO_BTF_TYPES:
+    if map_type in NO_BTF_TYPES or not value.size:  # no value (ringbuf, arena): nothing to describe
         return None
     mode = _KEY_MODES.get(map_type, KEY_PLAIN)
     cache_key = (mode, key, value)

@@ -63,6 +63,11 @@ UNREADABLE: dict[str, str] = {
 }
 # Maps of sockets give back each socket's cookie, for 8-byte values only (sock_map_lookup_sys).
 SOCKET_TYPES = frozenset({"sockmap", "sockhash", "reuseport_sockarray"})
+# Flags the kernel adds by itself at creation (devmap.c: programs may not write a devmap's values).
+IMPLIED_FLAGS = {"devmap": frozenset({"rdonly_prog"}), "devmap_hash": frozenset({"rdonly_prog"})}
+# Where a value holds a program: the kernel takes the program's fd on update and gives back its ID
+# on lookup (prog_array: the whole value; devmap, cpumap: bpf_prog after the ifindex or qsize).
+PROGRAM_OFFSET = {"prog_array": 0, "devmap": 4, "devmap_hash": 4, "cpumap": 4}
 
 
 @cache
@@ -97,6 +102,18 @@ class MapInfo:
     btf_key_type_id: int = 0
     btf_value_type_id: int = 0
 
+    @property
+    def declared_flags(self) -> tuple[str, ...]:
+        """The flags the map was created with: its map_flags without those the kernel adds by itself."""
+        implied = IMPLIED_FLAGS.get(self.type)
+        return tuple(f for f in self.flags if f not in implied) if implied else self.flags
+
+    @property
+    def program_offset(self) -> int | None:
+        """Where a value holds a program's ID (fd on update), or None."""
+        offset = PROGRAM_OFFSET.get(self.type)
+        return offset if offset is not None and self.value_size >= offset + 4 else None
+
 
 def incompatibility(template: MapInfo, inner: MapInfo) -> list[str]:
     """Why the kernel refuses inner in a slot whose template is template (empty: compatible).
@@ -117,7 +134,7 @@ def incompatibility(template: MapInfo, inner: MapInfo) -> list[str]:
     return diffs
 
 
-def _fd_kind(fd: int) -> str:
+def fd_kind(fd: int) -> str:
     """'map', 'prog', 'link', ... from the anon inode behind a bpf fd."""
     try:
         link = os.readlink(f"/proc/self/fd/{fd}")
@@ -182,7 +199,7 @@ class Map:
         if fd < 0:
             hint = f"nothing is pinned at {path}" if -fd == E.ENOENT else ""
             raise fail("open pinned map", path, -fd, hint)
-        kind = _fd_kind(fd)
+        kind = fd_kind(fd)
         if kind != "map":
             os.close(fd)
             raise KernelError("open pinned map", path, E.EINVAL, f"the pinned object is a BPF {kind}, not a map")
@@ -445,10 +462,17 @@ class Map:
         return out
 
     def update_batch(self, keys: bytes | bytearray, values: bytes | bytearray, count: int, flags: int = UPDATE_ANY) -> None:
-        """Write count entries in one syscall; keys and values are concatenated fixed-size records."""
+        """Write count entries in one syscall; keys and values are concatenated fixed-size records.
+        A value holding a program holds it as lookups give it back, by ID (see `program_offset`)."""
         self._check_sizes("batch update", keys, count, values)
         if count == 0:
             return
+        if self.info.program_offset is not None:
+            with _ProgramFds(self, values, count) as by_fd:
+                return self._update_batch(keys, by_fd, count, flags)
+        self._update_batch(keys, values, count, flags)
+
+    def _update_batch(self, keys: bytes | bytearray, values: bytes | bytearray, count: int, flags: int) -> None:
         if self.info.type not in _no_batch:
             done = ctypes.c_uint32(count)
             opts = L.batch_opts()
@@ -463,6 +487,29 @@ class Map:
         kv, vv = memoryview(keys), memoryview(values)
         for i in range(count):
             self.update(bytes(kv[i * ks:(i + 1) * ks]), bytes(vv[i * vs:(i + 1) * vs]), flags)
+
+    def push(self, values: bytes, count: int) -> None:
+        """Add count values to a map without keys, in order: a queue's or a stack's push, a bloom
+        filter's add (there is no batch call for these)."""
+        vs = self.info.value_size
+        if self.info.key_size or len(values) != vs * count:
+            raise KernelError("push", self.label, E.EINVAL, f"a push takes {vs}-byte values into a map without keys")
+        for i in range(count):
+            ret = L.bpf_map_update_elem(self.fd, None, values[i * vs:(i + 1) * vs], UPDATE_ANY)
+            if ret < 0:
+                hint = "the map is full (max_entries reached)" if -ret == E.E2BIG else ""
+                raise BatchError("push", f"{self.label} value {i + 1} of {count} ({i} done)", -ret, hint, i)
+
+    def may_hold(self, value: bytes) -> bool:
+        """A bloom filter's answer: False when it surely does not hold value (True may be a false positive)."""
+        if len(value) != self.info.value_size:
+            raise KernelError("look up", self.label, E.EINVAL, f"a value is {self.info.value_size} bytes")
+        ret = L.bpf_map_lookup_elem(self.fd, None, value)
+        if ret == -E.ENOENT:
+            return False
+        if ret < 0:
+            raise fail("look up", self.label, -ret)
+        return True
 
     def delete_batch(self, keys: bytes, count: int) -> None:
         """Delete count entries in one syscall; a missing key is an error naming it."""
@@ -493,8 +540,17 @@ class Map:
             return "the key exists already"
         if err == E.ENOENT and flags == UPDATE_EXIST:
             return "the key does not exist"
-        if err == E.E2BIG and self.info.type in ARRAY_TYPES:
-            return f"an array map's keys are indexes below max_entries ({self.info.max_entries})"
+        info = self.info
+        if err == E.E2BIG and info.type in ARRAY_TYPES | {"prog_array", "devmap", "cpumap"}:
+            return f"an array map's keys are indexes below max_entries ({info.max_entries})"
+        if err == E.EINVAL and info.type == "prog_array":
+            return ("a prog_array holds programs of one type, that of the first program loaded with it or "
+                    "put in it (and a program for tail calls cannot be an XDP program attached as a frags one)")
+        if err == E.EINVAL and info.type in ("devmap", "devmap_hash", "cpumap"):
+            where = "cpumap" if info.type == "cpumap" else "devmap"
+            return f"a {where}'s program must be an XDP program loaded for it (SEC(\"xdp/{where}\"))"
+        if err == E.ENODEV:
+            return "no such network interface" if info.type != "cpumap" else "no such CPU"
         return ""
 
     # --- outer maps ---------------------------------------------------------------------
@@ -586,6 +642,37 @@ class BatchError(KernelError):
     def __init__(self, op: str, target: str, errno: int, hint: str, done: int):
         super().__init__(op, target, errno, hint)
         self.done = done
+
+
+class _ProgramFds:
+    """Values with each program ID replaced by an fd of that program, open while in use (the kernel
+    takes fds on update; ID 0, no program, stays 0)."""
+
+    def __init__(self, m: Map, values: bytes | bytearray, count: int):
+        self.map, self.values, self.count = m, values, count
+        self.fds: list[int] = []
+
+    def __enter__(self) -> bytearray:
+        offset, vs = self.map.info.program_offset, self.map.info.value_size
+        assert offset is not None
+        out = bytearray(self.values)
+        for i in range(self.count):
+            at = i * vs + offset
+            prog_id = int.from_bytes(out[at:at + 4], "little")
+            if prog_id:
+                fd = L.bpf_prog_get_fd_by_id(prog_id)
+                if fd < 0:
+                    self.__exit__()
+                    hint = "it was unloaded since: plan again" if -fd == E.ENOENT else ""
+                    raise fail("open program by ID", f"program ID {prog_id} for {self.map.label}", -fd, hint)
+                self.fds.append(fd)
+                out[at:at + 4] = fd.to_bytes(4, "little")
+        return out
+
+    def __exit__(self, *exc: object) -> None:
+        for fd in self.fds:
+            os.close(fd)
+        self.fds = []
 
 
 class EntriesUnreadable(KmeshError):

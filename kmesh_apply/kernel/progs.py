@@ -17,8 +17,9 @@ import socket
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
 
+from kmesh_apply.errors import KernelError
 from kmesh_apply.kernel import libbpf as L
-from kmesh_apply.kernel.maps import fail
+from kmesh_apply.kernel.maps import fail, fd_kind
 
 # Names the system's libbpf (1.1) predates; it returns NULL for them.
 _NEWER_PROG_TYPES = {32: "netfilter"}
@@ -157,3 +158,56 @@ def _ifname(ifindex: int) -> str:
         return socket.if_indextoname(ifindex)
     except OSError:
         return f"ifindex {ifindex}"
+
+
+def pinned_program(path: str) -> int:
+    """The kernel ID of the program pinned at `path` (a config's reference to it)."""
+    fd = L.bpf_obj_get(os.fsencode(path))
+    if fd < 0:
+        hint = "nothing is pinned there: load and pin the program first" if -fd == E.ENOENT else ""
+        raise fail("open pinned program", path, -fd, hint)
+    try:
+        kind = fd_kind(fd)
+        if kind != "prog":
+            raise KernelError("open pinned program", path, E.EINVAL, f"the pinned object is a BPF {kind}, not a program")
+        info = L.BpfProgInfo()
+        _fill(fd, info, path)
+        return int(info.id)
+    finally:
+        os.close(fd)
+
+
+def program_loaded(prog_id: int) -> bool:
+    """Whether a program of this kernel ID is loaded (a config may name a program by ID)."""
+    fd = L.bpf_prog_get_fd_by_id(prog_id)
+    if fd < 0:
+        if -fd == E.ENOENT:
+            return False
+        raise fail("open program by ID", f"program ID {prog_id}", -fd)
+    os.close(fd)
+    return True
+
+
+def program_pins(prog_ids: Iterable[int], bpffs: str = "/sys/fs/bpf") -> dict[int, str]:
+    """Where in bpffs each of these programs is pinned (the first path in name order), for the ones
+    that are: `show` gives a prog_array's programs back by path. Walks bpffs until all are found."""
+    wanted, found = set(prog_ids), {}
+    info = L.BpfProgInfo()
+    for folder, dirs, files in os.walk(bpffs):
+        dirs.sort()
+        for name in sorted(files):
+            path = os.path.join(folder, name)
+            fd = L.bpf_obj_get(os.fsencode(path))
+            if fd < 0:
+                continue
+            try:
+                if fd_kind(fd) != "prog":
+                    continue
+                _fill(fd, info, path)
+            finally:
+                os.close(fd)
+            if info.id in wanted and info.id not in found:
+                found[info.id] = path
+                if len(found) == len(wanted):
+                    return found
+    return found

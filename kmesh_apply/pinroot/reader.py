@@ -46,7 +46,8 @@ class _Reader:
                 key_type, value_type = m.types()
                 specs = self._specs[types] = (key_type.spec() if key_type is not None else None,
                                               value_type.spec() if value_type is not None else None)
-            live = LiveMap(name, info.id, info.type, info.key_size, info.value_size, info.max_entries, info.flags, *specs)
+            live = LiveMap(name, info.id, info.type, info.key_size, info.value_size, info.max_entries,
+                           info.declared_flags, *specs)
             if live.is_outer:
                 live.slots = m.slots(self.buffers)
             else:

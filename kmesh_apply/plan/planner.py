@@ -28,6 +28,7 @@ from itertools import compress
 from operator import ne
 from typing import TYPE_CHECKING, Any
 
+from kmesh_apply.config import maptypes
 from kmesh_apply.config.model import (
     ARRAY_TYPES,
     NEARLY_FULL,
@@ -184,6 +185,7 @@ class _Planner:
         self.live = dict(live.maps) if live.staged else live.maps
         self.base = live
         self.holders = live.holders
+        self.probed = live.probed
         self.result = Plan(live.pin_root, base=live)
         self.problems: list[str] = []  # what makes the configuration unplannable here (PlanError)
         self.adopting: set[str] = set()
@@ -356,17 +358,32 @@ class _Planner:
             return
         self._owned(spec, want, have)
         reasons = replace_reasons(want, have)
+        kind = maptypes.kind(spec.type).entries
         if reasons:
             if self._refuse_replace(spec, reasons):
                 return
             self._build_aside(spec, want)
+            if kind in (maptypes.LIST, maptypes.SET) and have.type == spec.type:
+                reasons.append(f"the new {spec.type} starts with the config's values: the old one's cannot be read")
             change = self._change(spec, "replace", want, reasons=reasons, holders=self._in_use(spec.name, have))
-            describe_entries(change, *_diff(spec.entries, have.entries, want.type in ARRAY_TYPES))
+            if have.unreadable or kind in (maptypes.LIST, maptypes.SET):
+                change.added = spec.entries
+            else:
+                describe_entries(change, *_diff(spec.entries, have.entries, want.type in ARRAY_TYPES))
             self._foreign_slot_warning(spec.name, have)
             self.result.changes.append(change)
             return
         self.instance[spec.name] = spec.name
-        put, delete, have_entries = self._entries(spec, have)
+        put: dict[bytes, Any]
+        delete: list[bytes]
+        have_entries: Mapping[bytes, Any]
+        if kind in (maptypes.NONE, maptypes.LIST):  # not the config's, or a queue's readers' once it exists
+            put, delete, have_entries = {}, [], have.entries
+        elif kind == maptypes.SET:  # a bloom filter: only what it surely lacks can be added
+            present = self.probed.get(spec.name, set())
+            put, delete, have_entries = {v: v for v in spec.entries if v not in present}, [], {}
+        else:
+            put, delete, have_entries = self._entries(spec, have)
         if not put and not delete:
             if spec.name in self.adopting:
                 self.result.changes.append(self._change(spec, "update", want))
@@ -387,6 +404,8 @@ class _Planner:
             swap = False
             change.reasons.append(f"written in place, not swapped: the unmanaged outer map '{self.foreign_slots[have.id]}' "
                                   "holds it in a slot and would stay on the old map; readers may see the change half done")
+        if kind == maptypes.SET:
+            change.reasons.append("a bloom filter only grows: values it holds stay in it until it is replaced")
         change.swap = swap
         describe_entries(change, put, delete, have_entries)
         self.result.changes.append(change)

@@ -30,10 +30,15 @@ def _decoder(d: MapDef | None, which: str) -> Callable[[bytes], Any]:
     """Turn stored bytes back into what the user writes, using the map's types when they are known."""
     if d is None:
         return lambda b: b.hex() if isinstance(b, bytes) else b
-    from kmesh_apply.config import codecs
+    from kmesh_apply.config import codecs, maptypes, references
     from kmesh_apply.ctype import type_or_raw
 
     typ = type_or_raw(getattr(d, f"{which}_type"), d.key_size if which == "key" else d.value_size)
+    kind = maptypes.kind(d.type).entries if d.type in maptypes.KINDS else maptypes.DATA
+    if which == "key" and not d.key_size:  # a queue's or bloom filter's value: its position, or itself
+        return (lambda b: f"#{int.from_bytes(b, 'little')}") if kind == maptypes.LIST else (lambda b: None)
+    if which == "value" and kind in maptypes.REFERENCES:
+        return lambda b: references.decode(kind, b, lambda i: f"program {i}", references.interface_name)
     if which == "value":
         return codecs.value_decoder(typ, d.type in PERCPU_TYPES)
     return lambda b: codecs.decode(typ, b)
@@ -105,7 +110,8 @@ def _entry_lines(ch: MapChange, limit: int) -> tuple[list[str], int]:
     out = []
     for sym, k, old, new in islice(changes, limit):
         shown = _changed_text(value(old), value(new)) if sym == "~" else _value_text(value(new))
-        out.append(f"{sym} {_fmt(key(k))}: {shown}")
+        shown_key = key(k)
+        out.append(f"{sym} {shown}" if shown_key is None else f"{sym} {_fmt(shown_key)}: {shown}")
     return out, len(ch.added) + len(ch.changed) + len(ch.removed) - len(out)
 
 

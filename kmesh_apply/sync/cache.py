@@ -37,6 +37,8 @@ class Mirror:
                 maps[step.pin] = live
             else:
                 self.aside[step.pin] = live
+        elif isinstance(step, WriteEntries) and self._at(step.pin).unreadable:
+            pass  # a queue's or a bloom filter's values: a read gives none back either
         elif isinstance(step, WriteEntries):
             entries = self._at(step.pin).entries
             entries.update(step.put)

@@ -18,9 +18,9 @@ import threading
 import time
 from dataclasses import replace
 from types import TracebackType
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
-from kmesh_apply.config import codecs, load_config
+from kmesh_apply.config import codecs, load_config, maptypes, references
 from kmesh_apply.config.model import ARRAY_TYPES, PERCPU_TYPES, PLAIN_SECTION, Config, InnerMapSpec, OuterMapSpec
 from kmesh_apply.errors import ApplyError, ConfigError, Diagnostic, KmeshError, PlanError, ReplaceInUseError
 from kmesh_apply.config.validate import incompatible
@@ -29,12 +29,13 @@ from kmesh_apply.kernel.maps import possible_cpus
 from kmesh_apply.monitor import Health, MapUsage, NoopRecorder, Recorder, map_usage
 from kmesh_apply.plan.model import CreateMap, MapChange, Plan, Step
 from kmesh_apply.plan.planner import held_replaced, make_plan
+from kmesh_apply.resolve import ResolveError, prepare
 from kmesh_apply.show import show_document
 from kmesh_apply.state import LiveState
 from kmesh_apply.sync.cache import Mirror
 from kmesh_apply.sync.kernel import Kernel, PinRootKernel
 from kmesh_apply.sync.retries import APPLIED, FAILED, PENDING, MapStatus, backoff
-from kmesh_apply.wording import count, verb
+from kmesh_apply.wording import a, count, verb
 
 DEFAULT_LOCK_TIMEOUT = 10.0
 PUT_SOURCE = "<put>"
@@ -186,12 +187,14 @@ class Synchroniser:
         return self._run(plan, scope | {c.name for c in plan.changes}, start)
 
     def _planned(self, only: set[str] | None, names: set[str], start: float) -> Plan:
-        """`_plan`; a configuration that cannot be planned here (PlanError) fails the pass like a refused
-        apply: nothing was applied, health says why, and it is retried (the pin root may change)."""
+        """`_plan`; a configuration that cannot be planned here (PlanError: a map someone else owns, a
+        program or interface an entry names that is not there) fails the pass like a refused apply:
+        nothing was applied, health says why, and it is retried (the pin root may change)."""
         try:
             return self._plan(only)
         except PlanError as e:
-            self._failed(e, names, None, start, cache_valid=True)
+            culprit = e.map if isinstance(e, ResolveError) else None
+            self._failed(e, names | ({culprit} if culprit else set()), culprit, start, cache_valid=True)
             raise
 
     def _plan(self, only: set[str] | None) -> Plan:
@@ -199,12 +202,13 @@ class Synchroniser:
         with the programs holding maps read now: they decide between swap and in-place, and whether apply
         may replace at all (programs load and unload between full reads)."""
         assert self._desired is not None
-        plan = make_plan(self._desired, self._cache, only)
+        desired = prepare(self._desired, self._cache)  # programs and interfaces as they are now
+        plan = make_plan(desired, self._cache, only)
         if plan.displaced(self._cache):
             holders = self._kernel.holders(m.id for m in self._cache.maps.values())
             if holders != self._cache.holders:
                 self._cache.holders = holders
-                plan = make_plan(self._desired, self._cache, only)
+                plan = make_plan(desired, self._cache, only)
         return plan
 
     def _run(self, plan: Plan, names: set[str], start: float) -> ApplyReport:
@@ -389,8 +393,10 @@ def _changed(old: Mapping[str, Any], new: Mapping[str, Any]) -> set[str]:
 def _entries_managed(spec: InnerMapSpec | OuterMapSpec) -> None:
     """`put` and `delete` write entries the configuration owns: not those of a `manage_entries: none` map."""
     if spec.manage.entries == "none":
-        raise _input_error(spec.name, "its entries are not kmesh-apply's to write (manage_entries: none): "
-                                      "use manage_entries: listed to manage some of them")
+        holds = maptypes.kind(spec.type).holds if spec.type in maptypes.KINDS else ""
+        raise _input_error(spec.name, f"put does not apply to {a(spec.type)} map: its entries are {holds}" if holds else
+                           "its entries are not kmesh-apply's to write (manage_entries: none): use manage_entries: "
+                           "listed to manage some of them")
 
 
 def _step_map(step: Step) -> str:
@@ -408,9 +414,18 @@ def _encode(typ: Any, value: Any, map_name: str, key: Any) -> bytes:
         raise _input_error(map_name, f"key: {e}", key) from None
 
 
-def _encode_entries(spec: InnerMapSpec, entries: Mapping[Any, Any]) -> dict[bytes, bytes]:
-    """Keys and values in their YAML forms, encoded with the map's types (per-CPU values for every CPU)."""
-    if spec.type in PERCPU_TYPES:
+def _encode_entries(spec: InnerMapSpec, entries: Mapping[Any, Any]) -> dict[bytes, Any]:
+    """Keys and values in their YAML forms, encoded with the map's types (per-CPU values for every CPU;
+    a prog_array's, devmap's or cpumap's as `Target`s, resolved when planned)."""
+    kind = maptypes.kind(spec.type)
+    encode_value: Callable[[Any], Any]
+    if kind.entries in maptypes.REFERENCES:
+        encode_value = references.parser(kind.entries, spec.value_size)
+    elif kind.entries != maptypes.DATA:
+        why = kind.holds or ("its values are pushed when it is created" if kind.entries == maptypes.LIST else
+                             "it is given its values by apply (it only grows)")
+        raise _input_error(spec.name, f"put does not apply to {a(spec.type)} map: {why}")
+    elif spec.type in PERCPU_TYPES:
         ncpus = possible_cpus()
         encode_value = lambda v: codecs.encode_per_cpu(spec.value, v, ncpus)  # noqa: E731
     else:
@@ -418,7 +433,7 @@ def _encode_entries(spec: InnerMapSpec, entries: Mapping[Any, Any]) -> dict[byte
     out = {}
     for key, value in entries.items():
         k = _encode(spec.key, key, spec.name, key)
-        if spec.type in ARRAY_TYPES and int.from_bytes(k, "little") >= spec.max_entries:
+        if spec.type in maptypes.INDEXED and int.from_bytes(k, "little") >= spec.max_entries:
             raise _input_error(spec.name, f"array index out of range (max_entries {spec.max_entries})", key)
         try:
             out[k] = encode_value(value)
