@@ -79,7 +79,7 @@ def test_formats_write_what_c_writes_and_show_gives_them_back(pin_root: Path, tm
     assert dump[1]["addr"]["ip4"] == int.from_bytes(bytes([10, 96, 0, 10]), "little")
     assert dump[1]["service_port"] == [int.from_bytes((80).to_bytes(2, "big"), "little"), 0x901F, 0]
 
-    shown = api.show(str(pin_root))["inner_maps"]["service"]
+    shown = api.show(str(pin_root))["maps"]["service"]
     assert shown["value"] == VALUE  # spelled as C declares it ...
     assert shown["formats"] == {"addr.ip4": "ipv4", "service_port[]": "be16", "lb_policy": POLICY}  # ... shown as written
     assert shown["entries"][1] == {"addr": {"ip4": "10.96.0.10"}, "service_port": [80, 8080, 0], "lb_policy": "LB_POLICY_FAILOVER"}
@@ -181,7 +181,7 @@ inner_maps:
     assert key == bytes([10, 96, 0, 10]) + bytes(12)
     assert value == bytes.fromhex("fd000000000000000000000000000001") + bytes([0x1F, 0x90, 0, 0]) + (1).to_bytes(4, "little")
     api.converge(cfg, str(pin_root))
-    shown = api.show(str(pin_root))["inner_maps"]["frontend"]
+    shown = api.show(str(pin_root))["maps"]["frontend"]
     assert shown["formats"]["addr.ip4"] == "ipv4" and shown["formats"]["port"] == "be16"
     assert shown["entries"] == [{"key": {"addr": {"ip4": "10.96.0.10"}},
                                  "value": {"addr": {"ip6": "fd00::1"}, "port": 8080, "lb_policy": "LB_POLICY_STRICT"}}]
@@ -203,5 +203,5 @@ def test_every_kind_of_format_survives_the_map_s_btf(pin_root: Path) -> None:
     cfg = load_config(inline={"inner_maps": {"m": {"type": "hash", "key": "u32", "value": value, "formats": formats,
                                                    "max_entries": 1, "entries": {1: entry}}}})
     api.converge(cfg, str(pin_root))
-    shown = api.show(str(pin_root))["inner_maps"]["m"]
+    shown = api.show(str(pin_root))["maps"]["m"]
     assert (shown["value"], shown["formats"], shown["entries"]) == (value, formats, {1: entry})

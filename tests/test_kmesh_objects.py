@@ -28,8 +28,8 @@ SO_NETNS_COOKIE = 71
 SERVICE_IP = "10.96.0.10"
 
 pytestmark = pytest.mark.skipif(
-    not KMESH_OBJECTS, reason="KMESH_OBJECTS is unset: build Kmesh's workload objects by hand (README: "
-                              "\"Kmesh's whole object\") and point it at their directory")
+    not KMESH_OBJECTS, reason="KMESH_OBJECTS is unset: build Kmesh's workload objects by hand (docs/map-types.md) "
+                              "and point it at their directory")
 
 
 def maps_of(obj: Path) -> list[str]:
