@@ -501,6 +501,7 @@ class _Compiler:
         s, d = src.type, dst.type
         if s == d and not src.bits and not dst.bits and dst.path not in self.inside:
             self.copies.append((src.offset, dst.offset, d.size))
+            self.consumed.add(src.path)
         elif isinstance(s, Raw) or isinstance(d, Raw):
             if s.size != d.size and not (_is_bytes(s) and _is_bytes(d)):
                 raise LayoutError(f"{_where(dst.path)}{s.size} bytes of unknown layout cannot become "
@@ -662,7 +663,7 @@ class _Compiler:
         p = node.path
         if p in self.consumed:
             return
-        if not any(c[:len(p)] == p for c in self.consumed):
+        if p != self.old_root.path and not any(c[:len(p)] == p for c in self.consumed):
             self.change("removed", p)
             return
         for child in node.children():

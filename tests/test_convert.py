@@ -356,6 +356,10 @@ def test_converted_entries_are_the_field_by_field_expectation(case: tuple) -> No
     conv = conversion(old_key, new_key, old_value, new_value, defaults, renamed)
     for change in {c.kind for d in conv.diffs for c in d.changes}:
         event(f"change: {change}")
+    for (old, new), diff in zip(((old_key, new_key), (old_value, new_value)), conv.diffs):
+        assert all(c.path for c in diff.changes if c.kind in ("added", "removed", "moved"))
+        if old == new and not any(k.startswith(("k", "key.")) == (diff.part == "key") for k in (*renamed, *defaults)):
+            assert not diff.changed
     old_entries = Entries(old_key.size, old_value.size, b"".join(encode(old_key, k) for k in keys),
                           b"".join(encode(old_value, v) for v in values))
     parsed_renamed = {parse_path(n): parse_path(o) for n, o in renamed.items()}
@@ -409,7 +413,7 @@ def _decoded(e: Entries, key: CType, value: CType) -> list[tuple[Any, Any]]:
 
 def test_a_removed_field_is_dropped_and_the_rest_moves_as_two_byte_runs() -> None:
     conv = conversion(U32, U32, SERVICE_OLD, SERVICE_NEW)
-    assert conv.text() == "value: field lb_strict_prio removed, 136 -> 132 bytes"
+    assert conv.text() == "value: field lb_strict_prio removed, 136 -> 132 bytes" and not conv.diffs[0].changed
     assert conv.value.copies == ((0, 0, 32), (36, 32, 100)) and not conv.value.numbers
     old = {"prio_endpoint_count": [0, 0, 0, 0, 0, 0, 2], "lb_policy": 0, "lb_strict_prio": 0,
            "service_port": [80] + [0] * 9, "target_port": [8080] + [0] * 9, "wp_addr": {"ip4": 0}, "waypoint_port": 0}
