@@ -596,7 +596,8 @@ class _Compiler:
         assert isinstance(s, Array) and isinstance(d, Array)
         kept = min(s.length, d.length)
         if s.length != d.length:
-            self.change("retyped", dst.path, f"{type_text(s)} -> {type_text(d)}")
+            self.change("retyped", dst.path, f"{type_text(s)} -> {type_text(d)}" if isinstance(s.spec(), str)
+                        else f"{s.length} -> {count(d.length, 'element')}")
         plain = _is_number(s.elem) and _is_number(d.elem) and dst.path not in self.inside
         start = len(self.changes)
         if plain:  # every kept element converted by one operation
@@ -756,7 +757,8 @@ def _enum_change(s: Enum, d: Enum) -> str:
 
 
 def _shown(value: Any) -> str:
-    return json.dumps(value, separators=(", ", ": ")) if isinstance(value, (dict, list)) else str(value)
+    """A value as YAML or JSON would write it (`true`, `[1, 2]`), strings (names, addresses) as they are."""
+    return value if isinstance(value, str) else json.dumps(value, separators=(", ", ": "))
 
 
 # ---------------------------------------------------------------- keys and values together

@@ -493,6 +493,18 @@ def test_unchanged_bitfields_are_copied_as_bytes_and_changed_ones_by_value() -> 
     assert _decoded(conv.convert(_entries(U32, old, [(1, value)])), U32, new) == [(1, value)]
 
 
+def test_the_plan_text_names_each_change_once_for_every_element_of_an_array() -> None:
+    old = parse_type({"struct": [{"a": "u32"}, {"b": "u16"}, {"c": "u8"}, {"d": "char[8]"},
+                                 {"eps": {"array": {"struct": [{"ip": "ipv4"}, {"w": "u16"}]}, "length": 3}}]})
+    new = parse_type({"struct": [{"c": "u8"}, {"a": "u64"}, {"b": "u16"}, {"meta": {"struct": [{"name": "char[4]"}, {"on": "bool"}]}},
+                                 {"eps": {"array": {"struct": [{"ip": "ipv4"}, {"w": "u32"}, {"zone": "u8"}]}, "length": 4}}]})
+    conv = conversion(U32, U32, old, new, defaults={"meta.on": True}, renamed={"meta.name": "d"})
+    assert conv.text() == (
+        "value: field a retyped (u32 -> u64), field meta added (meta.on = true), field d renamed to meta.name, "
+        "field meta.name retyped (char[8] -> char[4]), field eps retyped (3 -> 4 elements), "
+        "field eps[].w retyped (u16 -> u32), field eps[].zone added, field c moved (offset 6 -> 0), 40 -> 72 bytes")
+
+
 def test_per_cpu_values_convert_every_cpu() -> None:
     old, new = parse_type({"struct": [{"hits": "u32"}, {"bytes": "u32"}]}), parse_type({"struct": [{"bytes": "u64"}, {"hits": "u64"}]})
     conv = conversion(U32, U32, old, new)
