@@ -504,8 +504,9 @@ class _Compiler:
             self.consumed.add(src.path)
         elif isinstance(s, Raw) or isinstance(d, Raw):
             if s.size != d.size and not (_is_bytes(s) and _is_bytes(d)):
-                raise LayoutError(f"{_where(dst.path)}{s.size} bytes of unknown layout cannot become "
-                                  f"{type_text(d)} ({count(d.size, 'byte')}): the old layout must be known")
+                which, typ = ("old", d) if isinstance(s, Raw) else ("new", s)
+                raise LayoutError(f"{_where(dst.path)}{type_text(s)} cannot become {type_text(d)}: the {which} layout "
+                                  f"is not known (only its size), so no field of {type_text(typ)} can be found in it")
             self._bytes(src, dst)
         elif _is_number(s) and _is_number(d):
             self._number(src, dst)

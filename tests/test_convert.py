@@ -538,8 +538,11 @@ def test_layouts_that_cannot_convert_are_said_before_any_entry_is_read() -> None
         conversion(U32, U32, old, new, renamed={"c": "zz"})
     with pytest.raises(LayoutError, match="defaults: c: expected an integer 0..4294967295"):
         conversion(U32, U32, old, new, defaults={"c": "ten"})
-    with pytest.raises(LayoutError, match="unknown layout cannot become"):
+    with pytest.raises(LayoutError, match="12 bytes cannot become a struct: the old layout is not known"):
         conversion(U32, U32, Raw(12), new)
+    with pytest.raises(LayoutError, match="a struct cannot become 12 bytes: the new layout is not known"):
+        conversion(U32, U32, new, Raw(12))
+    assert conversion(U32, U32, Raw(8), new).value.copies == ((0, 0, 8),)  # the same size: bytes kept as they are
     before, both = parse_type({"struct": [{"y": "u32"}]}), parse_type({"struct": [{"y": "u32"}, {"x": "u32"}]})
     with pytest.raises(LayoutError, match="write key.x or value.x"):
         conversion(before, both, before, both, defaults={"x": 1})
