@@ -31,6 +31,7 @@ from kmesh_apply.config.model import (
     InnerMapSpec,
     Location,
     Management,
+    MigrateSpec,
     OuterMapSpec,
 )
 from kmesh_apply.ctype import CType, Int, Lpm, Raw, TypeSpecError, parse_type, records
@@ -220,6 +221,43 @@ class _MapChecker:
                          "entries:, or use manage_entries: listed to manage the entries given here", "entries")
         return manage
 
+    def migration(self, key: CType, value: CType) -> MigrateSpec | None:
+        """`migrate:`: the old types (named ones from `migrate.btf` only), and paths of `defaults` and
+        `renamed` that name fields of the new key or value; with both old types given, the whole
+        conversion is compiled now, so a layout that cannot convert is reported before any plan."""
+        raw = self.raw.get("migrate")
+        if raw is None:
+            return None
+        before = len(self.problems)
+        source = raw.get("from")
+        if source == self.name:
+            self.problem("migrate.from names this map itself: give the name the map had before", "migrate", "from")
+        elif source in RESERVED_NAMES:
+            self.problem(f"migrate.from: '{source}' is reserved for kmesh-apply's own use", "migrate", "from")
+        old: dict[str, CType | None] = {"key": None, "value": None}
+        with _migration_types(self, raw.get("btf") or []) as named:
+            for which in old:
+                if which in raw:
+                    try:
+                        old[which] = parse_type(raw[which], named)
+                    except TypeSpecError as e:
+                        where = "" if named else " (named C types need their files under migrate.btf)"
+                        self.problem(f"migrate.{which}: {e}{where}", "migrate", which, *e.path)
+        spec = MigrateSpec(source, old["key"], old["value"], raw.get("defaults") or {}, raw.get("renamed") or {})
+        from kmesh_apply.convert import LayoutError, conversion, split_paths
+
+        for what, mapping in (("defaults", spec.defaults), ("renamed", spec.renamed)):
+            try:
+                split_paths(mapping, key, value, f"migrate.{what}")
+            except LayoutError as e:
+                self.problem(str(e), "migrate", what)
+        if len(self.problems) == before and old["key"] is not None and old["value"] is not None:
+            try:
+                conversion(old["key"], key, old["value"], value, spec.defaults, spec.renamed)
+            except LayoutError as e:
+                self.problem(f"migrate: {e}", "migrate")
+        return spec if len(self.problems) == before else None
+
     def flags(self, type_: str) -> tuple[str, ...]:
         flags = tuple(sorted(self.raw.get("flags") or ()))
         bad = [f for f in flags if f not in TYPE_FLAGS.get(type_, ())]
@@ -325,6 +363,7 @@ def check_inner(src: Source, name: str, raw: dict[str, Any], problems: list[Prob
     key, value = c.ctype("key"), c.ctype("value")
     flags = c.flags(type_)
     manage = c.management()
+    migrate = c.migration(key, value) if key is not None and value is not None else None
     max_entries = raw["max_entries"]
     if type_ in ARRAY_TYPES and key is not None and key.size != 4:
         c.problem(f"{a(type_)} map's key is a 4-byte index (u32), got {count(key.size, 'byte')}", "key")
@@ -342,7 +381,7 @@ def check_inner(src: Source, name: str, raw: dict[str, Any], problems: list[Prob
             cached = partial.assemble(key, value, max_entries)
     if cached is not None:
         return InnerMapSpec(name, type_, key, value, max_entries, flags, cached, Location(src.file, 0),
-                            raw.get("update", "swap"), section, manage)
+                            raw.get("update", "swap"), section, manage, migrate)
     keys, values, path = c.columns(key)
     if len(problems) > before:
         return None
@@ -361,7 +400,7 @@ def check_inner(src: Source, name: str, raw: dict[str, Any], problems: list[Prob
     if len(problems) > before:
         return None
     return InnerMapSpec(name, type_, key, value, max_entries, flags, entries, Location(src.file, 0),
-                        raw.get("update", "swap"), section, manage)
+                        raw.get("update", "swap"), section, manage, migrate)
 
 
 def check_outer(src: Source, name: str, raw: dict[str, Any], problems: list[Problem],
@@ -485,7 +524,27 @@ def build_config(sources: list[Source], problems: list[Problem], known_valid: se
             outer_spec = check_outer(src, name, raw, problems, cfg.inner_maps, inner_names, outer_names, named)
             if outer_spec is not None:
                 cfg.outer_maps[name] = outer_spec
+    _check_sources(cfg, defined, problems)
     return cfg
+
+
+def _check_sources(cfg: Config, defined: Mapping[str, tuple[str, str]], problems: list[Problem]) -> None:
+    """A map's `migrate.from` names a map the configuration no longer declares, and no other map's."""
+    taken: dict[str, str] = {}
+    for spec in cfg.inner_maps.values():
+        source = spec.migrate.source if spec.migrate is not None else None
+        if source is None:
+            continue
+        where = (spec.section, spec.name, "migrate", "from")
+        if source in defined:
+            problems.append(Problem(spec.location.file, where, f"migrate.from: '{source}' is declared in this "
+                                    "configuration too: a map migrated from is the one the configuration no longer "
+                                    "names (drop its declaration, or pick the right name)", spec.name))
+        elif source in taken:
+            problems.append(Problem(spec.location.file, where, f"migrate.from: '{source}' is migrated to "
+                                    f"'{taken[source]}' already: one map cannot become two", spec.name))
+        else:
+            taken[source] = spec.name
 
 
 def _with_object_maps(maps: list[tuple[Source, str, dict[str, Any]]], section: str, named: NamedTypes,
@@ -566,6 +625,20 @@ def _named_types(sources: list[Source], problems: list[Problem]) -> NamedTypes:
                 named.add(str(base / path))
             except BtfFileError as e:
                 problems.append(Problem(src.file, ("btf", i), f"btf: {e}"))
+    return named
+
+
+def _migration_types(c: _MapChecker, paths: list[Any]) -> NamedTypes:
+    """The C types of the files under a map's `migrate.btf` (relative to its file)."""
+    from kmesh_apply.kernel.btf import BtfFileError, NamedTypes
+
+    named = NamedTypes()
+    base = Path(c.src.file).parent if c.src.file != INLINE else Path.cwd()
+    for i, path in enumerate(paths):
+        try:
+            named.add(str(base / path))
+        except BtfFileError as e:
+            c.problem(f"migrate.btf: {e}", "migrate", "btf", i)
     return named
 
 
