@@ -532,8 +532,8 @@ class _Compiler:
         if s.size > kept:
             self.checks.append(_ZeroCheck(src.offset + kept, s.size - kept, dst.path,
                                           f"data past the first {count(kept, 'byte')}, which {type_text(d)} has no room for"))
-        if s != d:
-            self.change("retyped", dst.path, f"{type_text(s)} -> {type_text(d)}")
+        if s.size != d.size or s != d and not isinstance(s, Raw) and not isinstance(d, Raw):
+            self.change("retyped", dst.path, f"{type_text(s)} -> {type_text(d)}")  # unknown bytes of one size: kept
 
     def _number(self, src: _Node, dst: _Node, repeat: int = 1) -> None:
         s, d = src.type, dst.type

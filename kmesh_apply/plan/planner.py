@@ -423,7 +423,8 @@ class _Planner:
         self.catch_up.append(second)
         self.move.append(MovePin(spec.name, pin, spec.name))
         source = self.renamed_from.get(spec.name, have).name
-        fixed = [r for r in reasons if not r.startswith(("key_type ", "value_type "))]  # the layout text says those
+        fixed = [r for r in reasons if not r.startswith(("key_type ", "value_type ", "key_size ", "value_size "))]
+        # (the layout text says those)
         self.result.changes.append(self._change(spec, "migrate", want, reasons=fixed,
                                                 holders=self._in_use(spec.name, have),
                                                 migration=migrations.summary(conv, source, len(converted))))
