@@ -102,6 +102,7 @@ class Executor:
         self.on_step = on_step
         self.report = ApplyReport()
         self.ownership = records.Ownership(pin_root, live)
+        self.live = live
         self.unpinned: list[tuple[CreateMap, Map]] = []  # created (and maybe filled), to record and pin at once
         self.untold: list[Step] = []  # done, not yet shown to on_step: a step is shown once its maps are pinned
         self.migrating: dict[str, _FirstPass] = {}  # pin of a map built aside by a migration -> its first pass
@@ -238,7 +239,9 @@ class Executor:
                           type_or_raw(step.old_value, old.value_size), type_or_raw(step.new_value, new.value_size),
                           step.defaults, step.renamed)
         cpus = possible_cpus() if old.type in PERCPU_TYPES else 0
-        read = src.items()
+        read = self._read_under_lock(step.id) if src.id == step.id else None
+        if read is None:
+            read = src.items()
         converted = conv.convert(read, new.max_entries, cpus=cpus, array=new.type in ARRAY_TYPES)
         self._write(dst, converted)
         if step.put:
@@ -250,6 +253,15 @@ class Executor:
         report = MigrationReport(step.map, len(converted))
         self.report.migrations.append(report)
         self.migrating[step.pin] = _FirstPass(read, conv, cpus, frozenset(step.put) | frozenset(step.delete), report)
+
+    def _read_under_lock(self, map_id: int) -> Entries | None:
+        """The entries of the map with this kernel ID as the live state read them, under the lock this
+        apply holds (a million entries need not be read twice: what was written since, the second
+        pass carries)."""
+        for m in (*self.live.maps.values(), *self.live.unmanaged.values()):
+            if m.id == map_id and isinstance(m.entries, Entries) and not m.unreadable:
+                return m.entries
+        return None
 
     def _catch_up(self, step: CatchUp) -> None:
         """A migration's second pass: what differs in the old map since the first pass (entries added,

@@ -87,7 +87,7 @@ def steps(spec: InnerMapSpec, want: MapDef, have: LiveMap, pin: str, conv: Conve
     """The steps that fill the map built aside at `pin` (after its CreateMap), and its second pass."""
     m = spec.migrate
     listed = spec.entries if spec.manage.entries == "listed" else {}
-    first = MigrateEntries(spec.name, spec.name, pin, conv.key.old.spec(), conv.value.old.spec(), want.key_type,
+    first = MigrateEntries(spec.name, spec.name, pin, have.id, conv.key.old.spec(), conv.value.old.spec(), want.key_type,
                            want.value_type, dict(m.defaults) if m else {}, dict(m.renamed) if m else {},
                            listed, sorted(spec.manage.absent))
     return [first], CatchUp(spec.name, spec.name, pin)

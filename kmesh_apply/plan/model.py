@@ -138,6 +138,7 @@ class MigrateEntries:
     map: str
     src: str
     pin: str
+    id: int  # the old map's kernel ID: the entries read under the apply's lock are its first pass
     old_key: Any
     old_value: Any
     new_key: Any
