@@ -290,6 +290,11 @@ class Converter:
         return self.copies == ((0, 0, self.old.size),) and self.old.size == self.new.size and not (
             self.numbers or self.checks or self.unions)
 
+    @property
+    def lossless(self) -> bool:
+        """Whether every record converts, whatever it holds (nothing is checked)."""
+        return not (self.checks or self.unions or any(n.checked for n in self.numbers))
+
     def convert(self, data: Any, n: int, src_stride: int = 0, dst_stride: int = 0) -> tuple[Any, list[Failure]]:
         """`n` records of the old layout (each `src_stride` bytes apart, by default its size) in the
         new one, and the records that cannot keep their data (converted as far as they go)."""
@@ -776,6 +781,11 @@ class Conversion:
     @property
     def changed(self) -> bool:
         return any(d.changed for d in self.diffs)
+
+    @property
+    def total(self) -> bool:
+        """Whether any set of entries converts (then a plan need not convert them to know it)."""
+        return self.key.lossless and self.value.lossless and self.key.injective
 
     def text(self) -> str:
         """The layout differences for a plan: `value: field lb_strict_prio removed, 128 -> 124 bytes`."""

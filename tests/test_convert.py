@@ -372,9 +372,12 @@ def test_converted_entries_are_the_field_by_field_expectation(case: tuple) -> No
             ek = Reference(old_key, k, parsed_renamed, parsed_defaults).convert(old_key, 0, k, new_key, 0, ())
             ev = Reference(old_value, v, parsed_renamed, parsed_defaults).convert(old_value, 0, v, new_value, 0, ())
         except Lost:
+            assert not conv.total, "a conversion said to take any entry lost one"
             expected = None
             break
         expected.append((encode(new_key, ek), encode(new_value, ev)))
+    if conv.total:  # nothing checked: only max_entries can refuse
+        assert len({k for k, _ in expected or []}) == len(expected or [])
     if expected is not None and (len({k for k, _ in expected}) < len(expected)
                                  or max_entries is not None and len(expected) > max_entries):
         expected = None

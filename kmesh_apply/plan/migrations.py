@@ -70,13 +70,16 @@ def conversion_for(spec: InnerMapSpec, have: LiveMap) -> tuple[Conversion, list[
     return conversion(old_key, spec.key, old_value, spec.value, m.defaults, m.renamed), warnings
 
 
-def convert_entries(conv: Conversion, spec: InnerMapSpec, have: LiveMap) -> Entries:
-    """The live entries in the new layout, as the apply will write them (MigrationRefused names the
-    entries that cannot keep their data)."""
+def count_entries(conv: Conversion, spec: InnerMapSpec, have: LiveMap) -> int:
+    """How many live entries the new map will hold; raises MigrationRefused, naming the entries that
+    cannot keep their data. Entries are converted only when some could be refused."""
+    fits = spec.max_entries >= have.max_entries or spec.type not in ARRAY_TYPES and len(have.entries) <= spec.max_entries
+    if conv.total and fits:
+        return len(have.entries)
     entries = have.entries if isinstance(have.entries, Entries) else Entries.of(
         have.entries, have.key_size, len(next(iter(have.entries.values()), b"")) or have.value_size)
     cpus = entries.value_size // per_cpu_stride(conv.value.old) if have.type in PERCPU_TYPES else 0
-    return conv.convert(entries, spec.max_entries, cpus=cpus, array=spec.type in ARRAY_TYPES)
+    return len(conv.convert(entries, spec.max_entries, cpus=cpus, array=spec.type in ARRAY_TYPES))
 
 
 def summary(conv: Conversion, source: str, entries: int) -> Migration:

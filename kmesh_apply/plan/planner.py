@@ -410,7 +410,7 @@ class _Planner:
             conv, warnings = migrations.conversion_for(spec, have)
             if not reasons and not conv.changed:
                 return False
-            converted = migrations.convert_entries(conv, spec, have)
+            entries = migrations.count_entries(conv, spec, have)
         except (LayoutError, MigrationRefused) as e:
             self.problems.append(migrations.refused(spec.name, e))
             return True
@@ -427,7 +427,7 @@ class _Planner:
         # (the layout text says those)
         self.result.changes.append(self._change(spec, "migrate", want, reasons=fixed,
                                                 holders=self._in_use(spec.name, have),
-                                                migration=migrations.summary(conv, source, len(converted))))
+                                                migration=migrations.summary(conv, source, entries)))
         self._foreign_slot_warning(spec.name, have)
         return True
 
