@@ -25,7 +25,7 @@ from itertools import groupby
 from typing import Any, Mapping, Sequence, Union
 
 from kmesh_apply.config.codecs import CodecError, decode, encode, per_cpu_stride
-from kmesh_apply.ctype import (Addr, Array, Bool, Bytes, Chars, CType, CUnion, Enum, Int, Lpm, Raw, Struct,
+from kmesh_apply.ctype import (Addr, Array, Bool, Bytes, Chars, CType, CUnion, Enum, Int, Raw, Struct,
                                copy_runs, records)
 from kmesh_apply.entries import Entries
 from kmesh_apply.errors import KmeshError
