@@ -6,7 +6,7 @@ the same connect() reaches the same backend, and no entry was written after the 
 
 Always on: our own small connect4 program in the shape of Kmesh's workload path (MESH), with the
 map names and key/value layouts re-typed from Kmesh's public headers at the commits LAYOUT names.
-With KMESH_OBJECTS=<dir> (see README, "Upgrading a data plane"), the same test runs Kmesh's real
+With KMESH_UPGRADE_OBJECTS=<dir> (see README, "Upgrading a data plane"), the same test runs Kmesh's real
 objects, built by hand from its source: <dir>/old and <dir>/new each hold cgroup_sock.o (the
 workload object) and types.o (a BPF object whose BTF names the workload map types).
 """
@@ -256,7 +256,7 @@ def _ours(tmp: Path, layout: int) -> DataPlane:
 
 
 def _kmesh(version: str) -> DataPlane:
-    base = Path(os.environ["KMESH_OBJECTS"]) / version
+    base = Path(os.environ["KMESH_UPGRADE_OBJECTS"]) / version
     return DataPlane(base / "cgroup_sock.o", base / "types.o", "cgroup_connect4_prog")
 
 
@@ -283,8 +283,8 @@ CASES = [
     pytest.param("ours", (3, 4), id="ours-9eab2f91-to-today"),
     pytest.param("ours", (1, 2), id="ours-20cb2d8b-to-63920e72"),
     pytest.param("kmesh", (3, 4), id="kmesh-9eab2f91-to-today",
-                 marks=pytest.mark.skipif(not os.environ.get("KMESH_OBJECTS"),
-                                          reason="KMESH_OBJECTS is not set: no build of Kmesh's objects to upgrade "
+                 marks=pytest.mark.skipif(not os.environ.get("KMESH_UPGRADE_OBJECTS"),
+                                          reason="KMESH_UPGRADE_OBJECTS is not set: no build of Kmesh's objects to upgrade "
                                                  "(see README, Upgrading a data plane)")),
 ]
 
