@@ -284,8 +284,8 @@ CASES = [
     pytest.param("ours", (1, 2), id="ours-20cb2d8b-to-63920e72"),
     pytest.param("kmesh", (3, 4), id="kmesh-9eab2f91-to-today",
                  marks=pytest.mark.skipif(not os.environ.get("KMESH_UPGRADE_OBJECTS"),
-                                          reason="KMESH_UPGRADE_OBJECTS is not set: no build of Kmesh's objects to upgrade "
-                                                 "(see README, Upgrading a data plane)")),
+                                          reason="KMESH_UPGRADE_OBJECTS is not set: no build of Kmesh's objects "
+                                                 "to upgrade (see README, Upgrading a data plane)")),
 ]
 
 
