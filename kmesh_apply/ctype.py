@@ -706,6 +706,40 @@ def same_type(a: Any, b: Any) -> bool:
 COPY_UNITS = ((8, "Q"), (4, "I"), (2, "H"), (1, "B"))
 
 
+def copy_runs(dst: Any, dst_stride: int, src: Any, src_stride: int, runs: Sequence[tuple[int, int, int]],
+              count: int) -> None:
+    """For each run (source offset, destination offset, width), copy those bytes of each of `count`
+    records of `src_stride` bytes into as many records of `dst_stride` bytes in `dst`: a column
+    gathered or scattered, fields moved.
+
+    One strided slice assignment per copy unit of a run's width, so no Python code runs per record;
+    a wide record's runs are copied a chunk of records at a time, so its bytes are read from memory
+    once, not once per unit (136-byte records, 33 units: 0.3 s a million instead of 1.4 s). A run of
+    more units than there are records is copied record by record."""
+    chunk = max(1, _CHUNK_BYTES // max(dst_stride, src_stride, 1))
+    whole_out, whole_in = memoryview(dst).cast("B")[:dst_stride * count], memoryview(src).cast("B")[:src_stride * count]
+    plans = []
+    for src_offset, dst_offset, width in runs:
+        unit, code = next((u, c) for u, c in COPY_UNITS
+                          if dst_offset % u == dst_stride % u == src_offset % u == src_stride % u == width % u == 0)
+        plans.append((whole_out.cast(code), whole_in.cast(code),  # type: ignore[call-overload]
+                      dst_offset // unit, dst_stride // unit,
+                      src_offset // unit, src_stride // unit, width // unit))
+    for start in range(0, count, chunk):
+        n = min(chunk, count - start)
+        for out, data, do, ds, so, ss, w in plans:
+            out, data = out[start * ds:(start + n) * ds], data[start * ss:(start + n) * ss]
+            if w <= n:
+                for j in range(w):
+                    out[do + j::ds] = data[so + j::ss]
+            else:
+                for i in range(n):
+                    out[i * ds + do:i * ds + do + w] = data[i * ss + so:i * ss + so + w]
+
+
+_CHUNK_BYTES = 1 << 18  # records copied together: they stay in the cache across the passes
+
+
 # Records per struct call: larger groups gain nothing; up to _SMALL, one struct of the exact count.
 _GROUP = 1024
 _SMALL = 64

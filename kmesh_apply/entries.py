@@ -19,7 +19,7 @@ from collections.abc import ItemsView, Iterator, Mapping, MutableMapping, Values
 from itertools import filterfalse, islice
 from typing import Any
 
-from kmesh_apply.ctype import COPY_UNITS, records
+from kmesh_apply.ctype import copy_runs, records
 
 
 class Entries(MutableMapping[bytes, bytes]):
@@ -284,14 +284,9 @@ def holds_base(desired: Entries, live: Entries) -> bool:
 FEW_KEYS = 64
 
 def _interleaved(entries: Entries) -> bytes | bytearray:
-    """Each key followed by its value, by strided copies (one per copy unit of a record)."""
+    """Each key followed by its value, by strided copies (`copy_runs`)."""
     ks, vs, n = entries.key_size, entries.value_size, len(entries)
-    unit, code = next((u, c) for u, c in COPY_UNITS if ks % u == vs % u == 0)
     out = bytearray((ks + vs) * n)
-    whole = memoryview(out).cast(code)  # type: ignore[call-overload]
-    stride = (ks + vs) // unit
-    for buf, offset, width in ((entries.keys_buffer, 0, ks // unit), (entries.values_buffer, ks // unit, vs // unit)):
-        part = memoryview(buf).cast(code)  # type: ignore[call-overload]
-        for j in range(width):
-            whole[offset + j::stride] = part[j::width]
+    copy_runs(out, ks + vs, entries.keys_buffer, ks, ((0, 0, ks),), n)
+    copy_runs(out, ks + vs, entries.values_buffer, vs, ((0, ks, vs),), n)
     return out

@@ -9,6 +9,11 @@ The tool's records follow the steps (pinroot.records): a map is recorded as mana
 before it is pinned, an adoption before any step, the rest once the steps are done. Maps
 created one after another (and filled) are recorded in one batch and only then pinned, so
 5,000 new maps cost one record update, not 5,000.
+
+A migration (plan/migrations.py) reads the old map whole, converts it and writes the new map
+(`MigrateEntries`), and keeps what it read; its second pass (`CatchUp`) reads the old map again
+just before the switch and carries over only what differs. What programs write to the old map
+after that read is not carried: the report measures that window, up to the new map's move.
 """
 
 from __future__ import annotations
@@ -20,13 +25,39 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from kmesh_apply.config.model import ARRAY_TYPES, PERCPU_TYPES
+from kmesh_apply.convert import Conversion, conversion
 from kmesh_apply.ctype import type_or_raw
-from kmesh_apply.entries import packed
+from kmesh_apply.entries import Entries, diff, packed
 from kmesh_apply.errors import ApplyError, KmeshError
-from kmesh_apply.kernel.maps import Map
-from kmesh_apply.plan.model import CreateMap, MapDef, MovePin, Plan, RecordMap, RemovePin, SetSlots, Step, WriteEntries
+from kmesh_apply.kernel.maps import Map, possible_cpus
+from kmesh_apply.plan.model import (
+    CatchUp,
+    CreateMap,
+    MapDef,
+    MigrateEntries,
+    MovePin,
+    Plan,
+    RecordMap,
+    RemovePin,
+    SetSlots,
+    Step,
+    WriteEntries,
+)
 from kmesh_apply.pinroot import records
 from kmesh_apply.state import LiveState
+
+
+@dataclass
+class MigrationReport:
+    """One map migrated: entries converted in the first pass and in the second, and the window (from
+    the second pass's read of the old map to the new map in place) in which writes to the old map
+    were not carried over."""
+
+    map: str
+    entries: int
+    caught_up: int = 0
+    window_seconds: float = 0.0
 
 
 @dataclass
@@ -38,6 +69,19 @@ class ApplyReport:
     entries_deleted: int = 0
     slots_set: int = 0
     seconds: float = 0.0
+    migrations: list[MigrationReport] = field(default_factory=list)
+
+
+@dataclass
+class _FirstPass:
+    """What a migration's first pass read and how it converts, for its second pass."""
+
+    read: Entries
+    conversion: Conversion
+    cpus: int
+    listed: frozenset[bytes]  # keys the configuration writes itself (manage_entries: listed)
+    report: MigrationReport
+    second_read: float = 0.0  # when the second pass started reading (monotonic)
 
 
 def kernel_name(name: str) -> str:
@@ -58,8 +102,10 @@ class Executor:
         self.on_step = on_step
         self.report = ApplyReport()
         self.ownership = records.Ownership(pin_root, live)
+        self.live = live
         self.unpinned: list[tuple[CreateMap, Map]] = []  # created (and maybe filled), to record and pin at once
         self.untold: list[Step] = []  # done, not yet shown to on_step: a step is shown once its maps are pinned
+        self.migrating: dict[str, _FirstPass] = {}  # pin of a map built aside by a migration -> its first pass
 
     def _map(self, pin: str) -> Map:
         m = self.handles.get(pin)
@@ -170,6 +216,13 @@ class Executor:
                 self.handles[step.dst] = self.handles.pop(step.src)
             self._tidy_staging(step.src)
             self.ownership.moved_into_place(step.dst, moved)
+            first = self.migrating.pop(step.src, None)
+            if first is not None:
+                first.report.window_seconds = time.monotonic() - first.second_read
+        elif isinstance(step, MigrateEntries):
+            self._migrate(step)
+        elif isinstance(step, CatchUp):
+            self._catch_up(step)
         elif isinstance(step, RemovePin):
             self._drop(step.pin)
             os.unlink(self.root / step.pin)
@@ -179,6 +232,65 @@ class Executor:
                 records.forget(str(self.root), step.pin)
         elif isinstance(step, RecordMap):
             self._record(step)
+
+    def _migrate(self, step: MigrateEntries) -> None:
+        """A migration's first pass: every entry of the old map, converted, into the map built aside;
+        then the configuration's own entries over them."""
+        src, dst = self._map(step.src), self._map(step.pin)
+        old, new = src.info, dst.info
+        conv = conversion(type_or_raw(step.old_key, old.key_size), type_or_raw(step.new_key, new.key_size),
+                          type_or_raw(step.old_value, old.value_size), type_or_raw(step.new_value, new.value_size),
+                          step.defaults, step.renamed)
+        cpus = possible_cpus() if old.type in PERCPU_TYPES else 0
+        read = self._read_under_lock(step.id) if src.id == step.id else None
+        if read is None:
+            read = src.items()
+        converted = conv.convert(read, new.max_entries, cpus=cpus, array=new.type in ARRAY_TYPES)
+        self._write(dst, converted)
+        if step.put:
+            dst.update_batch(*packed(step.put), len(step.put))
+        if step.delete:
+            present = [k for k in step.delete if k in converted]
+            if present:
+                dst.delete_batch(b"".join(present), len(present))
+        report = MigrationReport(step.map, len(converted))
+        self.report.migrations.append(report)
+        self.migrating[step.pin] = _FirstPass(read, conv, cpus, frozenset(step.put) | frozenset(step.delete), report)
+
+    def _read_under_lock(self, map_id: int) -> Entries | None:
+        """The entries of the map with this kernel ID as the live state read them, under the lock this
+        apply holds (a million entries need not be read twice: what was written since, the second
+        pass carries)."""
+        for m in (*self.live.maps.values(), *self.live.unmanaged.values()):
+            if m.id == map_id and isinstance(m.entries, Entries) and not m.unreadable:
+                return m.entries
+        return None
+
+    def _catch_up(self, step: CatchUp) -> None:
+        """A migration's second pass: what differs in the old map since the first pass (entries added,
+        changed or deleted meanwhile), converted into the map built aside."""
+        first = self.migrating[step.pin]
+        first.second_read = time.monotonic()
+        now = self._map(step.src).items()
+        put, gone, _ = diff(now, first.read)
+        dst = self._map(step.pin)
+        put = {k: v for k, v in put.items() if k not in first.listed}
+        if put:
+            added = Entries(now.key_size, now.value_size, b"".join(put), b"".join(put.values()))
+            self._write(dst, first.conversion.convert(added, cpus=first.cpus))
+        gone = [k for k in gone if k not in first.listed]
+        if gone:
+            keys, failures = first.conversion.key.convert(b"".join(gone), len(gone))
+            if not failures:
+                for k in (bytes(keys[i * dst.info.key_size:(i + 1) * dst.info.key_size]) for i in range(len(gone))):
+                    dst.delete(k)  # one by one: a key the second pass put back is no error
+        first.report.caught_up = len(put) + len(gone)
+        self.report.entries_deleted += len(gone)
+
+    def _write(self, m: Map, entries: Entries) -> None:
+        if len(entries):
+            m.update_batch(entries.keys_buffer, entries.values_buffer, len(entries))
+            self.report.entries_written += len(entries)
 
     def _record(self, step: RecordMap) -> None:
         """Adopt the map at the step's pin and/or record its layout, if the pin still holds the map planned."""

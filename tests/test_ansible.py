@@ -129,21 +129,21 @@ def test_playbook_converges_checks_and_destroys(play, roots, bpftool):
     first = play()
     for h in HOSTS:
         assert first[h]["changed"] is True and not first[h].get("failed"), first[h]
-        assert first[h]["plan"] == {"adopt": 0, "create": 2, "update": 0, "destroy": 0}
+        assert first[h]["plan"] == {"adopt": 0, "migrate": 0, "rename": 0, "create": 2, "update": 0, "destroy": 0}
         assert bpftool("map", "show", "pinned", str(roots[h] / "backends"))["type"] == "hash"
         assert bpftool("map", "show", "pinned", str(roots[h] / "services"))["type"] == "array_of_maps"
         assert backends(roots[h]) == {1: 10, 2: 20}
         assert len(dump(roots[h], "services")) == 1
 
     second = play()
-    assert all(second[h]["changed"] is False and second[h]["plan"] == {"adopt": 0, "create": 0, "update": 0, "destroy": 0}
+    assert all(second[h]["changed"] is False and second[h]["plan"] == {"adopt": 0, "migrate": 0, "rename": 0, "create": 0, "update": 0, "destroy": 0}
                for h in HOSTS), second
 
     before = {h: (dump(roots[h], "backends"), dump(roots[h], "services")) for h in HOSTS}
     edited = {h: CONFIG.format(value=11) for h in HOSTS}
     checked = play("--check", "--diff", configs_by_host=edited)
     for h in HOSTS:
-        assert checked[h]["changed"] is True and checked[h]["plan"] == {"adopt": 0, "create": 0, "update": 1, "destroy": 0}
+        assert checked[h]["changed"] is True and checked[h]["plan"] == {"adopt": 0, "migrate": 0, "rename": 0, "create": 0, "update": 1, "destroy": 0}
         assert "~ 1: 10 -> 11" in checked[h]["diff"]["prepared"]
         assert "applied" not in checked[h]
     assert {h: (dump(roots[h], "backends"), dump(roots[h], "services")) for h in HOSTS} == before

@@ -71,7 +71,7 @@ def test_argument_rules(run, args: dict[str, Any], message: str):
 
 def test_inline_yaml_text_applies_once(run, pin_root: Path, bpftool):
     first = run(config=CONFIG.format(root=pin_root))
-    assert first["changed"] is True and first["plan"] == {"adopt": 0, "create": 2, "update": 0, "destroy": 0}, first
+    assert first["changed"] is True and first["plan"] == {"adopt": 0, "migrate": 0, "rename": 0, "create": 2, "update": 0, "destroy": 0}, first
     assert first["pin_root"] == str(pin_root) and first["applied"]["slots_set"] == 1
     assert bpftool("map", "show", "pinned", str(pin_root / "services"))["type"] == "array_of_maps"
     again = run(config=CONFIG.format(root=pin_root))

@@ -127,7 +127,7 @@ def test_edit_changes_only_what_changed(pin_root: Path, tmp_path: Path):
     edited = edited_mesh(tmp_path, **{"0: {ip: 10.0.2.20, port: 9090, weight: 1}": "0: {ip: 10.0.2.20, port: 9090, weight: 5}"})
     res = kmesh_apply("plan", str(edited), "--detailed-exitcode", "--json", root=pin_root, check=2)
     data = json.loads(res.stdout)
-    assert data["counts"] == {"adopt": 0, "create": 0, "update": 1, "destroy": 0}
+    assert data["counts"] == {"adopt": 0, "migrate": 0, "rename": 0, "create": 0, "update": 1, "destroy": 0}
     (change,) = data["changes"]
     assert change["name"] == "backends-api"
     assert change["changed"] == [{"key": 0, "old": {"ip": "10.0.2.20", "port": 9090, "weight": 1},

@@ -143,7 +143,7 @@ def test_a_shared_pin_root_end_to_end(shared: Path, tmp_path: Path):
     assert [u["name"] for u in planned["unmanaged"]] == OTHERS
     adopted = next(c for c in planned["changes"] if c["name"] == "km_backend")
     assert (adopted["action"], adopted["adopted"], adopted["added"]) == ("adopt", True, [{"key": 7, "value": 700}])
-    assert planned["counts"] == {"adopt": 1, "create": 4, "update": 0, "destroy": 0}
+    assert planned["counts"] == {"adopt": 1, "migrate": 0, "rename": 0, "create": 4, "update": 0, "destroy": 0}
     text = cli("plan", str(conf), root=root).stdout
     assert '<= map "km_backend" will be adopted' in text
     assert f"Unmanaged ({len(OTHERS)} maps pinned here by others, left alone): f_arena (arena, ID" in text

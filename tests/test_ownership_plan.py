@@ -61,7 +61,7 @@ def test_adoption_is_recorded_first_and_shows_its_differences():
     assert isinstance(write, WriteEntries) and write.put == {k(2): v(2)} and write.delete == [k(3)]
     (change,) = plan.changes
     assert (change.action, change.adopted) == ("adopt", True)
-    assert plan.counts == {"adopt": 1, "create": 0, "update": 0, "destroy": 0}
+    assert plan.counts == {"adopt": 1, "migrate": 0, "rename": 0, "create": 0, "update": 0, "destroy": 0}
     assert plan.summary() == "Plan: 1 to adopt, 0 to create, 0 to update, 0 to destroy."
     assert '<= inner map "x" will be adopted' in render_text(plan) and plan.unmanaged == []
     # Adopted with nothing to change: still a change (the record), and a map without BTF gets its layout recorded.
@@ -108,13 +108,24 @@ def test_none_declares_only_the_map():
     assert not plan.has_changes and plan.scopes == {"d": frozenset(), "o": frozenset()}
 
 
-def test_a_replacement_that_would_lose_others_entries_is_refused():
+def test_a_replacement_that_would_lose_others_entries_is_a_migration():
+    """Issue 23: the live entries are carried over (tests/test_migrate.py has the details)."""
     for mode in ("listed", "none"):
         cfg = config(managed(inner("a", {}, max_entries=200), entries=mode))
         live = live_of(config(inner("a", {1: 1})), {"a": 11})
-        with pytest.raises(PlanError, match=rf"map 'a' would have to be replaced \(max_entries 100 -> 200\), and a new "
-                                            rf"map would lose the entries others wrote \(manage_entries: {mode}\)"):
-            make_plan(cfg, live)
+        plan = make_plan(cfg, live)
+        assert [s.op for s in plan.steps] == ["create", "migrate", "catch_up", "move"]
+        (change,) = plan.changes
+        assert change.action == "migrate" and change.migration.entries == 1 and change.reasons == ["max_entries 100 -> 200"]
+
+
+def test_an_outer_map_whose_slots_others_set_is_not_replaced():
+    cfg = config(inner("a", {}), managed(outer("o", "a", {}, max_entries=20), entries="none"))
+    live = live_of(config(inner("a", {}), outer("o", "a", {0: "a"})), {"a": 11, "o": 12})
+    with pytest.raises(PlanError, match=r"map 'o' would have to be replaced \(max_entries 10 -> 20\), and a new map "
+                                        r"would lose the entries others wrote \(manage_entries: none\); kmesh-apply "
+                                        r"cannot carry them over: an outer map's slots are not migrated"):
+        make_plan(cfg, live)
 
 
 def test_slots_others_set_follow_a_swapped_inner_map_in_a_listed_outer_map():

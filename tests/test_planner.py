@@ -66,7 +66,7 @@ def ops(plan: Plan) -> list[str]:
 def test_cold_plan_orders_creates_before_slots():
     plan = make_plan(BASE, LiveState("/sys/fs/bpf/t"))
     assert ops(plan) == ["create", "write", "create", "write", "create", "slots"]
-    assert plan.counts == {"adopt": 0, "create": 3, "update": 0, "destroy": 0}
+    assert plan.counts == {"adopt": 0, "migrate": 0, "rename": 0, "create": 3, "update": 0, "destroy": 0}
     slots = plan.steps[-1]
     assert isinstance(slots, SetSlots) and slots.set == {k(0): "a", k(1): "b"}
     assert "Plan: 3 to create, 0 to update, 0 to destroy." in render_text(plan)
@@ -83,7 +83,7 @@ def test_single_entry_change_is_in_place():
     plan = make_plan(cfg, live_of(BASE, IDS))
     assert [type(s) for s in plan.steps] == [WriteEntries]
     assert plan.steps[0].put == {k(2): v(21)} and plan.steps[0].delete == []
-    assert plan.counts == {"adopt": 0, "create": 0, "update": 1, "destroy": 0}
+    assert plan.counts == {"adopt": 0, "migrate": 0, "rename": 0, "create": 0, "update": 1, "destroy": 0}
     assert "~ 2: 20 -> 21" in render_text(plan)
 
 
@@ -122,7 +122,7 @@ def test_multi_entry_change_of_slot_held_map_is_a_swap():
     assert write.put == {k(1): v(11), k(5): v(50)}  # the whole desired content, into the fresh map
     assert slots.set == {k(0): staged} and slots.clear == []
     assert isinstance(move, MovePin) and (move.src, move.dst) == (staged, "a")
-    assert plan.counts == {"adopt": 0, "create": 0, "update": 1, "destroy": 0}
+    assert plan.counts == {"adopt": 0, "migrate": 0, "rename": 0, "create": 0, "update": 1, "destroy": 0}
 
 
 def test_in_place_opt_out_writes_the_live_map():
@@ -137,7 +137,7 @@ def test_fixed_property_change_replaces_and_repoints_slots():
     plan = make_plan(cfg, live_of(BASE, IDS))
     assert ops(plan) == ["create", "write", "slots", "move"]
     assert plan.changes[0].action == "replace" and plan.changes[0].reasons == ["max_entries 100 -> 200"]
-    assert plan.counts == {"adopt": 0, "create": 1, "update": 0, "destroy": 1}
+    assert plan.counts == {"adopt": 0, "migrate": 0, "rename": 0, "create": 1, "update": 0, "destroy": 1}
 
 
 def test_template_change_replaces_the_outer_map():
@@ -155,7 +155,7 @@ def test_removed_map_and_slot():
     plan = make_plan(cfg, live_of(BASE, IDS))
     assert ops(plan) == ["slots", "remove"]
     assert plan.steps[0].clear == [k(1)] and isinstance(plan.steps[1], RemovePin) and plan.steps[1].pin == "b"
-    assert plan.counts == {"adopt": 0, "create": 0, "update": 1, "destroy": 1}
+    assert plan.counts == {"adopt": 0, "migrate": 0, "rename": 0, "create": 0, "update": 1, "destroy": 1}
 
 
 def test_array_keys_not_named_are_zeroed_not_deleted():
@@ -220,7 +220,7 @@ def test_scoped_plan_equals_the_full_plan_when_scoped_to_every_changed_map():
 def test_destroy_removes_outer_before_inner():
     plan = destroy_plan(live_of(BASE, IDS))
     assert [s.pin for s in plan.steps] == ["svc", "a", "b"]
-    assert plan.counts == {"adopt": 0, "create": 0, "update": 0, "destroy": 3}
+    assert plan.counts == {"adopt": 0, "migrate": 0, "rename": 0, "create": 0, "update": 0, "destroy": 3}
 
 
 def test_saved_plan_round_trips_through_json():

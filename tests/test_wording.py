@@ -69,7 +69,7 @@ def test_messages_name_what_was_meant(tmp_path: Path):
     errors = [ln.strip() for ln in res.stderr.splitlines()]
     assert errors == ["error: typos.yaml:6: map 'backends': unknown key 'max_entires' in the map (did you mean "
                       "'max_entries'?): expected one of adopt, entries, flags, formats, key, key_size, manage_entries, "
-                      "max_entries, object_map, type, update, value, value_size".replace("typos.yaml", str(config))], res.stderr
+                      "max_entries, migrate, object_map, type, update, value, value_size".replace("typos.yaml", str(config))], res.stderr
     config.write_text(config.read_text().replace("max_entires: 64", """max_entries: 64
     entries:
       - key: {ip: 10.0.0.1, port: 80}

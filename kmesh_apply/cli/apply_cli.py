@@ -102,9 +102,14 @@ def _confirm(auto_approve: bool, action: str):
 
 def _report(plan: "Plan", report, action: str = "apply") -> None:
     c = plan.counts
-    typer.echo(f"\n{action.capitalize()} complete! Maps: {c['create']} created, {c['update']} updated, {c['destroy']} destroyed "
-               f"({count(report.entries_written, 'entry', 'entries')} written, {report.entries_deleted} deleted, "
-               f"{count(report.slots_set, 'slot')} set in {report.seconds:.2f}s).")
+    first = "".join(f"{c[k]} {word}, " for k, word in (("migrate", "migrated"), ("rename", "renamed")) if c[k])
+    typer.echo(f"\n{action.capitalize()} complete! Maps: {first}{c['create']} created, {c['update']} updated, "
+               f"{c['destroy']} destroyed ({count(report.entries_written, 'entry', 'entries')} written, "
+               f"{report.entries_deleted} deleted, {count(report.slots_set, 'slot')} set in {report.seconds:.2f}s).")
+    for m in report.migrations:
+        typer.echo(f"Migrated '{m.map}': {count(m.entries, 'entry', 'entries')}, then "
+                   f"{count(m.caught_up, 'entry', 'entries')} written meanwhile; writes to the old map in the last "
+                   f"{m.window_seconds * 1000:.1f} ms before the switch were not carried over.")
 
 
 @contextlib.contextmanager

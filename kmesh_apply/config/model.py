@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from kmesh_apply.ctype import CType
 
@@ -81,6 +82,22 @@ class Management:
         return self.entries == "all"
 
 
+@dataclass(frozen=True)
+class MigrateSpec:
+    """`migrate:` of a map (contract section 10): how its live entries reach a new layout or name.
+
+    `source`: the map's previous name in the pin root (`from:`, Terraform's moved block); `key` and
+    `value`: the old types, for a live map that carries no BTF and has no layout record (from the
+    files under `migrate.btf`); `defaults` (new field path -> value) and `renamed` (new path -> old
+    path) as convert.conversion takes them."""
+
+    source: str | None = None
+    key: CType | None = None
+    value: CType | None = None
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    renamed: Mapping[str, str] = field(default_factory=dict)
+
+
 @dataclass
 class InnerMapSpec:
     """A map that is not an outer map: an inner map (`inner_maps:`) or a plain map (`maps:`); both
@@ -97,6 +114,7 @@ class InnerMapSpec:
     update: str = "swap"
     section: str = INNER_SECTION
     manage: Management = field(default_factory=Management)
+    migrate: MigrateSpec | None = None
 
     @property
     def key_size(self) -> int:

@@ -33,6 +33,7 @@ from kmesh_apply.config.model import (
     InnerMapSpec,
     Location,
     Management,
+    MigrateSpec,
     OuterMapSpec,
 )
 from kmesh_apply.ctype import (CType, Formatted, Int, Lpm, Raw, TypeSpecError, apply_format, format_path, missing_step,
@@ -42,6 +43,7 @@ from kmesh_apply.state import RESERVED_NAMES
 from kmesh_apply.wording import a, count, flow, verb
 
 if TYPE_CHECKING:
+    from kmesh_apply.config.cache import Cache
     from kmesh_apply.kernel.btf import NamedTypes
 
 SCHEMA_FILE = Path(__file__).with_name("config-v1.schema.json")
@@ -324,6 +326,43 @@ class _MapChecker:
             self.check_indexes(out, keys, path, ncpus(), "CPU")
         return out
 
+    def migration(self, key: CType, value: CType) -> MigrateSpec | None:
+        """`migrate:`: the old types (named ones from `migrate.btf` only), and paths of `defaults` and
+        `renamed` that name fields of the new key or value; with both old types given, the whole
+        conversion is compiled now, so a layout that cannot convert is reported before any plan."""
+        raw = self.raw.get("migrate")
+        if raw is None:
+            return None
+        before = len(self.problems)
+        source = raw.get("from")
+        if source == self.name:
+            self.problem("migrate.from names this map itself: give the name the map had before", "migrate", "from")
+        elif source in RESERVED_NAMES:
+            self.problem(f"migrate.from: '{source}' is reserved for kmesh-apply's own use", "migrate", "from")
+        old: dict[str, CType | None] = {"key": None, "value": None}
+        with _migration_types(self, raw.get("btf") or []) as named:
+            for which in old:
+                if which in raw:
+                    try:
+                        old[which] = parse_type(raw[which], named)
+                    except TypeSpecError as e:
+                        where = "" if named else " (named C types need their files under migrate.btf)"
+                        self.problem(f"migrate.{which}: {e}{where}", "migrate", which, *e.path)
+        spec = MigrateSpec(source, old["key"], old["value"], raw.get("defaults") or {}, raw.get("renamed") or {})
+        from kmesh_apply.convert import LayoutError, conversion, split_paths
+
+        for what, mapping in (("defaults", spec.defaults), ("renamed", spec.renamed)):
+            try:
+                split_paths(mapping, key, value, f"migrate.{what}")
+            except LayoutError as e:
+                self.problem(str(e), "migrate", what)
+        if len(self.problems) == before and old["key"] is not None and old["value"] is not None:
+            try:
+                conversion(old["key"], key, old["value"], value, spec.defaults, spec.renamed)
+            except LayoutError as e:
+                self.problem(f"migrate: {e}", "migrate")
+        return spec if len(self.problems) == before else None
+
     def columns(self, key: CType) -> tuple[list[Any], list[Any], Callable[[int], tuple[Any, ...]]]:
         """Entries as a key column, a value column and where entry i was written, whether given
         as a mapping or as a list of {key, value} (columns, not rows: a million tuples cost seconds)."""
@@ -429,6 +468,7 @@ def check_inner(src: Source, name: str, raw: dict[str, Any], problems: list[Prob
         if "manage_entries" in raw:
             c.problem(f"the entries of {a(type_)} map are {kind.holds}: its manage_entries is none", "manage_entries")
         manage = replace(manage, entries="none")
+    migrate = c.migration(key, value) if key is not None and value is not None else None
     max_entries = raw["max_entries"]
     given = {which: t.size if t is not None and (which in raw or f"{which}_size" in raw) else None
              for which, t in (("key", key), ("value", value))}
@@ -456,7 +496,7 @@ def check_inner(src: Source, name: str, raw: dict[str, Any], problems: list[Prob
             cached = partial.assemble(key, value, max_entries)
     if cached is not None:
         return InnerMapSpec(name, type_, key, value, max_entries, flags, cached, Location(src.file, 0),
-                            raw.get("update", "swap"), section, manage)
+                            raw.get("update", "swap"), section, manage, migrate)
     keys, values, path = c.columns(key)
     if len(problems) > before:
         return None
@@ -475,7 +515,7 @@ def check_inner(src: Source, name: str, raw: dict[str, Any], problems: list[Prob
     if len(problems) > before:
         return None
     return InnerMapSpec(name, type_, key, value, max_entries, flags, entries, Location(src.file, 0),
-                        raw.get("update", "swap"), section, manage)
+                        raw.get("update", "swap"), section, manage, migrate)
 
 
 def check_outer(src: Source, name: str, raw: dict[str, Any], problems: list[Problem],
@@ -607,7 +647,27 @@ def build_config(sources: list[Source], problems: list[Problem], known_valid: se
             outer_spec = check_outer(src, name, raw, problems, cfg.inner_maps, inner_names, outer_names, named)
             if outer_spec is not None:
                 cfg.outer_maps[name] = outer_spec
+    _check_sources(cfg, defined, problems)
     return cfg
+
+
+def _check_sources(cfg: Config, defined: Mapping[str, tuple[str, str]], problems: list[Problem]) -> None:
+    """A map's `migrate.from` names a map the configuration no longer declares, and no other map's."""
+    taken: dict[str, str] = {}
+    for spec in cfg.inner_maps.values():
+        source = spec.migrate.source if spec.migrate is not None else None
+        if source is None:
+            continue
+        where = (spec.section, spec.name, "migrate", "from")
+        if source in defined:
+            problems.append(Problem(spec.location.file, where, f"migrate.from: '{source}' is declared in this "
+                                    "configuration too: a map migrated from is the one the configuration no longer "
+                                    "names (drop its declaration, or pick the right name)", spec.name))
+        elif source in taken:
+            problems.append(Problem(spec.location.file, where, f"migrate.from: '{source}' is migrated to "
+                                    f"'{taken[source]}' already: one map cannot become two", spec.name))
+        else:
+            taken[source] = spec.name
 
 
 def _with_object_maps(maps: list[tuple[Source, str, dict[str, Any]]], section: str, named: NamedTypes,
@@ -706,7 +766,7 @@ def _named_types(sources: list[Source], problems: list[Problem]) -> NamedTypes:
     """The C types of the BTF files and C headers the documents name under `btf:` (paths relative
     to each file), shared by the whole configuration."""
     from kmesh_apply.config.cache import Cache
-    from kmesh_apply.config.headers import Header, HeaderError, compile_btf, is_c
+    from kmesh_apply.config.headers import HeaderError
     from kmesh_apply.kernel.btf import BtfFileError, NamedTypes
 
     named = NamedTypes()
@@ -718,17 +778,27 @@ def _named_types(sources: list[Source], problems: list[Problem]) -> NamedTypes:
         base = Path(src.file).parent if src.file != INLINE else Path.cwd()
         for i, item in enumerate(items):
             try:
-                if is_c(item):
-                    cache = cache or [Cache.open()]
-                    header = Header.from_item(item, base)
-                    btf, clang = compile_btf(header, cache[0])
-                    named.add_raw(btf, header.describe(clang))
-                elif isinstance(item, str):
-                    named.add(str(base / item))
+                _add_btf(named, item, base, cache)
             except (BtfFileError, HeaderError) as e:
                 problems.append(Problem(src.file, ("btf", i), f"btf: {e}"))
     _type_formats(sources, named, problems)
     return named
+
+
+def _add_btf(named: NamedTypes, item: Any, base: Path, cache: list[Cache | None]) -> None:
+    """One item of a `btf:` list (a BPF object or raw BTF file, or C to compile with clang, relative to
+    `base`) into `named`; `cache` holds the config cache once a header has opened it."""
+    from kmesh_apply.config.cache import Cache
+    from kmesh_apply.config.headers import Header, compile_btf, is_c
+
+    if is_c(item):
+        if not cache:
+            cache.append(Cache.open())
+        header = Header.from_item(item, base)
+        btf, clang = compile_btf(header, cache[0])
+        named.add_raw(btf, header.describe(clang))
+    elif isinstance(item, str):
+        named.add(str(base / item))
 
 
 def _type_formats(sources: list[Source], named: NamedTypes, problems: list[Problem]) -> None:
@@ -764,6 +834,23 @@ def _type_formats(sources: list[Source], named: NamedTypes, problems: list[Probl
                     found.setdefault(type_name, []).append((steps, shown))
     if found:
         named.set_formats(found)
+
+
+def _migration_types(c: _MapChecker, paths: list[Any]) -> NamedTypes:
+    """The C types of the files under a map's `migrate.btf` (relative to its file)."""
+    from kmesh_apply.config.cache import Cache
+    from kmesh_apply.config.headers import HeaderError
+    from kmesh_apply.kernel.btf import BtfFileError, NamedTypes
+
+    named = NamedTypes()
+    base = Path(c.src.file).parent if c.src.file != INLINE else Path.cwd()
+    cache: list[Cache | None] = []
+    for i, item in enumerate(paths):
+        try:
+            _add_btf(named, item, base, cache)
+        except (BtfFileError, HeaderError) as e:
+            c.problem(f"migrate.btf: {e}", "migrate", "btf", i)
+    return named
 
 
 def _definitions(src: Source, section: str) -> list[tuple[Any, Any]]:

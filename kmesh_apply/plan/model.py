@@ -129,11 +129,63 @@ class RecordMap:
         return f"{what} '{self.map}' (ID {self.id})"
 
 
-Step = Union[CreateMap, WriteEntries, SetSlots, MovePin, RemovePin, RecordMap]
-STEP_TYPES: dict[str, type] = {c.op: c for c in (CreateMap, WriteEntries, SetSlots, MovePin, RemovePin, RecordMap)}  # type: ignore[attr-defined]
+@dataclass
+class MigrateEntries:
+    """Fill the map built aside at `pin` with every entry of the live map at `src`, converted from the
+    old key and value layout to the new one (contract section 10; type specs, None for raw bytes of
+    the maps' sizes), then write the configuration's own entries over them (`put`, `delete`:
+    manage_entries: listed). The executor keeps what it read for the second pass (`CatchUp`)."""
+
+    map: str
+    src: str
+    pin: str
+    id: int  # the old map's kernel ID: the entries read under the apply's lock are its first pass
+    old_key: Any
+    old_value: Any
+    new_key: Any
+    new_value: Any
+    defaults: dict[str, Any] = field(default_factory=dict)
+    renamed: dict[str, str] = field(default_factory=dict)
+    put: Mapping[bytes, bytes] = field(default_factory=dict)
+    delete: list[bytes] = field(default_factory=list)
+    op: str = "migrate"
+
+    def describe(self) -> str:
+        return f"copy the entries of '{self.src}' into {self.pin}, converted to the new layout"
+
+
+@dataclass
+class CatchUp:
+    """The second pass of a migration, just before the new map takes the old one's place: what was
+    written to `src` since the first pass (by programs, by a daemon) is converted into `pin` too."""
+
+    map: str
+    src: str
+    pin: str
+    op: str = "catch_up"
+
+    def describe(self) -> str:
+        return f"copy what changed in '{self.src}' since the first pass into {self.pin}"
+
+
+Step = Union[CreateMap, WriteEntries, SetSlots, MovePin, RemovePin, RecordMap, MigrateEntries, CatchUp]
+STEP_TYPES: dict[str, type] = {c.op: c for c in (CreateMap, WriteEntries, SetSlots, MovePin, RemovePin,  # type: ignore[attr-defined]
+                                                 RecordMap, MigrateEntries, CatchUp)}
 
 
 # ---- per-map summary, for people and for CI --------------------------------------------
+
+
+@dataclass
+class Migration:
+    """What a migration does to one map, for review: where its entries come from, how many, and how
+    their layout changes (`layout`: as the plan says it; `diffs`: the same per key and value, as data)."""
+
+    source: str  # the pin the entries are read from (the map's previous name, or its own)
+    entries: int  # live entries converted, when the plan was made
+    layout: str = ""
+    diffs: list[dict[str, Any]] = field(default_factory=list)
+    renamed_only: bool = False  # moved to its new name as it is: no new map
 
 
 @dataclass
@@ -154,6 +206,7 @@ class MapChange:
     holders: list[Program] = field(default_factory=list)  # loaded programs holding the live map
     adopted: bool = False  # this plan takes the map over from whoever pinned it
     manage_entries: str = "all"  # entries the config does not name are left alone unless "all"
+    migration: Migration | None = None  # action "migrate" or "rename": where the entries come from
 
 
 @dataclass(frozen=True)
@@ -188,6 +241,7 @@ class Plan:
     warnings: list[str] = field(default_factory=list)
     held_replaced: list[HeldReplaced] = field(default_factory=list)
     unmanaged: list[Unmanaged] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)  # declared maps the plan leaves as they are (for review)
     # The entries the plan depends on, for maps where that is not all of them (`manage_entries:
     # listed` or `none`, adopted maps): a change elsewhere in such a map does not make it stale.
     scopes: dict[str, EntryScope] = field(default_factory=dict)
@@ -225,18 +279,28 @@ class Plan:
         return self.has_changes or bool(self.held_replaced)
 
     def displaced(self, live: LiveState) -> dict[int, str]:
-        """The live maps this plan moves another map over (replaced or swapped), by kernel ID."""
+        """The live maps this plan moves another map over (replaced, swapped or migrated), by kernel ID;
+        a map renamed first (`migrate.from`) is found under its old name."""
         pinned = {**live.unmanaged, **live.maps}  # an adopted map is still unmanaged in the state the plan was made from
-        return {pinned[s.dst].id: s.dst for s in self.steps if isinstance(s, MovePin) and s.dst in pinned}
+        was = {s.dst: s.src for s in self.steps if isinstance(s, MovePin) and s.src in pinned}  # renames
+        out = {}
+        for s in self.steps:
+            if isinstance(s, MovePin) and s.src not in pinned:
+                old = was.get(s.dst, s.dst)
+                if old in pinned:
+                    out[pinned[old].id] = s.dst
+        return out
 
     @property
     def counts(self) -> dict[str, int]:
         """Terraform's counting: a replaced map is one created and one destroyed."""
-        c = {"adopt": 0, "create": 0, "update": 0, "destroy": 0}
+        c = {"adopt": 0, "migrate": 0, "rename": 0, "create": 0, "update": 0, "destroy": 0}
         for ch in self.changes:
             if ch.adopted:
                 c["adopt"] += 1
-            if ch.action == "replace":
+            if ch.action in ("migrate", "rename"):
+                c[ch.action] += 1
+            elif ch.action == "replace":
                 c["create"] += 1
                 c["destroy"] += 1
             elif ch.action in c and ch.action != "adopt":
@@ -253,8 +317,8 @@ class Plan:
                         "programs: reload or unload them.")
             return "No changes. The pin root matches the configuration."
         c = self.counts
-        adopt = f"{c['adopt']} to adopt, " if c["adopt"] else ""
-        return f"Plan: {adopt}{c['create']} to create, {c['update']} to update, {c['destroy']} to destroy."
+        first = "".join(f"{c[k]} to {k}, " for k in ("adopt", "migrate", "rename") if c[k])
+        return f"Plan: {first}{c['create']} to create, {c['update']} to update, {c['destroy']} to destroy."
 
     # ---- saving and loading (bytes as hex) --------------------------------------------
 
@@ -266,6 +330,7 @@ class Plan:
             "warnings": self.warnings,
             "held_replaced": [asdict(h) for h in self.held_replaced],
             "unmanaged": [asdict(u) for u in self.unmanaged],
+            "kept": self.kept,
             "scopes": {name: None if scope is None else [k.hex() for k in sorted(scope)] for name, scope in self.scopes.items()},
             "changes": [_hexify(asdict(c)) for c in self.changes],
             "steps": [_hexify(asdict(s)) for s in self.steps],
@@ -290,13 +355,14 @@ class Plan:
             raw["definition"] = _mapdef(raw["definition"]) if raw["definition"] else None
             raw["changed"] = {k: tuple(v) for k, v in raw["changed"].items()}
             raw["holders"] = _programs(raw.get("holders", []))
+            raw["migration"] = Migration(**raw["migration"]) if raw.get("migration") else None
             changes.append(MapChange(**raw))
         held = [HeldReplaced(h["name"], h["id"], _programs(h["programs"])) for h in data.get("held_replaced", [])]
         unmanaged = [Unmanaged(**u) for u in data.get("unmanaged", [])]
         scopes = {name: None if keys is None else frozenset(map(bytes.fromhex, keys))
                   for name, keys in data.get("scopes", {}).items()}
-        return Plan(data["pin_root"], changes, steps, data.get("warnings", []), held, unmanaged, scopes,
-                    saved_fingerprint=data["fingerprint"])
+        return Plan(data["pin_root"], changes, steps, data.get("warnings", []), held, unmanaged, data.get("kept", []),
+                    scopes, saved_fingerprint=data["fingerprint"])
 
 
 def _programs(raw: list[dict[str, Any]]) -> list[Program]:

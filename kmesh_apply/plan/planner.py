@@ -3,13 +3,16 @@
 Step order is what keeps a data plane safe while it runs:
   1. finish or discard what an interrupted apply left in the staging directory;
      record the maps adopted (`adopt: true`) as managed before anything changes them;
+     move maps to their new names (`migrate.from`);
   2. create new inner maps and fill them (nothing points at them yet);
   3. write in-place entry changes;
-  4. build swapped and replaced maps aside, fully filled;
+  4. build swapped, replaced and migrated maps aside, fully filled (migrations: every live entry
+     converted to the new layout, see plan/migrations.py);
   5. create new outer maps, and replaced outer maps aside;
-  6. point outer slots at their inner maps, one batch per outer map (one RCU wait each);
-  7. move the maps built aside into place (rename(2) replaces the old pin atomically);
-  8. remove the maps the configuration no longer names, outer maps first.
+  6. migrations' second pass: what was written to the old maps meanwhile;
+  7. point outer slots at their inner maps, one batch per outer map (one RCU wait each);
+  8. move the maps built aside into place (rename(2) replaces the old pin atomically);
+  9. remove the maps the configuration no longer names, outer maps first.
 So no slot ever points at a map that is not yet filled, and a BPF program reading
 through a slot sees either the whole old inner map or the whole new one.
 
@@ -17,12 +20,14 @@ Only managed maps are planned (`LiveState.maps`; contract section 9): a map some
 is listed and never touched, unless the configuration adopts it; a declared name pinned by
 someone else without `adopt: true` makes the configuration unplannable (PlanError). Entries
 are planned per `manage_entries`: all of them, only the listed ones, or none; a map whose
-entries are not all the config's is never swapped or replaced (a new map would lose them).
+entries are not all the config's is never swapped, and is migrated where it would be replaced
+(a new map filled with the config's entries would lose the others).
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Set as AbstractSet
+from dataclasses import replace
 from functools import cached_property
 from itertools import compress
 from operator import ne
@@ -39,14 +44,17 @@ from kmesh_apply.config.model import (
     can_fill,
     used_entries,
 )
+from kmesh_apply.convert import LayoutError, MigrationRefused
 from kmesh_apply.ctype import same_type
 from kmesh_apply.entries import Entries, diff, holds_base
 from kmesh_apply.errors import PlanError
+from kmesh_apply.plan import migrations
 from kmesh_apply.plan.model import (
     CreateMap,
     HeldReplaced,
     MapChange,
     MapDef,
+    Migration,
     MovePin,
     Plan,
     RecordMap,
@@ -56,7 +64,7 @@ from kmesh_apply.plan.model import (
     Unmanaged,
     WriteEntries,
 )
-from kmesh_apply.state import ALL_ENTRIES, STAGING_DIR, LiveMap, LiveState
+from kmesh_apply.state import ALL_ENTRIES, NO_ENTRIES, STAGING_DIR, LiveMap, LiveState
 from kmesh_apply.wording import a, verb
 
 if TYPE_CHECKING:
@@ -191,10 +199,12 @@ class _Planner:
         self.adopting: set[str] = set()
         self.recover: list[Step] = []
         self.adopt: list[Step] = []
+        self.rename: list[Step] = []
         self.fill_new: list[Step] = []
         self.in_place: list[Step] = []
         self.build_aside: list[Step] = []
         self.outer_create: list[Step] = []
+        self.catch_up: list[Step] = []
         self.slots: list[Step] = []
         self.move: list[Step] = []
         self.remove_outer: list[Step] = []
@@ -203,6 +213,8 @@ class _Planner:
         self.instance: dict[str, str] = {}
         # Inner maps whose live instance is superseded (swapped or replaced): every slot holding them moves.
         self.superseded: set[str] = set()
+        # Maps moved to their name from another (`migrate.from`): new name -> the map as it was there.
+        self.renamed_from: dict[str, LiveMap] = {}
         self._adopt_staged(live)
         self._claim()
         self.result.held_replaced = held_replaced(live)
@@ -286,8 +298,11 @@ class _Planner:
             if name not in inner_maps and name not in outer_maps:
                 (self.remove_outer if have.is_outer else self.remove_inner).append(RemovePin(name, name))
                 self.result.changes.append(MapChange(name, "destroy", self._kind(have), holders=self._holders(have)))
-        self.result.steps = (self.recover + self.adopt + self.fill_new + self.in_place + self.build_aside
-                             + self.outer_create + self.slots + self.move + self.remove_outer + self.remove_inner)
+        self.result.steps = (self.recover + self.adopt + self.rename + self.fill_new + self.in_place + self.build_aside
+                             + self.outer_create + self.catch_up + self.slots + self.move + self.remove_outer
+                             + self.remove_inner)
+        changed = {ch.name for ch in self.result.changes}
+        self.result.kept = sorted(n for n in (*inner_maps, *outer_maps) if n not in changed and n in self.live)
         self._capacity_warnings()
         return self.result
 
@@ -320,6 +335,16 @@ class _Planner:
         adopted = spec.name in self.adopting
         if adopted and action == "update":
             action = "adopt"
+        moved = self.renamed_from.get(spec.name)
+        if moved is not None:
+            reasons = fields.setdefault("reasons", [])
+            if action == "update":
+                action = "rename"
+                fields["migration"] = Migration(moved.name, len(moved.entries), renamed_only=True)
+            elif action != "migrate":
+                reasons.insert(0, f"moved from '{moved.name}' first")
+            if moved.name in self.base.unmanaged:
+                reasons.append(f"'{moved.name}' was pinned by someone else: adopted (adopt: true), then moved")
         return MapChange(spec.name, action, kind, want, adopted=adopted, manage_entries=spec.manage.entries, **fields)
 
     def _owned(self, spec: InnerMapSpec | OuterMapSpec, want: MapDef, have: LiveMap) -> None:
@@ -336,19 +361,84 @@ class _Planner:
         layout = want if want.is_outer or untyped else None
         self.adopt.append(RecordMap(spec.name, spec.name, have.id, adopt=True, layout=layout))
 
-    def _refuse_replace(self, spec: InnerMapSpec | OuterMapSpec, reasons: list[str]) -> bool:
-        """A map whose entries are not all the config's cannot be replaced by an empty one (issue 23 will
-        migrate them): a problem, and True."""
+    def _refuse_replace(self, spec: InnerMapSpec | OuterMapSpec, reasons: list[str], have: LiveMap) -> bool:
+        """A map whose entries are not all the config's, and that cannot be migrated (an outer map, a map
+        whose entries cannot be read), cannot be replaced by an empty one: a problem, and True."""
         if spec.manage.all_entries:
             return False
+        why = (f"its entries cannot be read ({have.unreadable})" if have.unreadable
+               else "an outer map's slots are not migrated")
         self.problems.append(
             f"map '{spec.name}' would have to be replaced ({'; '.join(reasons)}), and a new map would lose the entries "
-            f"others wrote (manage_entries: {spec.manage.entries}); kmesh-apply does not carry them over yet: keep "
+            f"others wrote (manage_entries: {spec.manage.entries}); kmesh-apply cannot carry them over: {why}. Keep "
             "its fixed properties as they are, or use manage_entries: all to replace it with the entries given here")
+        return True
+
+    def _moved_here(self, spec: InnerMapSpec) -> None:
+        """`migrate.from`: the map pinned under the previous name is moved to this one first (adopted
+        first if someone else pinned it), and planned from then on as this map."""
+        source = spec.migrate.source if spec.migrate is not None else None
+        if source is None:
+            return
+        old, foreign = self.live.get(source), False
+        if old is None:
+            old = self.base.unmanaged.get(source)
+            foreign = old is not None
+        if old is None:
+            return  # moved already, or never there
+        if spec.name in self.live or spec.name in self.base.unmanaged:
+            self.problems.append(f"map '{spec.name}': migrate.from: both '{source}' and '{spec.name}' are pinned: "
+                                 f"drop migrate.from if '{spec.name}' is the map to keep (then '{source}' is "
+                                 "destroyed, or left alone if someone else pinned it), else remove the other pin")
+            return
+        if foreign:
+            if not spec.manage.adopt:
+                self.problems.append(f"map '{spec.name}': migrate.from: '{source}' ({self._whose(source, old)}) is "
+                                     "not kmesh-apply's: add adopt: true to take it over")
+                return
+            self.adopt.append(RecordMap(source, source, old.id, adopt=True))
+            self.result.unmanaged = [u for u in self.result.unmanaged if u.name != source]
+        if self.live is self.base.maps:
+            self.live = dict(self.live)
+        self.live.pop(source, None)
+        self.live[spec.name] = replace(old, name=spec.name)
+        self.renamed_from[spec.name] = old
+        self.result.scopes[source] = NO_ENTRIES  # what is written there until the apply is carried over, not a change
+        self.rename.append(MovePin(spec.name, source, spec.name))
+
+    def _migrated(self, spec: InnerMapSpec, want: MapDef, have: LiveMap, reasons: list[str]) -> bool:
+        """Plan the change as a migration when it is one (see plan/migrations.py); True when planned
+        (or found impossible: a problem says why)."""
+        if not migrations.wanted(spec) or have.unreadable:
+            return False
+        try:
+            conv, warnings = migrations.conversion_for(spec, have)
+            if not reasons and not conv.changed:
+                return False
+            entries = migrations.count_entries(conv, spec, have)
+        except (LayoutError, MigrationRefused) as e:
+            self.problems.append(migrations.refused(spec.name, e))
+            return True
+        self.result.warnings += warnings
+        pin = staging_pin(spec.name)
+        self.instance[spec.name] = pin
+        self.superseded.add(spec.name)
+        first, second = migrations.steps(spec, want, have, pin, conv)
+        self.build_aside += [CreateMap(want, pin), *first]
+        self.catch_up.append(second)
+        self.move.append(MovePin(spec.name, pin, spec.name))
+        source = self.renamed_from.get(spec.name, have).name
+        fixed = [r for r in reasons if not r.startswith(("key_type ", "value_type ", "key_size ", "value_size "))]
+        # (the layout text says those)
+        self.result.changes.append(self._change(spec, "migrate", want, reasons=fixed,
+                                                holders=self._in_use(spec.name, have),
+                                                migration=migrations.summary(conv, source, entries)))
+        self._foreign_slot_warning(spec.name, have)
         return True
 
     def _plan_inner(self, spec: InnerMapSpec) -> None:
         want = map_def(spec)
+        self._moved_here(spec)
         have = self.live.get(spec.name)
         if have is None:
             self.instance[spec.name] = spec.name
@@ -358,9 +448,11 @@ class _Planner:
             return
         self._owned(spec, want, have)
         reasons = replace_reasons(want, have)
+        if self._migrated(spec, want, have, reasons):
+            return
         kind = maptypes.kind(spec.type).entries
         if reasons:
-            if self._refuse_replace(spec, reasons):
+            if self._refuse_replace(spec, reasons, have):
                 return
             self._build_aside(spec, want)
             if kind in (maptypes.LIST, maptypes.SET) and have.type == spec.type:
@@ -385,7 +477,7 @@ class _Planner:
         else:
             put, delete, have_entries = self._entries(spec, have)
         if not put and not delete:
-            if spec.name in self.adopting:
+            if spec.name in self.adopting or spec.name in self.renamed_from:
                 self.result.changes.append(self._change(spec, "update", want))
             return
         swap = (spec.update == "swap" and not atomic_for_readers(spec.type, put, delete, have)
@@ -481,7 +573,7 @@ class _Planner:
         reasons = replace_reasons(want, have) if have is not None else []
         if have is not None and not reasons and have.is_outer:
             reasons = self._template_reasons(template, have)
-        if have is not None and reasons and self._refuse_replace(spec, reasons):
+        if have is not None and reasons and self._refuse_replace(spec, reasons, have):
             return
         if have is None or reasons:
             pin = spec.name if have is None else staging_pin(spec.name)

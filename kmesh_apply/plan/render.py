@@ -11,7 +11,8 @@ from kmesh_apply.config.model import PERCPU_TYPES
 from kmesh_apply.plan.model import MapChange, MapDef, Plan
 from kmesh_apply.wording import count
 
-SYMBOL = {"create": "+", "update": "~", "replace": "-/+", "destroy": "-", "recover": "*", "adopt": "<="}
+SYMBOL = {"create": "+", "update": "~", "replace": "-/+", "destroy": "-", "recover": "*", "adopt": "<=",
+          "migrate": "~", "rename": "~"}
 VERB = {
     "create": "will be created",
     "update": "will be updated in place",
@@ -19,7 +20,12 @@ VERB = {
     "destroy": "will be destroyed",
     "recover": "is recovered from an interrupted apply",
     "adopt": "will be adopted (managed by kmesh-apply from now on)",
+    "migrate": "will be migrated",
+    "rename": "will be renamed",
 }
+# An upgrade's review, per map (`_review`): what happens to each, in this order.
+REVIEW = (("migrated", "migrate"), ("renamed", "rename"), ("created", "create"), ("replaced", "replace"),
+          ("updated", "update"), ("adopted", "adopt"), ("destroyed", "destroy"))
 COLOUR = {"+": "32", "~": "33", "-": "31", "-/+": "35", "*": "36", "<=": "36"}
 UNMANAGED_SHOWN = 20  # unmanaged maps named in text before the rest is counted (--json lists them all)
 FOLD_AFTER = 10  # entry lines shown per map before the rest is folded into a count
@@ -129,6 +135,43 @@ def _unmanaged_text(plan: Plan) -> list[str]:
     return [f"Unmanaged ({count(len(plan.unmanaged), 'map')} pinned here by others, left alone): {shown}{more}"]
 
 
+def _migration_text(ch: MapChange) -> str:
+    """`: 5,000 entries from "kmesh_service" (value: field lb_strict_prio removed, 136 -> 132 bytes)`."""
+    m = ch.migration
+    if m is None:
+        return ""
+    if m.renamed_only:
+        return f' from "{m.source}" (the same map, its {count(m.entries, "entry", "entries")} kept)'
+    source = f' from "{m.source}"' if m.source != ch.name else ""
+    return f": {count(m.entries, 'entry', 'entries')}{source}" + (f" ({m.layout})" if m.layout else "")
+
+
+def _review(plan: Plan) -> list[str]:
+    """For an upgrade (a plan that migrates or renames): one line per fate, naming every map, so the
+    whole of it is reviewed at a glance: migrated, renamed, created, ..., kept, unmanaged."""
+    if not any(ch.action in ("migrate", "rename") for ch in plan.changes):
+        return []
+    out = ["Per map:"]
+    for word, action in REVIEW:
+        names = []
+        for ch in plan.changes:
+            if ch.action != action:
+                continue
+            m = ch.migration
+            if m is not None and not m.renamed_only:
+                names.append(f"{ch.name} ({count(m.entries, 'entry', 'entries')}"
+                             + (f", from {m.source})" if m.source != ch.name else ")"))
+            else:
+                names.append(f"{ch.name} (from {m.source})" if m is not None else ch.name)
+        if names:
+            out.append(f"  {word:<10} {', '.join(names)}")
+    if plan.kept:
+        out.append(f"  {'kept':<10} {', '.join(plan.kept)}")
+    if plan.unmanaged:
+        out.append(f"  {'unmanaged':<10} {', '.join(u.name for u in plan.unmanaged)}")
+    return out + [""]
+
+
 def _title(ch: MapChange) -> str:
     """`inner map "x"`, `outer map "x"`, or for a plain map `map "x"`."""
     return f"{'' if ch.kind == 'plain' else ch.kind + ' '}map \"{ch.name}\""
@@ -149,6 +192,7 @@ def render_text(plan: Plan, color: bool = False) -> str:
         if ch.definition is not None and ch.action in ("create", "replace"):
             d = ch.definition
             what += f" ({d.type}, max_entries {d.max_entries})"
+        what += _migration_text(ch)
         out.append(_paint(sym, f"  {sym} {what}", color))
         if ch.adopted and ch.action != "adopt":
             out.append("      # adopted: managed by kmesh-apply from now on")
@@ -175,6 +219,7 @@ def render_text(plan: Plan, color: bool = False) -> str:
         out.append("")
     if plan.unmanaged:
         out += [*_unmanaged_text(plan), ""]
+    out += _review(plan)
     out.append(plan.summary())
     return "\n".join(out) + "\n"
 
@@ -193,6 +238,7 @@ def render_json(plan: Plan) -> dict[str, Any]:
             "swap": ch.swap,
             "adopted": ch.adopted,
             "manage_entries": ch.manage_entries,
+            "migration": asdict(ch.migration) if ch.migration is not None else None,
             "holders": [asdict(p) for p in ch.holders],
             "counts": {"added": len(ch.added), "changed": len(ch.changed), "removed": len(ch.removed)},
             "added": [{"key": key(k), "value": value(v)} for k, v in ch.added.items()],
@@ -209,6 +255,10 @@ def render_json(plan: Plan) -> dict[str, Any]:
         "warnings": plan.warnings,
         "held_replaced": [asdict(h) for h in plan.held_replaced],
         "unmanaged": [asdict(u) for u in plan.unmanaged],
+        "kept": plan.kept,
+        "migrations": [{"map": ch.name, **asdict(ch.migration), "reasons": ch.reasons,
+                        "holders": [asdict(p) for p in ch.holders]}
+                       for ch in plan.changes if ch.migration is not None],
         "changes": changes,
         "steps": [{"op": s.op, "description": s.describe()} for s in plan.steps],
     }

@@ -3,7 +3,8 @@
 While the executor runs a plan, each step's effect is replayed on the cached
 `LiveState` as soon as the step is done: entries and slots written, maps created
 (read back once, while still at their pin, for kernel IDs and types), moved and
-removed. A plan cut short leaves the cache unknown, and the synchroniser then
+removed. A map a migration filled is read back too (its entries were converted from
+another map's). A plan cut short leaves the cache unknown, and the synchroniser then
 reads the pin root afresh instead.
 """
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from kmesh_apply.plan.model import CreateMap, MovePin, RemovePin, SetSlots, Step, WriteEntries
+from kmesh_apply.plan.model import CatchUp, CreateMap, MigrateEntries, MovePin, RemovePin, SetSlots, Step, WriteEntries
 from kmesh_apply.state import LiveMap, LiveState, StagedMap
 
 
@@ -50,8 +51,17 @@ class Mirror:
                 slots[key] = self._at(pin).id
             for key in step.clear:
                 slots.pop(key, None)
+        elif isinstance(step, (MigrateEntries, CatchUp)):
+            live = self.created(step.pin)
+            live.name = step.map
+            self.aside[step.pin] = live
         elif isinstance(step, MovePin):
-            maps[step.dst] = self.aside.pop(step.src)
+            if step.src in self.aside:
+                maps[step.dst] = self.aside.pop(step.src)
+            else:  # a map moved to its new name (migrate.from), adopted first if it was someone else's
+                moved = maps.pop(step.src, None) or self.state.unmanaged.pop(step.src)
+                moved.name = step.dst
+                maps[step.dst] = moved
         elif isinstance(step, RemovePin):
             if self.aside.pop(step.pin, None) is None:
                 maps.pop(step.pin, None)

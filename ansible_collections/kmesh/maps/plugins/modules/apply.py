@@ -105,7 +105,7 @@ plan:
     adopt counts the maps taken over from whoever pinned them).
   returned: always
   type: dict
-  sample: {"adopt": 0, "create": 2, "update": 1, "destroy": 0}
+  sample: {"adopt": 0, "migrate": 0, "rename": 0, "create": 2, "update": 1, "destroy": 0}
 summary:
   description: The plan's closing line.
   returned: always
