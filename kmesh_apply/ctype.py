@@ -27,6 +27,8 @@ from functools import cache
 from itertools import chain
 from typing import Any, Iterable, Mapping, Sequence, Union
 
+from kmesh_apply.terminal import shown
+
 INT_NAMES = {
     "u8": (1, False, False), "u16": (2, False, False), "u32": (4, False, False), "u64": (8, False, False),
     "i8": (1, True, False), "i16": (2, True, False), "i32": (4, True, False), "i64": (8, True, False),
@@ -35,7 +37,7 @@ INT_NAMES = {
 ADDR_SIZES = {"ipv4": 4, "ipv6": 16, "mac": 6}
 # ipv4/ipv6 align as the C types that hold them (__be32, struct in6_addr); mac is __u8[6].
 ADDR_ALIGN = {"ipv4": 4, "ipv6": 4, "mac": 1}
-IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+IDENT_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # whole strings only: fullmatch
 
 
 class TypeSpecError(ValueError):
@@ -137,7 +139,7 @@ class Chars(_ByteRun):
     word = "char"
 
 
-_DIMS_RE = re.compile(r"^([A-Za-z0-9_]+?)((?:\[\d+\])*)$")
+_DIMS_RE = re.compile(r"([A-Za-z0-9_]+?)((?:\[\d+\])*)")
 
 
 @dataclass(frozen=True)
@@ -157,7 +159,7 @@ class Array:
 
     def spec(self) -> Any:
         inner = self.elem.spec()
-        m = _DIMS_RE.match(inner) if isinstance(inner, str) else None
+        m = _DIMS_RE.fullmatch(inner) if isinstance(inner, str) else None
         if m is None:
             return {"array": inner, "length": self.length}
         return f"{m.group(1)}[{self.length}]{m.group(2)}"  # C order: the outer dimension first
@@ -372,12 +374,24 @@ def expressible(s: Struct) -> bool:
     return _mode(s) is not None
 
 
-_ARRAY_RE = re.compile(r"^([A-Za-z0-9_]+)((?:\[\d+\])+)$")
-_BITFIELD_RE = re.compile(r"^([a-z0-9]+):(\d+)$")
+_ARRAY_RE = re.compile(r"([A-Za-z0-9_]+)((?:\[\d+\])+)")
+_BITFIELD_RE = re.compile(r"([a-z0-9]+):(\d{1,4})")
 MAX_TYPE_SIZE = 1 << 16
+# Structs, unions and arrays nested in each other: far beyond any C header, and a bound on every
+# walk over a type (parsing, layout, BTF, codecs), whatever a hostile file nests.
+MAX_TYPE_DEPTH = 32
 SCALAR_NAMES = (*INT_NAMES, "bool", *ADDR_SIZES)
 
 _parsed: dict[str, CType] = {}
+
+
+def _spec_key(spec: Any) -> str | None:
+    """A mapping spec as a key of the parse cache; None (not cached) for one repr cannot write
+    (an integer beyond Python's 4,300 digits, nesting beyond the recursion limit)."""
+    try:
+        return repr(spec)
+    except (ValueError, RecursionError):
+        return None
 
 
 def parse_type(spec: Any, named: Mapping[str, CType] | None = None) -> CType:
@@ -385,7 +399,7 @@ def parse_type(spec: Any, named: Mapping[str, CType] | None = None) -> CType:
 
     `named`: types a config imported from BTF (`struct backend_value`, `enum lb_policy`, ...).
     CTypes are immutable, so thousands of maps with the same spec share one parse."""
-    cache_key = (spec if isinstance(spec, str) else repr(spec)) if not named else None
+    cache_key = (spec if isinstance(spec, str) else _spec_key(spec)) if not named else None
     cached = _parsed.get(cache_key) if cache_key is not None else None
     if cached is not None:
         return cached
@@ -417,9 +431,13 @@ def _parse_name(spec: str, named: Mapping[str, CType]) -> CType:
         return Addr(spec)
     if spec in named:
         return named[spec]
-    m = _ARRAY_RE.match(spec)
+    m = _ARRAY_RE.fullmatch(spec)
     if m:
-        base, dims = m.group(1), [int(d) for d in re.findall(r"\d+", m.group(2))]
+        lengths = re.findall(r"\d+", m.group(2))
+        if len(lengths) > MAX_TYPE_DEPTH or any(len(d) > 6 for d in lengths):
+            raise TypeSpecError(f"{shown(spec)}: an array has at most {MAX_TYPE_DEPTH} dimensions, and a type at "
+                                f"most {MAX_TYPE_SIZE} bytes")
+        base, dims = m.group(1), [int(d) for d in lengths]
         if 0 in dims:
             raise TypeSpecError(f"'{spec}': an array needs at least one element")
         innermost = dims.pop()
@@ -441,15 +459,16 @@ def _parse_name(spec: str, named: Mapping[str, CType]) -> CType:
 def _unknown(spec: str, named: Mapping[str, CType]) -> TypeSpecError:
     hint = ""
     if spec.startswith(("struct ", "union ", "enum ", "typedef ")) or " " in spec:
-        hint = (f"; no type '{spec}' in the BTF files the config names" if named
+        hint = (f"; no type {shown(spec)} in the BTF files the config names" if named
                 else "; named C types need a top-level `btf:` list of BPF object or BTF files")
     return TypeSpecError(
-        f"unknown type '{spec}': expected one of {', '.join(INT_NAMES)}, bool, ipv4, ipv6, mac, "
+        f"unknown type {shown(spec)}: expected one of {', '.join(INT_NAMES)}, bool, ipv4, ipv6, mac, "
         "bytes[N], char[N], T[N], {lpm: ...}, {struct: [...]}, {union: [...]}, {enum: ...} or {array: T, length: N}"
         + hint)
 
 
-def _members(spec: Any, word: str, named: Mapping[str, CType], bitfields: bool) -> list[tuple[str, CType, int]]:
+def _members(spec: Any, word: str, named: Mapping[str, CType], bitfields: bool,
+             depth: int) -> list[tuple[str, CType, int]]:
     members = spec[word]
     if not isinstance(members, list) or not members:
         raise TypeSpecError(f"a {word} is a non-empty list of {{field: type}} mappings", (word,))
@@ -459,19 +478,19 @@ def _members(spec: Any, word: str, named: Mapping[str, CType], bitfields: bool) 
         if not isinstance(m, dict) or len(m) != 1:
             raise TypeSpecError(f"each {word} field is a mapping of one field name to its type", (word, i))
         (name, ftype), = m.items()
-        if not isinstance(name, str) or not IDENT_RE.match(name):
-            raise TypeSpecError(f"{word} field name {name!r} is not a C identifier", (word, i))
+        if not isinstance(name, str) or not IDENT_RE.fullmatch(name):
+            raise TypeSpecError(f"{word} field name {shown(name)} is not a C identifier", (word, i))
         if name in seen:
             raise TypeSpecError(f"{word} field '{name}' is defined twice", (word, i, name))
         seen.add(name)
         bits = 0
-        bf = _BITFIELD_RE.match(ftype) if isinstance(ftype, str) else None
+        bf = _BITFIELD_RE.fullmatch(ftype) if isinstance(ftype, str) else None
         if bf is not None:
             if not bitfields:
                 raise TypeSpecError(f"field '{name}': bitfields belong in structs", (word, i, name))
             ftype, bits = bf.group(1), int(bf.group(2))
         try:
-            typ = _parse(ftype, named)
+            typ = _parse(ftype, named, depth + 1)
         except TypeSpecError as e:
             raise e.inside(word, i, name) from None
         if bf is not None and not (isinstance(typ, (Int, Enum, Bool)) and not getattr(typ, "big_endian", False)
@@ -483,54 +502,59 @@ def _members(spec: Any, word: str, named: Mapping[str, CType], bitfields: bool) 
     return out
 
 
-def _parse(spec: Any, named: Mapping[str, CType]) -> CType:
+def _parse(spec: Any, named: Mapping[str, CType], depth: int = 0) -> CType:
+    if depth > MAX_TYPE_DEPTH:
+        raise TypeSpecError(f"types nest at most {MAX_TYPE_DEPTH} levels deep (structs, unions and arrays in each other)")
     if isinstance(spec, str):
         return _parse_name(spec, named)
     if isinstance(spec, dict):
         if set(spec) == {"lpm"}:
             fam = spec["lpm"]
             if fam not in ("ipv4", "ipv6"):
-                raise TypeSpecError(f"lpm family must be ipv4 or ipv6, got {fam!r}", ("lpm",))
+                raise TypeSpecError(f"lpm family must be ipv4 or ipv6, got {shown(fam)}", ("lpm",))
             return Lpm(fam)
         if "struct" in spec and set(spec) <= {"struct", "packed"}:
             packed = spec.get("packed", False)
             if not isinstance(packed, bool):
                 raise TypeSpecError("'packed' must be true or false", ("packed",))
-            return Struct.layout(_members(spec, "struct", named, True), packed)
+            return Struct.layout(_members(spec, "struct", named, True, depth), packed)
         if "union" in spec and set(spec) <= {"union", "packed"}:
             packed = spec.get("packed", False)
             if not isinstance(packed, bool):
                 raise TypeSpecError("'packed' must be true or false", ("packed",))
-            return CUnion.layout([(n, t) for n, t, _ in _members(spec, "union", named, False)], packed)
+            return CUnion.layout([(n, t) for n, t, _ in _members(spec, "union", named, False, depth)], packed)
         if set(spec) == {"array", "length"}:
             n = spec["length"]
-            if type(n) is not int or n < 1:
-                raise TypeSpecError(f"an array's length is a positive integer, got {n!r}", ("length",))
+            if type(n) is not int or not 0 < n <= MAX_TYPE_SIZE:
+                raise TypeSpecError(f"an array's length is a positive integer up to {MAX_TYPE_SIZE}, got {shown(n)}",
+                                    ("length",))
             try:
-                return Array(_parse(spec["array"], named), n)
+                return Array(_parse(spec["array"], named, depth + 1), n)
             except TypeSpecError as e:
                 raise e.inside("array") from None
         if "enum" in spec and set(spec) <= {"enum", "values"}:
             return _parse_enum(spec)
-        raise TypeSpecError(f"unknown type {spec!r}: a mapping type is {{lpm: ...}}, {{struct: [...], packed: bool}}, "
+        raise TypeSpecError(f"unknown type {shown(spec)}: a mapping type is {{lpm: ...}}, {{struct: [...], packed: bool}}, "
                             "{union: [...]}, {enum: u32, values: {NAME: number}} or {array: T, length: N}")
-    raise TypeSpecError(f"a type is a name or a mapping, got {spec!r}")
+    raise TypeSpecError(f"a type is a name or a mapping, got {shown(spec)}")
 
 
 def _parse_enum(spec: dict[str, Any]) -> Enum:
     base = spec["enum"]
     if base not in INT_NAMES or INT_NAMES[base][2]:
-        raise TypeSpecError(f"an enum's base is a host-order integer type (u8..u64, i8..i64), got {base!r}", ("enum",))
+        raise TypeSpecError(f"an enum's base is a host-order integer type (u8..u64, i8..i64), got {shown(base)}",
+                            ("enum",))
     typ = Int(base)
     lo, hi = (-(1 << (8 * typ.size - 1)), (1 << (8 * typ.size - 1)) - 1) if typ.signed else (0, (1 << 8 * typ.size) - 1)
     values = spec.get("values") or {}
     if not isinstance(values, dict):
         raise TypeSpecError("an enum's values are a mapping of NAME: number", ("values",))
     for name, n in values.items():
-        if not isinstance(name, str) or not IDENT_RE.match(name):
-            raise TypeSpecError(f"enum value name {name!r} is not a C identifier", ("values", name))
+        if not isinstance(name, str) or not IDENT_RE.fullmatch(name):
+            raise TypeSpecError(f"enum value name {shown(name)} is not a C identifier", ("values", name))
         if type(n) is not int or not lo <= n <= hi:
-            raise TypeSpecError(f"enum value {name}: expected an integer {lo}..{hi} for {base}, got {n!r}", ("values", name))
+            raise TypeSpecError(f"enum value {name}: expected an integer {lo}..{hi} for {base}, got {shown(n)}",
+                                ("values", name))
     return Enum(typ, tuple(values.items()))
 
 

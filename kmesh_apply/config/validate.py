@@ -32,10 +32,13 @@ from kmesh_apply.config.model import (
     Location,
     Management,
     OuterMapSpec,
+    pin_root_problem,
 )
 from kmesh_apply.ctype import CType, Int, Lpm, Raw, TypeSpecError, parse_type, records
 from kmesh_apply.entries import Entries
+from kmesh_apply.errors import MAP_NAME
 from kmesh_apply.state import RESERVED_NAMES
+from kmesh_apply.terminal import label, shown
 from kmesh_apply.wording import a, count
 
 if TYPE_CHECKING:
@@ -59,7 +62,7 @@ TYPE_FLAGS = {
 }
 MAX_PROBLEMS_PER_MAP = 20
 # An object key of a JSON config that spells a decimal integer is that integer where the key type is numeric.
-_DECIMAL = re.compile(r"-?[0-9]+").fullmatch
+_DECIMAL = re.compile(r"-?[0-9]{1,30}").fullmatch  # longer: no key type takes it; left as text for its codec to refuse
 _DECIMAL_CHARS = re.compile(r"[-0-9\n]*").fullmatch
 
 
@@ -100,23 +103,30 @@ def schema_problems(src: Source, known_valid: set[bytes] | None = None) -> list[
         return []
     if not isinstance(data, dict):
         return [Problem(src.file, (), f"a config file is a mapping with pin_root, inner_maps and outer_maps, got {type(data).__name__}")]
-    shallow = dict(data)
+    out = []
+    shallow = {k: v for k, v in data.items() if k not in MAP_SECTIONS or not isinstance(v, dict)}
+    for path, reason in _out_of_bounds(shallow):
+        out.append(Problem(src.file, path, reason, kind="beyond the tool's limits"))
+    if out:
+        return out  # nothing below may walk it
     shapes: dict[str, list[str]] = {}
     sharing: dict[tuple[str, Any], list[Any]] = {}  # (section, representative name) -> every name with that definition
-    out = []
     for section in MAP_SECTIONS:
         maps = data.get(section)
         if not isinstance(maps, dict):
             continue
-        name_re = re.compile(schema()["properties"][section]["propertyNames"]["pattern"])
         seen: dict[str, Any] = {}
         for name, m in maps.items():
-            if isinstance(name, str) and not name_re.match(name):
-                out.append(Problem(src.file, (section, name), f"{name!r} is not a valid map name: use letters, digits, "
-                                   "'_' and '-' (bpffs refuses dots; no '/')", name))
+            if isinstance(name, str) and not MAP_NAME.fullmatch(name):
+                out.append(Problem(src.file, (section, name), f"{shown(name)} is not a valid map name: use letters, digits, "
+                                   "'_' and '-' (bpffs refuses dots; no '/')", label(name), kind="invalid map name"))
             d = {k: v for k, v in m.items() if k != "entries"} if isinstance(m, dict) else m
-            rep = seen.setdefault(_shape(d), name)
-            sharing.setdefault((section, rep), []).append(name)
+            bad = _out_of_bounds(d)
+            for path, reason in bad:
+                out.append(Problem(src.file, (section, name, *path), reason, label(name), kind="beyond the tool's limits"))
+            if not bad:
+                rep = seen.setdefault(_shape(d), name)
+                sharing.setdefault((section, rep), []).append(name)
         shallow[section] = {rep: {k: v for k, v in maps[rep].items() if k != "entries"} if isinstance(maps[rep], dict) else maps[rep]
                             for rep in seen.values()}
         # The document's shape includes the maps taken from the cache (they are in the file), so a
@@ -126,10 +136,8 @@ def schema_problems(src: Source, known_valid: set[bytes] | None = None) -> list[
     shape = _shape_digest(shallow, shapes)
     if known_valid is not None and shape in known_valid:
         return out
-    from jsonschema import Draft202012Validator
-
     found = len(out)
-    for err in Draft202012Validator(schema()).iter_errors(shallow):
+    for err in _validator().iter_errors(shallow):
         path = tuple(err.absolute_path)
         if "propertyNames" in err.schema_path:
             continue  # names are checked above, for every map
@@ -140,10 +148,62 @@ def schema_problems(src: Source, known_valid: set[bytes] | None = None) -> list[
             continue  # type specs get parse_type's clearer message
         names = sharing.get(path[:2], [path[1]]) if len(path) > 1 else [""]
         for name in names:
-            out.append(Problem(src.file, (*path[:1], name, *path[2:]) if name != "" else path, _schema_message(err), str(name)))
+            out.append(Problem(src.file, (*path[:1], name, *path[2:]) if name != "" else path, _schema_message(err),
+                               label(name), kind=_schema_kind(err)))
     if known_valid is not None and shape is not None and len(out) == found:
         known_valid.add(shape)
     return out
+
+
+# Containers nested in each other outside `entries` (a map definition, its type specs, the top level):
+# a struct nested in a struct takes three. Walks of the definitions (the schema, shapes) stay well
+# inside Python's recursion limit. Entries are walked along their map's type (ctype.MAX_TYPE_DEPTH).
+MAX_NESTING = 128
+# Values in one definition (a struct's fields and a type's enum names included): a tiny file of
+# aliases could otherwise hand the schema a million flags.
+MAX_DEFINITION_VALUES = 10_000
+# Integers in definitions: far beyond any field's range, yet short enough to write in a message.
+MAX_INT_BITS = 256
+
+
+def _out_of_bounds(doc: Any) -> list[tuple[tuple[Any, ...], str]]:
+    """(path, reason) of the first part of a definition no check may walk: nested deeper than
+    MAX_NESTING, more than MAX_DEFINITION_VALUES values, or an integer too long to write (Python
+    refuses to convert one of 4,300 digits)."""
+    stack: list[tuple[Any, tuple[Any, ...]]] = [(doc, ())]
+    walked = 0
+    while stack:
+        node, path = stack.pop()
+        walked += 1
+        if walked > MAX_DEFINITION_VALUES:
+            return [((), f"holds more than {MAX_DEFINITION_VALUES} values outside its entries: a definition needs "
+                         "far fewer (aliases expanding?)")]
+        if len(path) > MAX_NESTING:
+            return [(path[:MAX_NESTING], f"nested more than {MAX_NESTING} levels deep: a definition needs far fewer")]
+        if isinstance(node, dict):
+            stack.extend((v, (*path, k)) for k, v in node.items())
+            stack.extend((k, (*path, k)) for k in node if isinstance(k, int))
+        elif isinstance(node, list):
+            stack.extend((v, (*path, i)) for i, v in enumerate(node))
+        elif isinstance(node, int) and node.bit_length() > MAX_INT_BITS:
+            return [(path, f"an integer of {node.bit_length()} bits: no field takes more than 64")]
+    return []
+
+
+@cache
+def _validator() -> Any:
+    """The schema's validator, with `pattern` as JSON Schema means it (ECMA-262: `$` is the end of the
+    text; Python's `$` also matches before a final newline, which would let 'name\\n' through)."""
+    import jsonschema
+    from jsonschema import Draft202012Validator
+
+    def pattern(validator: Any, pattern: str, instance: Any, schema: Any) -> Any:
+        if validator.is_type(instance, "string"):
+            m = re.search(pattern, instance)
+            if m is None or (pattern.endswith("$") and m.end() != len(instance)):
+                yield jsonschema.ValidationError(f"{shown(instance)} does not match {pattern!r}")
+
+    return jsonschema.validators.extend(Draft202012Validator, {"pattern": pattern})(schema())
 
 
 def _shape(definition: Any) -> str:
@@ -165,23 +225,57 @@ def _shape_digest(shallow: dict[str, Any], shapes: dict[str, list[str]]) -> byte
     return hashlib.blake2b(text.encode(), digest_size=16).digest()
 
 
+_SCHEMA_KINDS = {"additionalProperties": "unknown key", "required": "missing key", "type": "wrong type",
+                 "enum": "not one of the allowed values", "pattern": "invalid name", "minimum": "out of range",
+                 "maximum": "out of range", "minLength": "empty", "minItems": "too few items",
+                 "uniqueItems": "an item is repeated", "minProperties": "too few keys", "maxProperties": "too many keys"}
+
+
+@cache
+def _schema_words() -> frozenset[str]:
+    """Every property name the schema knows: the only config keys a summary may quote."""
+    words: set[str] = set()
+    stack: list[Any] = [schema()]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            words.update(node.get("properties", {}) if isinstance(node.get("properties"), dict) else ())
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return frozenset(words)
+
+
+def _schema_kind(err: Any) -> str:
+    """What is wrong, quoting no value: the field (a word of the schema) and the rule it breaks."""
+    what = _SCHEMA_KINDS.get(err.validator, "not valid by the schema")
+    field = next((p for p in reversed(err.absolute_path) if isinstance(p, str) and p in _schema_words()), None)
+    return f"{field}: {what}" if field and err.validator != "additionalProperties" else what
+
+
 def _schema_message(err: Any) -> str:
-    where = "/".join(str(p) for p in err.absolute_path) or "the top level"
+    where = "/".join(label(p) for p in err.absolute_path) or "the top level"
     if len(err.absolute_path) == 2 and err.absolute_path[0] in MAP_SECTIONS:
         where = "the map"
     if err.validator == "additionalProperties":
         allowed = sorted(err.schema.get("properties", {}))
-        extra = sorted(set(err.instance) - set(allowed), key=str) if isinstance(err.instance, dict) else []
-        return f"unknown key {', '.join(repr(e) for e in extra)} in {where}: expected one of {', '.join(allowed)}"
+        extra = sorted((k for k in err.instance if k not in allowed), key=label) if isinstance(err.instance, dict) else []
+        more = f" and {len(extra) - 3} more" if len(extra) > 3 else ""
+        return (f"unknown key {', '.join(shown(e) for e in extra[:3])}{more} in {where}: "
+                f"expected one of {', '.join(allowed)}")
     if err.validator == "pattern" and err.validator_value == "^[A-Za-z0-9_-]+$":
-        return f"{err.instance!r} is not a valid map name: use letters, digits, '_' and '-' (bpffs refuses dots; no '/')"
+        return f"{shown(err.instance)} is not a valid map name: use letters, digits, '_' and '-' (bpffs refuses dots; no '/')"
     if err.validator == "propertyNames":
-        return f"{err.instance!r} is not a valid map name"
+        return f"{shown(err.instance)} is not a valid map name"
     if err.validator == "enum":
-        return f"{where}: {err.instance!r} is not one of {', '.join(map(str, err.validator_value))}"
-    if err.validator == "required":
-        return f"{where}: {err.message}"
-    return f"{where}: {err.message}"
+        return f"{where}: {shown(err.instance)} is not one of {', '.join(map(str, err.validator_value))}"
+    if err.validator == "type":
+        return f"{where}: expected {' or '.join(map(a, _list(err.validator_value)))}, got {shown(err.instance)}"
+    return f"{where}: {label(err.message, 200)}"
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
 
 
 class _MapChecker:
@@ -288,7 +382,7 @@ class _MapChecker:
             seen: set[bytes] = set()
             for i, ek in enumerate(enc_keys if enc_keys is not None else records(key_blob, key.size)):  # type: ignore[arg-type]
                 if ek in seen:
-                    self.problem(f"key {keys[i]!r} is given twice (after encoding)", *path(i), entry=str(keys[i]))
+                    self.problem(f"key {shown(keys[i])} is given twice (after encoding)", *path(i), entry=label(keys[i]))
                     break
                 seen.add(ek)
             return {}
@@ -301,13 +395,13 @@ class _MapChecker:
             return  # duplicates were reported; positions no longer line up
         for i, ek in enumerate(encoded):
             if int.from_bytes(ek, "little") >= max_entries:
-                self.problem(f"{what} {keys[i]} is out of range: max_entries is {max_entries} "
-                             f"(indexes 0..{max_entries - 1})", *path(i), entry=str(keys[i]))
+                self.problem(f"{what} {label(keys[i])} is out of range: max_entries is {max_entries} "
+                             f"(indexes 0..{max_entries - 1})", *path(i), entry=label(keys[i]))
                 return
 
     def _entry_problem(self, reported: int, message: str, path: tuple[Any, ...], key: Any) -> int:
         if reported < MAX_PROBLEMS_PER_MAP:
-            self.problem(message, *path, entry=str(key))
+            self.problem(message, *path, entry=label(key))
         elif reported == MAX_PROBLEMS_PER_MAP:
             self.problem("more bad entries follow; fix the ones above first", "entries")
         return 1
@@ -397,8 +491,9 @@ def check_outer(src: Source, name: str, raw: dict[str, Any], problems: list[Prob
     if len(problems) > before or key is None or template is None:
         return None
     for i, (k, v) in enumerate(zip(keys, values)):
+        slot = label(k)
         if not isinstance(v, str):
-            c.problem(f"slot {k}: expected the name of an inner map, got {v!r}", *path(i), entry=str(k))
+            c.problem(f"slot {slot}: expected the name of an inner map, got {shown(v)}", *path(i), entry=slot)
             continue
         if v in inner and inner[v].section == PLAIN_SECTION:
             c.problem(f"slot {k}: '{v}' is declared under maps: (plain maps, in no outer map); declare it under "
@@ -406,13 +501,13 @@ def check_outer(src: Source, name: str, raw: dict[str, Any], problems: list[Prob
             continue
         if v not in inner:
             if v in outer_names:
-                c.problem(f"slot {k}: '{v}' is an outer map; a slot holds an inner map", *path(i), entry=str(k))
+                c.problem(f"slot {slot}: '{v}' is an outer map; a slot holds an inner map", *path(i), entry=slot)
             elif v not in inner_raw:
-                c.problem(f"slot {k}: '{v}' is not defined under inner_maps", *path(i), entry=str(k))
+                c.problem(f"slot {slot}: {shown(v)} is not defined under inner_maps", *path(i), entry=slot)
             continue
         for reason in incompatible(template, inner[v]):
-            c.problem(f"slot {k}: inner map '{v}' is incompatible with the template '{template_name}': {reason} "
-                      "(the kernel refuses it)", *path(i), entry=str(k))
+            c.problem(f"slot {slot}: inner map '{v}' is incompatible with the template '{template_name}': {reason} "
+                      "(the kernel refuses it)", *path(i), entry=slot)
     if len(problems) > before:
         return None
     slots = dict(c.encode_all(keys, values, path, key, None, lambda v: v))
@@ -450,14 +545,18 @@ def build_config(sources: list[Source], problems: list[Problem], known_valid: se
         if found or not isinstance(src.data, dict):
             continue
         root = src.data.get("pin_root")
-        if root is not None:
+        bad_root = pin_root_problem(root) if root is not None else None
+        if bad_root is not None:
+            problems.append(Problem(src.file, ("pin_root",), bad_root, kind="pin_root: invalid path"))
+        elif root is not None:
             if cfg.pin_root is not None and cfg.pin_root != root:
                 problems.append(Problem(src.file, ("pin_root",), f"pin_root {root} differs from {cfg.pin_root} given in another file"))
             cfg.pin_root = root
         for section, into in raw_maps.items():
             for name, raw in _definitions(src, section):
                 if not isinstance(name, str):
-                    problems.append(Problem(src.file, (section, name), f"map name {name!r} is not a string: quote it (\"{name}\")", str(name)))
+                    problems.append(Problem(src.file, (section, name), f"map name {shown(name)} is not a string: quote it",
+                                            label(name)))
                     continue
                 if name in RESERVED_NAMES:
                     problems.append(Problem(src.file, (section, name), f"the name '{name}' is reserved for kmesh-apply's own use", name))

@@ -1,0 +1,80 @@
+"""Text that reaches a terminal or a log line: names, keys, values and paths written so that
+no one who chose them (another user's pin, a config file, a map's bytes) can steer the terminal.
+
+A terminal acts on control characters: ESC starts sequences that move the cursor, rewrite the
+title or the clipboard (OSC), hide text; a line break inside a name forges a line of a plan;
+bidi overrides reorder what is shown. Every character Python does not call printable (C0 and C1
+controls, DEL, line and paragraph separators, format characters such as bidi overrides, spaces
+other than ' ') is written as an escape (`\\x1b`, `\\n`, `\\u202e`), as `repr` would.
+"""
+
+from __future__ import annotations
+
+import reprlib
+from typing import Any
+
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(c: str) -> str:
+    if c in _NAMED:
+        return _NAMED[c]
+    n = ord(c)
+    return f"\\x{n:02x}" if n < 0x100 else f"\\u{n:04x}" if n < 0x10000 else f"\\U{n:08x}"
+
+
+def printable(text: str) -> str:
+    """One name, key, value or path as it may appear inside a line: every character a terminal
+    would act on is escaped. (A backslash stays as it is: messages hold reprs, whose escapes must read as written.)"""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else _escape(c) for c in text)
+
+
+def printable_lines(text: str) -> str:
+    """A whole message or block of output: each line made printable, the line breaks kept."""
+    if text.isprintable():
+        return text
+    return "\n".join(map(printable, text.split("\n")))
+
+
+class _Shown(reprlib.Repr):
+    """repr, bounded: nesting, lengths and integers too long to convert (Python refuses to write an
+    integer of more than 4,300 digits, and a 10^5-digit one would fill a screen anyway)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.maxlevel, self.maxstring, self.maxother = 3, 40, 40
+        self.maxlist = self.maxtuple = self.maxdict = self.maxset = 6
+
+    def repr_int(self, x: int, level: int) -> str:
+        if x.bit_length() > 128:
+            return f"<an integer of {x.bit_length()} bits>"
+        return repr(x)
+
+    def repr_float(self, x: float, level: int) -> str:
+        return repr(x)
+
+
+_shown = _Shown()
+SHOWN_LIMIT = 60
+
+
+def shown(value: Any, limit: int = SHOWN_LIMIT) -> str:
+    """A value someone wrote, for an error message: repr-like (strings quoted and escaped), at most
+    about `limit` characters, and never failing whatever the value is."""
+    try:
+        text = _shown.repr(value)
+    except Exception:  # noqa: BLE001  (a value's own __repr__ may raise; describe it instead)
+        text = f"<a {type(value).__name__}>"
+    text = printable(text)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def label(value: Any, limit: int = SHOWN_LIMIT) -> str:
+    """A key or name as it reads in a message (`entry 10.0.0.0/8`, `entry 7`): a string as it is,
+    escaped and cut to about `limit` characters; anything else as `shown` writes it."""
+    if not isinstance(value, str):
+        return shown(value, limit)
+    text = printable(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
