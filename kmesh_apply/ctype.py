@@ -213,6 +213,16 @@ class Field:
         return f"{spec}:{self.bits}" if self.bits else spec
 
 
+def _shared_hash(t: "Struct | CUnion") -> int:
+    """The hash of what equality compares (fields, size), computed once per object: types share their
+    parts, and hashing a struct of structs afresh each time walks them all (see type_nodes)."""
+    h = t.__dict__.get("_hash")
+    if h is None:
+        h = hash((t.fields, t.size))
+        object.__setattr__(t, "_hash", h)
+    return h
+
+
 def _round(n: int, a: int) -> int:
     return (n + a - 1) // a * a
 
@@ -228,6 +238,9 @@ class Struct:
     size: int
     align: int = field(default=1, compare=False)
     packed: bool = field(default=False, compare=False)
+
+    def __hash__(self) -> int:
+        return _shared_hash(self)
 
     @staticmethod
     def layout(members: list[tuple[str, "CType", int]], packed: bool = False,
@@ -276,6 +289,9 @@ class CUnion:
     size: int
     align: int = field(default=1, compare=False)
 
+    def __hash__(self) -> int:
+        return _shared_hash(self)
+
     @staticmethod
     def layout(members: list[tuple[str, "CType"]], packed: bool = False,
                aligns: Sequence[int] | None = None) -> "CUnion":
@@ -307,8 +323,9 @@ CType = Union[Int, Bool, Addr, Bytes, Chars, Array, Lpm, Enum, Struct, CUnion, R
 _PACKED = "packed"
 
 
+@cache
 def canonical_align(t: CType) -> int:
-    """The alignment a type has when written in its canonical spec."""
+    """The alignment a type has when written in its canonical spec (cached: types share their parts)."""
     if isinstance(t, Struct):
         mode = _mode(t)
         if isinstance(mode, tuple):
@@ -385,6 +402,32 @@ SCALAR_NAMES = (*INT_NAMES, "bool", *ADDR_SIZES)
 _parsed: dict[str, CType] = {}
 
 
+# Types one type holds, counted as a tree (a struct's fields, their fields...; an array counts once):
+# a C struct holds a few hundred. Types share their parts, so a struct holding two of a struct holding
+# two of ... is small as a spec or as BTF and astronomically large as a tree, which hashing it or laying
+# it out walks whole.
+MAX_TYPE_NODES = 10_000
+
+
+def type_nodes(typ: CType, memo: dict[int, int]) -> int:
+    """How many types `typ` holds as a tree, counted no further than past MAX_TYPE_NODES, in time linear
+    in its distinct parts. `memo` maps id() of a type counted before to its count: only for types that
+    stay alive while it is used."""
+    known = memo.get(id(typ))
+    if known is not None:
+        return known
+    n = 1
+    if isinstance(typ, (Struct, CUnion)):
+        for f in typ.fields:
+            n += type_nodes(f.type, memo)
+            if n > MAX_TYPE_NODES:
+                break
+    elif isinstance(typ, Array):
+        n += type_nodes(typ.elem, memo)
+    memo[id(typ)] = n
+    return n
+
+
 def _spec_key(spec: Any) -> str | None:
     """A mapping spec as a key of the parse cache; None (not cached) for one repr cannot write
     (an integer beyond Python's 4,300 digits, nesting beyond the recursion limit)."""
@@ -404,8 +447,10 @@ def parse_type(spec: Any, named: Mapping[str, CType] | None = None) -> CType:
     if cached is not None:
         return cached
     typ = _parse(spec, named or {})
+    if type_nodes(typ, {}) > MAX_TYPE_NODES:  # before anything walks it whole (hashing, the canonical spelling)
+        raise TypeSpecError(f"a type holds at most {MAX_TYPE_NODES} fields and elements, counted as a tree")
     if typ.size == 0 or typ.size > MAX_TYPE_SIZE:
-        raise TypeSpecError(f"type size must be 1..{MAX_TYPE_SIZE} bytes, got {typ.size}")
+        raise TypeSpecError(f"type size must be 1..{MAX_TYPE_SIZE} bytes, got {shown(typ.size)}")
     if not _spelled_canonically(typ):  # what a map's BTF gives back must be this type again
         raise TypeSpecError("this mix of packed and natural nested structs or unions has no canonical spelling "
                             "(a packed member next to a natural one that needs its alignment): declare the "

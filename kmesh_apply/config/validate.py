@@ -597,7 +597,12 @@ def _with_object_maps(maps: list[tuple[Source, str, dict[str, Any]]], section: s
         if wanted is None:
             out.append((src, name, raw))
             continue
-        found = named.map_definition(wanted)
+        try:
+            found = named.map_definition(wanted)
+        except TypeSpecError as e:
+            problems.append(Problem(src.file, (section, name, "object_map"), f"object_map: {e}", name,
+                                    kind="object_map: unusable BTF"))
+            continue
         if found is None:
             where = "the files under btf:" if named else "no BPF object (name one under btf:)"
             problems.append(Problem(src.file, (section, name, "object_map"),
