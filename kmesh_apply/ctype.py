@@ -604,8 +604,16 @@ def _parse_enum(spec: dict[str, Any]) -> Enum:
 
 
 def type_or_raw(spec: Any, size: int) -> CType:
-    """The type a spec names, or raw bytes of `size` when there is no spec (a map without BTF, `key_size: N`)."""
-    return parse_type(spec) if spec is not None else Raw(size)
+    """The type a spec names, or raw bytes of `size` when there is no spec (a map without BTF, `key_size: N`)
+    or none that fits: a live map's BTF, read back, may name a type beyond the type language's bounds
+    or of another size, and its bytes must still be shown."""
+    if spec is None:
+        return Raw(size)
+    try:
+        typ = parse_type(spec)
+    except TypeSpecError:
+        return Raw(size)
+    return typ if typ.size == size else Raw(size)
 
 
 def same_type(a: Any, b: Any) -> bool:

@@ -341,6 +341,8 @@ def parse_text(text: str, file: str) -> Source | Diagnostic:
             return Diagnostic(f"{first}: a key may appear once in a mapping", file, line, kind="duplicate key")
         if "alias" in first:
             return Diagnostic(f"{first}: aliases expand too far (a YAML alias bomb?)", file, line, kind="alias bomb")
+        if "recursion limit exceeded" in msg:
+            return Diagnostic("invalid YAML: nested too deeply (more than 255 levels)", file, line, kind="invalid YAML")
         return Diagnostic("invalid YAML: " + "; ".join([re.sub(r"\s*at line \d+, column \d+", "", first), *detail]), file,
                           line, kind="invalid YAML")
     except RecursionError:

@@ -75,6 +75,12 @@ def map_def(spec: InnerMapSpec | OuterMapSpec) -> MapDef:
                   spec.key.spec(), spec.value.spec())
 
 
+def live_def(have: LiveMap) -> MapDef:
+    """The fixed properties of a live map (its types as its BTF gives them, when it has BTF)."""
+    return MapDef(have.name, have.type, have.key_size, have.value_size, have.max_entries, have.flags,
+                  have.key_type, have.value_type)
+
+
 def staging_pin(name: str) -> str:
     return f"{STAGING_DIR}/{name}"
 
@@ -357,7 +363,8 @@ class _Planner:
             if self._refuse_replace(spec, reasons):
                 return
             self._build_aside(spec, want)
-            change = self._change(spec, "replace", want, reasons=reasons, holders=self._in_use(spec.name, have))
+            change = self._change(spec, "replace", want, reasons=reasons, holders=self._in_use(spec.name, have),
+                                  old=live_def(have))
             describe_entries(change, *_diff(spec.entries, have.entries, want.type in ARRAY_TYPES))
             self._foreign_slot_warning(spec.name, have)
             self.result.changes.append(change)
@@ -470,7 +477,8 @@ class _Planner:
                 self.result.changes.append(self._change(spec, "create", want, added=dict(spec.slots)))
             else:
                 self.move.append(MovePin(spec.name, pin, spec.name))
-                change = self._change(spec, "replace", want, reasons=reasons, holders=self._in_use(spec.name, have))
+                change = self._change(spec, "replace", want, reasons=reasons, holders=self._in_use(spec.name, have),
+                                      old=live_def(have))
                 old = {k: self.names_by_id.get(i, f"id {i}") for k, i in have.slots.items()} if have.is_outer else {}
                 describe_entries(change, *entry_diff(dict(spec.slots), old, False), old)
                 self.result.changes.append(change)

@@ -26,6 +26,19 @@ FOLD_AFTER = 10  # entry lines shown per map before the rest is folded into a co
 LINE_BUDGET = 200  # entry lines in a whole plan: past it, maps show counts only (--json has everything)
 
 
+class _Reading:
+    """How one change's entries read: keys and values as the user writes them. Old entries (removed, and
+    the old side of a changed value) of a replaced map are read with its live properties: its key or
+    value may be of another type and size than the new definition's."""
+
+    def __init__(self, ch: MapChange) -> None:
+        old = ch.old or ch.definition
+        self.key = _decoder(ch.definition, "key")
+        self.old_key = _decoder(old, "key")
+        self.value = _decoder(ch.definition, "value") if ch.kind != "outer" else str
+        self.old_value = _decoder(old, "value") if ch.kind != "outer" else str
+
+
 def _decoder(d: MapDef | None, which: str) -> Callable[[bytes], Any]:
     """Turn stored bytes back into what the user writes, using the map's types when they are known."""
     if d is None:
@@ -97,15 +110,11 @@ def _changed_json(key: Any, old: Any, new: Any) -> dict[str, Any]:
 
 def _entry_lines(ch: MapChange, limit: int) -> tuple[list[str], int]:
     """The first `limit` entry changes, decoded; the rest only counted (decoding a million costs seconds)."""
-    key = _decoder(ch.definition, "key")
-    value = _decoder(ch.definition, "value") if ch.kind != "outer" else str
-    changes = chain((("+", k, None, v) for k, v in ch.added.items()),
-                    (("~", k, o, n) for k, (o, n) in ch.changed.items()),
-                    (("-", k, None, v) for k, v in ch.removed.items()))
-    out = []
-    for sym, k, old, new in islice(changes, limit):
-        shown = _changed_text(value(old), value(new)) if sym == "~" else _value_text(value(new))
-        out.append(f"{sym} {_fmt(key(k))}: {shown}")
+    r = _Reading(ch)
+    changes = chain((f"+ {_fmt(r.key(k))}: {_value_text(r.value(v))}" for k, v in ch.added.items()),
+                    (f"~ {_fmt(r.key(k))}: {_changed_text(r.old_value(o), r.value(n))}" for k, (o, n) in ch.changed.items()),
+                    (f"- {_fmt(r.old_key(k))}: {_value_text(r.old_value(v))}" for k, v in ch.removed.items()))
+    out = list(islice(changes, limit))
     return out, len(ch.added) + len(ch.changed) + len(ch.removed) - len(out)
 
 
@@ -177,8 +186,7 @@ def render_json(plan: Plan) -> dict[str, Any]:
     """Everything a CI job needs to post a summary: counts, per-map actions, decoded entry diffs, steps."""
     changes = []
     for ch in plan.changes:
-        key = _decoder(ch.definition, "key")
-        value = _decoder(ch.definition, "value") if ch.kind != "outer" else str
+        r = _Reading(ch)
         changes.append({
             "name": ch.name,
             "kind": ch.kind,
@@ -189,9 +197,9 @@ def render_json(plan: Plan) -> dict[str, Any]:
             "manage_entries": ch.manage_entries,
             "holders": [asdict(p) for p in ch.holders],
             "counts": {"added": len(ch.added), "changed": len(ch.changed), "removed": len(ch.removed)},
-            "added": [{"key": key(k), "value": value(v)} for k, v in ch.added.items()],
-            "changed": [_changed_json(key(k), value(o), value(n)) for k, (o, n) in ch.changed.items()],
-            "removed": [{"key": key(k), "value": value(v)} for k, v in ch.removed.items()],
+            "added": [{"key": r.key(k), "value": r.value(v)} for k, v in ch.added.items()],
+            "changed": [_changed_json(r.key(k), r.old_value(o), r.value(n)) for k, (o, n) in ch.changed.items()],
+            "removed": [{"key": r.old_key(k), "value": r.old_value(v)} for k, v in ch.removed.items()],
         })
     return {
         "format_version": 1,
