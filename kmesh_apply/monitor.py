@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from kmesh_apply.config.model import NEARLY_FULL, used_entries
 from kmesh_apply.state import LiveState
+from kmesh_apply.terminal import printable
 
 # Outcomes of one reconcile pass, the label values of kmesh_apply_reconciles_total.
 OUTCOMES = ("success", "noop", "error")
@@ -141,11 +142,12 @@ USAGE_COLUMNS = ("map", "kind", "type", "entries", "max_entries", "fill", "memlo
 
 
 def usage_rows(usage: list[MapUsage]) -> list[tuple[str, ...]]:
-    """The cells of `show --usage`, fullest first; a nearly full map's fill is marked with `!`."""
-    return [(u.name, u.kind, u.type, "-" if u.entries is None else str(u.entries), str(u.max_entries),
+    """The cells of `show --usage`, fullest first; a nearly full map's fill is marked with `!`. Names are
+    made printable: a map someone else pinned in the pin root is named by them."""
+    return [(printable(u.name), u.kind, u.type, "-" if u.entries is None else str(u.entries), str(u.max_entries),
              "-" if u.entries is None else f"{u.fill * 100:.1f}%{' !' if u.fill >= NEARLY_FULL else ''}",
              human_bytes(u.memlock_bytes),
-             ", ".join(u.programs) or "-")
+             printable(", ".join(u.programs)) or "-")
             for u in usage]
 
 

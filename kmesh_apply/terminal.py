@@ -63,11 +63,7 @@ SHOWN_LIMIT = 60
 def shown(value: Any, limit: int = SHOWN_LIMIT) -> str:
     """A value someone wrote, for an error message: repr-like (strings quoted and escaped), at most
     about `limit` characters, and never failing whatever the value is."""
-    try:
-        text = _shown.repr(value)
-    except Exception:  # noqa: BLE001  (a value's own __repr__ may raise; describe it instead)
-        text = f"<a {type(value).__name__}>"
-    text = printable(text)
+    text = printable(_shown.repr(value))  # reprlib describes a value whose own __repr__ raises
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
@@ -78,3 +74,26 @@ def label(value: Any, limit: int = SHOWN_LIMIT) -> str:
         return shown(value, limit)
     text = printable(value)
     return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _unicode_escape(c: str, yaml: bool) -> str:
+    """`\\uXXXX` as JSON and YAML write a character in a double-quoted string; past U+FFFF, YAML's
+    `\\UXXXXXXXX` or JSON's surrogate pair."""
+    n = ord(c)
+    if n < 0x10000:
+        return f"\\u{n:04x}"
+    if yaml:
+        return f"\\U{n:08x}"
+    n -= 0x10000
+    return f"\\u{0xD800 + (n >> 10):04x}\\u{0xDC00 + (n & 0x3FF):04x}"
+
+
+def escape_quoted(text: str, yaml: bool = False) -> str:
+    """JSON or YAML whose writer already escaped C0 controls but left other characters a terminal acts on
+    (C1 controls, bidi overrides, separators) raw: those become `\\u` escapes. Only for text where every
+    such character is inside a double-quoted string (orjson's output; dump_yaml's, which double-quotes
+    any string that is not printable), where the escape means the same character."""
+    if text.isascii():
+        return text
+    return "\n".join(line if line.isprintable() else "".join(c if c.isprintable() else _unicode_escape(c, yaml)
+                                                              for c in line) for line in text.split("\n"))

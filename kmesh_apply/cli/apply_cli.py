@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Iterator, Optional
 
 import typer
 
-from kmesh_apply.cli.common import PinRootOption, fail, json_text, make_app, run
+from kmesh_apply.cli.common import PinRootOption, fail, json_text, make_app, run, say
 from kmesh_apply.wording import count
 
 if TYPE_CHECKING:
@@ -192,7 +192,7 @@ def plan(
     else:
         typer.echo(api.render_text(p, color=_colour()), nl=False)
         if out is not None:
-            typer.echo(f"\nSaved the plan to {out}; apply it exactly with: kmesh-apply apply {out}")
+            say(f"\nSaved the plan to {out}; apply it exactly with: kmesh-apply apply {out}")
     if detailed_exitcode and p.drift:
         raise typer.Exit(2)
 
@@ -303,14 +303,17 @@ def _show_usage(root: str, usage: list["MapUsage"], json_out: bool) -> None:
     else:
         from rich.console import Console
         from rich.table import Table
+        from rich.text import Text
 
         from kmesh_apply.config.model import NEARLY_FULL
+        from kmesh_apply.terminal import printable
 
-        table = Table(title=f"Map usage in {root}", caption=monitor.usage_total(usage))
+        # Text, not str: rich reads markup ([link=...], [bold]) in a str, and names come from others.
+        table = Table(title=Text(f"Map usage in {printable(root)}"), caption=monitor.usage_total(usage))
         for i, column in enumerate(monitor.USAGE_COLUMNS):
             table.add_column(column, justify="right" if 3 <= i <= 6 else "left")
         for u, cells in zip(usage, monitor.usage_rows(usage)):
-            table.add_row(*cells, style="bold red" if u.fill >= NEARLY_FULL else None)
+            table.add_row(*map(Text, cells), style="bold red" if u.fill >= NEARLY_FULL else None)
         Console().print(table)
 
 

@@ -65,15 +65,25 @@ DebugOption = Annotated[bool, typer.Option("--debug", help="Print the traceback 
 
 def json_text(doc: object) -> str:
     """A document as indented JSON: orjson (a million entries in 0.3 s, not 5 s with the json
-    module's indenting encoder), or the json module for what orjson refuses (integers beyond 64 bits)."""
+    module's indenting encoder), or the json module for what orjson refuses (integers beyond 64 bits);
+    characters a terminal would act on are escaped either way."""
     import orjson
 
+    from kmesh_apply.terminal import escape_quoted
+
     try:
-        return orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS).decode()
+        return escape_quoted(orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS).decode())
     except orjson.JSONEncodeError:
         import json
 
-        return json.dumps(doc, indent=2)
+        return json.dumps(doc, indent=2)  # ensure_ascii: every character past ASCII is escaped
+
+
+def say(text: object) -> None:
+    """Print output for people: every line made printable (names and values may come from others)."""
+    from kmesh_apply.terminal import printable_lines
+
+    print(printable_lines(str(text)))
 
 
 def fail(message: str) -> NoReturn:

@@ -19,6 +19,7 @@ from kmesh_apply.config.loader import INLINE, Source, config_files, parse_text, 
 from kmesh_apply.config.model import Config
 from kmesh_apply.entries import Entries
 from kmesh_apply.errors import ConfigError, Diagnostic
+from kmesh_apply.terminal import escape_quoted
 
 if TYPE_CHECKING:
     from kmesh_apply.config.cache import Cache
@@ -180,8 +181,8 @@ def dump_yaml(doc: Mapping[str, Any]) -> str:
     if lines:  # one pass puts every map's lines in place of its placeholder
         text, found = _PLACEHOLDER.subn(lambda m: "    entries:\n" + lines[m.group(1)], text)
         if found != len(lines):  # not where a map's entries go: let PyYAML write them
-            return yaml.dump(_flow_entries(doc, None), Dumper=Dumper, sort_keys=False, width=120, allow_unicode=True)
-    return text
+            text = yaml.dump(_flow_entries(doc, None), Dumper=Dumper, sort_keys=False, width=120, allow_unicode=True)
+    return escape_quoted(text, yaml=True)  # PyYAML leaves bidi overrides and separators raw in double quotes
 
 
 _PLACEHOLDER = re.compile(r"^    entries: (kmesh-apply-entries-[0-9a-f]{32})\n", re.M)

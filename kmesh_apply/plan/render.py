@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 from kmesh_apply.config.model import PERCPU_TYPES
 from kmesh_apply.plan.model import MapChange, MapDef, Plan
+from kmesh_apply.terminal import printable
 from kmesh_apply.wording import count
 
 SYMBOL = {"create": "+", "update": "~", "replace": "-/+", "destroy": "-", "recover": "*", "adopt": "<="}
@@ -138,11 +139,15 @@ def _title(ch: MapChange) -> str:
 
 
 def render_text(plan: Plan, color: bool = False) -> str:
-    """The plan as a reviewer reads it: one block per map, entry diffs folded, then the summary line."""
+    """The plan as a reviewer reads it: one block per map, entry diffs folded, then the summary line.
+    Every line is made printable before it is painted: names, keys and values (a char[N] value, a map
+    someone else pinned) may hold what a terminal acts on, or line breaks that would forge lines."""
     if not plan.drift:
         lines = [f"Warning: {w}" for w in plan.warnings] + _unmanaged_text(plan) + [plan.summary()]
-        return "\n".join(lines) + "\n"
-    out = [f"kmesh-apply will perform the following actions in {plan.pin_root}:", ""] if plan.has_changes else []
+        return "".join(f"{printable(line)}\n" for line in lines)
+    out: list[tuple[str, str]] = []  # (change symbol to paint by, or "", line)
+    if plan.has_changes:
+        out += [("", f"kmesh-apply will perform the following actions in {plan.pin_root}:"), ("", "")]
     budget = LINE_BUDGET
     for ch in plan.changes:
         sym = SYMBOL[ch.action]
@@ -152,34 +157,33 @@ def render_text(plan: Plan, color: bool = False) -> str:
         if ch.definition is not None and ch.action in ("create", "replace"):
             d = ch.definition
             what += f" ({d.type}, max_entries {d.max_entries})"
-        out.append(_paint(sym, f"  {sym} {what}", color))
+        out.append((sym, f"  {sym} {what}"))
         if ch.adopted and ch.action != "adopt":
-            out.append("      # adopted: managed by kmesh-apply from now on")
+            out.append(("", "      # adopted: managed by kmesh-apply from now on"))
         if ch.manage_entries != "all" and ch.action in ("update", "adopt"):
-            out.append(f"      # manage_entries: {ch.manage_entries}: entries the configuration does not name are left alone")
-        for r in ch.reasons:
-            out.append(f"      # {r}")
-        for p in ch.holders:
-            out.append(f"      # held by {p}")
+            out.append(("", f"      # manage_entries: {ch.manage_entries}: entries the configuration does not name are "
+                            "left alone"))
+        out += [("", f"      # {r}") for r in ch.reasons]
+        out += [("", f"      # held by {p}") for p in ch.holders]
         shown, folded = _entry_lines(ch, min(FOLD_AFTER, budget))
         budget -= len(shown)
-        out += [_paint(line[0], f"      {line}", color) for line in shown]
+        out += [(line[0], f"      {line}") for line in shown]
         if folded:
-            out.append(f"        ... and {count(folded, 'more entry change')}" if shown
-                       else f"      ({count(folded, 'entry change')})")
-        out.append("")
-    for w in plan.warnings:
-        out.append(f"Warning: {w}")
+            out.append(("", f"        ... and {count(folded, 'more entry change')}" if shown
+                        else f"      ({count(folded, 'entry change')})"))
+        out.append(("", ""))
+    out += [("", f"Warning: {w}") for w in plan.warnings]
     if plan.warnings:
-        out.append("")
+        out.append(("", ""))
     if plan.held_replaced:
-        out.append(f"Drift in {plan.pin_root}: loaded programs still read maps it replaced, until they are reloaded or unloaded:")
-        out += [f"  ! {h.describe()}" for h in plan.held_replaced]
-        out.append("")
+        out.append(("", f"Drift in {plan.pin_root}: loaded programs still read maps it replaced, until they are "
+                        "reloaded or unloaded:"))
+        out += [("", f"  ! {h.describe()}") for h in plan.held_replaced]
+        out.append(("", ""))
     if plan.unmanaged:
-        out += [*_unmanaged_text(plan), ""]
-    out.append(plan.summary())
-    return "\n".join(out) + "\n"
+        out += [("", line) for line in [*_unmanaged_text(plan), ""]]
+    out.append(("", plan.summary()))
+    return "\n".join(_paint(sym, printable(line), color) for sym, line in out) + "\n"
 
 
 def render_json(plan: Plan) -> dict[str, Any]:
