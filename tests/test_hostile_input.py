@@ -258,3 +258,68 @@ def test_a_bug_is_one_line(tmp_path: Path, cli: str, name: str, module: str, fun
         assert debug.returncode == 1
         assert "Traceback (most recent call last)" in debug.stderr and "in fault" in debug.stderr, debug.stderr
         assert "\x1b" not in debug.stderr
+
+
+# ---- item 9: max_entries within the kernel's and the machine's limits ------------------------
+
+CAPACITY = {
+    "the issue's array of 4,294,967,295 x bytes[65535]": (
+        "  m: {type: array, key: u32, value: 'bytes[65535]', max_entries: 4294967295}\n",
+        "takes at least 256.0 TiB of kernel memory at creation, more than the kernel can allocate for one map"),
+    "a hash map past 2^27 entries": (
+        "  m: {type: hash, key: u32, value: u32, max_entries: 134217729, flags: [no_prealloc]}\n",
+        "max_entries 134217729 is beyond the kernel's limit for hash maps, 134217728"),
+    "an lpm_trie key of 300 bytes": (
+        "  m: {type: lpm_trie, key_size: 300, value: u32, max_entries: 4, flags: [no_prealloc]}\n",
+        "an lpm_trie key is 4 bytes of prefix length and 1 to 256 bytes of address, 5..260 bytes; got 300 bytes"),
+}
+
+
+@pytest.mark.parametrize("case", CAPACITY)
+def test_validate_refuses_what_the_kernel_would(case: str, attacker: LocalUser) -> None:
+    definition, expect = CAPACITY[case]
+    cfg = attacker.write(attacker.home / "c.yaml", ("inner_maps:\n" + definition).encode())
+    _refused(cfg, expect, 2)
+
+
+def test_plan_refuses_more_memory_than_the_machine_has(attacker: LocalUser, pin_root: Path) -> None:
+    """An array preallocates every value: one needing twice this machine's available memory is refused
+    by plan and apply with the figures, before anything is created (validate, offline, cannot know)."""
+    from kmesh_apply.capacity import available_memory
+
+    room = available_memory()
+    assert room is not None
+    entries = 2 * room.bytes // 4096 + 1
+    cfg = attacker.write(attacker.home / "c.yaml", f"inner_maps:\n  m: {{type: array, key: u32, value: 'bytes[4096]', "
+                                                     f"max_entries: {entries}}}\n".encode())
+    assert run_cli("kmesh-apply", "validate", str(cfg)).returncode == 0
+    for argv in (["plan"], ["apply", "--auto-approve"]):
+        res = run_cli("kmesh-apply", *argv, str(cfg), "--pin-root", str(pin_root))
+        assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
+        assert "the maps this plan creates would take about" in res.stderr and "this machine has" in res.stderr
+        assert "'m' " in res.stderr and "nothing was changed" in res.stderr, res.stderr
+        assert not pin_root.exists() or not any(pin_root.iterdir())
+
+
+@pytest.mark.parametrize("definition", [
+    "{type: array, key: u32, value: u64, max_entries: 100000}",
+    "{type: array, key: u32, value: 'bytes[100]', max_entries: 5000}",
+    "{type: percpu_array, key: u32, value: u64, max_entries: 10000}",
+    "{type: hash, key: u32, value: u64, max_entries: 100000}",
+    "{type: hash, key: 'bytes[16]', value: 'bytes[100]', max_entries: 20000}",
+    "{type: hash, key: u32, value: u64, max_entries: 100000, flags: [no_prealloc]}",
+    "{type: lru_hash, key: u32, value: u64, max_entries: 30000}",
+    "{type: percpu_hash, key: u32, value: u64, max_entries: 30000}",
+])
+def test_memory_figures_match_the_kernels(definition: str, tmp_path: Path, pin_root: Path, bpftool) -> None:
+    """creation_bytes against what the kernel charges for the map it made (bpftool's bytes_memlock)."""
+    from kmesh_apply.capacity import creation_bytes
+    from kmesh_apply.kernel.maps import possible_cpus
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"inner_maps:\n  m: {definition}\n")
+    m = load_config([cfg]).inner_maps["m"]
+    assert run_cli("kmesh-apply", "apply", str(cfg), "--auto-approve", "--pin-root", str(pin_root)).returncode == 0
+    charged = bpftool("map", "show", "pinned", str(pin_root / "m"))["bytes_memlock"]
+    figure = creation_bytes(m.type, m.key.size, m.value.size, m.max_entries, m.flags, 0, possible_cpus())
+    assert figure is not None and abs(figure - charged) <= max(0.02 * charged, 4096), (figure, charged)

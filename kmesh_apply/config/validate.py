@@ -15,6 +15,7 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from kmesh_apply.capacity import offline_problem
 from kmesh_apply.config import codecs
 from kmesh_apply.config.blocks import BlocksRefused, Partial
 from kmesh_apply.config.chunks import CACHED_SECTIONS
@@ -102,7 +103,8 @@ def schema_problems(src: Source, known_valid: set[bytes] | None = None) -> list[
     if data is None:
         return []
     if not isinstance(data, dict):
-        return [Problem(src.file, (), f"a config file is a mapping with pin_root, inner_maps and outer_maps, got {type(data).__name__}")]
+        return [Problem(src.file, (), "a config file is a mapping with pin_root, inner_maps and outer_maps, "
+                        f"got {type(data).__name__}", kind="not a mapping")]
     out = []
     shallow = {k: v for k, v in data.items() if k not in MAP_SECTIONS or not isinstance(v, dict)}
     for path, reason in _out_of_bounds(shallow):
@@ -288,8 +290,11 @@ class _MapChecker:
         self.distinct_keys = False  # entries given as a mapping, see columns()
         self.named = named
 
-    def problem(self, message: str, *path: Any, entry: str = "") -> None:
-        self.problems.append(Problem(self.src.file, self.base + path, message, self.name, entry))
+    def problem(self, message: str, *path: Any, entry: str = "", kind: str = "") -> None:
+        """`kind`: what is wrong, quoting no value (see Diagnostic.kind); by default the field it is in
+        (the first element of `path`, always a word of the config's own)."""
+        kind = kind or (f"{path[0]}: invalid" if path and isinstance(path[0], str) else "invalid map definition")
+        self.problems.append(Problem(self.src.file, self.base + path, message, self.name, entry, kind))
 
     def ctype(self, which: str) -> CType | None:
         has_type, has_size = which in self.raw, f"{which}_size" in self.raw
@@ -373,7 +378,8 @@ class _MapChecker:
                 except codecs.CodecError as e:
                     what = "value" if len(enc_keys) > len(enc_vals) else "key"
                     del enc_keys[len(enc_vals):]
-                    reported += self._entry_problem(reported, f"{what}: {e}", path(i), k)
+                    reported += self._entry_problem(reported, f"{what}: {e}", path(i), k,
+                                                    f"entries: a {what} does not fit its type")
             if reported:
                 return {}
             out = dict(zip(enc_keys, enc_vals))
@@ -399,9 +405,9 @@ class _MapChecker:
                              f"(indexes 0..{max_entries - 1})", *path(i), entry=label(keys[i]))
                 return
 
-    def _entry_problem(self, reported: int, message: str, path: tuple[Any, ...], key: Any) -> int:
+    def _entry_problem(self, reported: int, message: str, path: tuple[Any, ...], key: Any, kind: str) -> int:
         if reported < MAX_PROBLEMS_PER_MAP:
-            self.problem(message, *path, entry=label(key))
+            self.problem(message, *path, entry=label(key), kind=kind)
         elif reported == MAX_PROBLEMS_PER_MAP:
             self.problem("more bad entries follow; fix the ones above first", "entries")
         return 1
@@ -428,6 +434,10 @@ def check_inner(src: Source, name: str, raw: dict[str, Any], problems: list[Prob
         if key is not None and not isinstance(key, (Lpm, Raw)):
             c.problem("an lpm_trie key is {lpm: ipv4} or {lpm: ipv6} (or key_size: N for raw bytes)", "key")
     if len(problems) > before or key is None or value is None:
+        return None
+    too_large = offline_problem(type_, key.size, value.size, max_entries, flags)
+    if too_large is not None:
+        c.problem(too_large, "max_entries", kind="max_entries: beyond the kernel's limits")
         return None
     if partial is not None and cached is None:
         if type_ in ARRAY_TYPES or type_ in PERCPU_TYPES:
@@ -485,6 +495,9 @@ def check_outer(src: Source, name: str, raw: dict[str, Any], problems: list[Prob
             c.problem(f"inner_map '{template_name}' is an outer map: an outer map cannot be an inner map", "inner_map")
         elif template_name not in inner_raw:
             c.problem(f"inner_map '{template_name}' is not defined under inner_maps", "inner_map")
+    too_large = offline_problem(type_, key.size, 4, max_entries, flags) if key is not None else None
+    if too_large is not None:
+        c.problem(too_large, "max_entries", kind="max_entries: beyond the kernel's limits")
     keys, values, path = c.columns(key) if key is not None else ([], [], lambda i: ("entries",))
     if len(keys) > max_entries:
         c.problem(f"{len(keys)} slots do not fit max_entries {max_entries}", "entries")
@@ -550,22 +563,25 @@ def build_config(sources: list[Source], problems: list[Problem], known_valid: se
             problems.append(Problem(src.file, ("pin_root",), bad_root, kind="pin_root: invalid path"))
         elif root is not None:
             if cfg.pin_root is not None and cfg.pin_root != root:
-                problems.append(Problem(src.file, ("pin_root",), f"pin_root {root} differs from {cfg.pin_root} given in another file"))
+                problems.append(Problem(src.file, ("pin_root",), f"pin_root {root} differs from {cfg.pin_root} given in "
+                                        "another file", kind="pin_root: differs between files"))
             cfg.pin_root = root
         for section, into in raw_maps.items():
             for name, raw in _definitions(src, section):
                 if not isinstance(name, str):
                     problems.append(Problem(src.file, (section, name), f"map name {shown(name)} is not a string: quote it",
-                                            label(name)))
+                                            label(name), kind="map name not a string"))
                     continue
                 if name in RESERVED_NAMES:
-                    problems.append(Problem(src.file, (section, name), f"the name '{name}' is reserved for kmesh-apply's own use", name))
+                    problems.append(Problem(src.file, (section, name), f"the name '{name}' is reserved for kmesh-apply's "
+                                            "own use", name, kind="reserved map name"))
                     continue
                 if name in defined:
                     other_file, other_section = defined[name]
                     problems.append(Problem(src.file, (section, name),
                                             f"'{name}' is defined again (first in {other_file} under {other_section}): "
-                                            "maps, inner maps and outer maps share one namespace", name))
+                                            "maps, inner maps and outer maps share one namespace", name,
+                                            kind="map defined twice"))
                     continue
                 defined[name] = (src.file, section)
                 into.append((src, name, raw))
@@ -648,7 +664,8 @@ def _parse_whole_if_btf(sources: list[Source], problems: list[Problem]) -> list[
             src.data, src.reused, src.partial = full.data, {}, {}
             kept.append(src)
         else:
-            problems.append(Problem(src.file, (), "the file changed while it was being read: run the command again"))
+            problems.append(Problem(src.file, (), "the file changed while it was being read: run the command again",
+                                    kind="changed while read"))
     return kept
 
 
@@ -669,7 +686,7 @@ def _named_types(sources: list[Source], problems: list[Problem]) -> NamedTypes:
             try:
                 named.add(str(base / path))
             except BtfFileError as e:
-                problems.append(Problem(src.file, ("btf", i), f"btf: {e}"))
+                problems.append(Problem(src.file, ("btf", i), f"btf: {e}", kind="btf: unusable file"))
     return named
 
 
