@@ -92,6 +92,9 @@ HOSTILE: dict[str, tuple[str, str, str, int]] = {
     "a template name ending in a newline": (
         "c.yaml", YAML_MAP.format(max_entries=4, extra="") + 'outer_maps:\n  o: {type: array_of_maps, key: u32, '
         'max_entries: 4, inner_map: "m\\n"}\n', "'m\\n' is not a valid map name", 4),
+    # Found by tests/test_fuzz.py: yaml-rs raised TypeError for a key that is a mapping.
+    "a mapping as a key": ("c.yaml", "? a: &a {type: hash, key: u32, value: u32, max_entries: 4}\ninner_maps:\n  x: *a\n",
+                           "a mapping key that is itself a mapping", 0),
     "a field name ending in a newline": ("c.yaml", YAML_MAP.format(max_entries=4, extra="").replace(
         "value: u32", 'value: {struct: [{"f\\n": u32}]}'), "is not a C identifier", 2),
 }
@@ -154,6 +157,13 @@ def _cyclic_map(b: RawBtf) -> None:
     map_definition(b, "mp", loop, loop)
 
 
+def _empty_key_map(b: RawBtf) -> None:
+    """A .maps declaration whose key is an empty struct: key_size 0, which no config may write (found by
+    tests/test_fuzz.py: it reached the entries' packing as `0 key bytes are not whole records`)."""
+    u32 = b.int_("unsigned int", 4)
+    map_definition(b, "mp", b.struct("empty", 0, []), u32)
+
+
 BTF_CASES: dict[str, tuple[Callable[[RawBtf], None], str, str]] = {
     "a typedef of itself": (lambda b: b.typedef("loop", 1) and None, "value: loop", "contain themselves"),
     "a struct holding an array of itself": (
@@ -171,6 +181,8 @@ BTF_CASES: dict[str, tuple[Callable[[RawBtf], None], str, str]] = {
     "structs doubling 60 times": (_doubling(False), "value: struct s59", "more than 10000 fields and elements"),
     "unions doubling 60 times": (_doubling(True), "value: union s59", "more than 10000 fields and elements"),
     "a .maps declaration behind a typedef cycle": (_cyclic_map, "object_map: mp", "contain themselves"),
+    "a .maps declaration with an empty key": (_empty_key_map, "object_map: mp",
+                                             "as its BTF declares it: inner_maps/m/key_size: 0 is less than the minimum"),
 }
 
 

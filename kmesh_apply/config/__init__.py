@@ -79,8 +79,8 @@ def _store(cache: Cache, sources: list[Source], config: Config) -> None:
     from kmesh_apply.config.chunks import CACHED_SECTIONS
 
     for src in sources:
-        if src.layout is None or src.layout_stored:
-            continue
+        if src.layout is None or src.layout_stored or not isinstance(src.data, dict):
+            continue  # (a file of no document holds no map to keep)
         parsed = {name: m for section in CACHED_SECTIONS for name, m in (src.data.get(section) or {}).items()}
         if set(parsed) != set(src.digests) - set(src.reused):
             continue  # the parser saw other maps than the cut: never store what the cut got wrong

@@ -347,6 +347,9 @@ def parse_text(text: str, file: str) -> Source | Diagnostic:
                           line, kind="invalid YAML")
     except RecursionError:
         return Diagnostic("invalid YAML: nested too deeply", file, kind="invalid YAML")
+    except TypeError:  # yaml-rs builds a dict of every mapping: a key that is a mapping or a list cannot be one
+        return Diagnostic("invalid YAML: a mapping key that is itself a mapping or a list (keys are scalars here)",
+                          file, kind="invalid YAML")
     finally:
         if warming is not None:
             warming.join()

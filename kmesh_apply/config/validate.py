@@ -642,6 +642,15 @@ def _with_object_maps(maps: list[tuple[Source, str, dict[str, Any]]], section: s
             problems.append(Problem(src.file, (section, name, "object_map"),
                                     f"object_map: '{wanted}' declares no {' or '.join(missing)}: give it here", name))
             continue
+        # What the object declares passes the schema like what a config writes (sizes of 0, a max_entries
+        # past 32 bits...); its types are left to parse_type, which bounds them.
+        declared = {k: "u8" if k in ("key", "value") else v for k, v in merged.items() if k != "entries"}
+        wrong = next(iter(_validator().iter_errors({section: {name: declared}})), None)
+        if wrong is not None:
+            problems.append(Problem(src.file, (section, name, "object_map"),
+                                    f"object_map: '{wanted}' as its BTF declares it: {_schema_message(wrong)}", name,
+                                    kind="object_map: declaration out of bounds"))
+            continue
         out.append((src, name, merged))
     return out
 

@@ -447,7 +447,7 @@ class NamedTypes(Mapping[str, CType]):
                     try:
                         return reader.decode(tid)
                     except _Unrepresentable as e:
-                        raise TypeSpecError(f"'{name}' in {printable(reader.what)} has {e or LAYOUT}") from None
+                        raise TypeSpecError(f"'{name}' in {printable(reader.what)} has {str(e) or LAYOUT}") from None
         return None
 
     def map_definition(self, name: str) -> dict[str, Any] | None:
@@ -457,7 +457,7 @@ class NamedTypes(Mapping[str, CType]):
             try:
                 found = _map_definition(reader, name)
             except _Unrepresentable as e:
-                raise TypeSpecError(f"map '{name}' in {printable(reader.what)}: its declaration has {e or LAYOUT}") from None
+                raise TypeSpecError(f"map '{name}' in {printable(reader.what)}: its declaration has {str(e) or LAYOUT}") from None
             if found is not None:
                 return found
         return None
