@@ -23,7 +23,7 @@ from typing import Iterable
 
 from kmesh_apply.errors import KmeshError
 from kmesh_apply.plan.model import CreateMap, Plan, WriteEntries
-from kmesh_apply.wording import a, count
+from kmesh_apply.wording import a, count, human_bytes
 
 HASH_TYPES = ("hash", "lru_hash", "percpu_hash", "lru_percpu_hash", "hash_of_maps")
 PERCPU = ("percpu_hash", "lru_percpu_hash", "percpu_array")
@@ -65,8 +65,8 @@ def offline_problem(map_type: str, key_size: int, value_size: int, max_entries: 
     need = creation_bytes(map_type, key_size, value_size, max_entries, flags, 0, 1)
     if need is not None and need > MAX_MAP_BYTES:
         return (f"max_entries {max_entries} with values of {count(value_size, 'byte')}: {a(map_type)} map this large "
-                f"takes at least {human(need)} of kernel memory at creation, more than the kernel can allocate for "
-                f"one map ({human(MAX_MAP_BYTES)})")
+                f"takes at least {human_bytes(need)} of kernel memory at creation, more than the kernel can allocate for "
+                f"one map ({human_bytes(MAX_MAP_BYTES)})")
     return None
 
 
@@ -136,16 +136,6 @@ def _cgroup_room() -> Available | None:
     return None
 
 
-def human(n: int) -> str:
-    """Bytes as people read them: 1536 -> "1.5 KiB", 2**38 -> "256.0 GiB"."""
-    size, unit = float(n), "bytes"
-    for bigger in ("KiB", "MiB", "GiB", "TiB", "PiB"):
-        if size < 1024:
-            break
-        size, unit = size / 1024, bigger
-    return f"{n} bytes" if unit == "bytes" else f"{size:.1f} {unit}"
-
-
 def check_memory(needs: list[tuple[str, int]], available: Available | None = None) -> None:
     """Refuse (KmeshError, with the figures) new maps that would take more memory than the machine has.
     `needs`: (map name, bytes) of each map a plan creates."""
@@ -156,9 +146,9 @@ def check_memory(needs: list[tuple[str, int]], available: Available | None = Non
     if room is None or total <= room.bytes:
         return
     biggest = sorted(needs, key=lambda need: -need[1])[:3]
-    maps = ", ".join(f"'{name}' {human(n)}" for name, n in biggest)
-    raise KmeshError(f"the maps this plan creates would take about {human(total)} of kernel memory ({maps}), "
-                     f"more than the {human(room.bytes)} this machine has ({room.source}); nothing was changed. "
+    maps = ", ".join(f"'{name}' {human_bytes(n)}" for name, n in biggest)
+    raise KmeshError(f"the maps this plan creates would take about {human_bytes(total)} of kernel memory ({maps}), "
+                     f"more than the {human_bytes(room.bytes)} this machine has ({room.source}); nothing was changed. "
                      "Lower their max_entries, or give no_prealloc to hash maps that are mostly empty.")
 
 

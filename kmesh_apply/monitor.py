@@ -14,6 +14,7 @@ from typing import Any, Protocol
 from kmesh_apply.config.model import NEARLY_FULL, used_entries
 from kmesh_apply.state import LiveState
 from kmesh_apply.terminal import printable
+from kmesh_apply.wording import human_bytes
 
 # Outcomes of one reconcile pass, the label values of kmesh_apply_reconciles_total.
 OUTCOMES = ("success", "noop", "error")
@@ -122,20 +123,6 @@ def managed_usage(usage: list[MapUsage]) -> list[MapUsage]:
 def usage_json(usage: list[MapUsage]) -> list[dict[str, Any]]:
     """`show --usage --json`: one object per map, fill as a ratio 0..1."""
     return [{**asdict(u), "fill": round(u.fill, 6)} for u in usage]
-
-
-def human_bytes(n: int | None) -> str:
-    """1536 -> "1.5 KiB"; None (not read) -> "-"."""
-    if n is None:
-        return "-"
-    if n < 1024:
-        return f"{n} B"
-    size, unit = n / 1024, "KiB"
-    for bigger in ("MiB", "GiB"):
-        if size < 1024:
-            break
-        size, unit = size / 1024, bigger
-    return f"{size:.1f} {unit}"
 
 
 USAGE_COLUMNS = ("map", "kind", "type", "entries", "max_entries", "fill", "memlock", "programs")

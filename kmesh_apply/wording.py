@@ -11,3 +11,17 @@ def count(n: int, noun: str, plural: str = "") -> str:
 def a(word: str) -> str:
     """The word with its indefinite article, as it is read aloud ("an array", "an lru_hash", "a hash")."""
     return f"{'an' if word[:1] in tuple('aeiou') or word.startswith(('lru', 'lpm')) else 'a'} {word}"
+
+
+def human_bytes(n: int | None) -> str:
+    """1536 -> "1.5 KiB", 2**48 -> "256.0 TiB"; None (not read) -> "-"."""
+    if n is None:
+        return "-"
+    if n < 1024:
+        return f"{n} B"
+    size, unit = n / 1024, "KiB"
+    for bigger in ("MiB", "GiB", "TiB", "PiB"):
+        if size < 1024:
+            break
+        size, unit = size / 1024, bigger
+    return f"{size:.1f} {unit}"

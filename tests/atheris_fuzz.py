@@ -23,11 +23,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 with atheris.instrument_imports(include=["kmesh_apply"]):
     from kmesh_apply.config import load_config
-    from kmesh_apply.ctype import TypeSpecError, parse_type
     from kmesh_apply.errors import ConfigError
-    from kmesh_apply.kernel.btf import BtfFileError, NamedTypes
+    import kmesh_apply.kernel.btf  # noqa: F401 (instrumented before test_fuzz imports it)
 
-from test_fuzz import JSON_SEEDS, NAMES, SEED_BTF, YAML_SEEDS  # noqa: E402
+from test_fuzz import JSON_SEEDS, SEED_BTF, YAML_SEEDS, read_btf  # noqa: E402
 
 WORK = Path(tempfile.mkdtemp(prefix="kmesh-atheris-"))
 
@@ -48,21 +47,7 @@ def config(suffix: str):
 def btf(data: bytes) -> None:
     path = WORK / "types.btf"
     path.write_bytes(data)
-    named = NamedTypes()
-    try:
-        named.add(str(path))
-    except BtfFileError:
-        return
-    with named:
-        for name in NAMES:
-            try:
-                parse_type(name, named)
-            except TypeSpecError:
-                pass
-        try:
-            named.map_definition("mp")
-        except TypeSpecError:
-            pass
+    read_btf(path)
 
 
 TARGETS = {"yaml": (config(".yaml"), [s.encode() for s in YAML_SEEDS]),
