@@ -205,7 +205,7 @@ def test_kernel_refusal_fails_with_what_was_applied(tmp_path: Path, pin_root: Pa
                   tmp_path=tmp_path)
     assert res.returncode != 0 and "FAILED" in res.stdout, res.stdout + res.stderr
     msg = json.loads(res.stdout.split("FAILED! => ", 1)[1])["msg"]
-    assert "errno" in msg and "failed step: create array map 'huge'" in msg and "applied 0 steps" in msg
+    assert "errno" in msg and "failed step: create percpu_hash map 'huge'" in msg and "applied 0 steps" in msg
     assert "Traceback" not in res.stdout + res.stderr
 
 
