@@ -74,6 +74,8 @@ HOSTILE: dict[str, tuple[str, str, str, int]] = {
                                 + ", value: u32, max_entries: 4}\n", "an integer of 332193 bits", 2),
     "a value of 10^5 digits": ("c.yaml", YAML_MAP.format(max_entries=4, extra=", entries: {1: " + BIG + "}"),
                                "got <an integer of 332193 bits>", 2),
+    # Found by tests/test_fuzz.py: finding the problem's line compared str() of such a key.
+    "a key of 10^5 digits": ("c.yaml", "a: {key: u32," + BIG + "}\ninner_maps: {}\n", "an integer of 332193 bits", 1),
     "a JSON key of 10^5 digits": ("c.json", _json_map(entries='{"' + BIG + '": 1}'),
                                   "expected an integer 0..4294967295 for u32", 0),
     "an array of 10^5-digit length": ("c.yaml", YAML_MAP.format(max_entries=4, extra="").replace(

@@ -458,14 +458,12 @@ def duplicate_key_line(text: str) -> int:
 
 
 def _same_key(scalar: str, want: Any) -> bool:
-    if scalar == str(want):
-        return True
-    if isinstance(want, int) and not isinstance(want, bool):
+    if isinstance(want, int) and not isinstance(want, bool):  # (str() of an int of 4,300 digits raises)
         try:
-            return int(scalar.replace("_", ""), 0) == want
+            return int(scalar.replace("_", ""), 0) == want or scalar == str(want)
         except ValueError:
             return False
-    return False
+    return scalar == str(want)
 
 
 def locate(root: Any, path: tuple[Any, ...]) -> int:
