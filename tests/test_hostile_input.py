@@ -16,7 +16,7 @@ from kmesh_apply.config import load_config
 from kmesh_apply.errors import ConfigError
 from rawbtf import RawBtf, map_definition
 
-BOUND = 1.0  # seconds a hostile input may cost
+BOUND = 1.0  # seconds of CPU a hostile input may cost
 
 
 @pytest.fixture(scope="module")
@@ -104,10 +104,10 @@ HOSTILE: dict[str, tuple[str, str, str, int]] = {
 
 def _refused(cfg: Path, expect: str, line: int) -> str:
     """Load `cfg` in process (timed) and through the CLI (exit 1, one error, no traceback)."""
-    start = time.monotonic()
+    start = time.process_time()  # CPU, not wall time: the machine is shared
     with pytest.raises(ConfigError) as e:
         load_config([cfg])
-    assert time.monotonic() - start < BOUND, f"{cfg.name} took {time.monotonic() - start:.2f}s"
+    assert time.process_time() - start < BOUND, f"{cfg.name} took {time.process_time() - start:.2f}s of CPU"
     res = run_cli("kmesh-apply", "validate", str(cfg))
     assert res.returncode == 1 and "Traceback" not in res.stderr and "internal error" not in res.stderr, res.stderr
     where = f"error: {cfg}:{line}:" if line else f"error: {cfg}:"
