@@ -94,6 +94,8 @@ HOSTILE: dict[str, tuple[str, str, str, int]] = {
     "a template name ending in a newline": (
         "c.yaml", YAML_MAP.format(max_entries=4, extra="") + 'outer_maps:\n  o: {type: array_of_maps, key: u32, '
         'max_entries: 4, inner_map: "m\\n"}\n', "'m\\n' is not a valid map name", 4),
+    # Found by tests/atheris_fuzz.py: the schema's verdict on a map named `key` was taken for a type spec's.
+    "a map named key that is text": ("c.yaml", "inner_maps:\n  key: 'bytes[4]'\n", "expected an object, got 'bytes[4]'", 2),
     # Found by tests/test_fuzz.py: yaml-rs raised TypeError for a key that is a mapping.
     "a mapping as a key": ("c.yaml", "? a: &a {type: hash, key: u32, value: u32, max_entries: 4}\ninner_maps:\n  x: *a\n",
                            "a mapping key that is itself a mapping", 0),

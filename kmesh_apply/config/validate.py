@@ -146,8 +146,8 @@ def schema_problems(src: Source, known_valid: set[bytes] | None = None) -> list[
         if err.validator == "additionalProperties" and isinstance(err.instance, dict):
             extra = [k for k in err.instance if k not in err.schema.get("properties", {})]
             path += tuple(extra[:1])  # point at the unknown key itself
-        if path and path[-1] in ("key", "value") and err.validator != "additionalProperties":
-            continue  # type specs get parse_type's clearer message
+        if len(path) > 2 and path[-1] in ("key", "value") and err.validator != "additionalProperties":
+            continue  # type specs get parse_type's clearer message (not a map named key or value)
         names = sharing.get(path[:2], [path[1]]) if len(path) > 1 else [""]
         for name in names:
             out.append(Problem(src.file, (*path[:1], name, *path[2:]) if name != "" else path, _schema_message(err),
