@@ -17,12 +17,13 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
+from kmesh_apply.capacity import check_memory, plan_needs
 from kmesh_apply.config import load_config
 from kmesh_apply.config.model import Config, resolve_pin_root
 from kmesh_apply.entries import HASH_SUM_FROM, Entries
 from kmesh_apply.errors import ReplaceInUseError, StalePlanError
 from kmesh_apply.executor import ApplyReport, Executor
-from kmesh_apply.kernel.maps import Map
+from kmesh_apply.kernel.maps import Map, possible_cpus
 from kmesh_apply.kernel.progs import program_pins
 from kmesh_apply.monitor import MapUsage, map_usage
 from kmesh_apply.pinroot.guard import PinRootLock
@@ -112,6 +113,7 @@ def _plan(config: Config, live: LiveState, remembered: _Remembered | None = None
     """make_plan, remembering in the config cache which large maps it found equal to their config."""
     remembered = remembered or _Remembered.of(config)
     p = make_plan(prepare(config, live), live, known_equal=remembered.known_equal)
+    _check_memory(p)
     if remembered.cache is not None and p.verified:
         remembered.cache.save_equal(p.verified)
     return p
@@ -202,12 +204,19 @@ def perform(plan: Plan, live: LiveState, *, allow_replace_in_use: bool = False,
 
 def _execute(plan: Plan, live: LiveState, held: dict[int, str], on_step: Callable[[Step], None] | None,
              handles: dict[str, Map] | None = None) -> ApplyReport:
-    """Record the held maps about to be replaced (first: a killed apply forgets nothing), then run the steps."""
+    """Check the machine has the memory the new maps take, record the held maps about to be replaced
+    (first: a killed apply forgets nothing), then run the steps."""
+    _check_memory(plan)
     record_replaced(plan.pin_root, live, held)
     report = Executor(plan.pin_root, live, on_step, handles=handles).run(plan)
     if any(isinstance(s, RemovePin) and s.pin == s.map for s in plan.steps):
         _remove_if_empty(plan.pin_root)
     return report
+
+
+def _check_memory(plan: Plan) -> None:
+    """Refuse a plan whose new maps would take more memory than this machine has (capacity.check_memory)."""
+    check_memory(plan_needs(plan, possible_cpus()))
 
 
 def _refuse_in_use(plan: Plan, live: LiveState, allow: bool) -> dict[int, str]:

@@ -29,6 +29,7 @@ from functools import cache
 from itertools import chain
 from typing import Any, Iterable, Mapping, Sequence, Union
 
+from kmesh_apply.terminal import shown
 from kmesh_apply.wording import count
 
 INT_NAMES = {
@@ -39,7 +40,7 @@ INT_NAMES = {
 ADDR_SIZES = {"ipv4": 4, "ipv6": 16, "mac": 6}
 # ipv4/ipv6 align as the C types that hold them (__be32, struct in6_addr); mac is __u8[6].
 ADDR_ALIGN = {"ipv4": 4, "ipv6": 4, "mac": 1}
-IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+IDENT_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # whole strings only: fullmatch
 
 
 class TypeSpecError(ValueError):
@@ -141,7 +142,7 @@ class Chars(_ByteRun):
     word = "char"
 
 
-_DIMS_RE = re.compile(r"^([A-Za-z0-9_]+?)((?:\[\d+\])*)$")
+_DIMS_RE = re.compile(r"([A-Za-z0-9_]+?)((?:\[\d+\])*)")
 
 
 @dataclass(frozen=True)
@@ -161,7 +162,7 @@ class Array:
 
     def spec(self) -> Any:
         inner = self.elem.spec()
-        m = _DIMS_RE.match(inner) if isinstance(inner, str) else None
+        m = _DIMS_RE.fullmatch(inner) if isinstance(inner, str) else None
         if m is None:
             return {"array": inner, "length": self.length}
         return f"{m.group(1)}[{self.length}]{m.group(2)}"  # C order: the outer dimension first
@@ -221,6 +222,16 @@ class Field:
         return f"{spec}:{self.bits}" if self.bits else spec
 
 
+def _shared_hash(t: "Struct | CUnion") -> int:
+    """The hash of what equality compares (fields, size), computed once per object: types share their
+    parts, and hashing a struct of structs afresh each time walks them all (see type_nodes)."""
+    h = t.__dict__.get("_hash")
+    if h is None:
+        h = hash((t.fields, t.size))
+        object.__setattr__(t, "_hash", h)
+    return h
+
+
 def _round(n: int, a: int) -> int:
     return (n + a - 1) // a * a
 
@@ -236,6 +247,9 @@ class Struct:
     size: int
     align: int = field(default=1, compare=False)
     packed: bool = field(default=False, compare=False)
+
+    def __hash__(self) -> int:
+        return _shared_hash(self)
 
     @staticmethod
     def layout(members: list[tuple[str, "CType", int]], packed: bool = False,
@@ -284,6 +298,9 @@ class CUnion:
     size: int
     align: int = field(default=1, compare=False)
 
+    def __hash__(self) -> int:
+        return _shared_hash(self)
+
     @staticmethod
     def layout(members: list[tuple[str, "CType"]], packed: bool = False,
                aligns: Sequence[int] | None = None) -> "CUnion":
@@ -330,8 +347,9 @@ CType = Union[Int, Bool, Addr, Bytes, Chars, Array, Lpm, Enum, Struct, CUnion, F
 _PACKED = "packed"
 
 
+@cache
 def canonical_align(t: CType) -> int:
-    """The alignment a type has when written in its canonical spec."""
+    """The alignment a type has when written in its canonical spec (cached: types share their parts)."""
     if isinstance(t, Struct):
         mode = _mode(t)
         if isinstance(mode, tuple):
@@ -397,12 +415,50 @@ def expressible(s: Struct) -> bool:
     return _mode(s) is not None
 
 
-_ARRAY_RE = re.compile(r"^([A-Za-z0-9_]+)((?:\[\d+\])+)$")
-_BITFIELD_RE = re.compile(r"^([a-z0-9]+):(\d+)$")
+_ARRAY_RE = re.compile(r"([A-Za-z0-9_]+)((?:\[\d+\])+)")
+_BITFIELD_RE = re.compile(r"([a-z0-9]+):(\d{1,4})")
 MAX_TYPE_SIZE = 1 << 16
+# Structs, unions and arrays nested in each other: far beyond any C header, and a bound on every
+# walk over a type (parsing, layout, BTF, codecs), whatever a hostile file nests.
+MAX_TYPE_DEPTH = 32
 SCALAR_NAMES = (*INT_NAMES, "bool", *ADDR_SIZES)
 
 _parsed: dict[str, CType] = {}
+
+
+# Types one type holds, counted as a tree (a struct's fields, their fields...; an array counts once):
+# a C struct holds a few hundred. Types share their parts, so a struct holding two of a struct holding
+# two of ... is small as a spec or as BTF and astronomically large as a tree, which hashing it or laying
+# it out walks whole.
+MAX_TYPE_NODES = 10_000
+
+
+def type_nodes(typ: CType, memo: dict[int, int]) -> int:
+    """How many types `typ` holds as a tree, counted no further than past MAX_TYPE_NODES, in time linear
+    in its distinct parts. `memo` maps id() of a type counted before to its count: only for types that
+    stay alive while it is used."""
+    known = memo.get(id(typ))
+    if known is not None:
+        return known
+    n = 1
+    if isinstance(typ, (Struct, CUnion)):
+        for f in typ.fields:
+            n += type_nodes(f.type, memo)
+            if n > MAX_TYPE_NODES:
+                break
+    elif isinstance(typ, Array):
+        n += type_nodes(typ.elem, memo)
+    memo[id(typ)] = n
+    return n
+
+
+def _spec_key(spec: Any) -> str | None:
+    """A mapping spec as a key of the parse cache; None (not cached) for one repr cannot write
+    (an integer beyond Python's 4,300 digits, nesting beyond the recursion limit)."""
+    try:
+        return repr(spec)
+    except (ValueError, RecursionError):
+        return None
 
 
 def parse_type(spec: Any, named: Mapping[str, CType] | None = None) -> CType:
@@ -410,13 +466,15 @@ def parse_type(spec: Any, named: Mapping[str, CType] | None = None) -> CType:
 
     `named`: types a config imported from BTF (`struct backend_value`, `enum lb_policy`, ...).
     CTypes are immutable, so thousands of maps with the same spec share one parse."""
-    cache_key = (spec if isinstance(spec, str) else repr(spec)) if not named else None
+    cache_key = (spec if isinstance(spec, str) else _spec_key(spec)) if not named else None
     cached = _parsed.get(cache_key) if cache_key is not None else None
     if cached is not None:
         return cached
     typ = _parse(spec, named or {})
+    if type_nodes(typ, {}) > MAX_TYPE_NODES:  # before anything walks it whole (hashing, the canonical spelling)
+        raise TypeSpecError(f"a type holds at most {MAX_TYPE_NODES} fields and elements, counted as a tree")
     if typ.size == 0 or typ.size > MAX_TYPE_SIZE:
-        raise TypeSpecError(f"type size must be 1..{MAX_TYPE_SIZE} bytes, got {typ.size}")
+        raise TypeSpecError(f"type size must be 1..{MAX_TYPE_SIZE} bytes, got {shown(typ.size)}")
     if not _spelled_canonically(typ):  # what a map's BTF gives back must be this type again
         raise TypeSpecError("this mix of packed and natural nested structs or unions has no canonical spelling "
                             "(a packed member next to a natural one that needs its alignment): declare the "
@@ -442,9 +500,13 @@ def _parse_name(spec: str, named: Mapping[str, CType]) -> CType:
         return Addr(spec)
     if spec in named:
         return named[spec]
-    m = _ARRAY_RE.match(spec)
+    m = _ARRAY_RE.fullmatch(spec)
     if m:
-        base, dims = m.group(1), [int(d) for d in re.findall(r"\d+", m.group(2))]
+        lengths = re.findall(r"\d+", m.group(2))
+        if len(lengths) > MAX_TYPE_DEPTH or any(len(d) > 6 for d in lengths):
+            raise TypeSpecError(f"{shown(spec)}: an array has at most {MAX_TYPE_DEPTH} dimensions, and a type at "
+                                f"most {MAX_TYPE_SIZE} bytes")
+        base, dims = m.group(1), [int(d) for d in lengths]
         if 0 in dims:
             raise TypeSpecError(f"'{spec}': an array needs at least one element")
         innermost = dims.pop()
@@ -473,7 +535,7 @@ def _unknown(spec: str, named: Mapping[str, CType]) -> TypeSpecError:
     close = difflib.get_close_matches(spec, SCALAR_NAMES, n=1, cutoff=0.6)
     if close or not _C_NAME_RE.match(spec):
         hint = f": did you mean '{close[0]}'? The built-in types are" if close else ": expected one of"
-        return TypeSpecError(f"unknown type '{spec}'{hint} {builtin}")
+        return TypeSpecError(f"unknown type {shown(spec)}{hint} {builtin}")
     searched = getattr(named, "searched", None) or []
     if searched:
         where = f"not declared in {', '.join(searched)} (the files under btf:, searched in that order)"
@@ -481,10 +543,11 @@ def _unknown(spec: str, named: Mapping[str, CType]) -> TypeSpecError:
         where = "not among the named types given"
     else:
         where = "a C type's name needs a top-level `btf:` list of BPF objects, BTF files or C headers that declare it"
-    return TypeSpecError(f"unknown type '{spec}': {where}; the built-in types are {builtin}")
+    return TypeSpecError(f"unknown type {shown(spec)}: {where}; the built-in types are {builtin}")
 
 
-def _members(spec: Any, word: str, named: Mapping[str, CType], bitfields: bool) -> list[tuple[str, CType, int]]:
+def _members(spec: Any, word: str, named: Mapping[str, CType], bitfields: bool,
+             depth: int) -> list[tuple[str, CType, int]]:
     members = spec[word]
     if not isinstance(members, list) or not members:
         raise TypeSpecError(f"a {word} is a non-empty list of {{field: type}} mappings", (word,))
@@ -494,19 +557,19 @@ def _members(spec: Any, word: str, named: Mapping[str, CType], bitfields: bool) 
         if not isinstance(m, dict) or len(m) != 1:
             raise TypeSpecError(f"each {word} field is a mapping of one field name to its type", (word, i))
         (name, ftype), = m.items()
-        if not isinstance(name, str) or not IDENT_RE.match(name):
-            raise TypeSpecError(f"{word} field name {name!r} is not a C identifier", (word, i))
+        if not isinstance(name, str) or not IDENT_RE.fullmatch(name):
+            raise TypeSpecError(f"{word} field name {shown(name)} is not a C identifier", (word, i))
         if name in seen:
             raise TypeSpecError(f"{word} field '{name}' is defined twice", (word, i, name))
         seen.add(name)
         bits = 0
-        bf = _BITFIELD_RE.match(ftype) if isinstance(ftype, str) else None
+        bf = _BITFIELD_RE.fullmatch(ftype) if isinstance(ftype, str) else None
         if bf is not None:
             if not bitfields:
                 raise TypeSpecError(f"field '{name}': bitfields belong in structs", (word, i, name))
             ftype, bits = bf.group(1), int(bf.group(2))
         try:
-            typ = _parse(ftype, named)
+            typ = _parse(ftype, named, depth + 1)
         except TypeSpecError as e:
             raise e.inside(word, i, name) from None
         if bf is not None and not (isinstance(typ, (Int, Enum, Bool)) and not getattr(typ, "big_endian", False)
@@ -518,31 +581,34 @@ def _members(spec: Any, word: str, named: Mapping[str, CType], bitfields: bool) 
     return out
 
 
-def _parse(spec: Any, named: Mapping[str, CType]) -> CType:
+def _parse(spec: Any, named: Mapping[str, CType], depth: int = 0) -> CType:
+    if depth > MAX_TYPE_DEPTH:
+        raise TypeSpecError(f"types nest at most {MAX_TYPE_DEPTH} levels deep (structs, unions and arrays in each other)")
     if isinstance(spec, str):
         return _parse_name(spec, named)
     if isinstance(spec, dict):
         if set(spec) == {"lpm"}:
             fam = spec["lpm"]
             if fam not in ("ipv4", "ipv6"):
-                raise TypeSpecError(f"lpm family must be ipv4 or ipv6, got {fam!r}", ("lpm",))
+                raise TypeSpecError(f"lpm family must be ipv4 or ipv6, got {shown(fam)}", ("lpm",))
             return Lpm(fam)
         if "struct" in spec and set(spec) <= {"struct", "packed"}:
             packed = spec.get("packed", False)
             if not isinstance(packed, bool):
                 raise TypeSpecError("'packed' must be true or false", ("packed",))
-            return Struct.layout(_members(spec, "struct", named, True), packed)
+            return Struct.layout(_members(spec, "struct", named, True, depth), packed)
         if "union" in spec and set(spec) <= {"union", "packed"}:
             packed = spec.get("packed", False)
             if not isinstance(packed, bool):
                 raise TypeSpecError("'packed' must be true or false", ("packed",))
-            return CUnion.layout([(n, t) for n, t, _ in _members(spec, "union", named, False)], packed)
+            return CUnion.layout([(n, t) for n, t, _ in _members(spec, "union", named, False, depth)], packed)
         if set(spec) == {"array", "length"}:
             n = spec["length"]
-            if type(n) is not int or n < 1:
-                raise TypeSpecError(f"an array's length is a positive integer, got {n!r}", ("length",))
+            if type(n) is not int or not 0 < n <= MAX_TYPE_SIZE:
+                raise TypeSpecError(f"an array's length is a positive integer up to {MAX_TYPE_SIZE}, got {shown(n)}",
+                                    ("length",))
             try:
-                return Array(_parse(spec["array"], named), n)
+                return Array(_parse(spec["array"], named, depth + 1), n)
             except TypeSpecError as e:
                 raise e.inside("array") from None
         if "enum" in spec and set(spec) <= {"enum", "values"}:
@@ -553,30 +619,32 @@ def _parse(spec: Any, named: Mapping[str, CType]) -> CType:
             except TypeSpecError as e:
                 raise e.inside("type") from None
             try:
-                shown = _parse(spec["format"], named)
+                presented = _parse(spec["format"], named)
             except TypeSpecError as e:
                 raise e.inside("format") from None
-            return formatted(base, shown)
-        raise TypeSpecError(f"unknown type {spec!r}: a mapping type is {{lpm: ...}}, {{struct: [...], packed: bool}}, "
+            return formatted(base, presented)
+        raise TypeSpecError(f"unknown type {shown(spec)}: a mapping type is {{lpm: ...}}, {{struct: [...], packed: bool}}, "
                             "{union: [...]}, {enum: u32, values: {NAME: number}}, {array: T, length: N} or "
                             "{type: T, format: F}")
-    raise TypeSpecError(f"a type is a name or a mapping, got {spec!r}")
+    raise TypeSpecError(f"a type is a name or a mapping, got {shown(spec)}")
 
 
 def _parse_enum(spec: dict[str, Any]) -> Enum:
     base = spec["enum"]
     if base not in INT_NAMES or INT_NAMES[base][2]:
-        raise TypeSpecError(f"an enum's base is a host-order integer type (u8..u64, i8..i64), got {base!r}", ("enum",))
+        raise TypeSpecError(f"an enum's base is a host-order integer type (u8..u64, i8..i64), got {shown(base)}",
+                            ("enum",))
     typ = Int(base)
     lo, hi = (-(1 << (8 * typ.size - 1)), (1 << (8 * typ.size - 1)) - 1) if typ.signed else (0, (1 << 8 * typ.size) - 1)
     values = spec.get("values") or {}
     if not isinstance(values, dict):
         raise TypeSpecError("an enum's values are a mapping of NAME: number", ("values",))
     for name, n in values.items():
-        if not isinstance(name, str) or not IDENT_RE.match(name):
-            raise TypeSpecError(f"enum value name {name!r} is not a C identifier", ("values", name))
+        if not isinstance(name, str) or not IDENT_RE.fullmatch(name):
+            raise TypeSpecError(f"enum value name {shown(name)} is not a C identifier", ("values", name))
         if type(n) is not int or not lo <= n <= hi:
-            raise TypeSpecError(f"enum value {name}: expected an integer {lo}..{hi} for {base}, got {n!r}", ("values", name))
+            raise TypeSpecError(f"enum value {name}: expected an integer {lo}..{hi} for {base}, got {shown(n)}",
+                                ("values", name))
     return Enum(typ, tuple(values.items()))
 
 
@@ -688,8 +756,16 @@ def formats_of(t: CType, prefix: str = "") -> dict[str, Any]:
 
 
 def type_or_raw(spec: Any, size: int) -> CType:
-    """The type a spec names, or raw bytes of `size` when there is no spec (a map without BTF, `key_size: N`)."""
-    return parse_type(spec) if spec is not None else Raw(size)
+    """The type a spec names, or raw bytes of `size` when there is no spec (a map without BTF, `key_size: N`)
+    or none that fits: a live map's BTF, read back, may name a type beyond the type language's bounds
+    or of another size, and its bytes must still be shown."""
+    if spec is None:
+        return Raw(size)
+    try:
+        typ = parse_type(spec)
+    except TypeSpecError:
+        return Raw(size)
+    return typ if typ.size == size else Raw(size)
 
 
 def same_type(a: Any, b: Any) -> bool:

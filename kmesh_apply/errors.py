@@ -6,9 +6,15 @@ one clear message and exit 1, and anything else is a bug (a traceback).
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
+
+from kmesh_apply.terminal import label, printable
 from kmesh_apply.wording import count
 
-from dataclasses import dataclass
+# What a map may be called (the schema's propertyNames): bpffs refuses dots, and a name is one path
+# component. Whole names only (fullmatch): a pattern ending in `$` lets a trailing newline through.
+MAP_NAME = re.compile(r"[A-Za-z0-9_-]+")
 
 
 class KmeshError(Exception):
@@ -28,18 +34,27 @@ class Diagnostic:
     line: int = 0
     map: str = ""
     entry: str = ""
+    kind: str = ""  # what is wrong, in the tool's own words only (never a value from the config): see `summary`
+
+    def _where(self) -> str:
+        where = printable(self.file or "<config>")
+        return f"{where}:{self.line}" if self.line else where
 
     def __str__(self) -> str:
-        where = self.file or "<config>"
-        if self.line:
-            where += f":{self.line}"
         about = ""
         if self.map:
-            about = f" map '{self.map}'"
+            about = f" map '{printable(self.map)}'"
             if self.entry:
-                about += f" entry {self.entry}"
+                about += f" entry {printable(self.entry)}"
             about += ":"
-        return f"{where}:{about} {self.message}"
+        return f"{self._where()}:{about} {printable(self.message)}"
+
+    @property
+    def summary(self) -> str:
+        """Where the problem is and its kind, quoting nothing from the config but a valid map name:
+        for `/healthz`, which whoever reaches the metrics port reads (a value may be a secret)."""
+        about = f" map '{self.map}':" if MAP_NAME.fullmatch(self.map) else ""
+        return f"{self._where()}:{about} {self.kind or 'invalid configuration'}"
 
 
 class ConfigError(KmeshError):
@@ -105,3 +120,23 @@ class ApplyError(KmeshError):
 
 class ReplaceInUseError(KmeshError):
     """A plan would replace maps that loaded programs hold, and replacing them was not allowed."""
+
+
+# Set (to anything but 0) to see the traceback of an internal error; `--debug` sets it.
+DEBUG_ENV = "KMESH_APPLY_DEBUG"
+
+
+def debugging() -> bool:
+    import os
+
+    return os.environ.get(DEBUG_ENV, "0") not in ("", "0")
+
+
+def internal_error(e: BaseException) -> str:
+    """The one line a user sees for a bug (an exception that is no KmeshError): what it was, never a
+    traceback, which may hold config values and is noise to an operator (see `debugging`)."""
+    try:
+        text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    except Exception:  # noqa: BLE001  (an exception whose own str fails)
+        text = ""
+    return f"internal error, please report it: {type(e).__name__}" + (f": {label(text, 200)}" if text else "")

@@ -9,14 +9,13 @@ which is 13x slower on the 20,000 samples of 5,000 maps (bench/scrape.py).
 
 from __future__ import annotations
 
+import logging
 import os
-import socket
 import tempfile
 import threading
 import time
 from bisect import bisect_left
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -27,6 +26,7 @@ from prometheus_client.utils import floatToGoString
 
 from kmesh_apply.errors import ConfigError, KmeshError
 from kmesh_apply.monitor import OUTCOMES, UNMANAGED, Health, MapUsage, MetricsSource, Snapshot
+from kmesh_apply.terminal import printable, shown
 
 # Reconcile durations: from a no-op pass on a small pin root to a large first apply.
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -126,8 +126,11 @@ class PrometheusRecorder:
 
 
 def _escape(value: str) -> str:
-    if "\\" in value or '"' in value or "\n" in value:
-        return value.replace("\\", r"\\").replace('"', r"\"").replace("\n", r"\n")
+    """A label value as the text format writes it; made printable first (a map someone else pinned is
+    named by them, and /metrics is read in terminals too)."""
+    value = printable(value)
+    if "\\" in value or '"' in value:
+        return value.replace("\\", r"\\").replace('"', r"\"")
     return value
 
 
@@ -293,59 +296,111 @@ class RunMetrics:
 
 
 # ---- the HTTP endpoint --------------------------------------------------------------------
+#
+# Served by waitress: one thread reads and writes every connection (no thread per client), a small
+# pool runs the handler, and the limits below bound what any peer of the port can hold. A peer that
+# holds every connection slot makes scrapes wait for its connections to time out; it cannot exhaust
+# the watcher's threads, memory or file descriptors.
+
+THREADS = 2  # handlers: a scrape formats bytes the source already holds
+CONNECTION_LIMIT = 64  # open connections; Prometheus keeps one per scraper
+HEADER_LIMIT = 8192  # bytes of request line and headers (a scrape sends a few hundred)
+IDLE_TIMEOUT = 10  # seconds a connection may stay open with no request (Prometheus reconnects)
+READ_TIMEOUT = 5  # seconds a request may take to arrive in full, however slowly it trickles in
 
 
 def parse_address(addr: str) -> tuple[str, int]:
     """HOST:PORT ([::1]:9464 for IPv6; an empty host means every interface) -> (host, port)."""
     host, sep, port = addr.rpartition(":")
     if not sep or not port.isdigit() or int(port) > 65535:
-        raise KmeshError(f"metrics address {addr!r}: expected HOST:PORT, e.g. 127.0.0.1:9464 or [::1]:9464")
+        raise KmeshError(f"metrics address {shown(addr)}: expected HOST:PORT, e.g. 127.0.0.1:9464 or [::1]:9464")
     host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
     return host or "0.0.0.0", int(port)
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server: "_Server"
-
-    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
-        path = self.path.split("?", 1)[0]
-        if path == "/metrics":
-            self._send(200, self.server.scrape(), CONTENT_TYPE)
-        elif path == "/healthz":
-            health = self.server.source.health()
-            body = "ok\n" if health.ok else "".join(f"{r}\n" for r in health.reasons or ["unhealthy"])
-            self._send(200 if health.ok else 503, body.encode(), "text/plain; charset=utf-8")
-        else:
-            self._send(404, b"not found: try /metrics or /healthz\n", "text/plain; charset=utf-8")
-
-    def _send(self, status: int, body: bytes, content_type: str) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass  # scrapes every few seconds would flood the log
+def healthz_text(health: Health) -> str:
+    """`/healthz`'s body: `ok`, or each reason on a line (reasons quote no config value: see
+    Diagnostic.summary), made printable."""
+    return "ok\n" if health.ok else "".join(f"{printable(r)}\n" for r in health.reasons or ["unhealthy"])
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
+class _App:
+    """The WSGI application: GET (or HEAD) /metrics and /healthz."""
 
-    def __init__(self, address: tuple[str, int], source: MetricsSource, recorder: PrometheusRecorder) -> None:
-        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+    def __init__(self, source: MetricsSource, recorder: PrometheusRecorder) -> None:
         self.source = source
         self.scrape = Scrape(source, recorder)
-        super().__init__(address, _Handler)
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        path, method = environ.get("PATH_INFO", ""), environ.get("REQUEST_METHOD", "")
+        if method not in ("GET", "HEAD"):
+            status, body, kind = "405 Method Not Allowed", b"GET /metrics or /healthz\n", _TEXT
+        elif path == "/metrics":
+            status, body, kind = "200 OK", self.scrape(), CONTENT_TYPE
+        elif path == "/healthz":
+            health = self.source.health()
+            status, body, kind = "200 OK" if health.ok else "503 Service Unavailable", healthz_text(health).encode(), _TEXT
+        else:
+            status, body, kind = "404 Not Found", b"not found: try /metrics or /healthz\n", _TEXT
+        headers = [("Content-Type", kind), ("Content-Length", str(len(body)))]
+        if method == "GET" and status.startswith("405"):
+            headers.append(("Allow", "GET, HEAD"))
+        start_response(status, headers)
+        return [body] if method == "GET" else []
+
+
+_TEXT = "text/plain; charset=utf-8"
+
+
+def _waitress_server() -> type:
+    """waitress's TCP server and channel, taught READ_TIMEOUT: waitress closes a connection idle for
+    IDLE_TIMEOUT, but a client that sends a byte now and then is never idle (slowloris)."""
+    from waitress.channel import HTTPChannel
+    from waitress.server import TcpWSGIServer
+
+    class Channel(HTTPChannel):  # type: ignore[misc]
+        reading_since: float | None = None  # when the first byte of a request not yet read in full came
+
+        def received(self, data: bytes) -> bool:
+            if data and self.request is None and self.reading_since is None:
+                self.reading_since = time.monotonic()
+            done = super().received(data)
+            if self.request is None:  # every request that arrived is read in full
+                self.reading_since = None
+            return bool(done)
+
+    class Server(TcpWSGIServer):  # type: ignore[misc]
+        channel_class = Channel
+
+        def maintenance(self, now: float) -> None:
+            super().maintenance(now)
+            cutoff = time.monotonic() - READ_TIMEOUT
+            for channel in list(self.active_channels.values()):
+                if channel.reading_since is not None and channel.reading_since < cutoff:
+                    channel.will_close = True
+
+    return Server
 
 
 class MetricsServer:
     """A running endpoint; `address` is where it listens (the real port when 0 was asked)."""
 
-    def __init__(self, server: _Server) -> None:
-        self._server = server
-        self.address: tuple[str, int] = server.server_address[:2]  # type: ignore[assignment]
-        self._thread = threading.Thread(target=server.serve_forever, name="kmesh-apply-metrics", daemon=True)
+    def __init__(self, host: str, port: int, app: _App) -> None:
+        from waitress.adjustments import Adjustments
+        from waitress.task import ThreadedTaskDispatcher
+
+        logging.getLogger("waitress").addHandler(logging.NullHandler())  # not Python's last resort: stderr
+        server_class = _waitress_server()
+        adj = Adjustments(host=host, port=port, threads=THREADS, connection_limit=CONNECTION_LIMIT,
+                          max_request_header_size=HEADER_LIMIT, max_request_body_size=0, channel_timeout=IDLE_TIMEOUT,
+                          cleanup_interval=1, backlog=CONNECTION_LIMIT, asyncore_use_poll=True, ident="kmesh-apply",
+                          expose_tracebacks=False)
+        self._map: dict[int, Any] = {}
+        dispatcher = ThreadedTaskDispatcher()
+        dispatcher.set_thread_count(THREADS)
+        self._server = server_class(app, self._map, dispatcher=dispatcher, adj=adj, sockinfo=adj.listen[0])
+        self.address: tuple[str, int] = (str(self._server.effective_host), int(self._server.effective_port))
+        self._thread = threading.Thread(target=self._server.run, name="kmesh-apply-metrics", daemon=True)
         self._thread.start()
 
     @property
@@ -354,9 +409,12 @@ class MetricsServer:
         return f"http://{f'[{host}]' if ':' in host else host}:{port}"
 
     def close(self) -> None:
-        """Stop serving and release the port."""
-        self._server.shutdown()
-        self._server.server_close()
+        """Stop serving, drop every connection and release the port."""
+        from waitress import wasyncore
+
+        self._server.task_dispatcher.shutdown()
+        # Closed by the loop's own thread, woken for it: from here it would sleep out its poll timeout.
+        self._server.trigger.pull_trigger(lambda: wasyncore.close_all(self._map))
         self._thread.join()
 
     def __enter__(self) -> "MetricsServer":
@@ -368,7 +426,8 @@ class MetricsServer:
 
 def start_server(addr: str, source: MetricsSource, recorder: PrometheusRecorder) -> MetricsServer:
     """Serve /metrics and /healthz on HOST:PORT from a background thread."""
+    host, port = parse_address(addr)
     try:
-        return MetricsServer(_Server(parse_address(addr), source, recorder))
+        return MetricsServer(host, port, _App(source, recorder))
     except OSError as e:
         raise KmeshError(f"cannot serve metrics on {addr}: {e.strerror or e}") from e

@@ -13,7 +13,8 @@ from typing import Any, Protocol
 
 from kmesh_apply.config.model import NEARLY_FULL, can_fill, used_entries
 from kmesh_apply.state import LiveState
-from kmesh_apply.wording import count
+from kmesh_apply.terminal import printable
+from kmesh_apply.wording import count, human_bytes
 
 # Outcomes of one reconcile pass, the label values of kmesh_apply_reconciles_total.
 OUTCOMES = ("success", "noop", "error")
@@ -134,29 +135,16 @@ def usage_json(usage: list[MapUsage]) -> list[dict[str, Any]]:
     return [{**asdict(u), "fill": round(u.fill, 6), "can_fill": u.can_fill} for u in usage]
 
 
-def human_bytes(n: int | None) -> str:
-    """1536 -> "1.5 KiB"; None (not read) -> "-"."""
-    if n is None:
-        return "-"
-    if n < 1024:
-        return f"{n} B"
-    size, unit = n / 1024, "KiB"
-    for bigger in ("MiB", "GiB"):
-        if size < 1024:
-            break
-        size, unit = size / 1024, bigger
-    return f"{size:.1f} {unit}"
-
-
 USAGE_COLUMNS = ("map", "kind", "type", "entries", "max_entries", "fill", "memlock", "programs")
 
 
 def usage_rows(usage: list[MapUsage]) -> list[tuple[str, ...]]:
-    """The cells of `show --usage`, fullest first; a nearly full map's fill is marked with `!` (never an array's)."""
-    return [(u.name, u.kind, u.type, "-" if u.entries is None else str(u.entries), str(u.max_entries),
+    """The cells of `show --usage`, fullest first; a nearly full map's fill is marked with `!` (never an array's).
+    Names are made printable: a map someone else pinned in the pin root is named by them."""
+    return [(printable(u.name), u.kind, u.type, "-" if u.entries is None else str(u.entries), str(u.max_entries),
              "-" if u.entries is None else f"{u.fill * 100:.1f}%{' !' if u.nearly_full else ''}",
              human_bytes(u.memlock_bytes),
-             ", ".join(u.programs) or "-")
+             printable(", ".join(u.programs)) or "-")
             for u in usage]
 
 

@@ -121,9 +121,9 @@ def _with_targets(doc: dict[str, Any], m: LiveMap, key: CType, kind: str, progra
 def _outer(m: LiveMap, names: dict[int, str], template: str | None) -> dict[str, Any]:
     """The key type is the one kmesh-apply recorded (None: not recorded, e.g. a map made by another
     tool: then u32 for 4-byte keys, else raw bytes); `template` the inner map it was made with."""
-    key = parse_type(m.key_type) if m.key_type is not None else None
-    if key is None or key.size != m.key_size:
-        key = parse_type("u32") if m.key_size == 4 else Raw(m.key_size)
+    key = type_or_raw(m.key_type, m.key_size)
+    if isinstance(key, Raw) and m.key_size == 4:
+        key = parse_type("u32")
     doc: dict[str, Any] = {"type": m.type}
     _type_fields(doc, {"key": key})
     doc["max_entries"] = m.max_entries

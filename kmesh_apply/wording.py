@@ -21,14 +21,15 @@ def a(word: str) -> str:
     return f"{'an' if word[:1] in tuple('aeiou') or word.startswith(('lru', 'lpm')) else 'a'} {word}"
 
 
-def flow(value: Any) -> str:
-    """A key or value as YAML writes it on one line: `{ip: 10.0.0.1, port: 80}`, `[1, 2]`, `7`."""
-    if isinstance(value, (str, int, float)):
-        return str(value)
-    import yaml
-
-    try:
-        text = yaml.safe_dump(value, default_flow_style=True, sort_keys=False, width=1 << 30, allow_unicode=True)
-    except yaml.YAMLError:
-        return repr(value)
-    return text.removesuffix("...\n").strip()
+def human_bytes(n: int | None) -> str:
+    """1536 -> "1.5 KiB", 2**48 -> "256.0 TiB"; None (not read) -> "-"."""
+    if n is None:
+        return "-"
+    if n < 1024:
+        return f"{n} B"
+    size, unit = n / 1024, "KiB"
+    for bigger in ("MiB", "GiB", "TiB", "PiB"):
+        if size < 1024:
+            break
+        size, unit = size / 1024, bigger
+    return f"{size:.1f} {unit}"

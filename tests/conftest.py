@@ -102,3 +102,63 @@ def run_cli(*argv: str, env: dict[str, str] | None = None, input: str | None = N
     full_env = dict(os.environ)
     full_env.update(env or {})
     return subprocess.run([str(exe), *argv[1:]], capture_output=True, text=True, env=full_env, input=input)
+
+
+class LocalUser:
+    """An unprivileged local user made for one test: what another user of a shared node can do."""
+
+    def __init__(self, name: str, home: Path) -> None:
+        import pwd
+
+        entry = pwd.getpwnam(name)
+        self.name, self.uid, self.gid = name, entry.pw_uid, entry.pw_gid
+        self.home = home  # theirs, where they write files (pytest's tmp_path is root's alone)
+        os.chown(home, self.uid, self.gid)
+        self.started: list[subprocess.Popen] = []
+
+    def argv(self, *argv: str) -> list[str]:
+        """`argv` run as this user (no groups, no capabilities)."""
+        return ["setpriv", f"--reuid={self.uid}", f"--regid={self.gid}", "--clear-groups", "--inh-caps=-all", *argv]
+
+    def run(self, *argv: str, input: bytes | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+        return subprocess.run(self.argv(*argv), input=input, capture_output=True, timeout=timeout)
+
+    def start(self, *argv: str) -> subprocess.Popen:
+        """A process of this user, stopped when the test ends."""
+        proc = subprocess.Popen(self.argv(*argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.started.append(proc)
+        return proc
+
+    def write(self, path: Path, data: bytes) -> Path:
+        """Write a file as this user (in a directory they may write): the file is theirs."""
+        res = self.run("dd", f"of={path}", "status=none", input=data)
+        assert res.returncode == 0, res.stderr
+        return path
+
+
+@contextlib.contextmanager
+def unprivileged_user():
+    """A fresh unprivileged user (useradd), removed afterwards with the processes started as it."""
+    import tempfile
+
+    name = f"kmt{uuid.uuid4().hex[:10]}"
+    subprocess.run(["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", name], check=True, capture_output=True)
+    home = Path(tempfile.mkdtemp(prefix=f"{name}-"))
+    user = None
+    try:
+        user = LocalUser(name, home)
+        yield user
+    finally:
+        for proc in user.started if user is not None else []:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+        shutil.rmtree(home, ignore_errors=True)
+        subprocess.run(["userdel", name], capture_output=True)
+
+
+@pytest.fixture
+def local_user() -> LocalUser:
+    """An unprivileged user of the test's own (see unprivileged_user)."""
+    with unprivileged_user() as user:
+        yield user

@@ -196,15 +196,16 @@ def test_missing_kmesh_apply_is_a_clear_failure(tmp_path: Path):
 
 
 def test_kernel_refusal_fails_with_what_was_applied(tmp_path: Path, pin_root: Path):
-    """A map the kernel cannot allocate: the host fails with errno, the failed step and how to converge."""
-    config = {"inner_maps": {"huge": {"type": "array", "key": "u32", "value": "bytes[4096]",
-                                      "max_entries": 4_000_000_000}}}
+    """A map the kernel refuses (a per-CPU map placed on a NUMA node: EINVAL; a map too large for the machine is
+    refused before apply, with the figures): the host fails with errno, the failed step and how to converge."""
+    config = {"inner_maps": {"huge": {"type": "percpu_hash", "key": "u32", "value": "u32", "max_entries": 4,
+                                      "flags": ["numa_node"]}}}
     res = ansible("ansible", "localhost", "-c", "local", "-e", f"ansible_python_interpreter={sys.executable}",
                   "-m", "kmesh.maps.apply", "-a", json.dumps({"pin_root": str(pin_root), "config": config}),
                   tmp_path=tmp_path)
     assert res.returncode != 0 and "FAILED" in res.stdout, res.stdout + res.stderr
     msg = json.loads(res.stdout.split("FAILED! => ", 1)[1])["msg"]
-    assert "errno" in msg and "failed step: create array map 'huge'" in msg and "applied 0 steps" in msg
+    assert "errno" in msg and "failed step: create percpu_hash map 'huge'" in msg and "applied 0 steps" in msg
     assert "Traceback" not in res.stdout + res.stderr
 
 

@@ -118,3 +118,17 @@ def test_replacing_a_map_a_program_holds_needs_allow_replace_in_use(run, load, p
     assert forced["changed"] is True and forced["changes"][0]["holders"][0]["id"] == prog.id, forced
     again = run(config=bigger)
     assert again["changed"] is False and again["drift"] is True and "still held" in again["plan_text"]
+
+
+def test_a_bug_is_one_line_with_the_traceback_for_vvv(run, pin_root: Path, monkeypatch: pytest.MonkeyPatch):
+    """An exception that is no KmeshError fails the task with one line; the traceback goes to `exception`,
+    which Ansible keeps only when asked for tracebacks (-vvv, ANSIBLE_DISPLAY_TRACEBACK)."""
+    def fault(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("a bug\nsecond line")
+
+    monkeypatch.setattr(APPLY.api, "plan", fault)
+    result = run(config=CONFIG.format(root=pin_root))
+    assert result["failed"] is True and result["msg"] == "internal error, please report it: RuntimeError: a bug", result
+    if "exception" in result:  # kept when tracebacks are asked for
+        assert "in fault" in str(result["exception"])
+    assert not pin_root.exists()

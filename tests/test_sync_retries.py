@@ -150,9 +150,10 @@ def test_unchanged_state_is_a_noop_and_drift_is_counted(setup):
 
 def test_a_rejected_config_makes_health_say_why(setup):
     sync, _, recorder = setup
-    sync.reject_config(ConfigError([Diagnostic("invalid YAML", "mesh.yaml", 3)]))
+    sync.reject_config(ConfigError([Diagnostic("invalid YAML: near 'secret=1'", "mesh.yaml", 3, kind="invalid YAML")]))
     health = sync.health()
     assert not health.ok and "mesh.yaml:3: invalid YAML" in health.reasons[0]
+    assert "secret" not in health.reasons[0]  # where and what kind, never the config's text
     assert recorder.events[-1] == ("config_error",)
     sync.apply(load_config(inline=CONFIG))
     assert sync.health().ok

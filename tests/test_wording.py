@@ -40,7 +40,8 @@ def test_an_apply_cut_short_counts_its_steps():
 def test_counts_that_can_be_one_read_right(pin_root: Path, tmp_path: Path):
     """`1 entry written`, `1 map, 1 entry in inner maps`, `1 replaced map is still held`."""
     from kmesh_apply.plan.model import HeldReplaced, Plan
-    from kmesh_apply.wording import flow, verb
+    from kmesh_apply.terminal import label, shown
+    from kmesh_apply.wording import verb
 
     config = tmp_path / "one.yaml"
     config.write_text("inner_maps:\n  m: {type: hash, key: u32, value: u32, max_entries: 4, entries: {1: 1}}\n")
@@ -51,7 +52,8 @@ def test_counts_that_can_be_one_read_right(pin_root: Path, tmp_path: Path):
     held = Plan(str(pin_root), held_replaced=[HeldReplaced("m", 7)])
     assert held.summary().startswith("No changes to apply, but 1 replaced map is still held by loaded programs")
     assert [verb(n, "is", "are") for n in (0, 1, 2)] == ["are", "is", "are"]
-    assert flow({"ip": "10.0.0.1", "port": 80}) == "{ip: 10.0.0.1, port: 80}" and flow([1, [2, 3]]) == "[1, [2, 3]]"
+    assert shown({"ip": "10.0.0.1", "port": 80}) == "{ip: 10.0.0.1, port: 80}" and shown([1, [2, 3]]) == "[1, [2, 3]]"
+    assert label({"ip": "10.0.0.1"}) == "{ip: 10.0.0.1}" and shown("10") == "'10'" and label("10") == "10"
 
 
 def test_messages_name_what_was_meant(tmp_path: Path):

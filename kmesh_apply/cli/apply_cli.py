@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Iterator, Optional
 
 import typer
 
-from kmesh_apply.cli.common import PinRootNoFileOption, PinRootOption, fail, json_text, make_app, run
+from kmesh_apply.cli.common import PinRootNoFileOption, PinRootOption, fail, json_text, make_app, run, say
 from kmesh_apply.wording import count
 
 if TYPE_CHECKING:
@@ -197,7 +197,7 @@ def plan(
     else:
         typer.echo(api.render_text(p, color=_colour()), nl=False)
         if out is not None:
-            typer.echo(f"\nSaved the plan to {out}; apply it exactly with: kmesh-apply apply {out}")
+            say(f"\nSaved the plan to {out}; apply it exactly with: kmesh-apply apply {out}")
     if detailed_exitcode and p.drift:
         raise typer.Exit(2)
 
@@ -312,17 +312,21 @@ def _show_usage(root: str, usage: list["MapUsage"], json_out: bool) -> None:
     if sys.stdout.isatty():
         from rich.console import Console
         from rich.table import Table
+        from rich.text import Text
+
+        from kmesh_apply.terminal import printable
 
         console = Console()
         # Each cell is padded by a space on either side and followed by a border.
         natural = 1 + sum(3 + max(len(r[i]) for r in [monitor.USAGE_COLUMNS, *rows]) for i in range(len(rows[0]))) \
             if rows else 0
         if natural <= console.width:
-            table = Table(title=f"Map usage in {root}", caption=monitor.usage_total(usage))
+            # Text, not str: rich reads markup ([link=...], [bold]) in a str, and names come from others.
+            table = Table(title=Text(f"Map usage in {printable(root)}"), caption=monitor.usage_total(usage))
             for i, column in enumerate(monitor.USAGE_COLUMNS):
                 table.add_column(column, justify="right" if 3 <= i <= 6 else "left", no_wrap=True)
             for u, cells in zip(usage, rows):
-                table.add_row(*cells, style="bold red" if u.nearly_full else None)
+                table.add_row(*map(Text, cells), style="bold red" if u.nearly_full else None)
             console.print(table)
             return
     typer.echo(monitor.usage_text(usage), nl=False)

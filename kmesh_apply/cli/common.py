@@ -6,7 +6,9 @@ which the kernel and filesystem raise) becomes `error: ...` on stderr and exit 1
 
 from __future__ import annotations
 
+import os
 import sys
+import traceback
 from typing import Annotated, Any, NoReturn, Optional
 
 import typer
@@ -73,7 +75,7 @@ def make_app(name: str, help: str) -> typer.Typer:
                       pretty_exceptions_enable=False)
 
     @app.callback()
-    def main(version: VersionOption = False, install_completion: Optional[str] = _completion(True),
+    def main(version: VersionOption = False, debug: DebugOption = False, install_completion: Optional[str] = _completion(True),
              show_completion: Optional[str] = _completion(False)) -> None:
         pass
 
@@ -99,17 +101,38 @@ VersionOption = Annotated[bool, typer.Option("--version", help="Print the versio
                                              is_eager=True)]
 
 
+def _set_debug(value: bool) -> None:
+    if value:
+        from kmesh_apply.errors import DEBUG_ENV
+
+        os.environ[DEBUG_ENV] = "1"
+
+
+DebugOption = Annotated[bool, typer.Option("--debug", help="Print the traceback of an internal error (a bug) "
+                                           "[env: KMESH_APPLY_DEBUG=1].", callback=_set_debug, is_eager=True)]
+
+
 def json_text(doc: object) -> str:
     """A document as indented JSON: orjson (a million entries in 0.3 s, not 5 s with the json
-    module's indenting encoder), or the json module for what orjson refuses (integers beyond 64 bits)."""
+    module's indenting encoder), or the json module for what orjson refuses (integers beyond 64 bits);
+    characters a terminal would act on are escaped either way."""
     import orjson
 
+    from kmesh_apply.terminal import escape_quoted
+
     try:
-        return orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS).decode()
+        return escape_quoted(orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS).decode())
     except orjson.JSONEncodeError:
         import json
 
-        return json.dumps(doc, indent=2)
+        return json.dumps(doc, indent=2)  # ensure_ascii: every character past ASCII is escaped
+
+
+def say(text: object) -> None:
+    """Print output for people: every line made printable (names and values may come from others)."""
+    from kmesh_apply.terminal import printable_lines
+
+    print(printable_lines(str(text)))
 
 
 def fail(message: str) -> NoReturn:
@@ -118,8 +141,10 @@ def fail(message: str) -> NoReturn:
 
 
 def _print_error(message: str) -> int:
+    from kmesh_apply.terminal import printable_lines
+
     colour = sys.stderr.isatty()
-    lines = message.splitlines() or [""]
+    lines = printable_lines(message).split("\n")
     head = "\x1b[31merror:\x1b[0m" if colour else "error:"
     print(f"{head} {lines[0]}", file=sys.stderr)
     for line in lines[1:]:
@@ -147,8 +172,9 @@ def _raise_fd_limit() -> None:
 
 
 def run(app: typer.Typer) -> None:
-    """Run a typer app, mapping the tool's errors to exit 1 with a message instead of a traceback."""
-    from kmesh_apply.errors import KmeshError
+    """Run a typer app, mapping the tool's errors to exit 1 with a message instead of a traceback;
+    anything else is a bug, one line too (the traceback under --debug)."""
+    from kmesh_apply.errors import DEBUG_ENV, KmeshError, debugging, internal_error
 
     _raise_fd_limit()
     try:
@@ -170,4 +196,11 @@ def run(app: typer.Typer) -> None:
         ctx = getattr(e, "ctx", None)
         where = f" (see {ctx.command_path} --help)" if ctx is not None else ""
         sys.exit(_print_error(e.format_message() + where))  # type: ignore[attr-defined]
+    except Exception as e:  # noqa: BLE001  (the guard of last resort)
+        if debugging():
+            from kmesh_apply.terminal import printable_lines
+
+            print(printable_lines(traceback.format_exc()), file=sys.stderr, end="")
+        sys.exit(_print_error(internal_error(e) + ("" if debugging() else
+                                                   f"\n(for the traceback: {app.info.name} --debug ..., or {DEBUG_ENV}=1)")))
     sys.exit(code if isinstance(code, int) else 0)

@@ -20,8 +20,9 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
-from kmesh_apply.cli.common import PinRootNoFileOption, make_app, run
+from kmesh_apply.cli.common import PinRootNoFileOption, make_app, run, say
 from kmesh_apply.errors import KmeshError
+from kmesh_apply.terminal import printable
 
 if TYPE_CHECKING:
     from kmesh_apply.kernel.maps import Map
@@ -213,9 +214,9 @@ def lookup(
     if as_json:
         print(json.dumps({"outer_map": oid, "inner_map": inner_id, "value": shown, "value_hex": value.hex()}))
     elif isinstance(shown, list):
-        print("\n".join(f"cpu{i}: {v}" for i, v in enumerate(shown)))
+        say("\n".join(f"cpu{i}: {v}" for i, v in enumerate(shown)))
     else:
-        print(shown)
+        say(shown)
 
 
 def _pins(root: str) -> dict[int, str]:
@@ -281,19 +282,19 @@ def info(map_id: MapId, as_json: Json = False, pin_root: PinRootNoFileOption = N
         return
     for k, v in desc.items():
         if k == "slots":
-            print("slots:" + ("" if v else " none"))
+            say("slots:" + ("" if v else " none"))
             for slot, inner in v.items():
-                print(f"  {slot}: inner map {inner}")
+                say(f"  {slot}: inner map {inner}")
         elif k == "flags":
-            print(f"flags: {', '.join(v) or 'none'}")
+            say(f"flags: {', '.join(v) or 'none'}")
         elif k == "memlock" and v is not None:
-            print(f"memlock: {v} bytes")
+            say(f"memlock: {v} bytes")
         elif k == "programs":
-            print("held by programs:" + ("" if v else " none"))
+            say("held by programs:" + ("" if v else " none"))
             for p in v:
-                print(f"  {Program.from_dict(p)}")
+                say(f"  {Program.from_dict(p)}")
         elif v is not None and v != "":
-            print(f"{k}: {json.dumps(v) if isinstance(v, (dict, list)) else v}")
+            say(f"{k}: {json.dumps(v) if isinstance(v, (dict, list)) else v}")
 
 
 @map_app.command("list")
@@ -329,12 +330,13 @@ def list_maps(as_json: Json = False, pin_root: PinRootNoFileOption = None) -> No
         return
     header: tuple[str, ...] = ("PIN", "ID", "TYPE", "KEY", "VALUE", "MAX", "ENTRIES", "PROGRAMS")
     table: list[tuple[str, ...]] = [header] + [
-        tuple("-" if r[k] is None else str(r[k]) for k in ("pin", "id", "type", "key_size", "value_size", "max_entries", "entries"))
-        + (",".join(f"{p['id']}:{p['name']}" for p in r["programs"]) or "-",)
+        tuple("-" if r[k] is None else printable(str(r[k]))
+              for k in ("pin", "id", "type", "key_size", "value_size", "max_entries", "entries"))
+        + (printable(",".join(f"{p['id']}:{p['name']}" for p in r["programs"])) or "-",)
         for r in rows]
     widths = [max(len(line[i]) for line in table) for i in range(len(header))]
     for line in table:
-        print("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip())
+        say("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip())
 
 
 def main() -> None:

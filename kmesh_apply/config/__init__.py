@@ -19,6 +19,7 @@ from kmesh_apply.config.loader import INLINE, Source, config_files, parse_text, 
 from kmesh_apply.config.model import Config
 from kmesh_apply.entries import Entries
 from kmesh_apply.errors import ConfigError, Diagnostic
+from kmesh_apply.terminal import escape_quoted
 
 if TYPE_CHECKING:
     from kmesh_apply.config.cache import Cache
@@ -78,8 +79,8 @@ def _store(cache: Cache, sources: list[Source], config: Config) -> None:
     from kmesh_apply.config.chunks import CACHED_SECTIONS
 
     for src in sources:
-        if src.layout is None or src.layout_stored:
-            continue
+        if src.layout is None or src.layout_stored or not isinstance(src.data, dict):
+            continue  # (a file of no document holds no map to keep)
         parsed = {name: m for section in CACHED_SECTIONS for name, m in (src.data.get(section) or {}).items()}
         if set(parsed) != set(src.digests) - set(src.reused):
             continue  # the parser saw other maps than the cut: never store what the cut got wrong
@@ -180,8 +181,8 @@ def dump_yaml(doc: Mapping[str, Any]) -> str:
     if lines:  # one pass puts every map's lines in place of its placeholder
         text, found = _PLACEHOLDER.subn(lambda m: "    entries:\n" + lines[m.group(1)], text)
         if found != len(lines):  # not where a map's entries go: let PyYAML write them
-            return yaml.dump(_flow_entries(doc, None), Dumper=Dumper, sort_keys=False, width=120, allow_unicode=True)
-    return text
+            text = yaml.dump(_flow_entries(doc, None), Dumper=Dumper, sort_keys=False, width=120, allow_unicode=True)
+    return escape_quoted(text, yaml=True)  # PyYAML leaves bidi overrides and separators raw in double quotes
 
 
 _PLACEHOLDER = re.compile(r"^    entries: (kmesh-apply-entries-[0-9a-f]{32})\n", re.M)

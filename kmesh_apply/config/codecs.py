@@ -22,7 +22,8 @@ from typing import Any, Callable, Sequence
 
 from kmesh_apply.ctype import (COPY_UNITS, Addr, Array, Bool, Bytes, Chars, CType, CUnion, Enum, Field, Formatted, Int, Lpm,
                                Raw, Struct, records, spec_text)
-from kmesh_apply.wording import count, flow
+from kmesh_apply.terminal import shown
+from kmesh_apply.wording import count
 
 Encoder = Callable[[Any], bytes]
 Decoder = Callable[[bytes], Any]
@@ -55,14 +56,8 @@ def _path_text(path: tuple[str | int, ...]) -> str:
     return f"element {text}" if isinstance(path[0], int) else f"field '{text}'"
 
 
-def _got(value: Any) -> str:
-    """What was given: a string quoted (so that `'10'` and `10` differ), anything else as YAML writes it."""
-    text = repr(value) if isinstance(value, (str, bytes)) or value is None else flow(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
 def _fail(expected: str, value: Any) -> CodecError:
-    return CodecError(f"expected {expected}, got {_got(value)}")
+    return CodecError(f"expected {expected}, got {shown(value)}")
 
 
 # ---------------------------------------------------------------- integers
@@ -172,7 +167,7 @@ def _chars_encoder(typ: Chars) -> Encoder:
         data = value.encode()
         if len(data) > typ.size:
             raise CodecError(f"expected a string of at most {count(typ.size, 'byte')} for char[{typ.size}], "
-                             f"got {_got(value)} ({count(len(data), 'byte')} in UTF-8)")
+                             f"got {shown(value)} ({count(len(data), 'byte')} in UTF-8)")
         return data.ljust(typ.size, b"\0")
     return enc
 
@@ -191,10 +186,10 @@ def _lpm_encoder(typ: Lpm) -> Encoder:
         except (OSError, ValueError):
             raise _fail(expected, value) from None
         if not (plen.isascii() and plen.isdigit()) or not 0 <= int(plen) <= bits:
-            raise CodecError(f"expected a prefix length 0..{bits}, got {_got(value)}")
+            raise CodecError(f"expected a prefix length 0..{bits}, got {shown(value)}")
         prefix = int(plen)
         if int.from_bytes(packed, "big") & ((1 << (bits - prefix)) - 1):
-            raise CodecError(f"host bits set in {_got(value)}: the address must end in {bits - prefix} zero bits")
+            raise CodecError(f"host bits set in {shown(value)}: the address must end in {bits - prefix} zero bits")
         return prefix_pack(prefix) + packed
     return enc
 
@@ -313,11 +308,11 @@ def _union_encoder(typ: CUnion) -> Encoder:
 
     def enc(value: Any) -> bytes:
         if not isinstance(value, dict) or len(value) != 1:
-            got = f"{len(value)} members ({', '.join(map(str, value))})" if isinstance(value, dict) else _got(value)
+            got = f"{len(value)} members ({shown(list(value))})" if isinstance(value, dict) else shown(value)
             raise CodecError(f"expected a mapping that names exactly one member of the union ({every}), got {got}")
         (name, v), = value.items()
         if name not in members:
-            raise CodecError(f"unknown member {_got(name)} (the members are: {every})")
+            raise CodecError(f"unknown member {shown(name)} (the members are: {every})")
         try:
             return members[name](v).ljust(typ.size, b"\0")
         except CodecError as e:
@@ -333,7 +328,7 @@ def _enum_encoder(typ: Enum) -> Encoder:
     def enc(value: Any) -> bytes:
         if isinstance(value, str) and not _HEX_INT_RE.fullmatch(value):
             if value not in by_name:
-                raise CodecError(f"unknown enum name {_got(value)} (the names are: {names})")
+                raise CodecError(f"unknown enum name {shown(value)} (the names are: {names})")
             return ints(by_name[value])
         return ints(value)
     return enc
@@ -372,11 +367,11 @@ def _check_fields(names: list[str], value: dict[Any, Any]) -> None:
     for key in unknown:
         close = difflib.get_close_matches(key, missing, n=1, cutoff=0.6) if isinstance(key, str) else []
         if close:
-            raise CodecError(f"unknown field {_got(key)}: did you mean '{close[0]}'? (the fields are: {every})")
+            raise CodecError(f"unknown field {shown(key)}: did you mean '{close[0]}'? (the fields are: {every})")
     if missing:
         raise CodecError(f"missing (a struct value needs every field: {every})", (missing[0],))
     if unknown:
-        raise CodecError(f"unknown field {_got(unknown[0])} (the fields are: {every})")
+        raise CodecError(f"unknown field {shown(unknown[0])} (the fields are: {every})")
 
 
 # ---------------------------------------------------------------- entry points
@@ -633,7 +628,7 @@ def encode_per_cpu(typ: CType, value: Any, ncpus: int) -> bytes:
         return enc(value).ljust(stride, b"\0") * ncpus
     values = value[PER_CPU]
     if not isinstance(values, list) or len(values) != ncpus:
-        got = len(values) if isinstance(values, list) else _got(values)
+        got = len(values) if isinstance(values, list) else shown(values)
         raise CodecError(f"expected {count(ncpus, 'per-CPU value')} (this node has {count(ncpus, 'possible CPU')}), got {got}")
     out = []
     for cpu, v in enumerate(values):

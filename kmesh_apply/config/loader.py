@@ -83,6 +83,7 @@ class Problem:
     message: str
     map: str = ""
     entry: str = ""
+    kind: str = ""  # see Diagnostic.kind
 
 
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
@@ -116,7 +117,8 @@ def read_source(path: Path, cache: Cache | None = None, blocks: bool = True) -> 
         with path.open("rb") as f:
             status = os.fstat(f.fileno())
             if status.st_size > MAX_FILE_BYTES:
-                return Diagnostic(f"file too large: {status.st_size / 2**30:.1f} GiB (the limit is {MAX_FILE_BYTES >> 30} GiB)", file)
+                return Diagnostic(f"file too large: {status.st_size / 2**30:.1f} GiB (the limit is {MAX_FILE_BYTES >> 30} GiB)",
+                                  file, kind="file too large")
             large = path.suffix != ".json" and status.st_size >= (cache.min_bytes if cache is not None else MIN_BLOCKS_BYTES)
             pack = cache.load(file) if cache is not None and large else None
             seen = _status_key(status) if max(status.st_mtime_ns, status.st_ctime_ns) < settled_before else None
@@ -131,9 +133,9 @@ def read_source(path: Path, cache: Cache | None = None, blocks: bool = True) -> 
                 _blocks_only(raw, path)
         text = raw.decode("utf-8") if reuse is None or reuse.reduced is None else None
     except UnicodeDecodeError as e:
-        return Diagnostic(f"not UTF-8 text ({e.reason} at byte {e.start})", file)
+        return Diagnostic(f"not UTF-8 text ({e.reason} at byte {e.start})", file, kind="not UTF-8 text")
     except OSError as e:
-        return Diagnostic(f"cannot read: {e.strerror}", file)
+        return Diagnostic(f"cannot read: {e.strerror}", file, kind="cannot read")
     del raw  # not needed past this point: 38 MB for a million entries, at the peak of the load
     if reuse is None:
         assert text is not None
@@ -336,12 +338,18 @@ def parse_text(text: str, file: str) -> Source | Diagnostic:
         detail = [ln.strip() for ln in msg.splitlines()[1:] if ln.strip() and not ln.strip().startswith(("|", "^")) and "|" not in ln]
         if first.startswith("duplicate mapping key"):
             line = duplicate_key_line(text)
-            return Diagnostic(f"{first}: a key may appear once in a mapping", file, line)
+            return Diagnostic(f"{first}: a key may appear once in a mapping", file, line, kind="duplicate key")
         if "alias" in first:
-            return Diagnostic(f"{first}: aliases expand too far (a YAML alias bomb?)", file, line)
-        return Diagnostic("invalid YAML: " + "; ".join([re.sub(r"\s*at line \d+, column \d+", "", first), *detail]), file, line)
+            return Diagnostic(f"{first}: aliases expand too far (a YAML alias bomb?)", file, line, kind="alias bomb")
+        if "recursion limit exceeded" in msg:
+            return Diagnostic("invalid YAML: nested too deeply (more than 255 levels)", file, line, kind="invalid YAML")
+        return Diagnostic("invalid YAML: " + "; ".join([re.sub(r"\s*at line \d+, column \d+", "", first), *detail]), file,
+                          line, kind="invalid YAML")
     except RecursionError:
-        return Diagnostic("invalid YAML: nested too deeply", file)
+        return Diagnostic("invalid YAML: nested too deeply", file, kind="invalid YAML")
+    except TypeError:  # yaml-rs builds a dict of every mapping: a key that is a mapping or a list cannot be one
+        return Diagnostic("invalid YAML: a mapping key that is itself a mapping or a list (keys are scalars here)",
+                          file, kind="invalid YAML")
     finally:
         if warming is not None:
             warming.join()
@@ -355,9 +363,10 @@ def parse_json(text: str, file: str) -> Source | Diagnostic:
     try:
         data = orjson.loads(text)
     except orjson.JSONDecodeError as e:
-        return Diagnostic(f"invalid JSON: {e.msg} (column {e.colno})", file, e.lineno)
+        return Diagnostic(f"invalid JSON: {e.msg} (column {e.colno})", file, e.lineno, kind="invalid JSON")
     if _repeats_a_key(text, data):  # orjson keeps the last of repeated keys, silently
-        return Diagnostic("duplicate key: a key may appear once in an object", file, duplicate_key_line(text))
+        return Diagnostic("duplicate key: a key may appear once in an object", file, duplicate_key_line(text),
+                          kind="duplicate key")
     return Source(file, text, data, text_keys=True)
 
 
@@ -369,7 +378,10 @@ def _repeats_a_key(text: str, data: Any) -> bool:
     import orjson
 
     if "\\" not in text:
-        return text.count(":") != orjson.dumps(data).count(b":")
+        try:
+            return text.count(":") != orjson.dumps(data).count(b":")
+        except TypeError:  # nested beyond orjson's 254 levels for writing (it reads 1,024): count the keys
+            pass
     return sum(1 for m in _JSON_STRING.finditer(text) if m.group(1)) != _key_count(data)
 
 
@@ -419,13 +431,18 @@ def _compose(text: str) -> Any:
 
 
 def duplicate_key_line(text: str) -> int:
-    """The line of the second occurrence of a repeated key (PyYAML keeps duplicates as nodes)."""
+    """The line of the second occurrence of a repeated key (PyYAML keeps duplicates as nodes). Linear in
+    the text: an alias bomb of nine nested anchors is walked once per anchor, not 9^9 times."""
     import yaml
 
     root = _compose(text)
     stack = [root] if root is not None else []
+    walked: set[int] = set()  # an alias is the very node it names: walk each once, not once per path to it
     while stack:
         node = stack.pop()
+        if id(node) in walked:
+            continue
+        walked.add(id(node))
         if isinstance(node, yaml.MappingNode):
             seen: set[str] = set()
             for k, v in node.value:
@@ -441,14 +458,12 @@ def duplicate_key_line(text: str) -> int:
 
 
 def _same_key(scalar: str, want: Any) -> bool:
-    if scalar == str(want):
-        return True
-    if isinstance(want, int) and not isinstance(want, bool):
+    if isinstance(want, int) and not isinstance(want, bool):  # (str() of an int of 4,300 digits raises)
         try:
-            return int(scalar.replace("_", ""), 0) == want
+            return int(scalar.replace("_", ""), 0) == want or scalar == str(want)
         except ValueError:
             return False
-    return False
+    return scalar == str(want)
 
 
 def locate(root: Any, path: tuple[Any, ...]) -> int:
@@ -484,5 +499,5 @@ def resolve(problems: list[Problem], sources: dict[str, Source]) -> list[Diagnos
             roots[p.file] = _compose(text) if text is not None else None
         if src is not None and roots[p.file] is not None:
             line = locate(roots[p.file], p.path)
-        out.append(Diagnostic(p.message, p.file, line, p.map, p.entry))
+        out.append(Diagnostic(p.message, p.file, line, p.map, p.entry, p.kind))
     return out

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kmesh_apply.ctype import CType
+from kmesh_apply.errors import KmeshError
+from kmesh_apply.terminal import printable
 
 INNER_TYPES = ("hash", "array", "lru_hash", "percpu_hash", "percpu_array", "lru_percpu_hash", "lpm_trie")
 OUTER_TYPES = ("array_of_maps", "hash_of_maps")
@@ -153,8 +155,23 @@ class Config:
     files: tuple[str, ...] = ()
 
 
+def pin_root_problem(path: str) -> str | None:
+    """Why `path` cannot be a pin root as written, or None. A NUL cannot be in a path at all; a control
+    character or line break in one is a trick, not a directory name (it would rewrite terminals and
+    split log lines)."""
+    if "\0" in path:
+        return f"pin root {printable(path)} contains a NUL byte, which no path can hold"
+    if not path.isprintable():
+        return f"pin root {printable(path)} contains control characters or line breaks: give a plain path"
+    return None
+
+
 def resolve_pin_root(flag: str | None, config: Config | None = None) -> str:
     """The pin root in the contract's order: --pin-root, then $KMESH_PIN_ROOT, then the file, then the default."""
     import os
 
-    return flag or os.environ.get("KMESH_PIN_ROOT") or (config.pin_root if config else None) or DEFAULT_PIN_ROOT
+    root = flag or os.environ.get("KMESH_PIN_ROOT") or (config.pin_root if config else None) or DEFAULT_PIN_ROOT
+    problem = pin_root_problem(root)
+    if problem is not None:
+        raise KmeshError(problem)
+    return root

@@ -17,6 +17,7 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from kmesh_apply.capacity import offline_problem
 from kmesh_apply.config import codecs, maptypes, references
 from kmesh_apply.config.blocks import BlocksRefused, Partial
 from kmesh_apply.config.chunks import CACHED_SECTIONS
@@ -35,12 +36,15 @@ from kmesh_apply.config.model import (
     Management,
     MigrateSpec,
     OuterMapSpec,
+    pin_root_problem,
 )
 from kmesh_apply.ctype import (CType, Formatted, Int, Lpm, Raw, TypeSpecError, apply_format, format_path, missing_step,
                                parse_type, records, spec_text)
 from kmesh_apply.entries import Entries
+from kmesh_apply.errors import MAP_NAME
 from kmesh_apply.state import RESERVED_NAMES
-from kmesh_apply.wording import a, count, flow, verb
+from kmesh_apply.terminal import label, shown
+from kmesh_apply.wording import a, count, verb
 
 if TYPE_CHECKING:
     from kmesh_apply.config.cache import Cache
@@ -51,7 +55,7 @@ SCHEMA_FILE = Path(__file__).with_name("config-v1.schema.json")
 MAP_SECTIONS = (INNER_SECTION, PLAIN_SECTION, "outer_maps")
 MAX_PROBLEMS_PER_MAP = 20
 # An object key of a JSON config that spells a decimal integer is that integer where the key type is numeric.
-_DECIMAL = re.compile(r"-?[0-9]+").fullmatch
+_DECIMAL = re.compile(r"-?[0-9]{1,30}").fullmatch  # longer: no key type takes it; left as text for its codec to refuse
 _DECIMAL_CHARS = re.compile(r"[-0-9\n]*").fullmatch
 
 
@@ -94,24 +98,32 @@ def schema_problems(src: Source, known_valid: set[bytes] | None = None) -> list[
     if data is None:
         return []
     if not isinstance(data, dict):
-        return [Problem(src.file, (), f"a config file is a mapping with pin_root, inner_maps and outer_maps, got {type(data).__name__}")]
-    shallow = dict(data)
+        return [Problem(src.file, (), "a config file is a mapping with pin_root, inner_maps and outer_maps, "
+                        f"got {type(data).__name__}", kind="not a mapping")]
+    out = []
+    shallow = {k: v for k, v in data.items() if k not in MAP_SECTIONS or not isinstance(v, dict)}
+    for path, reason in _out_of_bounds(shallow):
+        out.append(Problem(src.file, path, reason, kind="beyond the tool's limits"))
+    if out:
+        return out  # nothing below may walk it
     shapes: dict[str, list[str]] = {}
     sharing: dict[tuple[str, Any], list[Any]] = {}  # (section, representative name) -> every name with that definition
-    out = []
     for section in MAP_SECTIONS:
         maps = data.get(section)
         if not isinstance(maps, dict):
             continue
-        name_re = re.compile(schema()["properties"][section]["propertyNames"]["pattern"])
         seen: dict[str, Any] = {}
         for name, m in maps.items():
-            if isinstance(name, str) and not name_re.match(name):
-                out.append(Problem(src.file, (section, name), f"{name!r} is not a valid map name: use letters, digits, "
-                                   "'_' and '-' (bpffs refuses dots; no '/')", name))
+            if isinstance(name, str) and not MAP_NAME.fullmatch(name):
+                out.append(Problem(src.file, (section, name), f"{shown(name)} is not a valid map name: use letters, digits, "
+                                   "'_' and '-' (bpffs refuses dots; no '/')", label(name), kind="invalid map name"))
             d = {k: v for k, v in m.items() if k != "entries"} if isinstance(m, dict) else m
-            rep = seen.setdefault(_shape(d), name)
-            sharing.setdefault((section, rep), []).append(name)
+            bad = _out_of_bounds(d)
+            for path, reason in bad:
+                out.append(Problem(src.file, (section, name, *path), reason, label(name), kind="beyond the tool's limits"))
+            if not bad:
+                rep = seen.setdefault(_shape(d), name)
+                sharing.setdefault((section, rep), []).append(name)
         shallow[section] = {rep: {k: v for k, v in maps[rep].items() if k != "entries"} if isinstance(maps[rep], dict) else maps[rep]
                             for rep in seen.values()}
         # The document's shape includes the maps taken from the cache (they are in the file), so a
@@ -121,10 +133,8 @@ def schema_problems(src: Source, known_valid: set[bytes] | None = None) -> list[
     shape = _shape_digest(shallow, shapes)
     if known_valid is not None and shape in known_valid:
         return out
-    from jsonschema import Draft202012Validator
-
     found = len(out)
-    errors = list(Draft202012Validator(schema()).iter_errors(shallow))
+    errors = list(_validator().iter_errors(shallow))
     misspelt = _misspelt(errors)
     for err in errors:
         if _explained_by_a_misspelling(err, misspelt):
@@ -135,14 +145,66 @@ def schema_problems(src: Source, known_valid: set[bytes] | None = None) -> list[
         if err.validator == "additionalProperties" and isinstance(err.instance, dict):
             extra = [k for k in err.instance if k not in err.schema.get("properties", {})]
             path += tuple(extra[:1])  # point at the unknown key itself
-        if path and path[-1] in ("key", "value") and err.validator != "additionalProperties":
-            continue  # type specs get parse_type's clearer message
+        if len(path) > 2 and path[-1] in ("key", "value") and err.validator != "additionalProperties":
+            continue  # type specs get parse_type's clearer message (not a map named key or value)
         names = sharing.get(path[:2], [path[1]]) if len(path) > 1 else [""]
         for name in names:
-            out.append(Problem(src.file, (*path[:1], name, *path[2:]) if name != "" else path, _schema_message(err), str(name)))
+            out.append(Problem(src.file, (*path[:1], name, *path[2:]) if name != "" else path, _schema_message(err),
+                               label(name), kind=_schema_kind(err)))
     if known_valid is not None and shape is not None and len(out) == found:
         known_valid.add(shape)
     return out
+
+
+# Containers nested in each other outside `entries` (a map definition, its type specs, the top level):
+# a struct nested in a struct takes three. Walks of the definitions (the schema, shapes) stay well
+# inside Python's recursion limit. Entries are walked along their map's type (ctype.MAX_TYPE_DEPTH).
+MAX_NESTING = 128
+# Values in one definition (a struct's fields and a type's enum names included): a tiny file of
+# aliases could otherwise hand the schema a million flags.
+MAX_DEFINITION_VALUES = 10_000
+# Integers in definitions: far beyond any field's range, yet short enough to write in a message.
+MAX_INT_BITS = 256
+
+
+def _out_of_bounds(doc: Any) -> list[tuple[tuple[Any, ...], str]]:
+    """(path, reason) of the first part of a definition no check may walk: nested deeper than
+    MAX_NESTING, more than MAX_DEFINITION_VALUES values, or an integer too long to write (Python
+    refuses to convert one of 4,300 digits)."""
+    stack: list[tuple[Any, tuple[Any, ...]]] = [(doc, ())]
+    walked = 0
+    while stack:
+        node, path = stack.pop()
+        walked += 1
+        if walked > MAX_DEFINITION_VALUES:
+            return [((), f"holds more than {MAX_DEFINITION_VALUES} values outside its entries: a definition needs "
+                         "far fewer (aliases expanding?)")]
+        if len(path) > MAX_NESTING:
+            return [(path[:MAX_NESTING], f"nested more than {MAX_NESTING} levels deep: a definition needs far fewer")]
+        if isinstance(node, dict):
+            stack.extend((v, (*path, k)) for k, v in node.items())
+            stack.extend((k, (*path, k)) for k in node if isinstance(k, int))
+        elif isinstance(node, list):
+            stack.extend((v, (*path, i)) for i, v in enumerate(node))
+        elif isinstance(node, int) and node.bit_length() > MAX_INT_BITS:
+            return [(path, f"an integer of {node.bit_length()} bits: no field takes more than 64")]
+    return []
+
+
+@cache
+def _validator() -> Any:
+    """The schema's validator, with `pattern` as JSON Schema means it (ECMA-262: `$` is the end of the
+    text; Python's `$` also matches before a final newline, which would let 'name\\n' through)."""
+    import jsonschema
+    from jsonschema import Draft202012Validator
+
+    def pattern(validator: Any, pattern: str, instance: Any, schema: Any) -> Any:
+        if validator.is_type(instance, "string"):
+            m = re.search(pattern, instance)
+            if m is None or (pattern.endswith("$") and m.end() != len(instance)):
+                yield jsonschema.ValidationError(f"{shown(instance)} does not match {pattern!r}")
+
+    return jsonschema.validators.extend(Draft202012Validator, {"pattern": pattern})(schema())
 
 
 def _shape(definition: Any) -> str:
@@ -193,28 +255,62 @@ def _explained_by_a_misspelling(err: Any, misspelt: dict[tuple[Any, ...], dict[s
     return bool(missing) and missing <= set(misspelt.get(tuple(err.absolute_path), {}).values())
 
 
+_SCHEMA_KINDS = {"additionalProperties": "unknown key", "required": "missing key", "type": "wrong type",
+                 "enum": "not one of the allowed values", "pattern": "invalid name", "minimum": "out of range",
+                 "maximum": "out of range", "minLength": "empty", "minItems": "too few items",
+                 "uniqueItems": "an item is repeated", "minProperties": "too few keys", "maxProperties": "too many keys"}
+
+
+@cache
+def _schema_words() -> frozenset[str]:
+    """Every property name the schema knows: the only config keys a summary may quote."""
+    words: set[str] = set()
+    stack: list[Any] = [schema()]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            words.update(node.get("properties", {}) if isinstance(node.get("properties"), dict) else ())
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return frozenset(words)
+
+
+def _schema_kind(err: Any) -> str:
+    """What is wrong, quoting no value: the field (a word of the schema) and the rule it breaks."""
+    what = _SCHEMA_KINDS.get(err.validator, "not valid by the schema")
+    field = next((p for p in reversed(err.absolute_path) if isinstance(p, str) and p in _schema_words()), None)
+    return f"{field}: {what}" if field and err.validator != "additionalProperties" else what
+
+
 def _schema_message(err: Any) -> str:
-    where = "/".join(str(p) for p in err.absolute_path) or "the top level"
+    where = "/".join(label(p) for p in err.absolute_path) or "the top level"
     if len(err.absolute_path) == 2 and err.absolute_path[0] in MAP_SECTIONS:
         where = "the map"
     if err.validator == "additionalProperties":
         allowed = sorted(err.schema.get("properties", {}))
-        extra = sorted(set(err.instance) - set(allowed), key=str) if isinstance(err.instance, dict) else []
+        extra = sorted((k for k in err.instance if k not in allowed), key=label) if isinstance(err.instance, dict) else []
         guess = _misspelt([err]).get(tuple(err.absolute_path), {})
         hint = "".join(f" (did you mean '{guess[e]}'?)" for e in extra[:1] if e in guess)
-        return f"unknown key {', '.join(repr(e) for e in extra)} in {where}{hint}: expected one of {', '.join(allowed)}"
+        more = f" and {len(extra) - 3} more" if len(extra) > 3 else ""
+        return (f"unknown key {', '.join(shown(e) for e in extra[:3])}{more} in {where}{hint}: "
+                f"expected one of {', '.join(allowed)}")
     if err.validator == "anyOf" and _missing(err):
         choices = [" and ".join(branch["required"]) for branch in err.validator_value]
         return f"{where} needs {' (or '.join(choices)}{')' * (len(choices) - 1)}"
     if err.validator == "pattern" and err.validator_value == "^[A-Za-z0-9_-]+$":
-        return f"{err.instance!r} is not a valid map name: use letters, digits, '_' and '-' (bpffs refuses dots; no '/')"
+        return f"{shown(err.instance)} is not a valid map name: use letters, digits, '_' and '-' (bpffs refuses dots; no '/')"
     if err.validator == "propertyNames":
-        return f"{err.instance!r} is not a valid map name"
+        return f"{shown(err.instance)} is not a valid map name"
     if err.validator == "enum":
-        return f"{where}: {err.instance!r} is not one of {', '.join(map(str, err.validator_value))}"
-    if err.validator == "required":
-        return f"{where}: {err.message}"
-    return f"{where}: {err.message}"
+        return f"{where}: {shown(err.instance)} is not one of {', '.join(map(str, err.validator_value))}"
+    if err.validator == "type":
+        return f"{where}: expected {' or '.join(map(a, _list(err.validator_value)))}, got {shown(err.instance)}"
+    return f"{where}: {label(err.message, 200)}"
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
 
 
 class _MapChecker:
@@ -227,8 +323,11 @@ class _MapChecker:
         self.distinct_keys = False  # entries given as a mapping, see columns()
         self.named = named
 
-    def problem(self, message: str, *path: Any, entry: str = "") -> None:
-        self.problems.append(Problem(self.src.file, self.base + path, message, self.name, entry))
+    def problem(self, message: str, *path: Any, entry: str = "", kind: str = "") -> None:
+        """`kind`: what is wrong, quoting no value (see Diagnostic.kind); by default the field it is in
+        (the first element of `path`, always a word of the config's own)."""
+        kind = kind or (f"{path[0]}: invalid" if path and isinstance(path[0], str) else "invalid map definition")
+        self.problems.append(Problem(self.src.file, self.base + path, message, self.name, entry, kind))
 
     def ctype(self, which: str) -> CType | None:
         has_type, has_size = which in self.raw, f"{which}_size" in self.raw
@@ -413,7 +512,8 @@ class _MapChecker:
                 except codecs.CodecError as e:
                     what = "value" if len(enc_keys) > len(enc_vals) else "key"
                     del enc_keys[len(enc_vals):]
-                    reported += self._entry_problem(reported, f"{what}: {e}", path(i), k)
+                    reported += self._entry_problem(reported, f"{what}: {e}", path(i), k,
+                                                    f"entries: a {what} does not fit its type")
             if reported:
                 return {}
             out = dict(zip(enc_keys, enc_vals))
@@ -422,7 +522,7 @@ class _MapChecker:
             seen: set[bytes] = set()
             for i, ek in enumerate(enc_keys if enc_keys is not None else records(key_blob, key.size)):  # type: ignore[arg-type]
                 if ek in seen:
-                    self.problem(f"key {flow(keys[i])} is given twice (after encoding)", *path(i), entry=flow(keys[i]))
+                    self.problem(f"key {label(keys[i])} is given twice (after encoding)", *path(i), entry=label(keys[i]))
                     break
                 seen.add(ek)
             return {}
@@ -435,13 +535,13 @@ class _MapChecker:
             return  # duplicates were reported; positions no longer line up
         for i, ek in enumerate(encoded):
             if int.from_bytes(ek, "little") >= max_entries:
-                self.problem(f"{what} {keys[i]} is out of range: max_entries is {max_entries} "
-                             f"(indexes 0..{max_entries - 1})", *path(i), entry=flow(keys[i]))
+                self.problem(f"{what} {label(keys[i])} is out of range: max_entries is {max_entries} "
+                             f"(indexes 0..{max_entries - 1})", *path(i), entry=label(keys[i]))
                 return
 
-    def _entry_problem(self, reported: int, message: str, path: tuple[Any, ...], key: Any) -> int:
+    def _entry_problem(self, reported: int, message: str, path: tuple[Any, ...], key: Any, kind: str) -> int:
         if reported < MAX_PROBLEMS_PER_MAP:
-            self.problem(message, *path, entry=flow(key))
+            self.problem(message, *path, entry=label(key), kind=kind)
         elif reported == MAX_PROBLEMS_PER_MAP:
             self.problem("more bad entries follow; fix the ones above first", "entries")
         return 1
@@ -477,6 +577,10 @@ def check_inner(src: Source, name: str, raw: dict[str, Any], problems: list[Prob
     if type_ == "lpm_trie" and key is not None and not isinstance(key, (Lpm, Raw)):
         c.problem("an lpm_trie key is {lpm: ipv4} or {lpm: ipv6} (or key_size: N for raw bytes)", "key")
     if len(problems) > before or key is None or value is None:
+        return None
+    too_large = offline_problem(type_, key.size, value.size, max_entries, flags)
+    if too_large is not None:
+        c.problem(too_large, "max_entries", kind="max_entries: beyond the kernel's limits")
         return None
     if kind.entries != DATA and cached is not None:  # a queue's or bloom filter's values, as packed before
         return InnerMapSpec(name, type_, key, value, max_entries, flags, cached, Location(src.file, 0),
@@ -550,14 +654,18 @@ def check_outer(src: Source, name: str, raw: dict[str, Any], problems: list[Prob
     if template is not None and template.type not in maptypes.SLOT_TYPES:
         c.problem(f"inner_map '{template_name}' is {a(template.type)} map: an outer map's slots hold "
                   f"{', '.join(maptypes.SLOT_TYPES)} maps", "inner_map")
+    too_large = offline_problem(type_, key.size, 4, max_entries, flags) if key is not None else None
+    if too_large is not None:
+        c.problem(too_large, "max_entries", kind="max_entries: beyond the kernel's limits")
     keys, values, path = c.columns(key) if key is not None else ([], [], lambda i: ("entries",))
     if len(keys) > max_entries:
         c.problem(f"{count(len(keys), 'slot')} {verb(len(keys), 'does', 'do')} not fit max_entries {max_entries}", "entries")
     if len(problems) > before or key is None or template is None:
         return None
     for i, (k, v) in enumerate(zip(keys, values)):
+        slot = label(k)
         if not isinstance(v, str):
-            c.problem(f"slot {flow(k)}: expected the name of an inner map, got {flow(v)}", *path(i), entry=flow(k))
+            c.problem(f"slot {slot}: expected the name of an inner map, got {shown(v)}", *path(i), entry=slot)
             continue
         if v in inner and inner[v].section == PLAIN_SECTION:
             c.problem(f"slot {k}: '{v}' is declared under maps: (plain maps, in no outer map); declare it under "
@@ -565,13 +673,13 @@ def check_outer(src: Source, name: str, raw: dict[str, Any], problems: list[Prob
             continue
         if v not in inner:
             if v in outer_names:
-                c.problem(f"slot {flow(k)}: '{v}' is an outer map; a slot holds an inner map", *path(i), entry=flow(k))
+                c.problem(f"slot {slot}: '{v}' is an outer map; a slot holds an inner map", *path(i), entry=slot)
             elif v not in inner_raw:
-                c.problem(f"slot {flow(k)}: '{v}' is not defined under inner_maps", *path(i), entry=flow(k))
+                c.problem(f"slot {slot}: {shown(v)} is not defined under inner_maps", *path(i), entry=slot)
             continue
         for reason in incompatible(template, inner[v]):
-            c.problem(f"slot {flow(k)}: inner map '{v}' is incompatible with the template '{template_name}': {reason} "
-                      "(the kernel refuses it)", *path(i), entry=flow(k))
+            c.problem(f"slot {slot}: inner map '{v}' is incompatible with the template '{template_name}': {reason} "
+                      "(the kernel refuses it)", *path(i), entry=slot)
     if len(problems) > before:
         return None
     slots = dict(c.encode_all(keys, values, path, key, None, lambda v: v))
@@ -609,23 +717,30 @@ def build_config(sources: list[Source], problems: list[Problem], known_valid: se
         if found or not isinstance(src.data, dict):
             continue
         root = src.data.get("pin_root")
-        if root is not None:
+        bad_root = pin_root_problem(root) if root is not None else None
+        if bad_root is not None:
+            problems.append(Problem(src.file, ("pin_root",), bad_root, kind="pin_root: invalid path"))
+        elif root is not None:
             if cfg.pin_root is not None and cfg.pin_root != root:
-                problems.append(Problem(src.file, ("pin_root",), f"pin_root {root} differs from {cfg.pin_root} given in another file"))
+                problems.append(Problem(src.file, ("pin_root",), f"pin_root {root} differs from {cfg.pin_root} given in "
+                                        "another file", kind="pin_root: differs between files"))
             cfg.pin_root = root
         for section, into in raw_maps.items():
             for name, raw in _definitions(src, section):
                 if not isinstance(name, str):
-                    problems.append(Problem(src.file, (section, name), f"map name {name!r} is not a string: quote it (\"{name}\")", str(name)))
+                    problems.append(Problem(src.file, (section, name), f"map name {shown(name)} is not a string: quote it",
+                                            label(name), kind="map name not a string"))
                     continue
                 if name in RESERVED_NAMES:
-                    problems.append(Problem(src.file, (section, name), f"the name '{name}' is reserved for kmesh-apply's own use", name))
+                    problems.append(Problem(src.file, (section, name), f"the name '{name}' is reserved for kmesh-apply's "
+                                            "own use", name, kind="reserved map name"))
                     continue
                 if name in defined:
                     other_file, other_section = defined[name]
                     problems.append(Problem(src.file, (section, name),
                                             f"'{name}' is defined again (first in {other_file} under {other_section}): "
-                                            "maps, inner maps and outer maps share one namespace", name))
+                                            "maps, inner maps and outer maps share one namespace", name,
+                                            kind="map defined twice"))
                     continue
                 defined[name] = (src.file, section)
                 into.append((src, name, raw))
@@ -680,7 +795,12 @@ def _with_object_maps(maps: list[tuple[Source, str, dict[str, Any]]], section: s
         if wanted is None:
             out.append((src, name, raw))
             continue
-        declared = named.map_definition(wanted)
+        try:
+            declared = named.map_definition(wanted)
+        except TypeSpecError as e:
+            problems.append(Problem(src.file, (section, name, "object_map"), f"object_map: {e}", name,
+                                    kind="object_map: unusable BTF"))
+            continue
         if declared is None:
             where = ", ".join(named.searched) if named else "no BPF object (name one under btf:)"
             problems.append(Problem(src.file, (section, name, "object_map"),
@@ -722,6 +842,15 @@ def _with_object_maps(maps: list[tuple[Source, str, dict[str, Any]]], section: s
             problems.append(Problem(src.file, (section, name, "object_map"),
                                     f"object_map: '{wanted}' declares no {' or '.join(missing)}: give it here", name))
             continue
+        # What the object declares passes the schema like what a config writes (sizes of 0, a max_entries
+        # past 32 bits...); its types are left to parse_type, which bounds them.
+        as_declared = {k: "u8" if k in ("key", "value") else v for k, v in merged.items() if k != "entries"}
+        wrong = next(iter(_validator().iter_errors({section: {name: as_declared}})), None)
+        if wrong is not None:
+            problems.append(Problem(src.file, (section, name, "object_map"),
+                                    f"object_map: '{wanted}' as its BTF declares it: {_schema_message(wrong)}", name,
+                                    kind="object_map: declaration out of bounds"))
+            continue
         out.append((src, name, merged))
     return out
 
@@ -758,7 +887,8 @@ def _parse_whole_if_btf(sources: list[Source], problems: list[Problem]) -> list[
             src.data, src.reused, src.partial = full.data, {}, {}
             kept.append(src)
         else:
-            problems.append(Problem(src.file, (), "the file changed while it was being read: run the command again"))
+            problems.append(Problem(src.file, (), "the file changed while it was being read: run the command again",
+                                    kind="changed while read"))
     return kept
 
 
@@ -780,7 +910,7 @@ def _named_types(sources: list[Source], problems: list[Problem]) -> NamedTypes:
             try:
                 _add_btf(named, item, base, cache)
             except (BtfFileError, HeaderError) as e:
-                problems.append(Problem(src.file, ("btf", i), f"btf: {e}"))
+                problems.append(Problem(src.file, ("btf", i), f"btf: {e}", kind="btf: unusable file"))
     _type_formats(sources, named, problems)
     return named
 

@@ -37,12 +37,14 @@ import threading
 import os
 from typing import Any, Iterator, Mapping, Sequence
 
-from kmesh_apply.ctype import (Addr, Array, Bool, Bytes, Chars, CType, CUnion, Enum, Field, Formatted, Int, Lpm, Raw,
-                               Struct, TypeSpecError, apply_format, canonical_align, expressible, formatted, parse_type)
+from kmesh_apply.ctype import (IDENT_RE, MAX_TYPE_NODES, Addr, Array, Bool, Bytes, Chars, CType, CUnion, Enum, Field,
+                               Formatted, Int, Lpm, Raw, Struct, TypeSpecError, apply_format, canonical_align, expressible,
+                               formatted, parse_type, type_nodes)
 from kmesh_apply.errors import KernelError
 from kmesh_apply.kernel.failure import fail
 from kmesh_apply.kernel.names import flag_names, type_name
 from kmesh_apply.kernel import libbpf as L
+from kmesh_apply.terminal import printable, shown
 
 BTF_KIND_INT, BTF_KIND_ARRAY, BTF_KIND_STRUCT, BTF_KIND_UNION, BTF_KIND_ENUM = 1, 3, 4, 5, 6
 BTF_KIND_TYPEDEF, BTF_KIND_VOLATILE, BTF_KIND_CONST, BTF_KIND_RESTRICT = 8, 9, 10, 11
@@ -243,7 +245,19 @@ def btf_for(map_type: str, key: CType, value: CType) -> LoadedBtf | None:
 
 
 class _Unrepresentable(Exception):
-    """The BTF describes something our type language has no word for."""
+    """The BTF describes something our type language has no word for; the message says what (none:
+    a layout, see LAYOUT)."""
+
+
+LAYOUT = ("a layout the type language cannot write (a bitfield or member placement neither natural nor packed, "
+          "or a zero-length or flexible array)")
+# Steps from a type to what it is made of (typedefs, qualifiers, members, elements) that decoding one
+# type may take. clang's types take a few dozen; libbpf accepts a file whose types contain themselves,
+# or chain thousands deep, and a walk of those would never end or would exhaust the stack.
+MAX_STEPS = 128
+_TOO_LARGE = f"types holding more than {MAX_TYPE_NODES} fields and elements as a tree: not BTF a compiler writes"
+_TOO_DEEP = (f"types that contain themselves or nest more than {MAX_STEPS} steps deep (typedefs, qualifiers, "
+             "members): not BTF a compiler writes")
 
 
 class _Reader:
@@ -254,6 +268,7 @@ class _Reader:
         self.what = what
         self._done: dict[int, CType] = {}
         self.formats: Mapping[str, list[TypeFormat]] = {}  # by C name: see NamedTypes.set_formats
+        self._weights: dict[int, int] = {}  # type_nodes' memo, for types kept alive by _done
 
     @staticmethod
     def from_kernel(btf_id: int) -> "_Reader":
@@ -265,33 +280,49 @@ class _Reader:
     def close(self) -> None:
         L.btf__free(self.btf)
 
-    def _type(self, tid: int) -> tuple[int, str, L.BtfType, int]:
+    def name(self, offset: int) -> str:
+        """The string at `offset`; a name that is no UTF-8 text is no C name."""
+        try:
+            return (L.btf__name_by_offset(self.btf, offset) or b"").decode()
+        except UnicodeDecodeError:
+            raise _Unrepresentable("a name that is not UTF-8 text") from None
+
+    def _identifier(self, offset: int, what: str) -> str:
+        """A member's or enum value's name: empty (anonymous) or a C identifier, which a config can write."""
+        name = self.name(offset)
+        if name and not IDENT_RE.fullmatch(name):
+            raise _Unrepresentable(f"{what} name {shown(name)} that is not a C identifier")
+        return name
+
+    def _type(self, tid: int, depth: int = 0) -> tuple[int, str, L.BtfType, int]:
+        if depth > MAX_STEPS:
+            raise _Unrepresentable(_TOO_DEEP)
         p = L.btf__type_by_id(self.btf, tid)
         if not p:
-            raise _Unrepresentable(tid)
+            raise _Unrepresentable(f"a reference to type {tid}, which the BTF does not hold")
         t = p.contents
-        name = (L.btf__name_by_offset(self.btf, t.name_off) or b"").decode()
-        return (t.info >> 24) & 0x1F, name, t, ctypes.addressof(t) + ctypes.sizeof(L.BtfType)
+        return (t.info >> 24) & 0x1F, self.name(t.name_off), t, ctypes.addressof(t) + ctypes.sizeof(L.BtfType)
 
-    def _size(self, tid: int) -> int:
-        kind, _, t, extra = self._type(tid)
+    def _size(self, tid: int, depth: int = 0) -> int:
+        kind, _, t, extra = self._type(tid, depth)
         if kind == BTF_KIND_TYPEDEF or kind in _QUALIFIERS:
-            return self._size(t.size_or_type)
+            return self._size(t.size_or_type, depth + 1)
         if kind == BTF_KIND_ARRAY:
             a = L.BtfArray.from_address(extra)
-            return self._size(a.type) * a.nelems
+            return self._size(a.type, depth + 1) * a.nelems
         return t.size_or_type
 
-    def _is_char(self, tid: int) -> bool:
-        kind, name, t, extra = self._type(tid)
+    def _is_char(self, tid: int, depth: int) -> bool:
+        kind, name, t, extra = self._type(tid, depth)
         if kind == BTF_KIND_TYPEDEF or kind in _QUALIFIERS:
-            return self._is_char(t.size_or_type)
+            return self._is_char(t.size_or_type, depth + 1)
         return kind == BTF_KIND_INT and (name == "char" or bool(ctypes.c_uint32.from_address(extra).value >> 24 & BTF_INT_CHAR))
 
-    def decode(self, tid: int) -> CType:
+    def decode(self, tid: int, depth: int = 0) -> CType:
+        """The CType of type `tid`; `depth`: the steps taken to reach it (bounded by MAX_STEPS)."""
         typ = self._done.get(tid)
         if typ is None:
-            typ = self._decode(tid)
+            typ = self._decode(tid, depth)
             if self.formats:
                 typ = self._formatted_as_named(tid, typ)
             self._done[tid] = typ
@@ -305,14 +336,14 @@ class _Reader:
             typ = apply_format(typ, steps, shown)  # NamedTypes.set_formats kept only paths that apply
         return typ
 
-    def _decode(self, tid: int) -> CType:
-        kind, name, t, extra = self._type(tid)
+    def _decode(self, tid: int, depth: int) -> CType:
+        kind, name, t, extra = self._type(tid, depth)
         if kind == BTF_KIND_INT:
             enc = ctypes.c_uint32.from_address(extra).value >> 24
             if enc & BTF_INT_BOOL and t.size_or_type == 1:
                 return Bool()
             if t.size_or_type not in (1, 2, 4, 8):
-                raise _Unrepresentable(name)
+                raise _Unrepresentable()
             return Int(f"{'i' if enc & BTF_INT_SIGNED else 'u'}{t.size_or_type * 8}")
         if kind == BTF_KIND_TYPEDEF:
             if name in _NETWORK_ORDER and self._size(tid) == Int(_NETWORK_ORDER[name]).size:
@@ -322,24 +353,24 @@ class _Reader:
             if name in ("ipv4", "ipv6", "mac"):
                 return Addr(name)
             if name == "bytes":
-                return Bytes(self._size(tid))
+                return Bytes(self._size(tid, depth))
             if name == "raw":
-                return Raw(self._size(tid))
-            return self.decode(t.size_or_type)
+                return Raw(self._size(tid, depth))
+            return self.decode(t.size_or_type, depth + 1)
         if kind in _QUALIFIERS:
-            return self.decode(t.size_or_type)
+            return self.decode(t.size_or_type, depth + 1)
         if kind == BTF_KIND_ARRAY:
             a = L.BtfArray.from_address(extra)
-            if self._is_char(a.type):
+            if self._is_char(a.type, depth + 1):
                 return Chars(a.nelems)
             if not a.nelems:
-                raise _Unrepresentable(name)
-            return Array(self.decode(a.type), a.nelems)
+                raise _Unrepresentable()
+            return Array(self.decode(a.type, depth + 1), a.nelems)
         if kind in (BTF_KIND_STRUCT, BTF_KIND_UNION):
-            return self._members(kind, name, t, extra)
+            return self._members(kind, name, t, extra, depth)
         if kind in (BTF_KIND_ENUM, BTF_KIND_ENUM64):
             return self._enum(kind, t, extra)
-        raise _Unrepresentable(name)
+        raise _Unrepresentable()
 
     @staticmethod
     def _formatted(token: str, base: CType) -> CType:
@@ -354,7 +385,7 @@ class _Reader:
     def _enum(self, kind: int, t: L.BtfType, extra: int) -> Enum:
         signed, size, n = bool(t.info >> 31), t.size_or_type, t.info & 0xFFFF
         if size not in (1, 2, 4, 8):
-            raise _Unrepresentable("enum")
+            raise _Unrepresentable()
         base = Int(f"{'i' if signed else 'u'}{size * 8}")
         values = []
         if kind == BTF_KIND_ENUM:
@@ -365,24 +396,28 @@ class _Reader:
                 v = e64.val_hi32 << 32 | e64.val_lo32
                 values.append((e64.name_off, v - (1 << 64) if signed and v >> 63 else v))
         lo, hi = (-(1 << (8 * size - 1)), 1 << (8 * size - 1)) if signed else (0, 1 << (8 * size))
-        named = tuple(((L.btf__name_by_offset(self.btf, off) or b"").decode(), v) for off, v in values)
+        named = tuple((self._identifier(off, "an enum value"), v) for off, v in values)
         if any(not lo <= v < hi for _, v in named):
-            raise _Unrepresentable("enum")  # a value wider than the enum's size: not something we can write
+            raise _Unrepresentable()  # a value wider than the enum's size: not something we can write
         return Enum(base, named)
 
-    def _members(self, kind: int, name: str, t: L.BtfType, extra: int) -> CType:
+    def _members(self, kind: int, name: str, t: L.BtfType, extra: int, depth: int) -> CType:
         bitfields = bool(t.info >> 31)
         members = (L.BtfMember * (t.info & 0xFFFF)).from_address(extra)
         if kind == BTF_KIND_STRUCT and name == _WRAPPER and len(members) == 1:
-            return self.decode(members[0].type)
+            return self.decode(members[0].type, depth + 1)
         if kind == BTF_KIND_STRUCT and name.startswith(_LPM_PREFIX) and name[len(_LPM_PREFIX):] in ("ipv4", "ipv6"):
             return Lpm(name[len(_LPM_PREFIX):])
         if not members:
-            raise _Unrepresentable(name)
+            raise _Unrepresentable()
         fields = []
+        weight = 1
         for i, m in enumerate(members):
-            mname = (L.btf__name_by_offset(self.btf, m.name_off) or b"").decode()
-            mtype = self.decode(m.type)
+            mname = self._identifier(m.name_off, "a member")
+            mtype = self.decode(m.type, depth + 1)
+            weight += type_nodes(mtype, self._weights)
+            if weight > MAX_TYPE_NODES:
+                raise _Unrepresentable(_TOO_LARGE)
             bit_offset, bits = (m.offset & 0xFFFFFF, m.offset >> 24) if bitfields else (m.offset, 0)
             if not mname:
                 if len(members) == 1 and isinstance(mtype, (Struct, CUnion)) and mtype.size == t.size_or_type:
@@ -391,7 +426,7 @@ class _Reader:
             if bits and not (bits == 8 * mtype.size and bit_offset % 8 == 0):
                 fields.append(Field(mname, mtype, bit_offset // 8, bits, bit_offset))
             elif bit_offset % 8:
-                raise _Unrepresentable(name)
+                raise _Unrepresentable()
             else:
                 fields.append(Field(mname, mtype, bit_offset // 8))
         if kind == BTF_KIND_UNION:
@@ -399,11 +434,11 @@ class _Reader:
             members = [(f.name, f.type) for f in fields]
             natural = CUnion.layout(members, False, [canonical_align(f.type) for f in fields])
             if any(f.offset or f.bits for f in fields) or u not in (natural, CUnion.layout(members, True)):
-                raise _Unrepresentable(name)
+                raise _Unrepresentable()
             return CUnion(u.fields, u.size, canonical_align(u))
         s = Struct(tuple(fields), t.size_or_type)
         if not expressible(s):
-            raise _Unrepresentable(name)
+            raise _Unrepresentable()
         return Struct(s.fields, s.size, canonical_align(s))
 
 
@@ -503,17 +538,18 @@ class NamedTypes(Mapping[str, CType]):
                 if tid > 0:
                     try:
                         return reader.decode(tid)
-                    except _Unrepresentable:
-                        raise TypeSpecError(f"'{name}' in {reader.what} has a layout the type language cannot write "
-                                           "(a bitfield or member placement neither natural nor packed, or a "
-                                           "zero-length or flexible array)") from None
+                    except _Unrepresentable as e:
+                        raise TypeSpecError(f"'{name}' in {printable(reader.what)} has {str(e) or LAYOUT}") from None
         return None
 
     def map_definition(self, name: str) -> tuple[dict[str, Any], str] | None:
         """What the first file declaring map `name` in its `.maps` section says of it, as config keys
         (type, key or key_size, value or value_size, max_entries, flags), and that file."""
         for reader in self._readers:
-            found = _map_definition(reader, name)
+            try:
+                found = _map_definition(reader, name)
+            except _Unrepresentable as e:
+                raise TypeSpecError(f"map '{name}' in {printable(reader.what)}: its declaration has {str(e) or LAYOUT}") from None
             if found is not None:
                 return found, reader.what
         return None
@@ -590,13 +626,15 @@ def _map_definition(reader: _Reader, name: str) -> dict[str, Any] | None:
 
 def _declared(reader: _Reader, tid: int) -> dict[str, Any]:
     kind, _, t, extra = reader._type(tid)
+    depth = 0
     while kind == BTF_KIND_TYPEDEF or kind in _QUALIFIERS:
-        kind, _, t, extra = reader._type(t.size_or_type)
+        depth += 1
+        kind, _, t, extra = reader._type(t.size_or_type, depth)
     if kind != BTF_KIND_STRUCT:
         raise TypeSpecError("not a BTF-defined map (a struct of __uint/__type members)")
     out: dict[str, Any] = {}
     for m in (L.BtfMember * (t.info & 0xFFFF)).from_address(extra):
-        field = (L.btf__name_by_offset(reader.btf, m.name_off) or b"").decode()
+        field = reader.name(m.name_off)
         pkind, _, ptr, _ = reader._type(m.type)
         if pkind != BTF_KIND_PTR:
             continue

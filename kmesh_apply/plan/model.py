@@ -207,6 +207,9 @@ class MapChange:
     adopted: bool = False  # this plan takes the map over from whoever pinned it
     manage_entries: str = "all"  # entries the config does not name are left alone unless "all"
     migration: Migration | None = None  # action "migrate" or "rename": where the entries come from
+    # A replaced map's live properties: its old entries (removed, and the old side of changed) are read
+    # with these, not with `definition` (a key of u32 is no u64).
+    old: MapDef | None = None
 
 
 @dataclass(frozen=True)
@@ -353,6 +356,7 @@ class Plan:
         for raw in data["changes"]:
             raw = _unhexify(raw)
             raw["definition"] = _mapdef(raw["definition"]) if raw["definition"] else None
+            raw["old"] = _mapdef(raw["old"]) if raw.get("old") else None
             raw["changed"] = {k: tuple(v) for k, v in raw["changed"].items()}
             raw["holders"] = _programs(raw.get("holders", []))
             raw["migration"] = Migration(**raw["migration"]) if raw.get("migration") else None

@@ -85,6 +85,12 @@ def map_def(spec: InnerMapSpec | OuterMapSpec) -> MapDef:
                   spec.key.spec(), spec.value.spec())
 
 
+def live_def(have: LiveMap) -> MapDef:
+    """The fixed properties of a live map (its types as its BTF gives them, when it has BTF)."""
+    return MapDef(have.name, have.type, have.key_size, have.value_size, have.max_entries, have.flags,
+                  have.key_type, have.value_type)
+
+
 def staging_pin(name: str) -> str:
     return f"{STAGING_DIR}/{name}"
 
@@ -457,7 +463,8 @@ class _Planner:
             self._build_aside(spec, want)
             if kind in (maptypes.LIST, maptypes.SET) and have.type == spec.type:
                 reasons.append(f"the new {spec.type} starts with the config's values: the old one's cannot be read")
-            change = self._change(spec, "replace", want, reasons=reasons, holders=self._in_use(spec.name, have))
+            change = self._change(spec, "replace", want, reasons=reasons, holders=self._in_use(spec.name, have),
+                                  old=live_def(have))
             if have.unreadable or kind in (maptypes.LIST, maptypes.SET):
                 change.added = spec.entries
             else:
@@ -584,7 +591,8 @@ class _Planner:
                 self.result.changes.append(self._change(spec, "create", want, added=dict(spec.slots)))
             else:
                 self.move.append(MovePin(spec.name, pin, spec.name))
-                change = self._change(spec, "replace", want, reasons=reasons, holders=self._in_use(spec.name, have))
+                change = self._change(spec, "replace", want, reasons=reasons, holders=self._in_use(spec.name, have),
+                                      old=live_def(have))
                 old = {k: self.names_by_id.get(i, f"id {i}") for k, i in have.slots.items()} if have.is_outer else {}
                 describe_entries(change, *entry_diff(dict(spec.slots), old, False), old)
                 self.result.changes.append(change)

@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 from kmesh_apply.config.model import PERCPU_TYPES
 from kmesh_apply.plan.model import MapChange, MapDef, Plan
+from kmesh_apply.terminal import printable
 from kmesh_apply.wording import count
 
 SYMBOL = {"create": "+", "update": "~", "replace": "-/+", "destroy": "-", "recover": "*", "adopt": "<=",
@@ -30,6 +31,19 @@ COLOUR = {"+": "32", "~": "33", "-": "31", "-/+": "35", "*": "36", "<=": "36"}
 UNMANAGED_SHOWN = 20  # unmanaged maps named in text before the rest is counted (--json lists them all)
 FOLD_AFTER = 10  # entry lines shown per map before the rest is folded into a count
 LINE_BUDGET = 200  # entry lines in a whole plan: past it, maps show counts only (--json has everything)
+
+
+class _Reading:
+    """How one change's entries read: keys and values as the user writes them. Old entries (removed, and
+    the old side of a changed value) of a replaced map are read with its live properties: its key or
+    value may be of another type and size than the new definition's."""
+
+    def __init__(self, ch: MapChange) -> None:
+        old = ch.old or ch.definition
+        self.key = _decoder(ch.definition, "key")
+        self.old_key = _decoder(old, "key")
+        self.value = _decoder(ch.definition, "value") if ch.kind != "outer" else str
+        self.old_value = _decoder(old, "value") if ch.kind != "outer" else str
 
 
 def _decoder(d: MapDef | None, which: str) -> Callable[[bytes], Any]:
@@ -108,16 +122,11 @@ def _changed_json(key: Any, old: Any, new: Any) -> dict[str, Any]:
 
 def _entry_lines(ch: MapChange, limit: int) -> tuple[list[str], int]:
     """The first `limit` entry changes, decoded; the rest only counted (decoding a million costs seconds)."""
-    key = _decoder(ch.definition, "key")
-    value = _decoder(ch.definition, "value") if ch.kind != "outer" else str
-    changes = chain((("+", k, None, v) for k, v in ch.added.items()),
-                    (("~", k, o, n) for k, (o, n) in ch.changed.items()),
-                    (("-", k, None, v) for k, v in ch.removed.items()))
-    out = []
-    for sym, k, old, new in islice(changes, limit):
-        shown = _changed_text(value(old), value(new)) if sym == "~" else _value_text(value(new))
-        shown_key = key(k)
-        out.append(f"{sym} {shown}" if shown_key is None else f"{sym} {_fmt(shown_key)}: {shown}")
+    r = _Reading(ch)
+    changes = chain((("+", r.key(k), _value_text(r.value(v))) for k, v in ch.added.items()),
+                    (("~", r.key(k), _changed_text(r.old_value(o), r.value(n))) for k, (o, n) in ch.changed.items()),
+                    (("-", r.old_key(k), _value_text(r.old_value(v))) for k, v in ch.removed.items()))
+    out = [f"{sym} {text}" if key is None else f"{sym} {_fmt(key)}: {text}" for sym, key, text in islice(changes, limit)]
     return out, len(ch.added) + len(ch.changed) + len(ch.removed) - len(out)
 
 
@@ -178,11 +187,15 @@ def _title(ch: MapChange) -> str:
 
 
 def render_text(plan: Plan, color: bool = False) -> str:
-    """The plan as a reviewer reads it: one block per map, entry diffs folded, then the summary line."""
+    """The plan as a reviewer reads it: one block per map, entry diffs folded, then the summary line.
+    Every line is made printable before it is painted: names, keys and values (a char[N] value, a map
+    someone else pinned) may hold what a terminal acts on, or line breaks that would forge lines."""
     if not plan.drift:
         lines = [f"Warning: {w}" for w in plan.warnings] + _unmanaged_text(plan) + [plan.summary()]
-        return "\n".join(lines) + "\n"
-    out = [f"kmesh-apply will perform the following actions in {plan.pin_root}:", ""] if plan.has_changes else []
+        return "".join(f"{printable(line)}\n" for line in lines)
+    out: list[tuple[str, str]] = []  # (change symbol to paint by, or "", line)
+    if plan.has_changes:
+        out += [("", f"kmesh-apply will perform the following actions in {plan.pin_root}:"), ("", "")]
     budget = LINE_BUDGET
     for ch in plan.changes:
         sym = SYMBOL[ch.action]
@@ -193,43 +206,41 @@ def render_text(plan: Plan, color: bool = False) -> str:
             d = ch.definition
             what += f" ({d.type}, max_entries {d.max_entries})"
         what += _migration_text(ch)
-        out.append(_paint(sym, f"  {sym} {what}", color))
+        out.append((sym, f"  {sym} {what}"))
         if ch.adopted and ch.action != "adopt":
-            out.append("      # adopted: managed by kmesh-apply from now on")
+            out.append(("", "      # adopted: managed by kmesh-apply from now on"))
         if ch.manage_entries != "all" and ch.action in ("update", "adopt"):
-            out.append(f"      # manage_entries: {ch.manage_entries}: entries the configuration does not name are left alone")
-        for r in ch.reasons:
-            out.append(f"      # {r}")
-        for p in ch.holders:
-            out.append(f"      # held by {p}")
+            out.append(("", f"      # manage_entries: {ch.manage_entries}: entries the configuration does not name are "
+                            "left alone"))
+        out += [("", f"      # {r}") for r in ch.reasons]
+        out += [("", f"      # held by {p}") for p in ch.holders]
         shown, folded = _entry_lines(ch, min(FOLD_AFTER, budget))
         budget -= len(shown)
-        out += [_paint(line[0], f"      {line}", color) for line in shown]
+        out += [(line[0], f"      {line}") for line in shown]
         if folded:
-            out.append(f"        ... and {count(folded, 'more entry change')}" if shown
-                       else f"      ({count(folded, 'entry change')})")
-        out.append("")
-    for w in plan.warnings:
-        out.append(f"Warning: {w}")
+            out.append(("", f"        ... and {count(folded, 'more entry change')}" if shown
+                        else f"      ({count(folded, 'entry change')})"))
+        out.append(("", ""))
+    out += [("", f"Warning: {w}") for w in plan.warnings]
     if plan.warnings:
-        out.append("")
+        out.append(("", ""))
     if plan.held_replaced:
-        out.append(f"Drift in {plan.pin_root}: loaded programs still read maps it replaced, until they are reloaded or unloaded:")
-        out += [f"  ! {h.describe()}" for h in plan.held_replaced]
-        out.append("")
+        out.append(("", f"Drift in {plan.pin_root}: loaded programs still read maps it replaced, until they are "
+                        "reloaded or unloaded:"))
+        out += [("", f"  ! {h.describe()}") for h in plan.held_replaced]
+        out.append(("", ""))
     if plan.unmanaged:
-        out += [*_unmanaged_text(plan), ""]
-    out += _review(plan)
-    out.append(plan.summary())
-    return "\n".join(out) + "\n"
+        out += [("", line) for line in [*_unmanaged_text(plan), ""]]
+    out += [("", line) for line in _review(plan)]
+    out.append(("", plan.summary()))
+    return "\n".join(_paint(sym, printable(line), color) for sym, line in out) + "\n"
 
 
 def render_json(plan: Plan) -> dict[str, Any]:
     """Everything a CI job needs to post a summary: counts, per-map actions, decoded entry diffs, steps."""
     changes = []
     for ch in plan.changes:
-        key = _decoder(ch.definition, "key")
-        value = _decoder(ch.definition, "value") if ch.kind != "outer" else str
+        r = _Reading(ch)
         changes.append({
             "name": ch.name,
             "kind": ch.kind,
@@ -241,9 +252,9 @@ def render_json(plan: Plan) -> dict[str, Any]:
             "migration": asdict(ch.migration) if ch.migration is not None else None,
             "holders": [asdict(p) for p in ch.holders],
             "counts": {"added": len(ch.added), "changed": len(ch.changed), "removed": len(ch.removed)},
-            "added": [{"key": key(k), "value": value(v)} for k, v in ch.added.items()],
-            "changed": [_changed_json(key(k), value(o), value(n)) for k, (o, n) in ch.changed.items()],
-            "removed": [{"key": key(k), "value": value(v)} for k, v in ch.removed.items()],
+            "added": [{"key": r.key(k), "value": r.value(v)} for k, v in ch.added.items()],
+            "changed": [_changed_json(r.key(k), r.old_value(o), r.value(n)) for k, (o, n) in ch.changed.items()],
+            "removed": [{"key": r.old_key(k), "value": r.old_value(v)} for k, v in ch.removed.items()],
         })
     return {
         "format_version": 1,

@@ -135,7 +135,8 @@ class Synchroniser:
     def reject_config(self, error: ConfigError) -> None:
         """A configuration could not be loaded: the last good state stays applied, health says why."""
         with self._lock:
-            self._config_error = str(error).splitlines()[0] if str(error) else "invalid configuration"
+            # Where and what kind, never the value: health goes to whoever reaches the metrics port.
+            self._config_error = error.diagnostics[0].summary if error.diagnostics else "invalid configuration"
             self.recorder.config_error()
 
     # ---- reconciling ----------------------------------------------------------------------

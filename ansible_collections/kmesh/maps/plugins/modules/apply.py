@@ -142,7 +142,7 @@ from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 try:
     from kmesh_apply import api
-    from kmesh_apply.errors import KmeshError
+    from kmesh_apply.errors import KmeshError, internal_error
 except ImportError:
     HAS_KMESH_APPLY = False
     IMPORT_ERROR = traceback.format_exc()
@@ -214,6 +214,10 @@ def run_module():
                                      seconds=round(report.seconds, 3))
     except KmeshError as e:
         module.fail_json(msg=str(e))
+    except OSError as e:
+        module.fail_json(msg="%s%s" % (e.filename + ": " if e.filename else "", e.strerror or e))
+    except Exception as e:  # a bug: one line; the traceback only with -vvv, as Ansible shows `exception`
+        module.fail_json(msg=internal_error(e), exception=traceback.format_exc())
     module.exit_json(**result)
 
 
