@@ -236,7 +236,7 @@ def test_the_seed_btf_is_read(tmp_path: Path) -> None:
     with NamedTypes() as named:
         named.add(str(path))
         assert parse_type("struct s", named).size == 16 and parse_type("arr", named).size == 48
-        assert named.map_definition("mp") == {"type": "hash", "key": "u32", "value": parse_type("struct s", named).spec(),
+        assert named.map_definition("mp")[0] == {"type": "hash", "key": "u32", "value": parse_type("struct s", named).spec(),
                                               "max_entries": 8}
 
 
