@@ -48,17 +48,17 @@ def netns_cookie() -> int:
 
 def config_text(objects: list[Path], maps: list[str], port: int) -> str:
     """Every map by object_map; Kmesh's frontend/service/endpoint/backend maps (declared by size only)
-    typed as examples/kmesh/workload.yaml types them, with the entries that send SERVICE_IP:80 to
+    typed as examples/kmesh/workload.yaml types them (formats included: addresses and htons() ports
+    written as such), with the entries that send SERVICE_IP:80 to
     127.0.0.1:port; and this network namespace marked as managed by Kmesh (km_manage)."""
     example = yaml_rs.loads((REPO / "examples" / "kmesh" / "workload.yaml").read_text())
     typed = {**(example.get("inner_maps") or {}), **(example.get("maps") or {})}
-    be16 = lambda p: socket.htons(p)  # noqa: E731 - Kmesh keeps ports as htons() values in __u32
     entries = {
         "km_manage": [{"key": {"netns_cookie": netns_cookie()}, "value": 0}],
         "km_frontend": [{"key": {"addr": {"ip4": SERVICE_IP}}, "value": {"upstream_id": 1}}],
         "km_service": [{"key": {"service_id": 1}, "value": {
             "prio_endpoint_count": [1, 0, 0, 0, 0, 0, 0], "lb_policy": "LB_POLICY_RANDOM",
-            "service_port": [be16(80)] + [0] * 9, "target_port": [be16(port)] + [0] * 9,
+            "service_port": [80] + [0] * 9, "target_port": [port] + [0] * 9,
             "wp_addr": {"ip4": "0.0.0.0"}, "waypoint_port": 0}}],
         "km_endpoint": [{"key": {"service_id": 1, "prio": 0, "backend_index": 1}, "value": {"backend_uid": 1001}}],
         "km_backend": [{"key": {"backend_uid": 1001}, "value": {
@@ -71,7 +71,7 @@ def config_text(objects: list[Path], maps: list[str], port: int) -> str:
         example = "map_of_" + name.removeprefix("km_")
         if name in entries:
             if example in typed:
-                m.update(key=typed[example]["key"], value=typed[example]["value"])
+                m.update({k: typed[example][k] for k in ("key", "value", "formats") if k in typed[example]})
             m["entries"] = entries[name]
         doc["maps"][name] = m
     return json.dumps(doc)
