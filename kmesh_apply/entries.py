@@ -158,7 +158,15 @@ class Entries(MutableMapping[bytes, bytes]):
 
     def update(self, other: Any = (), /, **kwargs: bytes) -> None:
         """As a dict's; a few entries written to a large map without an index are found by scanning
-        (the synchroniser's cache takes one changed entry without indexing a million keys)."""
+        (the synchroniser's cache takes one changed entry without indexing a million keys), and
+        packed entries written to an empty map are taken as they are (the cache of a map just
+        created and filled shares the config's buffers: a million entries cost no index or tuples)."""
+        if not self and not kwargs and isinstance(other, Entries) and \
+                (other.key_size, other.value_size) == (self.key_size, self.value_size):
+            self.keys_buffer, self.values_buffer = bytes(other.keys_buffer), bytes(other.values_buffer)
+            self._index = None
+            self._written()
+            return
         items = list(other.items() if isinstance(other, Mapping) else other) + list(kwargs.items())
         if self._index is not None or len(items) > FEW_KEYS:
             super().update(items)

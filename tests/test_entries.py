@@ -54,6 +54,11 @@ def test_mapping_protocol_and_writes() -> None:
     assert few._index is None and few == {**plain, b"\x05\x00": b"upd", b"\x40\x00": b"add"}
     few.update({bytes([i, 1]): b"mny" for i in range(100)})  # many: through the index
     assert few._index is not None and len(few) == len(plain) + 101
+    config, filled = packed(plain, 2, 3), Entries(2, 3)
+    filled.update(config)  # a map just created and filled (the synchroniser's cache): the buffers are shared, not indexed
+    assert filled == plain and filled.keys_buffer is config.keys_buffer and filled._index is None
+    filled[b"\x04\x00"] = b"xyz"  # and copied on the first write
+    assert config[b"\x04\x00"] == b"abc"
     assert e.fingerprint() == Entries.of(dict(e.items()), 2, 3).fingerprint()  # the same records in the same order
     assert e.fingerprint() != Entries.of(dict(reversed(list(e.items()))), 2, 3).fingerprint()
 
