@@ -208,3 +208,18 @@ def test_an_edit_of_a_large_map_parses_only_its_blocks(tmp_path: Path, monkeypat
         assert edit not in ("bad", "repeat")
         assert merged.inner_maps == load_config([big], use_cache=False).inner_maps
         assert 1 <= len(parsed) <= 4, edit  # the touched block (and its neighbours), not all sixty
+
+
+def test_json_files_in_a_directory_are_followed_like_yaml(tree: Path):
+    """Issue 21: the directory's *.json files were listed by the first load but never read again."""
+    (tree / "svc-9.json").write_text('{"inner_maps": {"svc-9": {"type": "hash", "key": "u32", "value": "u64", '
+                                     '"max_entries": 8, "entries": {"1": 10}}}}')
+    files = ConfigFiles([tree])
+    assert files.load()[0].inner_maps["svc-9"].entries == {(1).to_bytes(4, "little"): (10).to_bytes(8, "little")}
+    save(tree / "svc-9.json", (tree / "svc-9.json").read_text().replace('"1": 10', '"1": 11, "2": 12'))
+    config, changed = files.load(touched={str(tree / "svc-9.json")})
+    assert changed == [str(tree / "svc-9.json")] and len(config.inner_maps["svc-9"].entries) == 2
+    assert config.inner_maps == load_config([tree]).inner_maps
+    save(tree / "svc-8.json", (tree / "svc-9.json").read_text().replace("svc-9", "svc-8"))
+    config, changed = files.load(touched={str(tree / "svc-8.json")})
+    assert changed == [str(tree / "svc-8.json")] and config.inner_maps == load_config([tree]).inner_maps

@@ -24,15 +24,12 @@ from kmesh_apply.config import load_config
 from kmesh_apply.config.blocks import BlocksRefused, Partial, entries_body
 from kmesh_apply.config.blocks import cut as cut_blocks
 from kmesh_apply.config.chunks import Chunk, blank_out, split
-from kmesh_apply.config.loader import Source, config_files, parse_text
+from kmesh_apply.config.loader import CONFIG_SUFFIXES, Source, config_files, parse_text
 from kmesh_apply.config.model import Config, InnerMapSpec
 from kmesh_apply.entries import Entries
 from kmesh_apply.config.validate import build_config, incompatible
 from kmesh_apply.errors import ConfigError, Diagnostic
 from kmesh_apply.plan.planner import FIXED_PROPERTIES
-
-CONFIG_SUFFIXES = (".yaml", ".yml")  # what config_files takes from a directory
-
 
 Span = tuple[str, int, int]  # an inner map's chunk: name, start and end byte in the file
 
@@ -177,6 +174,8 @@ class ConfigFiles:
             if old is None:  # a new file: all of it, if it holds inner maps only
                 text, spans = raw, _spans(raw)
                 cut = spans
+                if cut is None:
+                    return None  # not cut (JSON, or not plain enough): loaded in full
             else:
                 edit = self._edit(old, raw)
                 if edit is None:
