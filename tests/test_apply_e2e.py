@@ -190,6 +190,21 @@ def test_bad_input_changes_nothing(pin_root: Path, tmp_path: Path, bpftool, rule
     assert live_dump(bpftool, pin_root) == before
 
 
+@pytest.mark.parametrize("text", ["", "# all commented out\n#inner_maps:\n"])
+def test_an_empty_file_is_refused_by_every_command(pin_root: Path, tmp_path: Path, bpftool, text: str):
+    kmesh_apply("apply", str(MESH), "--auto-approve", root=pin_root)
+    before = live_dump(bpftool, pin_root)
+    empty = tmp_path / "mesh.yaml"
+    empty.write_text(text)
+    for command in (["validate"], ["plan"], ["plan", "--detailed-exitcode"], ["apply", "--auto-approve"]):
+        res = kmesh_apply(command[0], str(empty), *command[1:], root=pin_root, check=1)
+        assert res.stderr.startswith(f"error: {empty}: the file holds no configuration"), res.stderr
+    assert live_dump(bpftool, pin_root) == before
+    (tmp_path / "none.yaml").write_text("inner_maps: {}\n")  # spelled out: every map goes
+    kmesh_apply("apply", str(tmp_path / "none.yaml"), "--auto-approve", root=pin_root)
+    assert not [p for p in pin_root.iterdir() if not p.name.startswith("_kmesh")]
+
+
 @pytest.mark.parametrize("example", ["percpu", "multi"])
 def test_other_examples_round_trip(pin_root: Path, tmp_path: Path, bpftool, example: str):
     kmesh_apply("apply", str(REPO / "examples" / example), "--auto-approve", root=pin_root)

@@ -71,6 +71,23 @@ def test_good(tmp_path: Path):
     assert cfg.inner_maps["a"].update == "swap"
 
 
+@pytest.mark.parametrize("text", ["", "\n\n", "# everything was here\n# and is gone\n", "---\n", "~\n", "null\n"])
+def test_an_empty_or_comment_only_file_is_an_error(tmp_path: Path, text: str):
+    """Issue 21: such a file meant "no maps", and watch destroyed every map on `: > config.yaml`."""
+    (diag,) = errors(tmp_path, text)
+    assert "holds no configuration" in diag.message and "inner_maps: {}" in diag.message
+    with pytest.raises(ConfigError, match="holds no configuration"):
+        load_config(inline=text)
+    with pytest.raises(ConfigError, match=r"empty\.yaml(:\d+)?: the file holds no configuration"):
+        load_config([write(tmp_path, GOOD, "good.yaml"), write(tmp_path, text, "empty.yaml")])
+
+
+@pytest.mark.parametrize("text", ["inner_maps: {}\n", "{}\n", "# no maps, on purpose\ninner_maps: {}\nouter_maps: {}\n"])
+def test_an_explicitly_empty_configuration_is_valid(tmp_path: Path, text: str):
+    cfg = load_config([write(tmp_path, text)])
+    assert not cfg.inner_maps and not cfg.outer_maps
+
+
 def test_examples_validate():
     for ex in ("mesh", "percpu", "multi"):
         load_config([REPO / "examples" / ex])

@@ -54,6 +54,10 @@ SCHEMA_FILE = Path(__file__).with_name("config-v1.schema.json")
 # The config's sections of maps, in the order they are checked (outer maps need the others).
 MAP_SECTIONS = (INNER_SECTION, PLAIN_SECTION, "outer_maps")
 MAX_PROBLEMS_PER_MAP = 20
+# A file emptied or truncated by mistake (`: > file`, a half-written save, a ConfigMap key left
+# empty) reads as "no maps": refused, so that it never destroys every map it named.
+EMPTY_FILE = ("the file holds no configuration (nothing but comments, blank lines or null): refused, so that a "
+              "file emptied by mistake never destroys maps; to mean no maps, write `inner_maps: {}`")
 # An object key of a JSON config that spells a decimal integer is that integer where the key type is numeric.
 _DECIMAL = re.compile(r"-?[0-9]{1,30}").fullmatch  # longer: no key type takes it; left as text for its codec to refuse
 _DECIMAL_CHARS = re.compile(r"[-0-9\n]*").fullmatch
@@ -96,7 +100,7 @@ def schema_problems(src: Source, known_valid: set[bytes] | None = None) -> list[
     """
     data = src.data
     if data is None:
-        return []
+        return [Problem(src.file, (), EMPTY_FILE)]
     if not isinstance(data, dict):
         return [Problem(src.file, (), "a config file is a mapping with pin_root, inner_maps and outer_maps, "
                         f"got {type(data).__name__}", kind="not a mapping")]
