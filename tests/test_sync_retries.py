@@ -18,6 +18,7 @@ from kmesh_apply.state import LiveMap, LiveState
 from kmesh_apply.sync import Synchroniser
 from kmesh_apply.sync.cache import Mirror
 from kmesh_apply.sync.retries import BACKOFF_MAX, backoff
+from kmesh_apply.sync.synchroniser import SHOWN_DIAGNOSTICS
 
 CONFIG = """
 inner_maps:
@@ -152,9 +153,15 @@ def test_a_rejected_config_makes_health_say_why(setup):
     sync, _, recorder = setup
     sync.reject_config(ConfigError([Diagnostic("invalid YAML: near 'secret=1'", "mesh.yaml", 3, kind="invalid YAML")]))
     health = sync.health()
-    assert not health.ok and "mesh.yaml:3: invalid YAML" in health.reasons[0]
-    assert "secret" not in health.reasons[0]  # where and what kind, never the config's text
+    assert not health.ok and health.reasons == ["configuration rejected, the last good one stays applied:",
+                                                "  mesh.yaml:3: invalid YAML"]
+    assert "secret" not in "".join(health.reasons)  # where and what kind, never the config's text
     assert recorder.events[-1] == ("config_error",)
+    many = [Diagnostic(f"bad value {i}", "mesh.yaml", 10 + i, "a", str(i), kind="bad value") for i in range(SHOWN_DIAGNOSTICS + 5)]
+    sync.reject_config(ConfigError(many))  # every diagnostic, not the first; bounded, with a count of the rest
+    reasons = sync.health().reasons
+    assert reasons[1:-1] == [f"  mesh.yaml:{10 + i}: map 'a': bad value" for i in range(SHOWN_DIAGNOSTICS)]
+    assert reasons[-1] == "  and 5 more problems (the log lists them all)"
     sync.apply(load_config(inline=CONFIG))
     assert sync.health().ok
 

@@ -39,6 +39,7 @@ from kmesh_apply.wording import a, count, verb
 
 DEFAULT_LOCK_TIMEOUT = 10.0
 PUT_SOURCE = "<put>"
+SHOWN_DIAGNOSTICS = 20  # of a rejected configuration, in health(); the rest are counted (the log has them all)
 
 
 class Synchroniser:
@@ -60,7 +61,7 @@ class Synchroniser:
         self._status: dict[str, MapStatus] = {}
         self._attempts = 0
         self._retry_at: float | None = None  # time.monotonic() when a failed flush is due again
-        self._config_error: str | None = None
+        self._config_error: list[str] | None = None  # why the configuration was rejected, for health()
         self._verify_error: str | None = None
         self._last_success: float | None = None
         self.last_changes: list[MapChange] = []  # what the last flush or verify changed, for logs
@@ -136,7 +137,10 @@ class Synchroniser:
         """A configuration could not be loaded: the last good state stays applied, health says why."""
         with self._lock:
             # Where and what kind, never the value: health goes to whoever reaches the metrics port.
-            self._config_error = error.diagnostics[0].summary if error.diagnostics else "invalid configuration"
+            lines = [d.summary for d in error.diagnostics] or ["invalid configuration"]
+            more = len(lines) - SHOWN_DIAGNOSTICS
+            self._config_error = lines[:SHOWN_DIAGNOSTICS] + ([f"and {count(more, 'more problem')} (the log lists them all)"]
+                                                              if more > 0 else [])
             self.recorder.config_error()
 
     # ---- reconciling ----------------------------------------------------------------------
@@ -312,7 +316,8 @@ class Synchroniser:
     def _health(self) -> Health:
         reasons = []
         if self._config_error is not None:
-            reasons.append(f"configuration rejected, the last good one stays applied: {self._config_error}")
+            reasons.append("configuration rejected, the last good one stays applied:")
+            reasons += [f"  {line}" for line in self._config_error]
         if self._verify_error is not None:
             reasons.append(self._verify_error)
         reasons += [h.describe() + ": reload them" for h in held_replaced(self._cache)]
