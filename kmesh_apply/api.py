@@ -220,14 +220,16 @@ def _check_memory(plan: Plan) -> None:
 
 
 def _refuse_in_use(plan: Plan, live: LiveState, allow: bool) -> dict[int, str]:
-    """The maps the plan would move another map over while programs hold them (ID -> pin name)."""
+    """The maps the plan would move another map over, or destroy, while programs hold them (ID -> pin name)."""
     held = {i: name for i, name in plan.displaced(live).items() if live.holders.get(i)}
     if held and not allow:
-        lines = [f"  '{name}' (map ID {i}) is held by {', '.join(map(str, live.holders[i]))}" for i, name in held.items()]
+        destroyed = {c.name for c in plan.changes if c.action == "destroy"}
+        lines = [f"  '{name}' (map ID {i}) is held by {', '.join(map(str, live.holders[i]))}: the plan would "
+                 f"{'destroy' if name in destroyed else 'replace'} it" for i, name in held.items()]
         raise ReplaceInUseError(
-            "refusing to replace maps that loaded BPF programs hold: they would go on reading the old maps.\n"
-            + "\n".join(lines) + "\nNothing was changed. Reload or unload those programs first, or pass "
-            "--allow-replace-in-use (Ansible: allow_replace_in_use: true) to replace them anyway; "
+            "refusing to replace or destroy maps that loaded BPF programs hold: they would go on reading the old "
+            "maps.\n" + "\n".join(lines) + "\nNothing was changed. Reload or unload those programs first, or pass "
+            "--allow-replace-in-use (Ansible: allow_replace_in_use: true) to go ahead anyway; "
             "`plan --detailed-exitcode` then reports drift until the programs let go of the old maps.")
     return held
 

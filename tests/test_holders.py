@@ -189,6 +189,48 @@ def test_replacing_a_held_map_is_named_refused_then_drift_until_unloaded(pin_roo
     cli("plan", str(bigger), "--detailed-exitcode", root=pin_root, check=0)
 
 
+def test_destroying_a_held_map_is_refused_then_drift_until_unloaded(pin_root: Path, tmp_path: Path, load):
+    """Issue 21: removing a map a program holds from the config (or `destroy`) is refused like replacing it, and
+    once forced it stays drift naming the program, also after the map is declared again, until it lets go."""
+    one = write(tmp_path, "one.yaml", sum_config(1))
+    without = write(tmp_path, "without.yaml", sum_config(1).replace("  values:", "  others:").replace(": values", ": others"))
+    cli("apply", str(one), "--auto-approve", root=pin_root)
+    prog = load(DIRECT_PROG, "direct", {"values": pin_root / "values"})
+    values_id = bpftool_json("map", "show", "pinned", str(pin_root / "values"))["id"]
+
+    text = cli("plan", str(without), root=pin_root).stdout
+    assert f'held by program {prog.id} "direct"' in text and "apply refuses to destroy it" in text
+    change = next(c for c in plan_json(without, pin_root)["changes"] if c["name"] == "values")
+    assert change["action"] == "destroy" and [h["id"] for h in change["holders"]] == [prog.id]
+
+    before = maps_as_bpftool_sees_them(pin_root)
+    for args in (["apply", str(without), "--auto-approve"], ["destroy", "--auto-approve"]):
+        res = cli(*args, root=pin_root, check=1)
+        assert f"'values' (map ID {values_id}) is held by program {prog.id} \"direct\"" in res.stderr, res.stderr
+        assert "the plan would destroy it" in res.stderr and "Nothing was changed" in res.stderr
+        assert maps_as_bpftool_sees_them(pin_root) == before
+
+    cli("apply", str(without), "--auto-approve", "--allow-replace-in-use", root=pin_root)
+    assert not (pin_root / "values").exists()
+    res = cli("plan", str(without), "--detailed-exitcode", root=pin_root, check=2)
+    assert f"the destroyed map 'values' (ID {values_id}) is still held by program {prog.id} \"direct\"" in res.stdout
+    held = plan_json(without, pin_root)["held_replaced"]
+    assert [(h["name"], h["id"], h["destroyed"]) for h in held] == [("values", values_id, True)]
+    cli("apply", str(one), "--auto-approve", root=pin_root)  # declared again: a new map, the program is still on the old
+    assert bpftool_json("map", "show", "pinned", str(pin_root / "values"))["id"] != values_id
+    res = cli("plan", str(one), "--detailed-exitcode", root=pin_root, check=2)
+    assert f"map 'values' (ID {values_id}) is still held by program {prog.id}" in res.stdout
+
+    cli("destroy", "--auto-approve", "--allow-replace-in-use", root=pin_root)
+    held = plan_json(one, pin_root)["held_replaced"]
+    assert [(h["name"], h["id"], h["destroyed"]) for h in held] == [("values", values_id, True)]
+    prog.unload()
+    cli("plan", str(one), "--detailed-exitcode", root=pin_root, check=2)  # only the maps to create now
+    cli("apply", str(one), "--auto-approve", root=pin_root)
+    cli("plan", str(one), "--detailed-exitcode", root=pin_root, check=0)
+    assert not (pin_root / REPLACED_PIN).exists()
+
+
 def test_a_same_named_map_of_another_pin_root_is_not_drift(pin_root: Path, bpf_scratch: Path, tmp_path: Path, load):
     other = bpf_scratch / "other-root"
     one, bigger = write(tmp_path, "one.yaml", sum_config(1)), write(tmp_path, "bigger.yaml", bigger_outer(1))

@@ -116,3 +116,18 @@ def test_a_swap_of_an_inner_map_a_program_holds_is_written_in_place(pin_root: Pa
 
 def bpftool_id(pin: Path) -> int:
     return bpftool_json("map", "show", "pinned", str(pin))["id"]
+
+
+def test_the_synchroniser_refuses_to_destroy_a_held_map(pin_root: Path, tmp_path: Path, load) -> None:
+    cli("apply", str(write(tmp_path, "a.yaml", sum_config(1))), "--auto-approve", root=pin_root)
+    prog = load(DIRECT_PROG, "direct", {"values": pin_root / "values"})
+    values_id = bpftool_id(pin_root / "values")
+    without = load_config(inline=sum_config(1).replace("  values:", "  others:").replace(": values", ": others"))
+    with Synchroniser(str(pin_root)) as sync:
+        with pytest.raises(ReplaceInUseError, match=f"'values' .* program {prog.id} \"direct\" .*: the plan would destroy it"):
+            sync.apply(without)
+        assert bpftool_id(pin_root / "values") == values_id and not sync.health().ok
+    with Synchroniser(str(pin_root), allow_replace_in_use=True) as sync:
+        sync.apply(without)
+        assert not (pin_root / "values").exists()
+        assert any(f"the destroyed map 'values' (ID {values_id}) is still held" in r for r in sync.health().reasons)

@@ -39,8 +39,8 @@ MetricsFile = Annotated[Optional[Path], typer.Option(
                            "textfile collector), atomically; counters continue from the file's previous run.",
     show_default=False)]
 AllowReplaceInUse = Annotated[bool, typer.Option(
-    "--allow-replace-in-use", help="Replace maps even while loaded BPF programs hold them (they keep the old maps "
-                                   "until reloaded; plan reports that as drift).")]
+    "--allow-replace-in-use", help="Replace or destroy maps even while loaded BPF programs hold them (they keep the "
+                                   "old maps until reloaded; plan reports that as drift).")]
 
 
 def _colour() -> bool:
@@ -174,7 +174,7 @@ def plan(
     files: Files,
     pin_root: PinRootOption = None,
     detailed_exitcode: Annotated[bool, typer.Option("--detailed-exitcode", help="Exit 0 for no changes, 2 for changes "
-                                                   "or programs still holding replaced maps, 1 for errors.")] = False,
+                                                   "or programs still holding replaced or destroyed maps, 1 for errors.")] = False,
     json_out: JsonOut = False,
     out: Annotated[Optional[Path], typer.Option("--out", help="Save the plan to this file, for `apply PLAN`.")] = None,
     metrics_file: MetricsFile = None,
@@ -270,11 +270,13 @@ def _apply(files: list[Path], pin_root: Optional[str], auto_approve: bool, lock_
 
 
 @app.command()
-def destroy(pin_root: PinRootNoFileOption = None, auto_approve: AutoApprove = False, lock_timeout: LockTimeout = 10.0) -> None:
-    """Remove every map kmesh-apply manages in the pin root (and the pin root, if nothing else is left in it)."""
+def destroy(pin_root: PinRootNoFileOption = None, auto_approve: AutoApprove = False, lock_timeout: LockTimeout = 10.0,
+            allow_replace_in_use: AllowReplaceInUse = False) -> None:
+    """Remove every map kmesh-apply manages in the pin root (and the pin root, if nothing else is left in it);
+    a map a loaded program holds only with --allow-replace-in-use."""
     from kmesh_apply import api
 
-    _converge(None, api.resolve_pin_root(pin_root), auto_approve, lock_timeout, "destroy")
+    _converge(None, api.resolve_pin_root(pin_root), auto_approve, lock_timeout, "destroy", allow_replace_in_use)
 
 
 @app.command()

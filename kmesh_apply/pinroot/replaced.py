@@ -1,12 +1,12 @@
-"""The record of maps a pin root replaced while loaded programs held them (contract section 8).
+"""The record of maps a pin root replaced or destroyed while loaded programs held them (contract section 8).
 
 A program keeps the map it was loaded with. After a replacement the pin names the new
-map, and nothing in bpffs remembers the old one, so without a record a later plan would
-call the pin root clean while the data plane reads stale data. The record is a small hash
-map of the tool's own, pinned at `<pin root>/_kmesh_replaced` (a reserved name): the
-kernel ID of each replaced map -> the name of the pin it was replaced at. Plans report a
-replaced map as drift while a program holds it; IDs, not names, so a map of the same name
-in another pin root never counts. An apply under the pin root's lock writes the record
+map (after a destroy, nothing, until the map is declared again), and nothing in bpffs
+remembers the old one, so without a record a later plan would call the pin root clean
+while the data plane reads stale data. The record is a small hash map of the tool's own,
+pinned at `<pin root>/_kmesh_replaced` (a reserved name): the kernel ID of each replaced or
+destroyed map -> the name of the pin it had. Plans report such a map as drift while a
+program holds it; IDs, not names, so a map of the same name in another pin root never counts. An apply under the pin root's lock writes the record
 before it replaces anything (a killed apply loses nothing) and prunes the entries no
 program holds any more; the pin goes with the last entry.
 """
@@ -34,7 +34,7 @@ def read_replaced(path: str, buffers: LookupBuffers | None = None) -> dict[int, 
 
 
 def record_replaced(pin_root: str, live: LiveState, add: dict[int, str]) -> None:
-    """Make the record hold `add` (maps about to be replaced while programs hold them) and the
+    """Make the record hold `add` (maps about to be replaced or destroyed while programs hold them) and the
     entries of `live.replaced` still worth keeping: held by a program, and no longer the map at
     their pin (an apply that failed before its move left it there). No bpf() call when the
     record stays as it is; removed when it would be empty."""

@@ -226,14 +226,16 @@ class Unmanaged:
 
 @dataclass
 class HeldReplaced:
-    """A map a pin of this pin root replaced, still held by loaded programs: drift until they let go."""
+    """A map this pin root replaced or destroyed, still held by loaded programs: drift until they let go."""
 
-    name: str  # the pin it was replaced at
+    name: str  # the pin it was replaced at, or removed from
     id: int  # its kernel ID
     programs: list[Program] = field(default_factory=list)
+    destroyed: bool = False  # nothing is pinned under its name now
 
     def describe(self) -> str:
-        return f"the replaced map '{self.name}' (ID {self.id}) is still held by {', '.join(map(str, self.programs))}"
+        return (f"the {'destroyed' if self.destroyed else 'replaced'} map '{self.name}' (ID {self.id}) is still held by "
+                f"{', '.join(map(str, self.programs))}")
 
 
 @dataclass
@@ -282,8 +284,9 @@ class Plan:
         return self.has_changes or bool(self.held_replaced)
 
     def displaced(self, live: LiveState) -> dict[int, str]:
-        """The live maps this plan moves another map over (replaced, swapped or migrated), by kernel ID;
-        a map renamed first (`migrate.from`) is found under its old name."""
+        """The live maps this plan moves another map over (replaced, swapped or migrated) or unpins
+        (destroyed), by kernel ID: a program holding one goes on reading it. A map renamed first
+        (`migrate.from`) is found under its old name."""
         pinned = {**live.unmanaged, **live.maps}  # an adopted map is still unmanaged in the state the plan was made from
         was = {s.dst: s.src for s in self.steps if isinstance(s, MovePin) and s.src in pinned}  # renames
         out = {}
@@ -292,6 +295,7 @@ class Plan:
                 old = was.get(s.dst, s.dst)
                 if old in pinned:
                     out[pinned[old].id] = s.dst
+        out.update((live.maps[s.pin].id, s.pin) for s in self.steps if isinstance(s, RemovePin) and s.pin in live.maps)
         return out
 
     @property
@@ -316,8 +320,8 @@ class Plan:
         if not self.has_changes:
             if self.held_replaced:
                 n = len(self.held_replaced)
-                return (f"No changes to apply, but {count(n, 'replaced map')} {verb(n, 'is', 'are')} still held by loaded "
-                        "programs: reload or unload them.")
+                return (f"No changes to apply, but {count(n, 'replaced or destroyed map')} {verb(n, 'is', 'are')} still "
+                        "held by loaded programs: reload or unload them.")
             return "No changes. The pin root matches the configuration."
         c = self.counts
         first = "".join(f"{c[k]} to {k}, " for k in ("adopt", "migrate", "rename") if c[k])
@@ -361,7 +365,8 @@ class Plan:
             raw["holders"] = _programs(raw.get("holders", []))
             raw["migration"] = Migration(**raw["migration"]) if raw.get("migration") else None
             changes.append(MapChange(**raw))
-        held = [HeldReplaced(h["name"], h["id"], _programs(h["programs"])) for h in data.get("held_replaced", [])]
+        held = [HeldReplaced(h["name"], h["id"], _programs(h["programs"]), h.get("destroyed", False))
+                for h in data.get("held_replaced", [])]
         unmanaged = [Unmanaged(**u) for u in data.get("unmanaged", [])]
         scopes = {name: None if keys is None else frozenset(map(bytes.fromhex, keys))
                   for name, keys in data.get("scopes", {}).items()}

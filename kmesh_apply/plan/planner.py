@@ -303,7 +303,8 @@ class _Planner:
         for name, have in candidates:
             if name not in inner_maps and name not in outer_maps:
                 (self.remove_outer if have.is_outer else self.remove_inner).append(RemovePin(name, name))
-                self.result.changes.append(MapChange(name, "destroy", self._kind(have), holders=self._holders(have)))
+                self.result.changes.append(MapChange(name, "destroy", self._kind(have),
+                                                     holders=self._in_use(name, have, "destroy")))
         self.result.steps = (self.recover + self.adopt + self.rename + self.fill_new + self.in_place + self.build_aside
                              + self.outer_create + self.catch_up + self.slots + self.move + self.remove_outer
                              + self.remove_inner)
@@ -633,13 +634,14 @@ class _Planner:
         """The loaded programs holding this very map (not those reaching it through a slot)."""
         return list(self.holders.get(have.id, ()))
 
-    def _in_use(self, name: str, have: LiveMap) -> list[Program]:
-        """The programs holding a map about to be replaced; apply refuses while there are any."""
+    def _in_use(self, name: str, have: LiveMap, action: str = "replace") -> list[Program]:
+        """The programs holding a map about to be replaced or destroyed; apply refuses while there are any."""
         holders = self._holders(have)
         if holders:
             self.result.warnings.append(
-                f"map '{name}' (ID {have.id}) is held by {_programs(holders)}: apply refuses to replace it unless "
-                "--allow-replace-in-use, and then they keep reading the old map until they are reloaded")
+                f"map '{name}' (ID {have.id}) is held by {_programs(holders)}: apply refuses to {action} it unless "
+                f"--allow-replace-in-use, and then they keep reading the {'destroyed' if action == 'destroy' else 'old'} "
+                "map until they are reloaded")
         return holders
 
     def _instance(self, name: str) -> str:
@@ -677,14 +679,14 @@ def _programs(programs: list[Program]) -> str:
 
 
 def held_replaced(live: LiveState) -> list[HeldReplaced]:
-    """Maps this pin root replaced that programs still hold (not the map now at the pin: a replacement
-    that never happened)."""
+    """Maps this pin root replaced or destroyed that programs still hold (not the map now at the pin:
+    a replacement that never happened)."""
     out = []
     for map_id, name in sorted(live.replaced.items()):
         programs = live.holders.get(map_id)
         current = live.maps.get(name)
         if programs and (current is None or current.id != map_id):
-            out.append(HeldReplaced(name, map_id, list(programs)))
+            out.append(HeldReplaced(name, map_id, list(programs), destroyed=current is None))
     return out
 
 

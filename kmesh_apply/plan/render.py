@@ -225,8 +225,8 @@ def render_text(plan: Plan, color: bool = False) -> str:
     if plan.warnings:
         out.append(("", ""))
     if plan.held_replaced:
-        out.append(("", f"Drift in {plan.pin_root}: loaded programs still read maps it replaced, until they are "
-                        "reloaded or unloaded:"))
+        out.append(("", f"Drift in {plan.pin_root}: loaded programs still read maps it replaced or destroyed, until "
+                        "they are reloaded or unloaded:"))
         out += [("", f"  ! {h.describe()}") for h in plan.held_replaced]
         out.append(("", ""))
     if plan.unmanaged:

@@ -50,8 +50,8 @@ options:
     default: 10.0
   allow_replace_in_use:
     description:
-      - Replace maps even while loaded BPF programs hold them, as C(--allow-replace-in-use).
-      - Without it the module fails, changing nothing, when the plan would replace a map a loaded program holds
+      - Replace or destroy maps even while loaded BPF programs hold them, as C(--allow-replace-in-use).
+      - Without it the module fails, changing nothing, when the plan would replace or destroy a map a loaded program holds
         (the program would keep reading the old map). With it, later plans report drift (RV(drift)) until those
         programs are reloaded or unloaded.
     type: bool
