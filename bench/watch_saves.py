@@ -1,7 +1,7 @@
 """`kmesh-apply watch`: how long a save takes to reach the kernel, for each way editors and tools
 save a file (issue 21: a file is applied only once its writer is done).
 
-    .venv/bin/python bench/watch_saves.py [--services 50] [--saves 30] [--markdown]
+    .venv/bin/python bench/watch_saves.py [--services 50] [--saves 30] [--markdown] [--kmesh-apply PATH]
 
 A directory of `--services` per-service files (one inner map of 4 endpoints each) is watched;
 each save changes one endpoint's weight, and a poller reading the inner map with
@@ -27,6 +27,7 @@ from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import run  # noqa: E402
 from run import fresh_pin_root, log  # noqa: E402
 from sync import Watcher, ms, pct  # noqa: E402
 
@@ -90,7 +91,9 @@ def main() -> int:
     ap.add_argument("--services", type=int, default=50)
     ap.add_argument("--saves", type=int, default=30)
     ap.add_argument("--markdown", action="store_true")
+    ap.add_argument("--kmesh-apply", help="the kmesh-apply to run watch with (another build, for a before/after)")
     args = ap.parse_args()
+    run._kmesh_apply_override = args.kmesh_apply
     rows = []
     with tempfile.TemporaryDirectory(prefix="kmesh-watch-saves-") as tmp, fresh_pin_root() as root:
         os.environ.setdefault("KMESH_APPLY_CACHE_DIR", str(Path(tmp) / "cache"))

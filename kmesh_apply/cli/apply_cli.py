@@ -348,8 +348,12 @@ def watch(
         "--metrics-addr", help="Serve Prometheus metrics at http://HOST:PORT/metrics and health at /healthz.",
         show_default=False)] = None,
     allow_replace_in_use: AllowReplaceInUse = False,
+    max_destroy: Annotated[int, typer.Option(
+        "--max-destroy", min=0, help="Destroy at most this many maps at once because files changed; more are held "
+                                     "(/healthz 503) until confirmed by SIGHUP, or a restart with a larger limit.")] = 10,
 ) -> None:
-    """Keep the pin root equal to the files for as long as it runs (SIGTERM/SIGINT: stop, SIGHUP: re-read all)."""
+    """Keep the pin root equal to the files for as long as it runs (SIGTERM/SIGINT: stop, SIGHUP: re-read all,
+    and confirm the destroys held for --max-destroy)."""
     from kmesh_apply.sync.log import LOG_FORMATS, Log
     from kmesh_apply.sync.watch import Watcher
 
@@ -362,8 +366,14 @@ def watch(
         from kmesh_apply.metrics import parse_address
 
         parse_address(metrics_addr)  # a bad address is refused before anything is applied
-    raise typer.Exit(Watcher([str(p) for p in paths], pin_root, drift_interval, Log(log_format), lock_timeout,
-                             metrics_addr=metrics_addr, allow_replace_in_use=allow_replace_in_use).run())
+    watcher = Watcher([str(p) for p in paths], pin_root, drift_interval, Log(log_format), lock_timeout,
+                      metrics_addr=metrics_addr, allow_replace_in_use=allow_replace_in_use, max_destroy=max_destroy)
+    code = watcher.run()
+    if watcher.abandoned:  # a read still runs in its thread: nothing of it is kept, so do not wait for it
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    raise typer.Exit(code)
 
 
 @app.command()

@@ -10,8 +10,8 @@ Map instances in steps are named by their pin path relative to the pin root:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, MutableMapping
-from dataclasses import asdict, dataclass, field
+from collections.abc import Collection, Mapping, MutableMapping
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Union
 
 from kmesh_apply.state import EntryScope, LiveState
@@ -272,6 +272,11 @@ class Plan:
         return ([f"map '{n}' appeared" for n in current if n not in then]
                 + [f"map '{n}' disappeared" for n in then if n not in current]
                 + [f"map '{n}' changed" for n in changed])
+
+    def sparing(self, names: Collection[str]) -> "Plan":
+        """This plan without destroying `names` (maps the watcher's destroy guard keeps for now)."""
+        return replace(self, changes=[c for c in self.changes if c.action != "destroy" or c.name not in names],
+                       steps=[s for s in self.steps if not (isinstance(s, RemovePin) and s.pin in names)])
 
     @property
     def has_changes(self) -> bool:

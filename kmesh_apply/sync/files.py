@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -30,6 +31,7 @@ from kmesh_apply.entries import Entries
 from kmesh_apply.config.validate import build_config, incompatible
 from kmesh_apply.errors import ConfigError, Diagnostic
 from kmesh_apply.plan.planner import FIXED_PROPERTIES
+from kmesh_apply.sync.settle import EVERYTHING, FILE
 
 Span = tuple[str, int, int]  # an inner map's chunk: name, start and end byte in the file
 
@@ -93,24 +95,47 @@ class ConfigFiles:
         dirs = [str(p if p.is_dir() else p.parent) for p in self.paths]
         return sorted(set(dirs))
 
+    def kind(self, path: str) -> str | None:
+        """What a path file events name is to the watcher: FILE, a config file; EVERYTHING, a change
+        that may move every file (Kubernetes' `..data` link and its timestamped directories); None,
+        anything else (editors' swap and backup files)."""
+        head, name = os.path.split(path)
+        if name.startswith("..") and head in self.watched:
+            return EVERYTHING
+        args = self._args
+        if path in args or (head in args and os.path.splitext(name)[1] in CONFIG_SUFFIXES):
+            return FILE
+        return None
+
+    @cached_property
+    def watched(self) -> set[str]:
+        return set(self.directories())
+
+    @cached_property
+    def _args(self) -> set[str]:
+        return {str(p) for p in self.paths}
+
     def _named(self, touched: Iterable[str] | None) -> set[str] | None:
         """The config files among the paths file events named, or None when every file must be
         listed and looked at: no events given, or one that could change more than its own file
         (a directory, or a link such as a ConfigMap's `..data`)."""
         if touched is None or not self.files:
             return None
-        dirs = {str(p) for p in self.paths if p.is_dir()}
-        args = {str(p) for p in self.paths}
         named = set()
         for path in touched:
-            head, name = os.path.split(path)
-            if name.startswith(".."):
-                return None  # Kubernetes' ..data and its timestamped directories: every file may have moved
-            if path in args or (head in dirs and os.path.splitext(name)[1] in CONFIG_SUFFIXES):
-                if os.path.isdir(path):
-                    return None
+            kind = self.kind(path)
+            if kind == EVERYTHING or (kind == FILE and os.path.isdir(path)):
+                return None
+            if kind == FILE:
                 named.add(path)
         return named
+
+    def snapshot(self) -> tuple[dict[str, _File], Config | None]:
+        """What `load` changes, to `restore` when its result is dropped (a file changed while it was read)."""
+        return self.files, self.config
+
+    def restore(self, snapshot: tuple[dict[str, _File], Config | None]) -> None:
+        self.files, self.config = snapshot
 
     def load(self, everything: bool = False, touched: Iterable[str] | None = None) -> tuple[Config, list[str]] | None:
         """(the new Config, the files that changed), or None when no file changed. `touched`: the

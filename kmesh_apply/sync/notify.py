@@ -7,6 +7,9 @@ import os
 import socket
 
 
+NEEDED_WAIT = 1.0  # seconds READY=1 and STOPPING=1 may wait for room: systemd acts on them
+
+
 class Notifier:
     """Tells systemd when the watcher is ready, alive and stopping; does nothing outside systemd."""
 
@@ -20,17 +23,21 @@ class Notifier:
         # Ping twice per period, as sd_watchdog_enabled(3) advises.
         self.watchdog_interval = int(usec) / 2e6 if usec.isdigit() and int(usec) > 0 and mine else None
 
-    def send(self, *lines: str) -> None:
+    def send(self, *lines: str, wait: float = 0.0) -> None:
+        """Send, waiting at most `wait` seconds for room in the receiver's queue (10 datagrams by
+        default): a busy or absent reader never stops the watcher; a ping or status it misses is
+        followed by the next one."""
         if not self.address:
             return
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+            s.settimeout(wait)
             try:
                 s.sendto("\n".join(lines).encode(), self.address)
             except OSError:
-                pass  # systemd gone (or a stale variable): nothing to tell
+                pass  # systemd gone (or a stale variable), or its queue full: nothing to tell
 
     def ready(self, status: str) -> None:
-        self.send("READY=1", f"STATUS={status}")
+        self.send("READY=1", f"STATUS={status}", wait=NEEDED_WAIT)
 
     def watchdog(self) -> None:
         self.send("WATCHDOG=1")
@@ -39,4 +46,4 @@ class Notifier:
         self.send(f"STATUS={status}")
 
     def stopping(self) -> None:
-        self.send("STOPPING=1")
+        self.send("STOPPING=1", wait=NEEDED_WAIT)

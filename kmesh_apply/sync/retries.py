@@ -11,12 +11,13 @@ from dataclasses import dataclass
 BACKOFF_MIN = 0.1
 BACKOFF_MAX = 60.0
 
-APPLIED, PENDING, FAILED = "applied", "pending", "failed"
+APPLIED, PENDING, FAILED, HELD = "applied", "pending", "failed", "held"  # held: a destroy the guard keeps for now
 
 
 @dataclass(frozen=True)
 class MapStatus:
-    """Where one map of the desired state stands: applied, pending (not flushed yet) or failed."""
+    """Where one map of the desired state stands: applied, pending (not flushed yet) or failed; or
+    a map the desired state no longer names that the destroy guard keeps for now (held, `error` says why)."""
 
     state: str
     error: str | None = None

@@ -34,7 +34,8 @@ from kmesh_apply.show import show_document
 from kmesh_apply.state import LiveState
 from kmesh_apply.sync.cache import Mirror
 from kmesh_apply.sync.kernel import Kernel, PinRootKernel
-from kmesh_apply.sync.retries import APPLIED, FAILED, PENDING, MapStatus, backoff
+from kmesh_apply.sync.guard import DestroyGuard, Hold
+from kmesh_apply.sync.retries import APPLIED, FAILED, HELD, PENDING, MapStatus, backoff
 from kmesh_apply.wording import a, count, verb
 
 DEFAULT_LOCK_TIMEOUT = 10.0
@@ -47,10 +48,13 @@ class Synchroniser:
 
     def __init__(self, pin_root: str, *, recorder: Recorder | None = None,
                  lock_timeout: float = DEFAULT_LOCK_TIMEOUT, allow_replace_in_use: bool = False,
-                 kernel: Kernel | None = None):
-        """`allow_replace_in_use`: replace maps that loaded programs hold (refused otherwise, as by apply)."""
+                 kernel: Kernel | None = None, guard: DestroyGuard | None = None):
+        """`allow_replace_in_use`: replace or destroy maps that loaded programs hold (refused otherwise, as by
+        apply). `guard`: asked about every map a plan would destroy (the watcher's, sync/guard.py); none: all go."""
         self.pin_root = pin_root
         self.recorder: Recorder = recorder or NoopRecorder()
+        self._guard = guard
+        self._held: dict[str, Hold] = {}  # maps the guard kept at the last plan
         self._kernel: Kernel = (kernel if kernel is not None
                                 else PinRootKernel(pin_root, lock_timeout, allow_replace_in_use))
         self._lock = threading.RLock()
@@ -175,6 +179,17 @@ class Synchroniser:
         with self._lock:
             return None if self._retry_at is None else self._retry_at - time.monotonic()
 
+    def released_in(self) -> float | None:
+        """Seconds until the guard may let a held destroy go (flush then); None when none waits for a time."""
+        with self._lock:
+            times = [h.until for h in self._held.values() if h.until is not None]
+            return min(times) - time.monotonic() if times else None
+
+    def held(self) -> dict[str, Hold]:
+        """The maps the desired state no longer names that the destroy guard keeps for now, and why."""
+        with self._lock:
+            return dict(self._held)
+
     def _flush(self) -> ApplyReport:
         start = time.monotonic()
         if self._desired is None or (not self._dirty and not self._plan_all):
@@ -214,7 +229,9 @@ class Synchroniser:
             if holders != self._cache.holders:
                 self._cache.holders = holders
                 plan = make_plan(desired, self._cache, only)
-        return plan
+        doomed = [c.name for c in plan.changes if c.action == "destroy"]
+        self._held = self._guard.hold(doomed) if self._guard is not None else {}
+        return plan.sparing(self._held) if self._held else plan
 
     def _run(self, plan: Plan, names: set[str], start: float) -> ApplyReport:
         """Perform `plan` and replay it on the cache; `names` become applied (or failed)."""
@@ -256,6 +273,9 @@ class Synchroniser:
             else:
                 self._status.pop(name, None)
         self._dirty -= names
+        for name, hold in self._held.items():  # planned again by the next flush
+            self._status[name] = MapStatus(HELD, hold.reason, since=stamp)
+            self._dirty.add(name)
         self._plan_all = False
         self._attempts, self._retry_at = 0, None
 
@@ -321,6 +341,14 @@ class Synchroniser:
         if self._verify_error is not None:
             reasons.append(self._verify_error)
         reasons += [h.describe() + ": reload them" for h in held_replaced(self._cache)]
+        waiting: dict[str, list[str]] = {}  # destroys only an operator can let go, by reason
+        for name, hold in sorted(self._held.items()):
+            if hold.until is None:
+                waiting.setdefault(hold.reason, []).append(name)
+        for reason, names in waiting.items():
+            shown = ", ".join(names[:SHOWN_DIAGNOSTICS]) + (f" and {len(names) - SHOWN_DIAGNOSTICS} more"
+                                                            if len(names) > SHOWN_DIAGNOSTICS else "")
+            reasons.append(f"destroy held: {reason} ({shown})")
         for name, st in sorted(self._status.items()):
             if st.state == FAILED:
                 reasons.append(f"map '{name}' failed {count(st.attempts, 'time')}: {st.error}")

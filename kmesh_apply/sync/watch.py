@@ -1,47 +1,73 @@
 """`kmesh-apply watch`: keep a pin root equal to its config files for as long as it runs.
 
-One loop, woken by whichever comes first: a change in a watched directory (grouped by
-watchfiles: it answers about 2-4 ms after the last event of a burst, at most 50 ms after
-the first), a failed flush due again, the drift timer, a watchdog ping, or a signal.
-Changes that arrive while an apply runs are taken together by the next pass.
+One loop, woken by whichever comes first: file events (sync/inotify.py), a file becoming ready
+to read (sync/settle.py: a writer done, a vanished file gone for good), a failed flush due
+again, a held destroy due (sync/guard.py), the drift timer, a watchdog ping, or a signal.
+A pass reads the changed files only when every followed file is ready, in a thread of its
+own, so that a long parse never keeps the loop (and with it SIGTERM) or the metrics thread
+waiting; a read during which a file it read changed is dropped and made again once that file
+is ready. Changes that arrive while an apply runs are taken together by the next pass.
 """
 
 from __future__ import annotations
 
+import gc
+import os
+import select
 import signal
 import threading
 import time
+from dataclasses import dataclass
 from types import FrameType
-from typing import Sequence
+from typing import Any, Sequence
 
-from kmesh_apply.config.model import resolve_pin_root
+from kmesh_apply.config.model import Config, resolve_pin_root
 from kmesh_apply.errors import ConfigError, Diagnostic, KmeshError
 from kmesh_apply.executor import ApplyReport
-from kmesh_apply.metrics import PrometheusRecorder, start_server
+from kmesh_apply.metrics import MetricsServer, PrometheusRecorder, start_server
 from kmesh_apply.plan.model import MapChange
 from kmesh_apply.sync.files import ConfigFiles
+from kmesh_apply.sync.guard import DEFAULT_MAX_DESTROY, FilesGuard, Hold
+from kmesh_apply.sync.inotify import IN_DELETE_SELF, IN_IGNORED, IN_MOVE_SELF, Event, Inotify
 from kmesh_apply.sync.log import Log
 from kmesh_apply.sync.notify import Notifier
+from kmesh_apply.sync.settle import GONE, Settling
 from kmesh_apply.sync.synchroniser import Synchroniser
 from kmesh_apply.wording import count
 
-DEBOUNCE_MS = 50  # a burst is applied at most this long after its first event
-STEP_MS = 2  # ... and this long after its last one (idle, the wake-ups cost about 1% of a core)
+DEBOUNCE = 0.05  # a burst of events is read at most this long after its first event
+STEP = 0.002  # ... and this long after its last one (a rename's two events, a directory's many)
 SHOWN_CHANGES = 8  # maps named in one log line
 
 
 class _Wake:
-    """What interrupts waiting for file events: a signal asked to stop or to re-read everything."""
+    """What a signal asks for, and a pipe that wakes the loop's poll() when it does (or a read ends)."""
 
     def __init__(self) -> None:
         self.stop = threading.Event()
         self.reread = threading.Event()
+        self.r, self.w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
-    def is_set(self) -> bool:
-        return self.stop.is_set() or self.reread.is_set()
+    def poke(self) -> None:
+        try:
+            os.write(self.w, b"\0")
+        except OSError:
+            pass  # already awake (or closed: a read abandoned at exit ends)
 
     def on_signal(self, signum: int, frame: FrameType | None) -> None:
         (self.reread if signum == signal.SIGHUP else self.stop).set()
+        self.poke()
+
+    def drain(self) -> None:
+        try:
+            while os.read(self.r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def close(self) -> None:
+        os.close(self.r)
+        os.close(self.w)
 
 
 PAST = {"create": "created", "update": "updated", "replace": "replaced", "destroy": "destroyed", "recover": "recovered"}
@@ -56,11 +82,27 @@ def describe(changes: list[MapChange]) -> str:
     return ", ".join(shown) + more
 
 
+def _names(names: Sequence[str]) -> str:
+    return ", ".join(names[:SHOWN_CHANGES]) + (f" and {len(names) - SHOWN_CHANGES} more" if len(names) > SHOWN_CHANGES else "")
+
+
+@dataclass
+class _Read:
+    """The outcome of reading the files in the reading thread: what `ConfigFiles.load` returned or raised."""
+
+    loaded: tuple[Config, list[str]] | None = None
+    error: ConfigError | None = None
+    crash: BaseException | None = None
+    done: bool = False
+
+
 class Watcher:
     def __init__(self, paths: Sequence[str], pin_root: str | None, drift_interval: float, log: Log,
                  lock_timeout: float, notifier: Notifier | None = None, metrics_addr: str | None = None,
-                 allow_replace_in_use: bool = False):
+                 allow_replace_in_use: bool = False, max_destroy: int = DEFAULT_MAX_DESTROY):
         self.files = ConfigFiles(paths)
+        self.settling = Settling(self.files.kind)
+        self.guard = FilesGuard(self.settling, max_destroy)
         self.pin_root_flag = pin_root
         self.drift_interval = drift_interval
         self.log = log
@@ -70,110 +112,264 @@ class Watcher:
         self.notifier = notifier or Notifier()
         self.wake = _Wake()
         self.sync: Synchroniser | None = None
+        self.server: MetricsServer | None = None
+        self.abandoned = False  # a read was still running when the watcher stopped (see the CLI)
+        self._ino: Inotify | None = None
+        self._lost: set[str] = set()  # watched directories that went away
+        self._everything = True  # the next pass re-reads every file (the first, and after SIGHUP)
+        self._burst: tuple[float, float] | None = None  # first and last event of the burst not yet read
+        self._next_ping = self._next_drift = 0.0
+        self._held_logged: dict[str, Hold] = {}
+
+    # ---- the loop ------------------------------------------------------------------------------
 
     def run(self) -> int:
-        from watchfiles._rust_notify import RustNotify
+        # yaml-rs (0.1.6) must be imported first by a thread that lives on: imported first by a reading
+        # thread that then ends, it crashed the next thread to parse (SIGSEGV, 11 runs in 12).
+        import yaml_rs  # noqa: F401
 
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, self.wake.on_signal)
-        dirs = self.files.directories()
-        # Watch before the first load, so that a change made meanwhile is not missed.
-        with RustNotify(dirs, False, False, 50, False, False) as notify:
-            try:
-                first, broken = self.files.load(everything=True), None
-            except ConfigError as e:
-                first, broken = None, e
-            root = resolve_pin_root(self.pin_root_flag, self.files.config)
-            addr = self.metrics_addr
-            recorder = PrometheusRecorder(root) if addr is not None else None
-            self.sync = Synchroniser(root, recorder=recorder, lock_timeout=self.lock_timeout,
-                                     allow_replace_in_use=self.allow_replace_in_use)
-            try:
-                server = start_server(addr, self.sync, recorder) if addr is not None and recorder is not None else None
-            except BaseException:
+        try:
+            with Inotify() as ino:
+                self._ino = ino
+                for d in self.files.directories():  # before the first read, so that no change made meanwhile is missed
+                    if not ino.watch(d):
+                        self._lost.add(d)
+                self.settling.everything = True
+                self._loop()
+        finally:
+            self.notifier.stopping()
+            if self.server is not None:
+                self.server.close()
+            if self.sync is not None:
                 self.sync.close()
-                raise
-            self.log.event("start", f"watching {', '.join(dirs)} for pin root {root}"
-                                    + (f", metrics at {server.url}" if server is not None else ""),
-                           pin_root=root, dirs=dirs, metrics=server.url if server is not None else None)
-            if broken is not None:
-                self._reject(broken)  # nothing applied; the fix is applied when it arrives
-            if first is not None:
-                self._apply(first[0], "start", first[1])
-            self.notifier.ready(self._status())
-            next_drift = time.monotonic() + self.drift_interval
-            next_ping = time.monotonic()
-            while not self.wake.stop.is_set():
-                now = time.monotonic()
-                if self.notifier.watchdog_interval is not None and now >= next_ping:
-                    self.notifier.watchdog()
-                    next_ping = now + self.notifier.watchdog_interval
-                deadlines = [next_drift, next_ping if self.notifier.watchdog_interval is not None else next_drift]
-                retry = self.sync.retry_in()
-                if retry is not None:
-                    deadlines.append(now + retry)
-                timeout_ms = max(1, int((min(deadlines) - now) * 1000))
-                events = notify.watch(DEBOUNCE_MS, STEP_MS, timeout_ms, self.wake)
-                if self.wake.stop.is_set():
-                    break
-                if self.wake.reread.is_set():
-                    self.wake.reread.clear()
-                    self.log.event("reread", "SIGHUP: reading every file and the whole pin root again")
-                    self._reconcile_files(everything=True)
-                    next_drift = time.monotonic()
-                elif isinstance(events, set) and events:
-                    self._reconcile_files(touched={path for _, path in events})
-                retry = self.sync.retry_in()
-                if retry is not None and retry <= 0:
-                    self._flush("retry")
-                if time.monotonic() >= next_drift:
-                    self._verify()
-                    next_drift = time.monotonic() + self.drift_interval
-        self.notifier.stopping()
-        if server is not None:
-            server.close()
-        self.sync.close()
+            self.wake.close()
         self.log.event("stop", "stopped on a signal, with no apply left in flight")
         return 0
+
+    def _loop(self) -> None:
+        while not self.wake.stop.is_set():
+            now = time.monotonic()
+            self._ping(now)
+            if self.wake.reread.is_set():
+                self.wake.reread.clear()
+                self.log.event("reread", "SIGHUP: reading every file and the whole pin root again"
+                               + self._confirm_held())
+                self._everything = self.settling.everything = True
+            due = self._due(now)
+            if due is not None and due <= now:
+                self._pass()
+            if self.sync is not None and not self.wake.stop.is_set():
+                self._timers()
+            self._wait(self._timeout())
+            self._take_events()
+
+    def _ping(self, now: float) -> None:
+        if self.notifier.watchdog_interval is not None and now >= self._next_ping:
+            self.notifier.watchdog()
+            self._next_ping = now + self.notifier.watchdog_interval
+
+    def _due(self, now: float) -> float | None:
+        """When the next pass may read the files: every followed file ready, and the burst over."""
+        if not self.settling.pending():
+            return None
+        at = self.settling.ready_at()
+        if self._burst is not None:
+            first, last = self._burst
+            at = max(at, min(first + DEBOUNCE, last + STEP))
+        return at
+
+    def _timeout(self) -> float:
+        now = time.monotonic()
+        deadlines = [now + 60.0]
+        due = self._due(now)
+        if due is not None:
+            deadlines.append(due)
+        if self._lost:
+            deadlines.append(now + GONE)
+        if self.notifier.watchdog_interval is not None:
+            deadlines.append(self._next_ping)
+        if self.sync is not None:
+            deadlines.append(self._next_drift)
+            for wait in (self.sync.retry_in(), self.sync.released_in()):
+                if wait is not None:
+                    deadlines.append(now + wait)
+        return max(min(deadlines) - now, 0.0)
+
+    def _wait(self, timeout: float) -> None:
+        """Sleep until a file event, a signal, the end of a read or `timeout`."""
+        assert self._ino is not None
+        poller = select.poll()
+        poller.register(self._ino.fileno(), select.POLLIN)
+        poller.register(self.wake.r, select.POLLIN)
+        poller.poll(max(1, int(timeout * 1000 + 0.999)) if timeout > 0 else 0)
+        self.wake.drain()
+
+    def _take_events(self) -> set[str]:
+        """Read the queued file events into the settling state; the followed paths they name."""
+        assert self._ino is not None
+        now = time.monotonic()
+        events = self._ino.read()
+        lost = set()
+        for e in events:
+            if e.path == e.directory and e.mask & (IN_DELETE_SELF | IN_MOVE_SELF | IN_IGNORED):
+                self._lose(e, now)
+                lost.add(e.directory)
+        self._rewatch(now)
+        seen = self.settling.observe(events, now) | lost
+        if seen:
+            self._burst = (self._burst[0] if self._burst is not None else now, now)
+        return seen
+
+    def _lose(self, e: Event, now: float) -> None:
+        """A watched directory went away (or was renamed: its watch would follow it elsewhere)."""
+        assert self._ino is not None
+        if e.directory in self._ino.watching():
+            self._ino.forget(e.directory)
+        self._lost.add(e.directory)
+        self.settling.lost(now, e.directory)
+
+    def _rewatch(self, now: float) -> None:
+        """Watch again the directories that came back; every file is then listed again."""
+        assert self._ino is not None
+        for d in sorted(self._lost):
+            if self._ino.watch(d):
+                self._lost.discard(d)
+                self.settling.lost(now)
+
+    def _timers(self) -> None:
+        assert self.sync is not None
+        retry = self.sync.retry_in()
+        if retry is not None and retry <= 0:
+            self._flush("retry")
+        released = self.sync.released_in()
+        if released is not None and released <= 0:
+            self._flush("stable")
+        if time.monotonic() >= self._next_drift:
+            self._verify()
+            self._next_drift = time.monotonic() + self.drift_interval
+
+    # ---- a pass: read the files, then apply them -------------------------------------------------
+
+    def _pass(self) -> None:
+        self._take_events()  # whatever is queued belongs to this read, not to the next
+        now = time.monotonic()
+        due = self._due(now)
+        if due is None or due > now:
+            return
+        everything, self._everything = self._everything, False
+        touched = self.settling.take(now)
+        self._burst = None
+        read = self._read(everything, touched)
+        if read is None:
+            self._everything |= everything
+            return
+        if everything and self.sync is not None:
+            self._next_drift = time.monotonic()  # SIGHUP: the whole pin root too
+        first = self.sync is None
+        if first:
+            self._start(read)
+        if read.error is not None:
+            self._reject(read.error)
+        elif read.loaded is not None:
+            config, changed = read.loaded
+            self._apply(config, "start" if first else "files", changed)
+        if first:
+            self.notifier.ready(self._status())
+
+    def _read(self, everything: bool, touched: set[str] | None) -> _Read | None:
+        """Load the changed files in a thread, while this one keeps taking events, pinging the watchdog
+        and answering signals. None when stopped meanwhile, or when a file it read changed while it read
+        (dropped: read again once the file is ready)."""
+        snapshot = self.files.snapshot()
+        read = _Read()
+
+        def work() -> None:
+            gc.disable()  # a large file's parse makes millions of objects, none of them cycles: the
+            try:          # collector would walk them again and again, holding every thread up for seconds
+                read.loaded = self.files.load(everything, touched)
+            except ConfigError as e:
+                read.error = e
+            except BaseException as e:  # noqa: BLE001  (raised again in the loop's thread)
+                read.crash = e
+            finally:
+                gc.enable()
+                read.done = True
+                self.wake.poke()
+
+        thread = threading.Thread(target=work, name="kmesh-watch-read", daemon=True)
+        thread.start()
+        moved = False
+        while not read.done:
+            if self.wake.stop.is_set():
+                self.abandoned = thread.is_alive()
+                return None
+            self._wait(self.notifier.watchdog_interval or 1.0)
+            moved |= self._changed(touched)
+            self._ping(time.monotonic())
+        thread.join()
+        moved |= self._changed(touched)
+        if read.crash is not None:
+            raise read.crash
+        if moved:
+            self.files.restore(snapshot)
+            self.settling.give_back(touched)
+            return None
+        return read
+
+    def _changed(self, touched: set[str] | None) -> bool:
+        """Whether file events since the read began concern what it read."""
+        seen = self._take_events()
+        return bool(seen) and (touched is None or self.settling.everything or not seen.isdisjoint(touched))
+
+    def _start(self, read: _Read) -> None:
+        """After the first read: the pin root it names, the synchroniser, the metrics endpoint."""
+        root = resolve_pin_root(self.pin_root_flag, read.loaded[0] if read.loaded is not None else None)
+        recorder = PrometheusRecorder(root) if self.metrics_addr is not None else None
+        self.sync = Synchroniser(root, recorder=recorder, lock_timeout=self.lock_timeout,
+                                 allow_replace_in_use=self.allow_replace_in_use, guard=self.guard)
+        if self.metrics_addr is not None and recorder is not None:
+            self.server = start_server(self.metrics_addr, self.sync, recorder)
+        self._next_drift = time.monotonic() + self.drift_interval
+        dirs = self.files.directories()
+        url = self.server.url if self.server is not None else None
+        self.log.event("start", f"watching {', '.join(dirs)} for pin root {root}" + (f", metrics at {url}" if url else ""),
+                       pin_root=root, dirs=dirs, metrics=url)
 
     def _status(self) -> str:
         assert self.sync is not None
         health = self.sync.health()
         return "in sync" if health.ok else "; ".join(health.reasons)
 
-    def _load(self, everything: bool = False, touched: set[str] | None = None) -> tuple | None:
-        try:
-            return self.files.load(everything, touched)
-        except ConfigError as e:
-            self._reject(e)
-            return None
-
     def _reject(self, e: ConfigError) -> None:
         self.log.event("config-error", f"configuration rejected, the last good state stays applied:\n{e}",
                        diagnostics=[str(d) for d in e.diagnostics])
         if self.sync is not None:
             self.sync.reject_config(e)
+            self.notifier.status(self._status())
 
-    def _reconcile_files(self, everything: bool = False, touched: set[str] | None = None) -> None:
+    def _apply(self, config: Config, trigger: str, files: list[str]) -> None:
         assert self.sync is not None
-        loaded = self._load(everything, touched)
-        if loaded is None:
-            return
-        config, changed_files = loaded
         root = resolve_pin_root(self.pin_root_flag, config)
         if root != self.sync.pin_root:
             self._reject(ConfigError([Diagnostic(f"pin_root is now {root}, but this watcher keeps {self.sync.pin_root}: "
                                                  "restart it to change pin roots", config.files[0] if config.files else "")]))
             return
-        self._apply(config, "files", changed_files)
-
-    def _apply(self, config, trigger: str, files: list[str]) -> None:  # noqa: ANN001
-        assert self.sync is not None
-        self._attempt(trigger, lambda: self.sync.apply(config), files=files)  # type: ignore[union-attr]
+        sync = self.sync
+        self._attempt(trigger, lambda: sync.apply(config), files=files)
 
     def _flush(self, trigger: str) -> None:
         assert self.sync is not None
         self._attempt(trigger, self.sync.flush)
+
+    def _confirm_held(self) -> str:
+        """SIGHUP confirms the destroys held for --max-destroy (the maps held now)."""
+        if self.sync is None:
+            return ""
+        waiting = sorted(n for n, h in self.sync.held().items() if h.until is None)
+        self.guard.confirm(waiting)
+        return f"; confirming the destroy of {_names(waiting)}" if waiting else ""
 
     def _verify(self) -> None:
         assert self.sync is not None
@@ -187,9 +383,10 @@ class Watcher:
             self.log.event("drift", f"corrected {count(len(drift), 'map')} changed by someone else: {describe(drift)} "
                                     f"in {(time.monotonic() - start) * 1000:.1f} ms",
                            maps=[c.name for c in drift], seconds=time.monotonic() - start)
+        self._log_held()
         self.notifier.status(self._status())
 
-    def _attempt(self, trigger: str, action, files: list[str] | None = None) -> None:  # noqa: ANN001
+    def _attempt(self, trigger: str, action: Any, files: list[str] | None = None) -> None:
         """Run one reconcile and log one line about it; a kernel error is logged and retried later."""
         assert self.sync is not None
         start = time.monotonic()
@@ -210,4 +407,18 @@ class Watcher:
                        trigger=trigger, files=files or [], maps=[f"{c.name}:{c.action}" for c in changes],
                        entries_written=report.entries_written, entries_deleted=report.entries_deleted,
                        slots_set=report.slots_set, seconds=seconds)
+        self._log_held()
         self.notifier.status(self._status())
+
+    def _log_held(self) -> None:
+        """One line whenever the destroys the guard keeps change."""
+        assert self.sync is not None
+        held = self.sync.held()
+        if held.keys() == self._held_logged.keys():
+            return
+        self._held_logged = held
+        by_reason: dict[str, list[str]] = {}
+        for name, hold in sorted(held.items()):
+            by_reason.setdefault(hold.reason, []).append(name)
+        for reason, names in by_reason.items():
+            self.log.event("destroy-held", f"not destroying {_names(names)} yet: {reason}", maps=names, reason=reason)
