@@ -74,6 +74,15 @@ def _unsafe(data: bytes) -> bool:
     return any(b in data for b in _UNSAFE_BYTES)  # one memchr each
 
 
+def inner_chunks(data: bytes, start: int, end: int) -> list[Chunk] | None:
+    """The chunks of the inner maps that `data[start:end]` holds whole (a run of them, as `split`
+    cut the file before), in place: a 50 MB map is not copied to be cut again. None when the run is
+    not plain enough to cut, or holds a line at column 0 (`split` would see another top-level key)."""
+    if any(data.find(b, start, end) >= 0 for b in _UNSAFE_BYTES) or _TOP_LINE.search(data, start - 1, end):
+        return None
+    return _section_chunks(data, "inner_maps", start - 1, end)
+
+
 def _section_chunks(data: bytes, section: str, start: int, end: int) -> list[Chunk] | None:
     """The maps of one section (`start` is at the newline that ends its header line): every
     content line at the section's first indentation is a map header."""
@@ -102,12 +111,12 @@ def _section_chunks(data: bytes, section: str, start: int, end: int) -> list[Chu
     return [Chunk(section, name, s, e) for (s, name), e in zip(heads, bounds)]
 
 
-def blank_out(data: bytes, chunks: list[Chunk]) -> bytes:
-    """`data` with the given chunks replaced by as many empty lines, so every other line keeps its number."""
-    parts, pos = [], 0
+def blank_out(data: bytes, chunks: list[Chunk], start: int = 0, end: int | None = None) -> bytes:
+    """`data[start:end]` with the given chunks replaced by as many empty lines, so every other line keeps its number."""
+    parts, pos = [], start
     for c in sorted(chunks, key=lambda c: c.start):
         parts.append(data[pos:c.start])
         parts.append(b"\n" * data.count(b"\n", c.start, c.end))
         pos = c.end
-    parts.append(data[pos:])
+    parts.append(data[pos:end])
     return b"".join(parts)

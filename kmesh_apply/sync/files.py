@@ -24,7 +24,7 @@ from typing import Callable, Iterable, Sequence
 from kmesh_apply.config import load_config
 from kmesh_apply.config.blocks import BlocksRefused, Partial, entries_body
 from kmesh_apply.config.blocks import cut as cut_blocks
-from kmesh_apply.config.chunks import Chunk, blank_out, split
+from kmesh_apply.config.chunks import Chunk, blank_out, inner_chunks, split
 from kmesh_apply.config.loader import CONFIG_SUFFIXES, Source, config_files, parse_text
 from kmesh_apply.config.model import Config, InnerMapSpec
 from kmesh_apply.entries import Entries
@@ -196,6 +196,7 @@ class ConfigFiles:
         specs: dict[str, InnerMapSpec] = {}
         for name, raw in changed.items():
             old = self.files.get(name)
+            partial: dict[str, Partial] = {}
             if old is None:  # a new file: all of it, if it holds inner maps only
                 text, spans = raw, _spans(raw)
                 cut = spans
@@ -205,11 +206,10 @@ class ConfigFiles:
                 edit = self._edit(old, raw)
                 if edit is None:
                     return None
-                text, spans, cut, gone, edited = edit
+                (a, b), spans, cut, gone, edited = edit
                 replaced |= gone
-            partial: dict[str, Partial] = {}
-            if old is not None and cut is not None:
-                text, partial = self._blocks(old, raw, edited, text, cut)
+                blank, partial = self._blocks(old, raw, edited, cut)
+                text = b"inner_maps:\n" + blank_out(raw, blank, a, b)  # the touched maps, as a document
             src = parse_text(text.decode("utf-8", "replace"), name)
             if not isinstance(src, Source) or not isinstance(src.data, dict) or set(src.data) - {"inner_maps"}:
                 return None
@@ -228,10 +228,10 @@ class ConfigFiles:
         return self._swap(replaced, specs, tuple(now))
 
     @staticmethod
-    def _edit(old: _File, raw: bytes) -> tuple[bytes, list[Span], list[Span], set[str], tuple[int, int, int]] | None:
-        """For a known file: the text of the inner maps the edit touched (as a document), the file's
-        new spans, those of the touched maps, the names they had, and where the bytes differ
-        (`_edited`). None when the edit reaches outside the inner maps."""
+    def _edit(old: _File, raw: bytes) -> tuple[tuple[int, int], list[Span], list[Span], set[str], tuple[int, int, int]] | None:
+        """For a known file: where the inner maps the edit touched lie in `raw`, the file's new spans,
+        those of the touched maps, the names they had, and where the bytes differ (`_edited`). None
+        when the edit reaches outside the inner maps."""
         if not old.spans or not old.raw:
             return None
         start, old_end, new_end = _edited(old.raw, raw)
@@ -240,25 +240,22 @@ class ConfigFiles:
             return None  # outside every inner map: an outer map, pin_root, the section header...
         shift = len(raw) - len(old.raw)
         a, b = old.spans[hit[0]][1], old.spans[hit[-1]][2] + shift
-        header = b"inner_maps:\n"
-        text = header + raw[a:b]
-        cut = _spans(text, a - len(header))
-        if cut is None or not cut:
+        chunks = inner_chunks(raw, a, b)
+        if not chunks:
             return None
+        cut = [(c.name, c.start, c.end) for c in chunks]
         spans = old.spans[:hit[0]] + cut + [(n, s + shift, e + shift) for n, s, e in old.spans[hit[-1] + 1:]]
-        return text, spans, cut, {old.spans[i][0] for i in hit}, (start, old_end, new_end)
+        return (a, b), spans, cut, {old.spans[i][0] for i in hit}, (start, old_end, new_end)
 
-    def _blocks(self, old: _File, raw: bytes, edited: tuple[int, int, int], text: bytes,
-                cut: list[Span]) -> tuple[bytes, dict[str, Partial]]:
-        """The edited maps' text with the entries of the large ones left out, and those entries to
-        assemble from blocks (config.blocks): only the blocks the edit touched are parsed, the
+    def _blocks(self, old: _File, raw: bytes, edited: tuple[int, int, int],
+                cut: list[Span]) -> tuple[list[Chunk], dict[str, Partial]]:
+        """The entries of the large edited maps, to leave out of their text (where they lie in `raw`)
+        and to assemble from blocks (config.blocks): only the blocks the edit touched are parsed, the
         others are sliced from the map's last good entries. A block is known by where it lies:
         before the edit, or after it (shifted), its bytes are the old file's (`edited`: where the
-        bytes differ), so no block is hashed. `text` starts where the first edited map's chunk begins
-        in `raw`, less its `inner_maps:` header line."""
+        bytes differ), so no block is hashed."""
         assert self.config is not None
         start, old_end, new_end = edited
-        shift = cut[0][1] - len(b"inner_maps:\n")  # text offset -> raw offset
         before = {n: (a, b) for n, a, b in old.spans or ()}
         partial, blank = {}, []
         for name, a, b in cut:
@@ -281,8 +278,8 @@ class ConfigFiles:
                 same = at >= 0 and (at, at + e - s) in known
                 blocks.append((b"%d" % at if same else b"new %d" % i, s, e))
             partial[name] = Partial(spec.entries.payload(), old_blocks, raw, blocks, body[1])
-            blank.append(Chunk("inner_maps", name, body[0] - shift, b - shift))
-        return (blank_out(text, blank) if blank else text), partial
+            blank.append(Chunk("inner_maps", name, body[0], b))
+        return blank, partial
 
     def _swap(self, replaced: set[str], specs: dict[str, InnerMapSpec], files: tuple[str, ...]) -> Config | None:
         """The last good config with `replaced` inner maps removed and `specs` added, if that is

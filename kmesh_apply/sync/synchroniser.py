@@ -220,7 +220,8 @@ class Synchroniser:
     def _plan(self, only: set[str] | None) -> Plan:
         """Plan against the cache. A plan that moves a map over another (a replace or a swap) is made again
         with the programs holding maps read now: they decide between swap and in-place, and whether apply
-        may replace at all (programs load and unload between full reads)."""
+        may replace at all (programs load and unload between full reads). The guard, if any, is asked
+        about every map the plan would destroy."""
         assert self._desired is not None
         desired = prepare(self._desired, self._cache)  # programs and interfaces as they are now
         plan = make_plan(desired, self._cache, only)

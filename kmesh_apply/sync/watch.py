@@ -140,8 +140,8 @@ class Watcher:
                 self._loop()
         finally:
             self.notifier.stopping()
-            if self.server is not None:
-                self.server.close()
+            if self.server is not None and not self.abandoned:  # else the process ends now: the port with it
+                self.server.close()  # (its thread would wait for the abandoned read's hold on the interpreter)
             if self.sync is not None:
                 self.sync.close()
             self.wake.close()
@@ -200,6 +200,8 @@ class Watcher:
     def _wait(self, timeout: float) -> None:
         """Sleep until a file event, a signal, the end of a read or `timeout`."""
         assert self._ino is not None
+        if self.wake.stop.is_set():
+            return
         poller = select.poll()
         poller.register(self._ino.fileno(), select.POLLIN)
         poller.register(self.wake.r, select.POLLIN)
