@@ -9,12 +9,9 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -23,6 +20,7 @@ from conftest import run_cli
 from foreign_maps import pin_foreign_maps
 from test_holders import DIRECT_PROG, load  # noqa: F401 (load: a fixture)
 from test_watch import KMESH_APPLY, Watch, conf_dir
+from test_watch_integration import free_port, get
 
 from kmesh_apply.errors import KernelError
 from kmesh_apply.kernel.maps import Map
@@ -114,20 +112,6 @@ def watched(pin_root: Path, tmp_path: Path) -> Iterator[tuple[Watch, Path, Polle
         assert w.stop() == 0, "".join(w.raw)
     assert not [e for e in w.lines if e["event"] == "reconcile" and any(m.endswith(":destroy") for m in e["maps"])], \
         "a map was destroyed"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
 
 
 def metrics_url(w: Watch) -> str:
