@@ -40,7 +40,7 @@ class MemoryKernel:
         self._creating: CreateMap | None = None
         self._mirror = Mirror(self.state, self._create)
 
-    def _create(self, pin: str) -> LiveMap:
+    def _create(self, pin: str, entries: bool = True) -> LiveMap:
         d = self._creating.map  # type: ignore[union-attr]
         self.next_id += 1
         return LiveMap(d.name, self.next_id, d.type, d.key_size, d.value_size, d.max_entries, d.flags,
@@ -63,7 +63,7 @@ class MemoryKernel:
             on_step(step)
         return report
 
-    def read_map(self, pin: str) -> LiveMap:
+    def read_map(self, pin: str, entries: bool = True) -> LiveMap:
         return copy.deepcopy(self._mirror._at(pin))
 
     def memlock(self, pin: str) -> int | None:

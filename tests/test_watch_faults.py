@@ -220,7 +220,7 @@ def test_a_configmap_data_swap_keeps_every_map(pin_root: Path, tmp_path: Path):
     publish(1, 1)
     w = Watch([vol], pin_root, "--drift-interval", "600")
     try:
-        w.wait_for(lambda: version_in_kernel(pin_root) == {1}, "the first apply")
+        w.wait_for(lambda: w.events("reconcile") and version_in_kernel(pin_root) == {1}, "the first apply")
         poller = Poller(pin_root, common_maps())
         for n in range(2, 6):
             publish(n, n)

@@ -35,9 +35,10 @@ class _Reader:
         self.observe = observe
         self._specs: dict[tuple[int, ...], tuple[Any, Any]] = {}
 
-    def read_map(self, path: str, name: str, observed: bool = False) -> LiveMap:
+    def read_map(self, path: str, name: str, observed: bool = False, entries: bool = True) -> LiveMap:
         """One pinned map as data; outer slots become kernel IDs of the inner maps they hold.
-        `observed`: a map of the pin root itself (not a staged one), shown to `observe`."""
+        `observed`: a map of the pin root itself (not a staged one), shown to `observe`;
+        `entries=False`: an inner map's entries are not read (left empty, packed)."""
         with Map.open_pinned(path) as m:
             info = m.info
             types = (info.btf_id, info.btf_key_type_id, info.btf_value_type_id, info.key_size, info.value_size)
@@ -50,6 +51,8 @@ class _Reader:
                            info.declared_flags, *specs)
             if live.is_outer:
                 live.slots = m.slots(self.buffers)
+            elif not entries:
+                live.entries, live.unreadable = Entries(info.key_size or 1, m.syscall_value_size or 1), m.unreadable()
             else:
                 on_part = self.observe(name) if observed and self.observe is not None else None
                 try:
@@ -135,10 +138,11 @@ def _with_layouts(pin_root: str, maps: list[LiveMap]) -> dict[str, Layout]:
     return layouts
 
 
-def read_map(pin_root: str, pin: str, memlock: bool = False) -> LiveMap:
+def read_map(pin_root: str, pin: str, memlock: bool = False, entries: bool = True) -> LiveMap:
     """One map of a pin root (`pin` relative to it), as `read_live` reads it: for a map just created
-    (an outer map with the layout recorded for it)."""
-    live = _Reader(memlock).read_map(os.path.join(pin_root, pin), os.path.basename(pin))
+    (an outer map with the layout recorded for it). `entries=False`: an inner map's entries are not
+    read (the synchroniser replays the steps that filled it, sharing their packed entries)."""
+    live = _Reader(memlock).read_map(os.path.join(pin_root, pin), os.path.basename(pin), entries=entries)
     if live.is_outer:
         _with_layouts(pin_root, [live])
     return live

@@ -2,9 +2,10 @@
 
 While the executor runs a plan, each step's effect is replayed on the cached
 `LiveState` as soon as the step is done: entries and slots written, maps created
-(read back once, while still at their pin, for kernel IDs and types), moved and
-removed. A map a migration filled is read back too (its entries were converted from
-another map's). A plan cut short leaves the cache unknown, and the synchroniser then
+(read back once, while still at their pin, for kernel IDs and types, not entries: the
+steps that filled them are replayed too), moved and removed. A map a migration filled is
+read back with its entries (they were converted from another map's). A plan cut short
+leaves the cache unknown, and the synchroniser then
 reads the pin root afresh instead.
 """
 
@@ -17,9 +18,10 @@ from kmesh_apply.state import LiveMap, LiveState, StagedMap
 
 
 class Mirror:
-    """Replays performed steps on `state`; `created(pin)` reads a map the step just created."""
+    """Replays performed steps on `state`; `created(pin, entries)` reads a map a step just created
+    (or filled, with `entries`)."""
 
-    def __init__(self, state: LiveState, created: Callable[[str], LiveMap]):
+    def __init__(self, state: LiveState, created: Callable[[str, bool], LiveMap]):
         self.state = state
         self.created = created
         self.aside = {s.pin: s.live for s in state.staged}  # maps pinned under the staging directory
@@ -32,7 +34,7 @@ class Mirror:
         maps = self.state.maps
         self.touched.add(step.map.name if isinstance(step, CreateMap) else step.map)
         if isinstance(step, CreateMap):
-            live = self.created(step.pin)
+            live = self.created(step.pin, False)
             live.name = step.map.name
             if step.pin == step.map.name:
                 maps[step.pin] = live
@@ -52,7 +54,7 @@ class Mirror:
             for key in step.clear:
                 slots.pop(key, None)
         elif isinstance(step, (MigrateEntries, CatchUp)):
-            live = self.created(step.pin)
+            live = self.created(step.pin, True)
             live.name = step.map
             self.aside[step.pin] = live
         elif isinstance(step, MovePin):

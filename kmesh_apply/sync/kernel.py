@@ -32,8 +32,10 @@ class Kernel(Protocol):
     def holders(self, map_ids: Iterable[int]) -> dict[int, tuple[Program, ...]]:
         """The loaded programs holding these maps now (programs come and go between full reads)."""
 
-    def read_map(self, pin: str) -> LiveMap:
-        """One map `run` has just created (called from `on_step`), with memlock."""
+    def read_map(self, pin: str, entries: bool = True) -> LiveMap:
+        """One map `run` has just created or filled (called from `on_step`), with memlock. `entries=False`
+        for a map just created: the steps that fill it are replayed on it (its entries read back would
+        cost as long as writing them, and replaying a million onto them an index of a million keys)."""
 
     def memlock(self, pin: str) -> int | None:
         """What the map at `pin` costs the kernel now (it changes with entries for no_prealloc maps)."""
@@ -65,8 +67,8 @@ class PinRootKernel:
             self._drop_handles()
             raise
 
-    def read_map(self, pin: str) -> LiveMap:
-        return read_map(self.pin_root, pin, memlock=True)
+    def read_map(self, pin: str, entries: bool = True) -> LiveMap:
+        return read_map(self.pin_root, pin, memlock=True, entries=entries)
 
     def holders(self, map_ids: Iterable[int]) -> dict[int, tuple[Program, ...]]:
         return map_holders(map_ids)
