@@ -401,7 +401,7 @@ def test_a_50_mb_file(pin_root: Path, tmp_path: Path, bpf_scratch: Path):
             time.sleep(0.05)
         stop.set()
         prober.join()
-        assert "big updated; 1 entries written" in w.events("reconcile")[1]["message"]
+        assert "big updated; 1 entry written" in w.events("reconcile")[1]["message"]
         assert slowest[0] < 1.0, f"/healthz took {slowest[0]:.2f} s during the parse"
         assert peak_kib(w.proc.pid) < 2 * cli_peak, (peak_kib(w.proc.pid), cli_peak)
 

@@ -325,8 +325,10 @@ class Plan:
         if not self.has_changes:
             if self.held_replaced:
                 n = len(self.held_replaced)
-                return (f"No changes to apply, but {count(n, 'replaced or destroyed map')} {verb(n, 'is', 'are')} still "
-                        "held by loaded programs: reload or unload them.")
+                what = " or ".join(sorted({"destroyed" if h.destroyed else "replaced" for h in self.held_replaced},
+                                          reverse=True))
+                return (f"No changes to apply, but {count(n, what + ' map')} {verb(n, 'is', 'are')} still held by "
+                        "loaded programs: reload or unload them.")
             return "No changes. The pin root matches the configuration."
         c = self.counts
         first = "".join(f"{c[k]} to {k}, " for k in ("adopt", "migrate", "rename") if c[k])
