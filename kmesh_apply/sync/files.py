@@ -130,6 +130,18 @@ class ConfigFiles:
                 named.add(path)
         return named
 
+    def bytes_to_read(self, everything: bool, touched: Iterable[str] | None) -> int:
+        """About how many bytes `load(everything, touched)` would read (their sizes now)."""
+        named = None if everything else self._named(touched)
+        paths = named if named is not None else [str(p) for p in config_files(self.paths)[0]]
+        total = 0
+        for path in paths:
+            try:
+                total += os.stat(path).st_size
+            except OSError:
+                pass  # gone: nothing to read
+        return total
+
     def snapshot(self) -> tuple[dict[str, _File], Config | None]:
         """What `load` changes, to `restore` when its result is dropped (a file changed while it was read)."""
         return self.files, self.config

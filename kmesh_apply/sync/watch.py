@@ -38,6 +38,7 @@ from kmesh_apply.wording import count
 DEBOUNCE = 0.05  # a burst of events is read at most this long after its first event
 STEP = 0.002  # ... and this long after its last one (a rename's two events, a directory's many)
 SHOWN_CHANGES = 8  # maps named in one log line
+THREAD_FROM_BYTES = 1 << 20  # files to read from this size on are read in a thread of their own
 
 
 class _Wake:
@@ -281,8 +282,9 @@ class Watcher:
             self.notifier.ready(self._status())
 
     def _read(self, everything: bool, touched: set[str] | None) -> _Read | None:
-        """Load the changed files in a thread, while this one keeps taking events, pinging the watchdog
-        and answering signals. None when stopped meanwhile, or when a file it read changed while it read
+        """Load the changed files; large ones in a thread, while this one keeps taking events, pinging
+        the watchdog and answering signals (small ones take less time than handing them over would, on
+        a loaded host). None when stopped meanwhile, or when a file it read changed while it read
         (dropped: read again once the file is ready)."""
         snapshot = self.files.snapshot()
         read = _Read()
@@ -300,17 +302,20 @@ class Watcher:
                 read.done = True
                 self.wake.poke()
 
-        thread = threading.Thread(target=work, name="kmesh-watch-read", daemon=True)
-        thread.start()
         moved = False
-        while not read.done:
-            if self.wake.stop.is_set():
-                self.abandoned = thread.is_alive()
-                return None
-            self._wait(self.notifier.watchdog_interval or 1.0)
-            moved |= self._changed(touched)
-            self._ping(time.monotonic())
-        thread.join()
+        if self.files.bytes_to_read(everything, touched) < THREAD_FROM_BYTES:
+            work()
+        else:
+            thread = threading.Thread(target=work, name="kmesh-watch-read", daemon=True)
+            thread.start()
+            while not read.done:
+                if self.wake.stop.is_set():
+                    self.abandoned = True
+                    return None
+                self._wait(self.notifier.watchdog_interval or 1.0)
+                moved |= self._changed(touched)
+                self._ping(time.monotonic())
+            thread.join()
         moved |= self._changed(touched)
         if read.crash is not None:
             raise read.crash
