@@ -100,7 +100,7 @@ def schema_problems(src: Source, known_valid: set[bytes] | None = None) -> list[
     """
     data = src.data
     if data is None:
-        return [Problem(src.file, (), EMPTY_FILE)]
+        return [Problem(src.file, (), EMPTY_FILE, kind="holds no configuration")]
     if not isinstance(data, dict):
         return [Problem(src.file, (), "a config file is a mapping with pin_root, inner_maps and outer_maps, "
                         f"got {type(data).__name__}", kind="not a mapping")]
