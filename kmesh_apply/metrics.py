@@ -10,8 +10,6 @@ which is 13x slower on the 20,000 samples of 5,000 maps (bench/scrape.py).
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 import threading
 import time
 from bisect import bisect_left
@@ -27,6 +25,7 @@ from prometheus_client.utils import floatToGoString
 from kmesh_apply.errors import ConfigError, KmeshError
 from kmesh_apply.monitor import OUTCOMES, UNMANAGED, Health, MapUsage, MetricsSource, Snapshot
 from kmesh_apply.terminal import printable, shown
+from kmesh_apply.private import write_private
 
 # Reconcile durations: from a no-op pass on a small pin root to a large first apply.
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -218,16 +217,9 @@ class Scrape:
 
 def write_textfile(path: Path, source: MetricsSource, recorder: PrometheusRecorder) -> None:
     """Write a scrape to `path` atomically: aside in the same directory (a name the collector
-    skips), then rename(2) over it, so node_exporter never reads half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(Scrape(source, recorder)())
-            os.fchmod(f.fileno(), 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    skips: it starts with a dot), then rename(2) over it, so node_exporter never reads half a file;
+    mode 0600, never through a link (`private.write_private`)."""
+    write_private(path, Scrape(source, recorder)())
 
 
 # Families a run continues from the file the previous run left.
@@ -291,8 +283,8 @@ class RunMetrics:
             reasons.append(f"cannot read the pin root: {e}")
         try:
             write_textfile(self.path, Snapshot(self.pin_root, maps, Health(not reasons, reasons, last_success)), recorder)
-        except OSError as e:
-            raise KmeshError(f"cannot write the metrics file {self.path}: {e.strerror or e}") from e
+        except KmeshError as e:
+            raise KmeshError(f"--metrics-file: {e}") from None
 
 
 # ---- the HTTP endpoint --------------------------------------------------------------------

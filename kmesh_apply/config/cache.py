@@ -22,14 +22,13 @@ from __future__ import annotations
 import hashlib
 import marshal
 import os
-import stat
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
 from kmesh_apply.config.chunks import Chunk
 from kmesh_apply.errors import KmeshError
+from kmesh_apply.private import open_private_dir, write_private
 
 CACHE_FORMAT = 5
 KEEP_PACKS = 4
@@ -133,13 +132,17 @@ class Cache:
         h.update(text)
         return h.digest()[:16]
 
-    def _usable(self) -> bool:
-        """Only a directory of ours that no one else may write: a pack is loaded as trusted data."""
+    def _usable(self, create: bool = False) -> bool:
+        """Only a directory of ours that no one else may write or swap (`private`): a pack is loaded
+        as trusted data. `create`: made (mode 0700) when missing."""
         try:
-            st = self.root.stat()
-        except OSError:
+            fd = open_private_dir(str(self.root.absolute()), create)
+        except (KmeshError, OSError):
             return False
-        return stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o022
+        if fd is None:
+            return False
+        os.close(fd)
+        return True
 
     def _pack_path(self, file: str) -> Path:
         key = hashlib.blake2b(os.path.realpath(file).encode(), digest_size=12).hexdigest()
@@ -215,20 +218,12 @@ class Cache:
         return content if fmt == CACHE_FORMAT and salt == self.salt else None
 
     def _write(self, path: Path, content: Any) -> bool:
-        """Write atomically (a reader sees the old blob or the new one); False on any OS error."""
+        """Write atomically (a reader sees the old blob or the new one); False on any error."""
+        if not self._usable(create=True):
+            return False
         try:
-            self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
-            if not self._usable():
-                return False
-            fd, tmp = tempfile.mkstemp(dir=self.root, suffix=".tmp")
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(marshal.dumps((CACHE_FORMAT, self.salt, content)))
-                os.replace(tmp, path)
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
-        except OSError:
+            write_private(path, marshal.dumps((CACHE_FORMAT, self.salt, content)))
+        except KmeshError:
             return False
         return True
 
