@@ -25,6 +25,7 @@ from kmesh_apply.config.model import Config, InnerMapSpec, Location, OuterMapSpe
 from kmesh_apply.ctype import parse_type  # noqa: E402
 from kmesh_apply.executor import Executor  # noqa: E402
 from kmesh_apply.plan.planner import make_plan  # noqa: E402
+from kmesh_apply.pinroot.guard import PinRoot  # noqa: E402
 from kmesh_apply.pinroot.reader import read_live  # noqa: E402
 
 ENDPOINT = {"struct": [{"ip": "ipv4"}, {"port": "be16"}, {"weight": "u16"}]}
@@ -62,7 +63,8 @@ def step(cfg: Config, pin_root: str) -> tuple[float, float, float]:
     plan = make_plan(cfg, live)
     t2 = time.perf_counter()
     if plan.has_changes:
-        Executor(pin_root, live).run(plan)
+        with PinRoot.make(pin_root) as root:
+            Executor(root, live).run(plan)
     return t1 - t0, t2 - t1, time.perf_counter() - t2
 
 

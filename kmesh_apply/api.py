@@ -11,6 +11,7 @@ Every failure raises a `kmesh_apply.errors.KmeshError`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import threading
@@ -26,8 +27,8 @@ from kmesh_apply.executor import ApplyReport, Executor
 from kmesh_apply.kernel.maps import Map, possible_cpus
 from kmesh_apply.kernel.progs import program_pins
 from kmesh_apply.monitor import MapUsage, map_usage
-from kmesh_apply.pinroot.guard import PinRootLock
-from kmesh_apply.plan.model import Plan, RemovePin, Step
+from kmesh_apply.pinroot.guard import PinRoot, PinRootLock
+from kmesh_apply.plan.model import Plan, RemovePin, Step, check_steps
 from kmesh_apply.plan.planner import REMEMBER_FROM_ENTRIES, destroy_plan, make_plan
 from kmesh_apply.plan.render import render_json, render_text
 from kmesh_apply.pinroot.reader import read_live
@@ -163,8 +164,11 @@ def converge(config: Config | None, pin_root: str, *, confirm: Callable[[Plan], 
             live = read_live(pin_root)
             p = destroy_plan(live)
         if not p.has_changes:
-            record_replaced(pin_root, live, {})  # prune what programs let go of
-            keep_records(pin_root, live)
+            root = PinRoot.open(pin_root)
+            if root is not None:
+                with root:
+                    record_replaced(root, live, {})  # prune what programs let go of
+                    keep_records(root, live)
             report = None
         else:
             held = _refuse_in_use(p, live, allow_replace_in_use)
@@ -176,10 +180,10 @@ def converge(config: Config | None, pin_root: str, *, confirm: Callable[[Plan], 
         return p, report
 
 
-def keep_records(pin_root: str, live: LiveState) -> None:
+def keep_records(root: PinRoot, live: LiveState) -> None:
     """What an apply with nothing to change still does to the tool's records: a pin root of an
     earlier version gets its ownership record, and maps that vanished are pruned from it."""
-    ownership = Ownership(pin_root, live)
+    ownership = Ownership(root, live)
     ownership.begin()
     ownership.finish()
 
@@ -194,21 +198,27 @@ def _remove_if_empty(pin_root: str) -> None:
 
 
 def perform(plan: Plan, live: LiveState, *, allow_replace_in_use: bool = False,
-            on_step: Callable[[Step], None] | None = None, handles: dict[str, Map] | None = None) -> ApplyReport:
+            on_step: Callable[[Step], None] | None = None, handles: dict[str, Map] | None = None,
+            root: PinRoot | None = None) -> ApplyReport:
     """Run `plan`'s steps; `live` is the state read under the pin root's lock, which the caller holds.
     Refuses (ReplaceInUseError, nothing changed) to replace or swap a map that loaded programs hold,
     unless `allow_replace_in_use`; then it first records the maps it replaces, so that plans report
-    drift while the programs still hold them. `handles`: the caller's open maps, kept open (the synchroniser's)."""
-    return _execute(plan, live, _refuse_in_use(plan, live, allow_replace_in_use), on_step, handles)
+    drift while the programs still hold them. `handles`, `root`: the caller's open maps and pin root,
+    kept open (the synchroniser's)."""
+    return _execute(plan, live, _refuse_in_use(plan, live, allow_replace_in_use), on_step, handles, root)
 
 
 def _execute(plan: Plan, live: LiveState, held: dict[int, str], on_step: Callable[[Step], None] | None,
-             handles: dict[str, Map] | None = None) -> ApplyReport:
+             handles: dict[str, Map] | None = None, root: PinRoot | None = None) -> ApplyReport:
     """Check the machine has the memory the new maps take, record the held maps about to be replaced
     (first: a killed apply forgets nothing), then run the steps."""
+    check_steps(plan.steps)  # before anything is made
     _check_memory(plan)
-    record_replaced(plan.pin_root, live, held)
-    report = Executor(plan.pin_root, live, on_step, handles=handles).run(plan)
+    with contextlib.ExitStack() as stack:
+        if root is None:
+            root = stack.enter_context(PinRoot.make(plan.pin_root))
+        record_replaced(root, live, held)
+        report = Executor(root, live, on_step, handles=handles).run(plan)
     if any(isinstance(s, RemovePin) and s.pin == s.map for s in plan.steps):
         _remove_if_empty(plan.pin_root)
     return report

@@ -14,15 +14,18 @@ A migration (plan/migrations.py) reads the old map whole, converts it and writes
 (`MigrateEntries`), and keeps what it read; its second pass (`CatchUp`) reads the old map again
 just before the switch and carries over only what differs. What programs write to the old map
 after that read is not carried: the report measures that window, up to the new map's move.
+
+Every pin is reached through the pin root's guard (no links followed, nothing
+another user owns), and a step whose pin is not a map's name in the pin root
+(or in its staging directory) is refused before anything runs, whoever made
+the plan: the last wall against a forged or buggy plan.
 """
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
 from kmesh_apply.config.model import ARRAY_TYPES, PERCPU_TYPES
@@ -43,9 +46,11 @@ from kmesh_apply.plan.model import (
     SetSlots,
     Step,
     WriteEntries,
+    check_steps,
 )
 from kmesh_apply.pinroot import records
-from kmesh_apply.state import LiveState
+from kmesh_apply.pinroot.guard import PinRoot
+from kmesh_apply.state import STAGING_DIR, LiveState
 
 
 @dataclass
@@ -94,14 +99,14 @@ class Executor:
     plans (the synchroniser) passes its own `handles`, which then stay open for the next run.
     `live`: the state read under the pin root's lock, whose ownership record it keeps up to date."""
 
-    def __init__(self, pin_root: str, live: LiveState, on_step: Callable[[Step], None] | None = None,
+    def __init__(self, root: PinRoot, live: LiveState, on_step: Callable[[Step], None] | None = None,
                  handles: dict[str, Map] | None = None):
-        self.root = Path(pin_root)
+        self.root = root
         self.owns_handles = handles is None
         self.handles: dict[str, Map] = {} if handles is None else handles
         self.on_step = on_step
         self.report = ApplyReport()
-        self.ownership = records.Ownership(pin_root, live)
+        self.ownership = records.Ownership(root, live)
         self.live = live
         self.unpinned: list[tuple[CreateMap, Map]] = []  # created (and maybe filled), to record and pin at once
         self.untold: list[Step] = []  # done, not yet shown to on_step: a step is shown once its maps are pinned
@@ -110,7 +115,7 @@ class Executor:
     def _map(self, pin: str) -> Map:
         m = self.handles.get(pin)
         if m is None:
-            m = self.handles[pin] = Map.open_pinned(str(self.root / pin))
+            m = self.handles[pin] = self.root.open_map(pin)
         return m
 
     def _drop(self, pin: str) -> None:
@@ -124,7 +129,7 @@ class Executor:
 
     def run(self, plan: Plan) -> ApplyReport:
         start = time.monotonic()
-        self.root.mkdir(parents=True, exist_ok=True)
+        check_steps(plan.steps)
         expected = sum(1 for s in plan.steps if isinstance(s, CreateMap) and s.pin == s.map.name or
                        isinstance(s, RecordMap) and s.adopt)
         done = False
@@ -170,7 +175,7 @@ class Executor:
         try:
             self.ownership.created([(step.map.name, m.id, step.pin != step.map.name) for step, m in created])
             for step, m in created:
-                m.pin(str(self.root / step.pin))
+                self.root.pin_map(m, step.pin)
         except (KmeshError, OSError):
             if not quiet:
                 raise
@@ -210,7 +215,7 @@ class Executor:
                 outer.delete_batch(b"".join(step.clear), len(step.clear))
         elif isinstance(step, MovePin):
             moved = self._map(step.src).id
-            os.replace(self.root / step.src, self.root / step.dst)
+            self.root.replace(step.src, step.dst)
             self._drop(step.dst)
             if step.src in self.handles:
                 self.handles[step.dst] = self.handles.pop(step.src)
@@ -225,11 +230,12 @@ class Executor:
             self._catch_up(step)
         elif isinstance(step, RemovePin):
             self._drop(step.pin)
-            os.unlink(self.root / step.pin)
+            if not self.root.unlink(step.pin):
+                raise KmeshError(f"{step.describe()}: nothing is pinned at {self.root.shown(step.pin)}")
             self._tidy_staging(step.pin)
             if step.pin == step.map:
                 self.ownership.unpinned(step.map)
-                records.forget(str(self.root), step.pin)
+                records.forget(self.root, step.pin)
         elif isinstance(step, RecordMap):
             self._record(step)
 
@@ -306,12 +312,10 @@ class Executor:
     def _layout(self, d: MapDef, map_id: int) -> None:
         key_type = type_or_raw(d.key_type, d.key_size) if d.key_size else None
         value_type = type_or_raw(d.value_type, d.value_size) if d.value_size and not d.is_outer else None
-        records.record_layout(str(self.root), map_id, key_type, value_type, d.inner_map if d.is_outer else None)
+        records.record_layout(self.root, map_id, key_type, value_type, d.inner_map if d.is_outer else None)
 
     def _create(self, step: CreateMap) -> None:
         d: MapDef = step.map
-        path = self.root / step.pin
-        path.parent.mkdir(exist_ok=True)
         template = self._map(step.template) if step.template else None
         key_type = type_or_raw(d.key_type, d.key_size)
         value_type = None if d.is_outer else type_or_raw(d.value_type, d.value_size)
@@ -324,9 +328,5 @@ class Executor:
 
     def _tidy_staging(self, pin: str) -> None:
         """Remove the staging directory once it is empty, so a converged pin root holds only maps."""
-        parent = (self.root / pin).parent
-        if parent != self.root:
-            try:
-                parent.rmdir()
-            except OSError:
-                pass
+        if pin.startswith(STAGING_DIR + "/"):
+            self.root.remove_if_empty(STAGING_DIR)

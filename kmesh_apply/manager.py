@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from kmesh_apply.config.model import INNER_TYPES, OUTER_ALIASES, OUTER_TYPES
 from kmesh_apply.errors import KernelError, KmeshError
+from kmesh_apply.pinroot.guard import PinRoot
 from kmesh_apply.pinroot.records import record_created_outside_apply
 from kmesh_apply.kernel.maps import (
     OUTER_TYPES as KERNEL_OUTER_TYPES,
@@ -156,13 +157,13 @@ class MapInMapManager:
         """Pin a new map under the pin root (if any), recorded as one kmesh-apply manages, and keep its handle."""
         try:
             if self.pin_root:
-                os.makedirs(self.pin_root, exist_ok=True)
-                record_created_outside_apply(self.pin_root, f"{kind}-{m.id}", m.id)
-                m.pin(os.path.join(self.pin_root, f"{kind}-{m.id}"))
+                with PinRoot.make(self.pin_root) as root:  # checked and reached as the pin root's guard does
+                    record_created_outside_apply(root, f"{kind}-{m.id}", m.id)
+                    root.pin_map(m, f"{kind}-{m.id}")
         except (KmeshError, OSError) as e:
             m.close()
             if isinstance(e, OSError):
-                raise KmeshError(f"cannot create pin root {self.pin_root}: {e.strerror}") from None
+                raise KmeshError(f"cannot pin into pin root {self.pin_root}: {e.strerror}") from None
             raise
         with self._lock:
             self._maps[m.id] = m

@@ -21,8 +21,8 @@ from kmesh_apply.config.model import Config, InnerMapSpec
 from kmesh_apply.config.references import Target, encode
 from kmesh_apply.entries import Entries
 from kmesh_apply.errors import KernelError, KmeshError, PlanError
-from kmesh_apply.kernel.maps import Map
 from kmesh_apply.kernel.progs import pinned_program, program_loaded
+from kmesh_apply.pinroot.guard import PinRoot
 from kmesh_apply.state import LiveState
 
 
@@ -96,6 +96,9 @@ def _resolved(spec: InnerMapSpec) -> InnerMapSpec:
 
 
 def _probe(pin_root: str, name: str, spec: InnerMapSpec) -> set[bytes]:
-    """The values of the config a bloom filter answers it may hold."""
-    with Map.open_pinned(f"{pin_root}/{name}") as m:
+    """The values of the config a bloom filter answers it may hold (the filter reached as every pin is)."""
+    root = PinRoot.open(pin_root)
+    if root is None:
+        return set()
+    with root, root.open_map(name) as m:
         return {v for v in spec.entries if m.may_hold(v)}

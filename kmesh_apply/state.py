@@ -31,8 +31,36 @@ KEY_TYPES_DIR = "_kmesh_keys"
 RECORD_NAMES = (REPLACED_PIN, OWNED_PIN, LAYOUTS_DIR, KEY_TYPES_DIR)
 # Names in a pin root that belong to the tool itself: never a map of a configuration.
 RESERVED_NAMES = (STAGING_DIR, *RECORD_NAMES)
+# The directories a pin root may hold: the tool's own (everything else in it is a pin).
+TOOL_DIRS = (STAGING_DIR, LAYOUTS_DIR, KEY_TYPES_DIR)
 # What the tool remembers having done to a map (`Owned.origin`).
 CREATED, ADOPTED = "created", "adopted"
+MAX_NAME_BYTES = 255  # a bpffs entry name, as any Linux file name
+
+
+def name_problem(name: object) -> str | None:
+    """Why `name` cannot be an entry of a pin root (None: it can): a plain file name, no path."""
+    if not isinstance(name, str) or not name:
+        return "it is not a name"
+    if "/" in name or "\0" in name or name in (".", ".."):
+        return "it is not a plain name (no '/', NUL, '.' or '..')"
+    if len(name) * 4 > MAX_NAME_BYTES and len(name.encode(errors="surrogateescape")) > MAX_NAME_BYTES:
+        return f"it is longer than {MAX_NAME_BYTES} bytes"
+    return None
+
+
+def step_pin_problem(pin: object) -> str | None:
+    """Why a plan may not touch `pin` (None: it may): only a map's name in the pin root, or that name
+    in the staging directory, where maps are built aside; never a path, never the tool's records."""
+    if not isinstance(pin, str):
+        return "it is not a name"
+    folder, _, name = pin.rpartition("/")
+    if folder not in ("", STAGING_DIR):
+        return f"it is not a name in the pin root (or in {STAGING_DIR}/)"
+    problem = name_problem(name)
+    if problem is None and not folder and name in RESERVED_NAMES:
+        problem = "the name is reserved for kmesh-apply's own records"
+    return problem
 
 
 # Which entries of a map a plan depends on: None for all of them, else the keys it looks at (a

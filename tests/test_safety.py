@@ -199,18 +199,13 @@ def test_concurrent_applies_serialise(pin_root: Path, tmp_path: Path):
 
 
 def test_lock_timeout_names_the_holder(pin_root: Path, tmp_path: Path):
-    import fcntl
+    from kmesh_apply.pinroot.guard import PinRootLock
 
     cfg = write(tmp_path, "a.yaml", sum_config(1))
-    pin_root.mkdir()
-    fd = os.open(pin_root, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    with PinRootLock(str(pin_root)):
         res = cli("apply", str(cfg), "--auto-approve", "--lock-timeout", "0.3", root=pin_root, check=1)
         assert f"locked by process {os.getpid()}" in res.stderr
         assert cli("plan", str(cfg), root=pin_root, check=None).returncode == 0  # plan needs no lock
-    finally:
-        os.close(fd)
 
 
 def test_stale_saved_plan_is_refused(pin_root: Path, tmp_path: Path):

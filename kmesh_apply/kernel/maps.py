@@ -194,16 +194,19 @@ class Map:
         return cls(fd, template=inner_map.info if inner_map is not None else None)
 
     @classmethod
-    def open_pinned(cls, path: str) -> Map:
+    def open_pinned(cls, path: str, shown: str | None = None) -> Map:
+        """The map pinned at `path`; `shown` is how messages name the pin when `path` is not how users
+        know it (the pin root's guard opens pins through /proc/self/fd/<directory fd>/<name>)."""
+        shown = shown or path
         fd = L.bpf_obj_get(os.fsencode(path))
         if fd < 0:
-            hint = f"nothing is pinned at {path}" if -fd == E.ENOENT else ""
-            raise fail("open pinned map", path, -fd, hint)
+            hint = f"nothing is pinned at {shown}" if -fd == E.ENOENT else ""
+            raise fail("open pinned map", shown, -fd, hint)
         kind = fd_kind(fd)
         if kind != "map":
             os.close(fd)
-            raise KernelError("open pinned map", path, E.EINVAL, f"the pinned object is a BPF {kind}, not a map")
-        return cls(fd, path)
+            raise KernelError("open pinned map", shown, E.EINVAL, f"the pinned object is a BPF {kind}, not a map")
+        return cls(fd, shown)
 
     @classmethod
     def from_id(cls, map_id: int) -> Map:
@@ -213,7 +216,9 @@ class Map:
             raise fail("open map by ID", f"map ID {map_id}", -fd, hint)
         return cls(fd)
 
-    def pin(self, path: str) -> None:
+    def pin(self, path: str, shown: str | None = None) -> None:
+        """Pin the map at `path` (`shown`: as for `open_pinned`); the kernel never follows a link there."""
+        shown = shown or path
         ret = L.bpf_obj_pin(self.fd, os.fsencode(path))
         if ret < 0:
             hints = {
@@ -221,13 +226,13 @@ class Map:
                 E.ENOENT: "the directory does not exist",
                 E.EPERM: "not root, or the name contains a '.' (bpffs refuses dots)",
             }
-            raise fail("pin", f"{self.label} at {path}", -ret, hints.get(-ret, ""))
-        self.path = path
+            raise fail("pin", f"{self.label} at {shown}", -ret, hints.get(-ret, ""))
+        self.path = shown
 
-    def pin_new(self, path: str) -> Map:
+    def pin_new(self, path: str, shown: str | None = None) -> Map:
         """Pin a map just created; if that fails, close it (nothing else holds it: it goes away) and raise."""
         try:
-            self.pin(path)
+            self.pin(path, shown)
         except BaseException:
             self.close()
             raise

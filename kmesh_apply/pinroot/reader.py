@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any, Callable
 
 from kmesh_apply.entries import Entries
 from kmesh_apply.errors import KmeshError
-from kmesh_apply.kernel.maps import EntriesUnreadable, LookupBuffers, Map
+from kmesh_apply.kernel.maps import EntriesUnreadable, LookupBuffers
 from kmesh_apply.kernel.progs import map_holders
-from kmesh_apply.pinroot.guard import check_pin_root
+from kmesh_apply.pinroot.guard import PinRoot
 from kmesh_apply.pinroot.records import has_legacy_records, read_layouts, read_owned
 from kmesh_apply.pinroot.replaced import read_replaced
 from kmesh_apply.state import (
@@ -29,17 +28,18 @@ class _Reader:
     """Reads the maps of one pin root, sharing what they have in common: the lookup buffers, and
     the type specs of their BTF (thousands of maps carry the same few types)."""
 
-    def __init__(self, memlock: bool = False, observe: Observer | None = None) -> None:
+    def __init__(self, root: PinRoot, memlock: bool = False, observe: Observer | None = None) -> None:
+        self.root = root
         self.buffers = LookupBuffers()
         self.memlock = memlock
         self.observe = observe
         self._specs: dict[tuple[int, ...], tuple[Any, Any]] = {}
 
-    def read_map(self, path: str, name: str, observed: bool = False, entries: bool = True) -> LiveMap:
+    def read_map(self, pin: str, name: str, observed: bool = False, entries: bool = True) -> LiveMap:
         """One pinned map as data; outer slots become kernel IDs of the inner maps they hold.
         `observed`: a map of the pin root itself (not a staged one), shown to `observe`;
         `entries=False`: an inner map's entries are not read (left empty, packed)."""
-        with Map.open_pinned(path) as m:
+        with self.root.open_map(pin) as m:
             info = m.info
             types = (info.btf_id, info.btf_key_type_id, info.btf_value_type_id, info.key_size, info.value_size)
             specs = self._specs.get(types)
@@ -76,31 +76,30 @@ def read_live(pin_root: str, memlock: bool = False, holders: bool = True, observ
     the inner maps it asks for batch by batch, as they are read.
 
     Maps the tool does not manage (see pinroot.records) go to `unmanaged`, read the same way."""
-    root = check_pin_root(pin_root)
     state = LiveState(pin_root)
-    if not root.exists():
+    root = PinRoot.open(pin_root)
+    if root is None:
         return state
-    reader = _Reader(memlock, observe)
-    pinned: dict[str, LiveMap] = {}
-    for entry in sorted(os.scandir(root), key=lambda e: e.name):
-        if entry.is_dir(follow_symlinks=False) and entry.name in (KEY_TYPES_DIR, LAYOUTS_DIR):
-            continue  # read below, for the maps they describe
-        if entry.name == OWNED_PIN:
-            state.owned = read_owned(entry.path, reader.buffers)
-            continue
-        if entry.is_dir(follow_symlinks=False):
-            if entry.name != STAGING_DIR:
-                raise KmeshError(f"{entry.path} is a directory; a pin root holds only the maps kmesh-apply manages. "
-                                 "Use a separate pin root for nested trees.")
-            for staged in sorted(os.scandir(entry.path), key=lambda e: e.name):
-                pin = f"{STAGING_DIR}/{staged.name}"
-                state.staged.append(StagedMap(pin, staged.name, reader.read_map(staged.path, staged.name)))
-            continue
-        if entry.name == REPLACED_PIN:
-            state.replaced = read_replaced(entry.path, reader.buffers)
-            continue
-        pinned[entry.name] = reader.read_map(entry.path, entry.name, observed=True)
-    _sort_by_owner(state, pinned)
+    with root:
+        reader = _Reader(root, memlock, observe)
+        pinned: dict[str, LiveMap] = {}
+        for name, is_dir in root.entries():
+            if is_dir and name in (KEY_TYPES_DIR, LAYOUTS_DIR):
+                continue  # read below, for the maps they describe
+            if is_dir and name == STAGING_DIR:
+                for staged, _ in root.entries(STAGING_DIR):
+                    pin = f"{STAGING_DIR}/{staged}"
+                    state.staged.append(StagedMap(pin, staged, reader.read_map(pin, staged)))
+            elif is_dir:
+                raise KmeshError(f"{root.shown(name)} is a directory; a pin root holds only the maps kmesh-apply "
+                                 "manages. Use a separate pin root for nested trees.")
+            elif name == OWNED_PIN:
+                state.owned = read_owned(root, reader.buffers)
+            elif name == REPLACED_PIN:
+                state.replaced = read_replaced(root, reader.buffers)
+            else:
+                pinned[name] = reader.read_map(name, name, observed=True)
+        _sort_by_owner(root, state, pinned)
     if holders:
         ids = [m.id for m in state.maps.values()] + [m.id for m in state.unmanaged.values()] + \
             [s.live.id for s in state.staged] + list(state.replaced)
@@ -108,12 +107,12 @@ def read_live(pin_root: str, memlock: bool = False, holders: bool = True, observ
     return state
 
 
-def _sort_by_owner(state: LiveState, pinned: dict[str, LiveMap]) -> None:
+def _sort_by_owner(root: PinRoot, state: LiveState, pinned: dict[str, LiveMap]) -> None:
     """Managed maps to `maps`, others to `unmanaged`, by the ownership record (none: by whether an
     earlier version's records are there); then the recorded layouts of the managed ones, whose
     types stand in for the BTF a map does not carry."""
     if state.owned is None:
-        state.legacy = has_legacy_records(state.pin_root)
+        state.legacy = has_legacy_records(root)
         state.maps = pinned if state.legacy else {}
         state.unmanaged = {} if state.legacy else pinned
     else:
@@ -123,12 +122,12 @@ def _sort_by_owner(state: LiveState, pinned: dict[str, LiveMap]) -> None:
             (state.maps if record is not None and m.id in record.ids else state.unmanaged)[name] = m
         state.stale = owned.keys() - state.maps.keys()
     if state.maps:
-        state.layouts = _with_layouts(state.pin_root, list(state.maps.values()))
+        state.layouts = _with_layouts(root, list(state.maps.values()))
 
 
-def _with_layouts(pin_root: str, maps: list[LiveMap]) -> dict[str, Layout]:
+def _with_layouts(root: PinRoot, maps: list[LiveMap]) -> dict[str, Layout]:
     """The layouts recorded for these managed maps, by name; their types stand in for the BTF a map lacks."""
-    layouts = read_layouts(pin_root, {m.id: m for m in maps})
+    layouts = read_layouts(root, {m.id: m for m in maps})
     for m in maps:
         layout = layouts.get(m.name)
         if layout is not None:
@@ -138,11 +137,11 @@ def _with_layouts(pin_root: str, maps: list[LiveMap]) -> dict[str, Layout]:
     return layouts
 
 
-def read_map(pin_root: str, pin: str, memlock: bool = False, entries: bool = True) -> LiveMap:
-    """One map of a pin root (`pin` relative to it), as `read_live` reads it: for a map just created
-    (an outer map with the layout recorded for it). `entries=False`: an inner map's entries are not
-    read (the synchroniser replays the steps that filled it, sharing their packed entries)."""
-    live = _Reader(memlock).read_map(os.path.join(pin_root, pin), os.path.basename(pin), entries=entries)
+def read_map(root: PinRoot, pin: str, memlock: bool = False, entries: bool = True) -> LiveMap:
+    """One map of a pin root, as `read_live` reads it: for a map just created (an outer map with the
+    layout recorded for it). `entries=False`: an inner map's entries are not read (the synchroniser
+    replays the steps that filled it, sharing their packed entries)."""
+    live = _Reader(root, memlock).read_map(pin, pin.rpartition("/")[2], entries=entries)
     if live.is_outer:
-        _with_layouts(pin_root, [live])
+        _with_layouts(root, [live])
     return live

@@ -53,9 +53,8 @@ of a map is its `LiveMap` types: from its BTF, else from its layout record.
 from __future__ import annotations
 
 import errno
-import os
 import struct
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 from kmesh_apply.ctype import CType, Raw, parse_type
 from kmesh_apply.errors import KernelError, KmeshError
@@ -75,6 +74,9 @@ from kmesh_apply.state import (
     Owned,
 )
 
+if TYPE_CHECKING:
+    from kmesh_apply.pinroot.guard import PinRoot
+
 OWNED_FORMAT = 1
 NAME_BYTES = 256  # a bpffs name is at most 255 bytes, NUL-padded here
 ORIGINS = {CREATED: 1, ADOPTED: 2}
@@ -90,9 +92,10 @@ MIN_CAPACITY = 1024  # no_prealloc: the capacity costs 16 bytes of hash buckets 
 # ---- the ownership record -------------------------------------------------------------
 
 
-def read_owned(path: str, buffers: LookupBuffers | None = None) -> dict[str, Owned]:
-    """The ownership record pinned at `path`: name -> Owned. Refuses a record it cannot read exactly."""
-    with Map.open_pinned(path) as m:
+def read_owned(root: PinRoot, buffers: LookupBuffers | None = None) -> dict[str, Owned]:
+    """The ownership record of `root`: name -> Owned. Refuses a record it cannot read exactly."""
+    path = root.shown(OWNED_PIN)
+    with root.open_map(OWNED_PIN) as m:
         info = m.info
         if (info.type, info.key_size, info.value_size) != ("hash", NAME_BYTES, _VALUE.size):
             raise KmeshError(f"{path} is not a kmesh-apply ownership record ({info.type} map, key {info.key_size} "
@@ -131,9 +134,8 @@ class Ownership:
     It works on `live.owned` in place, so a caller that keeps its live state (the synchroniser's
     cache) keeps the record it describes."""
 
-    def __init__(self, pin_root: str, live: LiveState):
-        self.root = pin_root
-        self.path = os.path.join(pin_root, OWNED_PIN)
+    def __init__(self, root: PinRoot, live: LiveState):
+        self.root = root
         self.live = live
         self.moved: dict[str, Owned] = {}  # names whose next_id is now their map: folded in at the end
         self.removed: set[str] = set()
@@ -191,7 +193,7 @@ class Ownership:
         self.removed.clear()
         try:
             if gone and len(gone) == len(owned) and not update and not has_legacy_records(self.root):
-                _unlink(self.path)  # (an empty record stays while other records do: else the root would read as an earlier version's)
+                self.root.unlink(OWNED_PIN)  # (an empty record stays while other records do: else the root would read as an earlier version's)
                 owned.clear()
             elif gone or update:
                 m = self._handle(len(owned) + len(update))
@@ -224,11 +226,11 @@ class Ownership:
         m = self._record
         if m is None:
             try:
-                m = Map.open_pinned(self.path)
+                m = self.root.open_map(OWNED_PIN)
             except KernelError as e:
                 if e.errno != errno.ENOENT:
                     raise
-                m = _create_owned(self.path, _capacity(needed + self.reserve))
+                m = _create_owned(self.root, OWNED_PIN, _capacity(needed + self.reserve))
             self._record = m
         if needed > m.info.max_entries:
             self._record = m = _rebuild(self.root, m, self.owned, _capacity(needed + self.reserve))
@@ -240,42 +242,41 @@ class Ownership:
             self._record = None
 
 
-def _create_owned(path: str, capacity: int) -> Map:
-    return Map.create("hash", NAME_BYTES, _VALUE.size, capacity, name="kmesh_owned", flags=("no_prealloc",),
-                      key_type=_OWNED_KEY, value_type=_OWNED_VALUE).pin_new(path)
+def _create_owned(root: PinRoot, pin: str, capacity: int) -> Map:
+    return root.pin_new(Map.create("hash", NAME_BYTES, _VALUE.size, capacity, name="kmesh_owned", flags=("no_prealloc",),
+                                   key_type=_OWNED_KEY, value_type=_OWNED_VALUE), pin)
 
 
-def _rebuild(pin_root: str, old: Map, owned: dict[str, Owned], capacity: int) -> Map:
+def _rebuild(root: PinRoot, old: Map, owned: dict[str, Owned], capacity: int) -> Map:
     """A larger record holding the same entries, built aside and renamed over the old one (a killed
     run leaves either record whole; one left in the staging directory is removed by the next plan)."""
-    aside = os.path.join(pin_root, STAGING_DIR, OWNED_PIN)
-    os.makedirs(os.path.dirname(aside), exist_ok=True)
-    m = _create_owned(aside, capacity)
+    aside = f"{STAGING_DIR}/{OWNED_PIN}"
+    m = _create_owned(root, aside, capacity)
     try:
         if owned:
             m.update_batch(b"".join(map(_owned_key, owned)), b"".join(map(_owned_value, owned.values())), len(owned))
-        os.replace(aside, old.path)
+        root.replace(aside, OWNED_PIN)
         m.path = old.path
     except BaseException:
         m.close()
         raise
     finally:
         old.close()
-        _rmdir_if_empty(os.path.dirname(aside))  # unless maps are still staged there
+        root.remove_if_empty(STAGING_DIR)  # unless maps are still staged there
     return m
 
 
-def record_created_outside_apply(pin_root: str, name: str, map_id: int) -> None:
+def record_created_outside_apply(root: PinRoot, name: str, map_id: int) -> None:
     """Record a map that `kmesh map create-*` made and is about to pin (not under an apply: only its
     own entry is written, one element update that no apply's batch overwrites). A pin root of an
     earlier version is first recorded whole, as an apply would."""
-    live = LiveState(pin_root)
-    if os.path.lexists(os.path.join(pin_root, OWNED_PIN)):
+    live = LiveState(root.path)
+    if root.lexists(OWNED_PIN):
         live.owned = {}  # only the one entry is written: the others need not be read
-    elif has_legacy_records(pin_root):
+    elif has_legacy_records(root):
         live.legacy = True
-        live.maps = {n: _pinned(pin_root, n) for n in _pinned_names(pin_root)}
-    own = Ownership(pin_root, live)
+        live.maps = {n: _pinned(root, n) for n, is_dir in root.entries() if not is_dir and n not in RESERVED_NAMES}
+    own = Ownership(root, live)
     try:
         own.begin()
         own.created([(name, map_id, False)])
@@ -283,19 +284,15 @@ def record_created_outside_apply(pin_root: str, name: str, map_id: int) -> None:
         own._close()
 
 
-def has_legacy_records(pin_root: str) -> bool:
+def has_legacy_records(root: PinRoot) -> bool:
     """Whether a pin root without an ownership record holds another of the tool's records (an earlier
     version made it: every map in it is the tool's)."""
-    return any(os.path.lexists(os.path.join(pin_root, n)) for n in (KEY_TYPES_DIR, REPLACED_PIN, STAGING_DIR))
+    return any(root.lexists(n) for n in (KEY_TYPES_DIR, REPLACED_PIN, STAGING_DIR))
 
 
-def _pinned_names(pin_root: str) -> list[str]:
-    return sorted(e.name for e in os.scandir(pin_root) if e.is_file(follow_symlinks=False) and e.name not in RESERVED_NAMES)
-
-
-def _pinned(pin_root: str, name: str) -> LiveMap:
+def _pinned(root: PinRoot, name: str) -> LiveMap:
     """A pinned map's properties, without its entries."""
-    with Map.open_pinned(os.path.join(pin_root, name)) as m:
+    with root.open_map(name) as m:
         info = m.info
     return LiveMap(name, info.id, info.type, info.key_size, info.value_size, info.max_entries, info.flags)
 
@@ -303,40 +300,37 @@ def _pinned(pin_root: str, name: str) -> LiveMap:
 # ---- layout records -------------------------------------------------------------------
 
 
-def record_layout(pin_root: str, map_id: int, key_type: CType | None, value_type: CType | None,
+def record_layout(root: PinRoot, map_id: int, key_type: CType | None, value_type: CType | None,
                   template: str | None = None) -> None:
     """Pin the layout record of the map with kernel ID `map_id` (see the module docstring), in place of
     any earlier one. An outer map's `value_type` is ignored: its record holds the template's name."""
-    folder = os.path.join(pin_root, LAYOUTS_DIR)
-    os.makedirs(folder, exist_ok=True)
-    path = os.path.join(folder, str(map_id))
+    path = f"{LAYOUTS_DIR}/{map_id}"
     key = key_type if key_type is not None and key_type.size else parse_type("u32")
     value = parse_type(f"char[{NAME_BYTES}]") if template is not None else value_type or Raw(1)
-    again = os.path.lexists(path)  # a record rewritten (a new template name) is replaced whole, by rename
+    again = root.lexists(path)  # a record rewritten (a new template name) is replaced whole, by rename
     aside = f"{path}_new" if again else path  # not a kernel ID: never read, and pruned if left behind
     with Map.create("hash", key.size, value.size, 1, name="kmesh_layout", flags=("no_prealloc",),
                     key_type=key, value_type=value) as record:
         if template is not None:
             record.update(bytes(key.size), template.encode().ljust(NAME_BYTES, b"\0"))
-        if again and os.path.lexists(aside):
-            os.unlink(aside)
-        record.pin(aside)
+        if again:
+            root.unlink(aside)
+        root.pin_map(record, aside)
     if again:
-        os.replace(aside, path)
+        root.replace(aside, path)
 
 
-def read_layouts(pin_root: str, wanted: dict[int, Any]) -> dict[str, Layout]:
+def read_layouts(root: PinRoot, wanted: dict[int, Any]) -> dict[str, Layout]:
     """The layouts recorded for managed maps: `wanted` maps kernel IDs to the LiveMap at that ID (whose
     name and kind say how to read the record); records of other IDs are left for `prune_layouts`.
     The records of earlier versions (`_kmesh_keys`) fill in for outer maps without one."""
     out: dict[str, Layout] = {}
-    folder = os.path.join(pin_root, LAYOUTS_DIR)
-    if os.path.isdir(folder):
-        for pin in os.scandir(folder):
-            live = wanted.get(int(pin.name)) if pin.name.isdigit() else None
+    if root.lexists(LAYOUTS_DIR):
+        for name, _ in root.entries(LAYOUTS_DIR):
+            live = wanted.get(int(name)) if name.isdigit() else None
             if live is None:
                 continue
-            with Map.open_pinned(pin.path) as m:
+            with root.open_map(f"{LAYOUTS_DIR}/{name}") as m:
                 key_type, value_type = m.types()
                 template = None
                 if live.is_outer:
@@ -344,16 +338,15 @@ def read_layouts(pin_root: str, wanted: dict[int, Any]) -> dict[str, Layout]:
                     template = raw.rstrip(b"\0").decode(errors="replace") if raw else None
                     value_type = None
             out[live.name] = Layout(_spec(key_type, live.key_size), _spec(value_type, live.value_size), template)
-    legacy = os.path.join(pin_root, KEY_TYPES_DIR)
-    if os.path.isdir(legacy):
+    if root.lexists(KEY_TYPES_DIR):
         by_name = {live.name: live for live in wanted.values()}
-        for pin in os.scandir(legacy):
-            live = by_name.get(pin.name)
-            if live is None or pin.name in out:
+        for name, _ in root.entries(KEY_TYPES_DIR):
+            live = by_name.get(name)
+            if live is None or name in out:
                 continue
-            with Map.open_pinned(pin.path) as m:
+            with root.open_map(f"{KEY_TYPES_DIR}/{name}") as m:
                 key_type = m.key_type()
-            out[pin.name] = Layout(_spec(key_type, live.key_size))
+            out[name] = Layout(_spec(key_type, live.key_size))
     return out
 
 
@@ -364,37 +357,19 @@ def _spec(typ: CType | None, size: int) -> Any:
     return typ.spec()
 
 
-def prune_layouts(pin_root: str, keep: Iterable[int]) -> None:
+def prune_layouts(root: PinRoot, keep: Iterable[int]) -> None:
     """Remove the layout records of maps no longer managed (and the folder once empty)."""
-    folder = os.path.join(pin_root, LAYOUTS_DIR)
-    if not os.path.isdir(folder):
+    if not root.lexists(LAYOUTS_DIR):
         return
     kept = {str(i) for i in keep}
-    for pin in os.scandir(folder):
-        if pin.name not in kept:
-            os.unlink(pin.path)
-    _rmdir_if_empty(folder)
+    for name, _ in root.entries(LAYOUTS_DIR):
+        if name not in kept:
+            root.unlink(f"{LAYOUTS_DIR}/{name}")
+    root.remove_if_empty(LAYOUTS_DIR)
 
 
-def forget(pin_root: str, name: str) -> None:
+def forget(root: PinRoot, name: str) -> None:
     """Remove the record of an earlier version about the map `name` (it is gone); the folder goes once empty."""
-    folder = os.path.join(pin_root, KEY_TYPES_DIR)
-    path = os.path.join(folder, name)
-    if "/" in name or not os.path.lexists(path):
+    if "/" in name or not root.lexists(KEY_TYPES_DIR) or not root.unlink(f"{KEY_TYPES_DIR}/{name}"):
         return
-    os.unlink(path)
-    _rmdir_if_empty(folder)
-
-
-def _rmdir_if_empty(folder: str) -> None:
-    try:
-        os.rmdir(folder)
-    except OSError:
-        pass  # other records are still there
-
-
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
+    root.remove_if_empty(KEY_TYPES_DIR)

@@ -14,26 +14,29 @@ program holds any more; the pin goes with the last entry.
 from __future__ import annotations
 
 import errno
-import os
 import struct
+from typing import TYPE_CHECKING
 
 from kmesh_apply.ctype import parse_type
 from kmesh_apply.errors import KernelError
 from kmesh_apply.kernel.maps import LookupBuffers, Map
 from kmesh_apply.state import REPLACED_PIN, LiveState
 
+if TYPE_CHECKING:
+    from kmesh_apply.pinroot.guard import PinRoot
+
 NAME_BYTES = 256  # a bpffs name is at most 255 bytes, NUL-padded here
 CAPACITY = 1024  # replaced maps still held at one time; no_prealloc: memory only for those recorded
 
 
-def read_replaced(path: str, buffers: LookupBuffers | None = None) -> dict[int, str]:
-    """The record pinned at `path`: replaced map ID -> pin name."""
-    with Map.open_pinned(path) as m:
+def read_replaced(root: PinRoot, buffers: LookupBuffers | None = None) -> dict[int, str]:
+    """The record of `root`: replaced map ID -> pin name."""
+    with root.open_map(REPLACED_PIN) as m:
         return {int.from_bytes(k, "little"): v.rstrip(b"\0").decode(errors="replace")
                 for k, v in m.items(buffers).items()}
 
 
-def record_replaced(pin_root: str, live: LiveState, add: dict[int, str]) -> None:
+def record_replaced(root: PinRoot, live: LiveState, add: dict[int, str]) -> None:
     """Make the record hold `add` (maps about to be replaced or destroyed while programs hold them) and the
     entries of `live.replaced` still worth keeping: held by a program, and no longer the map at
     their pin (an apply that failed before its move left it there). No bpf() call when the
@@ -45,11 +48,10 @@ def record_replaced(pin_root: str, live: LiveState, add: dict[int, str]) -> None
     want.update(add)
     if want == live.replaced:
         return
-    path = os.path.join(pin_root, REPLACED_PIN)
     if not want:
-        os.unlink(path)
+        root.unlink(REPLACED_PIN)
         return
-    m = _open_or_create(path)
+    m = _open_or_create(root)
     with m:
         gone = [i for i in live.replaced if i not in want]
         if gone:
@@ -60,11 +62,12 @@ def record_replaced(pin_root: str, live: LiveState, add: dict[int, str]) -> None
                            b"".join(n.encode().ljust(NAME_BYTES, b"\0") for n in put.values()), len(put))
 
 
-def _open_or_create(path: str) -> Map:
+def _open_or_create(root: PinRoot) -> Map:
     try:
-        return Map.open_pinned(path)
+        return root.open_map(REPLACED_PIN)
     except KernelError as e:
         if e.errno != errno.ENOENT:
             raise
-    return Map.create("hash", 4, NAME_BYTES, CAPACITY, name="kmesh_replaced", flags=("no_prealloc",),
-                      key_type=parse_type("u32"), value_type=parse_type(f"char[{NAME_BYTES}]")).pin_new(path)
+    return root.pin_new(Map.create("hash", 4, NAME_BYTES, CAPACITY, name="kmesh_replaced", flags=("no_prealloc",),
+                                   key_type=parse_type("u32"), value_type=parse_type(f"char[{NAME_BYTES}]")),
+                        REPLACED_PIN)

@@ -10,11 +10,12 @@ Map instances in steps are named by their pin path relative to the pin root:
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, MutableMapping
+from collections.abc import Collection, Mapping, MutableMapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Union
 
-from kmesh_apply.state import EntryScope, LiveState
+from kmesh_apply.errors import KmeshError
+from kmesh_apply.state import EntryScope, LiveState, name_problem, step_pin_problem
 from kmesh_apply.wording import count, verb
 
 if TYPE_CHECKING:
@@ -171,6 +172,34 @@ class CatchUp:
 Step = Union[CreateMap, WriteEntries, SetSlots, MovePin, RemovePin, RecordMap, MigrateEntries, CatchUp]
 STEP_TYPES: dict[str, type] = {c.op: c for c in (CreateMap, WriteEntries, SetSlots, MovePin, RemovePin,  # type: ignore[attr-defined]
                                                  RecordMap, MigrateEntries, CatchUp)}
+
+
+def step_problems(step: Step) -> list[str]:
+    """What makes a step one no plan may hold: a pin that is not a map's name in the pin root or in
+    its staging directory, or a map name that is not a plain name."""
+    pins: Sequence[tuple[str, object]]
+    names: list[object] = [step.map.name if isinstance(step, CreateMap) else step.map]
+    if isinstance(step, CreateMap):
+        pins = [("pin", step.pin)] + ([("template", step.template)] if step.template is not None else [])
+    elif isinstance(step, SetSlots):
+        pins = [("pin", step.pin)] + [("slot", p) for p in step.set.values()]
+    elif isinstance(step, MovePin):
+        pins = [("src", step.src), ("dst", step.dst)]
+    elif isinstance(step, (MigrateEntries, CatchUp)):
+        pins = [("src", step.src), ("pin", step.pin)]
+    else:
+        pins = [("pin", step.pin)]
+    out = [f"map name {n!r}: {p}" for n in names if (p := name_problem(n)) is not None]
+    out += [f"{what} {pin!r}: {p}" for what, pin in pins if (p := step_pin_problem(pin)) is not None]
+    return out
+
+
+def check_steps(steps: list[Step]) -> None:
+    """Refuse (nothing done) a plan with a step `step_problems` finds fault with."""
+    for i, step in enumerate(steps, 1):
+        problems = step_problems(step)
+        if problems:
+            raise KmeshError(f"refusing the plan: step {i} ({step.op}) touches what no plan may: {'; '.join(problems)}")
 
 
 # ---- per-map summary, for people and for CI --------------------------------------------

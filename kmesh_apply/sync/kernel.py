@@ -14,7 +14,7 @@ from kmesh_apply.errors import KmeshError
 from kmesh_apply.executor import ApplyReport
 from kmesh_apply.kernel.maps import Map
 from kmesh_apply.kernel.progs import Program, map_holders
-from kmesh_apply.pinroot.guard import PinRootLock
+from kmesh_apply.pinroot.guard import PinRoot, PinRootLock
 from kmesh_apply.plan.model import Plan, Step
 from kmesh_apply.pinroot.reader import read_live, read_map
 from kmesh_apply.state import LiveMap, LiveState
@@ -51,6 +51,14 @@ class PinRootKernel:
         self.allow_replace_in_use = allow_replace_in_use
         self.lock = PinRootLock(pin_root, lock_timeout).__enter__()
         self.handles: dict[str, Map] = {}
+        self._root: PinRoot | None = None
+
+    @property
+    def root(self) -> PinRoot:
+        """The pin root, opened (and made) once and kept open until the next full read."""
+        if self._root is None:
+            self._root = PinRoot.make(self.pin_root)
+        return self._root
 
     def read(self) -> LiveState:
         self._drop_handles()  # pins may have been replaced behind our back: reopen them when next needed
@@ -62,13 +70,13 @@ class PinRootKernel:
     def run(self, plan: Plan, live: LiveState, on_step: Callable[[Step], None]) -> ApplyReport:
         try:
             return perform(plan, live, allow_replace_in_use=self.allow_replace_in_use, on_step=on_step,
-                           handles=self.handles)
+                           handles=self.handles, root=self.root)
         except BaseException:
             self._drop_handles()
             raise
 
     def read_map(self, pin: str, entries: bool = True) -> LiveMap:
-        return read_map(self.pin_root, pin, memlock=True, entries=entries)
+        return read_map(self.root, pin, memlock=True, entries=entries)
 
     def holders(self, map_ids: Iterable[int]) -> dict[int, tuple[Program, ...]]:
         return map_holders(map_ids)
@@ -76,13 +84,16 @@ class PinRootKernel:
     def memlock(self, pin: str) -> int | None:
         m = self.handles.get(pin)
         if m is None:
-            m = self.handles[pin] = Map.open_pinned(f"{self.pin_root}/{pin}")
+            m = self.handles[pin] = self.root.open_map(pin)
         return m.memlock()
 
     def _drop_handles(self) -> None:
         for m in self.handles.values():
             m.close()
         self.handles.clear()
+        if self._root is not None:
+            self._root.close()
+            self._root = None
 
     def close(self) -> None:
         self._drop_handles()
