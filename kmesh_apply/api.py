@@ -30,6 +30,7 @@ from kmesh_apply.monitor import MapUsage, map_usage
 from kmesh_apply.pinroot.guard import PinRoot, PinRootLock
 from kmesh_apply.plan.model import Plan, RemovePin, Step, check_steps
 from kmesh_apply.plan.planner import REMEMBER_FROM_ENTRIES, destroy_plan, make_plan
+from kmesh_apply.plan.recheck import rederive
 from kmesh_apply.plan.render import render_json, render_text
 from kmesh_apply.pinroot.reader import read_live
 from kmesh_apply.pinroot.records import Ownership
@@ -134,16 +135,20 @@ def plan_destroy(pin_root: str) -> Plan:
 
 def apply(plan: Plan, *, lock_timeout: float = DEFAULT_LOCK_TIMEOUT, allow_replace_in_use: bool = False,
           on_step: Callable[[Step], None] | None = None, on_checked: Callable[[Plan], None] | None = None) -> ApplyReport:
-    """Perform a plan made earlier (maybe saved), refusing it if the live state moved since, or if
-    it replaces maps that loaded programs hold now (unless `allow_replace_in_use`). `on_checked` sees
-    the plan once it is known to still hold, before anything runs (the CLI shows it then: a stale
-    plan is refused without showing what will not be done)."""
+    """Perform a plan made earlier, refusing it if the live state moved since, or if it replaces maps
+    that loaded programs hold now (unless `allow_replace_in_use`). A plan read back from a file
+    (`plan.saved.load_plan`) is data to check: re-derived from its changes over the live state, and
+    refused unless its steps are exactly those (`plan.recheck`); the re-derived plan is what runs.
+    `on_checked` sees the plan that will run once every check has passed, before anything changes
+    (the CLI shows it then: a refused plan is not shown as if it would be done)."""
     with PinRootLock(plan.pin_root, lock_timeout):
         live = read_live(plan.pin_root)
         moved = plan.moved_since(live)
         if moved:
             raise StalePlanError(f"the plan is stale: since it was made, {'; '.join(moved)}. "
                                  "Make a new plan and review it.")
+        if plan.base is None:
+            plan = rederive(plan, live)
         held = _refuse_in_use(plan, live, allow_replace_in_use)
         if on_checked is not None:
             on_checked(plan)

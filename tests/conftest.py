@@ -23,8 +23,10 @@ REPO = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(autouse=True, scope="session")
 def _own_config_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
-    """The config cache of every test (and of the CLIs they run) lives in the session's tmp dir, not ~/.cache."""
+    """The config cache and the plan-signing key of every test (and of the CLIs they run) live in the
+    session's tmp dir, not in ~/.cache and /var/lib/kmesh-apply."""
     os.environ["KMESH_APPLY_CACHE_DIR"] = str(tmp_path_factory.mktemp("kmesh-cache"))
+    os.environ["KMESH_APPLY_PLAN_KEY"] = str(tmp_path_factory.mktemp("kmesh-key") / "plan-key")
 
 
 def _remove_tree(root: Path) -> None:

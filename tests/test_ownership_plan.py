@@ -11,9 +11,10 @@ from test_planner import IDS, config, inner, k, live_of, outer, v
 
 from kmesh_apply.config.model import Management
 from kmesh_apply.errors import PlanError
-from kmesh_apply.plan.model import Plan, RecordMap, RemovePin, SetSlots, WriteEntries
+from kmesh_apply.plan.model import RecordMap, RemovePin, SetSlots, WriteEntries
 from kmesh_apply.plan.planner import destroy_plan, make_plan
 from kmesh_apply.plan.render import render_json, render_text
+from kmesh_apply.plan.saved import decode
 from kmesh_apply.state import LiveMap, Owned
 
 
@@ -141,7 +142,7 @@ def test_a_saved_plan_is_not_stale_when_others_write_entries_it_does_not_own():
     cfg = config(managed(inner("a", {1: 10}), entries="listed"), managed(inner("n", {}), entries="none"))
     live = live_of(config(inner("a", {1: 1, 5: 5}), inner("n", {9: 9})), {"a": 11, "n": 12})
     live.unmanaged = {"f": foreign("f", 90, {1: 1})}
-    saved = Plan.from_saved(json.loads(json.dumps(make_plan(cfg, live).to_saved())))
+    saved = decode(json.loads(json.dumps(make_plan(cfg, live).to_saved())))
     now = live_of(config(inner("a", {1: 1, 5: 6, 6: 6}), inner("n", {})), {"a": 11, "n": 12})
     now.unmanaged = {"f": foreign("f", 90, {1: 2, 3: 3})}
     assert saved.moved_since(now) == []

@@ -14,6 +14,7 @@ from kmesh_apply.ctype import parse_type
 from kmesh_apply.plan.model import CreateMap, MovePin, Plan, RemovePin, SetSlots, WriteEntries
 from kmesh_apply.plan.planner import destroy_plan, entry_diff, make_plan
 from kmesh_apply.plan.render import render_json, render_text
+from kmesh_apply.plan.saved import decode
 from kmesh_apply.state import STAGING_DIR, LiveMap, LiveState, StagedMap
 
 LOC = Location("t.yaml", 1)
@@ -226,7 +227,7 @@ def test_destroy_removes_outer_before_inner():
 def test_saved_plan_round_trips_through_json():
     cfg = config(inner("a", {1: 11, 5: 50}), inner("b", {3: 30}), outer("svc", "a", {0: "a", 1: "b"}))
     plan = make_plan(cfg, live_of(BASE, IDS))
-    again = Plan.from_saved(json.loads(json.dumps(plan.to_saved())))
+    again = decode(json.loads(json.dumps(plan.to_saved())))
     assert again.steps == plan.steps and again.changes == plan.changes and again.fingerprint() == plan.fingerprint()
 
 
@@ -274,7 +275,7 @@ def test_a_replaced_map_names_its_holders_and_warns():
     assert "--allow-replace-in-use" in plan.warnings[0]
     assert render_json(plan)["changes"][0]["holders"] == [{"id": 42, "name": "lb", "type": "xdp",
                                                            "attached": ("xdp link 7 on eth0",)}]
-    again = Plan.from_saved(json.loads(json.dumps(plan.to_saved())))
+    again = decode(json.loads(json.dumps(plan.to_saved())))
     assert again.changes == plan.changes
 
 
@@ -296,7 +297,7 @@ def test_replaced_maps_still_held_are_drift():
     text = render_text(plan)
     assert "the replaced map 'svc' (ID 7) is still held by program 1" in text and "No changes to apply" in text
     assert render_json(plan)["drift"] is True
-    assert Plan.from_saved(json.loads(json.dumps(plan.to_saved()))).held_replaced == plan.held_replaced
+    assert decode(json.loads(json.dumps(plan.to_saved()))).held_replaced == plan.held_replaced
 
 
 def test_a_huge_value_change_shows_only_the_changed_elements():

@@ -191,7 +191,9 @@ def plan(
         else:
             p = api.plan(cfg, root)
     if out is not None:
-        out.write_text(json.dumps(p.to_saved()))
+        from kmesh_apply.plan.saved import save_plan
+
+        save_plan(p, out)
     if json_out:
         typer.echo(json_text(api.render_json(p)))
     else:
@@ -202,26 +204,18 @@ def plan(
         raise typer.Exit(2)
 
 
-def _saved_plan(files: list[Path]):
-    """The saved plan if the single argument is one (a JSON object with steps), else None. A saved plan
-    starts with its format (Plan.to_saved), so a JSON config is not parsed here for nothing."""
+def _saved_plan(files: list[Path]) -> Optional["Plan"]:
+    """The saved plan if the single argument is one, else None. A saved plan starts with its format
+    (Plan.to_saved), so a JSON config is not parsed here for nothing; a file that starts like one is
+    read as one (signature, bounds, every field: `plan.saved`), and any fault in it is an error."""
     if len(files) != 1 or not files[0].is_file():
         return None
-    with open(files[0], "rb") as f:
-        if not re.match(rb'\{\s*"format"\s*:', f.read(64).lstrip()):
-            return None
-    from kmesh_apply.plan.model import Plan
+    from kmesh_apply.plan.saved import is_saved_plan, load_plan
 
-    try:
-        data = json.loads(files[0].read_text())
-    except ValueError:
-        return None
-    if not isinstance(data, dict) or "steps" not in data:
-        return None
-    try:
-        return Plan.from_saved(data)
-    except (ValueError, KeyError, TypeError) as e:
-        fail(f"{files[0]}: not a usable saved plan: {e}")
+    with open(files[0], "rb") as f:
+        if not is_saved_plan(f.read(64)):
+            return None
+    return load_plan(files[0])
 
 
 @app.command()
@@ -253,7 +247,8 @@ def _apply(files: list[Path], pin_root: Optional[str], auto_approve: bool, lock_
         progress = _Progress()
 
         def checked(plan: "Plan") -> None:
-            typer.echo(api.render_text(plan, color=_colour()), nl=False)
+            """The plan that will run, steps and all, once it passed every check."""
+            typer.echo(api.render_text(plan, color=_colour(), steps=True), nl=False)
             progress.start(plan)
 
         try:

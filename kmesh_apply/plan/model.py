@@ -363,7 +363,7 @@ class Plan:
         first = "".join(f"{c[k]} to {k}, " for k in ("adopt", "migrate", "rename") if c[k])
         return f"Plan: {first}{c['create']} to create, {c['update']} to update, {c['destroy']} to destroy."
 
-    # ---- saving and loading (bytes as hex) --------------------------------------------
+    # ---- saving (bytes as hex; plan/saved.py signs, reads back and checks it) -----------
 
     def to_saved(self) -> dict[str, Any]:
         return {
@@ -379,48 +379,6 @@ class Plan:
             "steps": [_hexify(asdict(s)) for s in self.steps],
         }
 
-    @staticmethod
-    def from_saved(data: dict[str, Any]) -> "Plan":
-        if data.get("format") != PLAN_FORMAT:
-            raise ValueError(f"unsupported plan format {data.get('format')!r} (this kmesh-apply writes {PLAN_FORMAT})")
-        steps: list[Step] = []
-        for raw in data["steps"]:
-            raw = _unhexify(raw)
-            cls = STEP_TYPES[raw["op"]]
-            if cls is CreateMap:
-                raw["map"] = _mapdef(raw["map"])
-            if cls is RecordMap and raw.get("layout"):
-                raw["layout"] = _mapdef(raw["layout"])
-            steps.append(cls(**raw))
-        changes = []
-        for raw in data["changes"]:
-            raw = _unhexify(raw)
-            raw["definition"] = _mapdef(raw["definition"]) if raw["definition"] else None
-            raw["old"] = _mapdef(raw["old"]) if raw.get("old") else None
-            raw["changed"] = {k: tuple(v) for k, v in raw["changed"].items()}
-            raw["holders"] = _programs(raw.get("holders", []))
-            raw["migration"] = Migration(**raw["migration"]) if raw.get("migration") else None
-            changes.append(MapChange(**raw))
-        held = [HeldReplaced(h["name"], h["id"], _programs(h["programs"]), h.get("destroyed", False))
-                for h in data.get("held_replaced", [])]
-        unmanaged = [Unmanaged(**u) for u in data.get("unmanaged", [])]
-        scopes = {name: None if keys is None else frozenset(map(bytes.fromhex, keys))
-                  for name, keys in data.get("scopes", {}).items()}
-        return Plan(data["pin_root"], changes, steps, data.get("warnings", []), held, unmanaged, data.get("kept", []),
-                    scopes, saved_fingerprint=data["fingerprint"])
-
-
-def _programs(raw: list[dict[str, Any]]) -> list[Program]:
-    from kmesh_apply.kernel.progs import Program
-
-    return [Program.from_dict(p) for p in raw]
-
-
-def _mapdef(raw: dict[str, Any]) -> MapDef:
-    raw = dict(raw)
-    raw["flags"] = tuple(raw["flags"])
-    return MapDef(**raw)
-
 
 # Bytes become {"hex": "..."} so a saved plan is plain JSON; dict keys that are bytes get a "0x" prefix.
 def _hexify(obj: Any) -> Any:
@@ -430,14 +388,4 @@ def _hexify(obj: Any) -> Any:
         return {("0x" + k.hex() if isinstance(k, bytes) else k): _hexify(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [_hexify(v) for v in obj]
-    return obj
-
-
-def _unhexify(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        if set(obj) == {"hex"}:
-            return bytes.fromhex(obj["hex"])
-        return {(bytes.fromhex(k[2:]) if k.startswith("0x") else k): _unhexify(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_unhexify(v) for v in obj]
     return obj

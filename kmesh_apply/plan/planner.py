@@ -64,7 +64,7 @@ from kmesh_apply.plan.model import (
     Unmanaged,
     WriteEntries,
 )
-from kmesh_apply.state import ALL_ENTRIES, NO_ENTRIES, STAGING_DIR, LiveMap, LiveState
+from kmesh_apply.state import ALL_ENTRIES, NO_ENTRIES, STAGING_DIR, LiveMap, LiveState, StagedMap
 from kmesh_apply.wording import a, verb
 
 if TYPE_CHECKING:
@@ -74,6 +74,8 @@ FIXED_PROPERTIES = ("type", "key_size", "value_size", "max_entries", "flags")
 # Maps of at least this many entries have their comparisons remembered (see `_Planner._entries`):
 # below it, comparing costs less than the fingerprints.
 REMEMBER_FROM_ENTRIES = 4096
+# How a change says that its map, to be swapped, is written in place because programs hold it directly.
+NOT_SWAPPED = "written in place, not swapped"
 
 
 def map_def(spec: InnerMapSpec | OuterMapSpec) -> MapDef:
@@ -243,9 +245,9 @@ class _Planner:
         """A staged map some slot already points at was complete: finish its move. Others are discarded."""
         if not live.staged:
             return
-        held = {i for m in live.maps.values() if m.is_outer for i in m.slots.values()}
+        adopted = {s.pin for s in adopted_staged(live)}
         for s in live.staged:
-            if s.live.id in held and not s.live.is_outer:
+            if s.pin in adopted:
                 self.recover.append(MovePin(s.name, s.pin, s.name))
                 self.live[s.name] = s.live
                 self.result.changes.append(MapChange(s.name, "recover", "inner", reasons=[f"finish the interrupted move of {s.pin}"]))
@@ -494,15 +496,15 @@ class _Planner:
         change = self._change(spec, "update", want, holders=holders)
         if swap and holders:  # they hold this very map, not the slot: a swap would leave them on the old one
             swap = False
-            change.reasons.append(f"written in place, not swapped: {_programs(holders)} {verb(len(holders), 'holds', 'hold')} this inner map "
+            change.reasons.append(f"{NOT_SWAPPED}: {_programs(holders)} {verb(len(holders), 'holds', 'hold')} this inner map "
                                   "directly and would stay on the old map; readers may see the change half done")
         if swap and not spec.manage.all_entries:
             swap = False
-            change.reasons.append(f"written in place, not swapped: a new map would lose the entries others write "
+            change.reasons.append(f"{NOT_SWAPPED}: a new map would lose the entries others write "
                                   f"(manage_entries: {spec.manage.entries}); readers may see the change half done")
         if swap and have.id in self.foreign_slots:
             swap = False
-            change.reasons.append(f"written in place, not swapped: the unmanaged outer map '{self.foreign_slots[have.id]}' "
+            change.reasons.append(f"{NOT_SWAPPED}: the unmanaged outer map '{self.foreign_slots[have.id]}' "
                                   "holds it in a slot and would stay on the old map; readers may see the change half done")
         if kind == maptypes.SET:
             change.reasons.append("a bloom filter only grows: values it holds stay in it until it is replaced")
@@ -676,6 +678,13 @@ def _listed(desired: Mapping[bytes, Any], live: Mapping[bytes, Any], absent: Abs
 
 def _programs(programs: list[Program]) -> str:
     return ", ".join(map(str, programs))
+
+
+def adopted_staged(live: LiveState) -> list[StagedMap]:
+    """The maps an interrupted apply left staged that some outer slot already points at: they were
+    complete, so their move is finished (the others are discarded)."""
+    held = {i for m in live.maps.values() if m.is_outer for i in m.slots.values()}
+    return [s for s in live.staged if s.live.id in held and not s.live.is_outer]
 
 
 def held_replaced(live: LiveState) -> list[HeldReplaced]:

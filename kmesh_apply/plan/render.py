@@ -186,8 +186,21 @@ def _title(ch: MapChange) -> str:
     return f"{'' if ch.kind == 'plain' else ch.kind + ' '}map \"{ch.name}\""
 
 
-def render_text(plan: Plan, color: bool = False) -> str:
-    """The plan as a reviewer reads it: one block per map, entry diffs folded, then the summary line.
+def step_lines(plan: Plan, limit: int = LINE_BUDGET) -> list[str]:
+    """The steps in the order they run, numbered; past `limit`, the rest counted by operation."""
+    out = [f"  {i}. {s.describe()}" for i, s in enumerate(plan.steps[:limit], 1)]
+    rest = plan.steps[limit:]
+    if rest:
+        ops: dict[str, int] = {}
+        for s in rest:
+            ops[s.op] = ops.get(s.op, 0) + 1
+        out.append(f"  ... and {count(len(rest), 'more step')} ({', '.join(f'{n} {op}' for op, n in ops.items())})")
+    return out
+
+
+def render_text(plan: Plan, color: bool = False, steps: bool = False) -> str:
+    """The plan as a reviewer reads it: one block per map, entry diffs folded, then the summary line;
+    `steps`: also the steps that will run (a saved plan is shown so before it is applied).
     Every line is made printable before it is painted: names, keys and values (a char[N] value, a map
     someone else pinned) may hold what a terminal acts on, or line breaks that would forge lines."""
     if not plan.drift:
@@ -224,6 +237,8 @@ def render_text(plan: Plan, color: bool = False) -> str:
     out += [("", f"Warning: {w}") for w in plan.warnings]
     if plan.warnings:
         out.append(("", ""))
+    if steps and plan.steps:
+        out += [("", line) for line in ["Steps, in order:", *step_lines(plan), ""]]
     if plan.held_replaced:
         out.append(("", f"Drift in {plan.pin_root}: loaded programs still read maps it replaced or destroyed, until "
                         "they are reloaded or unloaded:"))
