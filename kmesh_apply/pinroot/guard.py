@@ -154,7 +154,7 @@ class PinRoot:
                 self._entry(self.fd, folder, folder, directory=True)  # says what it is instead
                 raise
             st = os.fstat(fd)
-            if st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) != DIR_MODE:
+            if create and st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) != DIR_MODE:
                 os.fchmod(fd, DIR_MODE)  # made by us just now under the umask, or by an earlier version
                 st = os.fstat(fd)
             try:
