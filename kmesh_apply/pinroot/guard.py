@@ -234,10 +234,6 @@ class PinRoot:
         assert where is not None  # made when missing
         return f"/proc/self/fd/{where[0]}/{where[1]}"
 
-    def exists(self, pin: str) -> bool:
-        where = self._locate(pin)
-        return where is not None and self._entry(*where, pin) is not None
-
     def lexists(self, name: str) -> bool:
         """Whether anything is at `name` in the pin root (a link included: it is not followed)."""
         try:
