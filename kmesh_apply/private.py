@@ -45,8 +45,8 @@ def check_passage(st: os.stat_result, path: str) -> None:
 def check_owned(st: os.stat_result, path: str, what: str = "") -> None:
     """Refuse a directory or file of ours that another user owns or may write."""
     what = what or ("directory" if stat.S_ISDIR(st.st_mode) else "file")
-    me = user_name(os.geteuid())
     if st.st_uid != os.geteuid():
+        me = user_name(os.geteuid())
         raise KmeshError(f"{what} {path} belongs to {user_name(st.st_uid)}, not to {me}: another user could steer "
                          f"kmesh-apply through it; remove it, or chown {me.split()[0]} {path} if it is really yours")
     if st.st_mode & 0o022:
