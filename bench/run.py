@@ -664,14 +664,13 @@ def main(argv: Sequence[str]) -> int:
     global _kmesh_apply_override, _pin_parent
     _kmesh_apply_override = args.kmesh_apply
     from kmesh_apply.errors import KmeshError
-    from kmesh_apply.pinroot.guard import check_pin_root
+    from kmesh_apply.pinroot.guard import PinRoot
 
     _pin_parent = args.pin_root.absolute()
     try:
-        check_pin_root(str(_pin_parent))
+        PinRoot.make(str(_pin_parent)).close()  # checked as a pin root is, and made (0700) if missing
     except KmeshError as e:
         raise SystemExit(f"--pin-root: {e}") from None
-    _pin_parent.mkdir(parents=True, exist_ok=True)
     signal.signal(signal.SIGTERM, _on_sigterm)
     started = time.perf_counter()
     results: Results = {}

@@ -93,7 +93,7 @@ class PinRoot:
             fstype = _fstype(fd)
             if fstype != BPFFS:
                 hint = " (mount it with: mount -t bpf bpf /sys/fs/bpf)" if path.startswith("/sys/fs/bpf") else ""
-                raise KmeshError(f"pin root {path} is not on a bpf filesystem (found {fstype or 'nothing'}){hint}")
+                raise KmeshError(f"pin root {path!r} is not on a bpf filesystem (found {fstype or 'nothing'}){hint}")
             if missing:
                 if not create:
                     os.close(fd)
