@@ -18,6 +18,7 @@ import secrets
 import stat
 
 from kmesh_apply.errors import KmeshError
+from kmesh_apply.terminal import printable
 
 PRIVATE_DIR_MODE = 0o700
 PRIVATE_FILE_MODE = 0o600
@@ -34,6 +35,7 @@ def user_name(uid: int) -> str:
 
 def check_passage(st: os.stat_result, path: str) -> None:
     """Refuse a directory on the way to ours that another user could swap a component of."""
+    path = printable(path)  # a name someone else chose reaches the terminal escaped
     if st.st_uid not in (0, os.geteuid()):
         raise KmeshError(f"{path} belongs to {user_name(st.st_uid)}, who could swap what lies under it; "
                          f"use a path whose directories belong to root (or chown root {path})")
@@ -45,6 +47,7 @@ def check_passage(st: os.stat_result, path: str) -> None:
 def check_owned(st: os.stat_result, path: str, what: str = "") -> None:
     """Refuse a directory or file of ours that another user owns or may write."""
     what = what or ("directory" if stat.S_ISDIR(st.st_mode) else "file")
+    path = printable(path)
     if st.st_uid != os.geteuid():
         me = user_name(os.geteuid())
         raise KmeshError(f"{what} {path} belongs to {user_name(st.st_uid)}, not to {me}: another user could steer "
@@ -83,6 +86,7 @@ def walk(path: str) -> tuple[int, list[str]]:
 
 
 def _not_a_directory(parent: int, name: str, path: str, e: OSError) -> KmeshError:
+    path = printable(path)
     try:
         st = os.stat(name, dir_fd=parent, follow_symlinks=False)
     except OSError:
@@ -120,7 +124,7 @@ def make_dirs(fd: int, missing: list[str], path: str, mode: int = PRIVATE_DIR_MO
         return fd
     except OSError as e:
         os.close(fd)
-        raise KmeshError(f"cannot create {path}: {e.strerror}") from None
+        raise KmeshError(f"cannot create {printable(path)}: {e.strerror}") from None
     except BaseException:
         os.close(fd)
         raise
@@ -149,12 +153,12 @@ def write_private(path: str | os.PathLike[str], data: bytes, replace: bool = Tru
     there is replaced, not written through. Refused when `path` is another user's file or a directory.
     `replace=False`: linked into place only if nothing is there yet (a file made once, like a key:
     of two runs making it at once, the first one's stays)."""
-    path = os.fspath(path)
-    folder, name = os.path.split(os.path.abspath(path))
+    folder, name = os.path.split(os.path.abspath(os.fspath(path)))
+    path = printable(os.fspath(path))  # as messages name it
     try:
         dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as e:
-        raise KmeshError(f"cannot write {path}: {folder}: {e.strerror}") from None
+        raise KmeshError(f"cannot write {path}: {printable(folder)}: {e.strerror}") from None
     try:
         try:
             st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)

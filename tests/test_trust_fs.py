@@ -309,6 +309,16 @@ def test_a_link_in_a_pin_root_is_refused(tmp_path: Path, pin_root: Path, bpf_scr
     assert dump(victim / "backends") == before
 
 
+def test_a_refusal_names_what_it_found_escaped(tmp_path: Path, pin_root: Path):
+    """A name in a pin root may be someone else's choice: the refusal naming it forges no line and sends
+    the terminal nothing it would act on."""
+    pin_root.mkdir(mode=0o700)
+    os.symlink("/etc/hostname", pin_root / "evil\nerror: all is well\x1b]0;pwned\x07")
+    res = cli("plan", str(config(tmp_path)), "--pin-root", str(pin_root), check=1)
+    assert len(res.stderr.splitlines()) == 1 and "\x1b" not in res.stderr and "\\x1b" in res.stderr, res.stderr
+    assert "evil\\nerror: all is well" in res.stderr
+
+
 def test_a_pin_root_others_can_write_is_refused(tmp_path: Path, pin_root: Path, bpf_scratch: Path):
     """A pin root an earlier version made under umask 000: another user drops a link in it."""
     victim = bpf_scratch / "victim"

@@ -31,6 +31,7 @@ from kmesh_apply.errors import KernelError, KmeshError, LockError
 from kmesh_apply.kernel.maps import Map
 from kmesh_apply.private import check_owned, make_dirs, open_private_dir, walk
 from kmesh_apply.state import TOOL_DIRS, name_problem
+from kmesh_apply.terminal import printable
 
 BPFFS = "bpf"
 LOCK_DIR = "/run/kmesh-apply/locks"
@@ -85,15 +86,16 @@ class PinRoot:
     @classmethod
     def _open(cls, pin_root: str, create: bool) -> PinRoot | None:
         path = pin_root_path(pin_root)
+        shown = printable(path)
         try:
             fd, missing = walk(path)
         except KmeshError as e:
-            raise KmeshError(f"pin root {path}: {e}") from None
+            raise KmeshError(f"pin root {shown}: {e}") from None
         try:
             fstype = _fstype(fd)
             if fstype != BPFFS:
                 hint = " (mount it with: mount -t bpf bpf /sys/fs/bpf)" if path.startswith("/sys/fs/bpf") else ""
-                raise KmeshError(f"pin root {path!r} is not on a bpf filesystem (found {fstype or 'nothing'}){hint}")
+                raise KmeshError(f"pin root {shown!r} is not on a bpf filesystem (found {fstype or 'nothing'}){hint}")
             if missing:
                 if not create:
                     os.close(fd)
@@ -102,7 +104,7 @@ class PinRoot:
                 try:
                     fd = make_dirs(made, missing, path, DIR_MODE)
                 except KmeshError as e:
-                    raise KmeshError(f"pin root {path}: {e}") from None
+                    raise KmeshError(f"pin root {shown}: {e}") from None
                 return cls(path, fd)
             check_owned(os.fstat(fd), path, "pin root")
             own = os.open(".", _DIR_FLAGS, dir_fd=fd)
@@ -130,7 +132,8 @@ class PinRoot:
     # ---- the directories and their entries ---------------------------------------------
 
     def shown(self, pin: str) -> str:
-        return f"{self.path}/{pin}"
+        """How messages name a pin (escaped: a name in a pin root may be someone else's)."""
+        return printable(f"{self.path}/{pin}")
 
     def _folder(self, folder: str, create: bool = False) -> int | None:
         """The fd of the pin root ("") or of one of the tool's record directories in it."""
@@ -314,7 +317,7 @@ class PinRootLock:
         try:
             dir_fd = open_private_dir(LOCK_DIR)
         except KmeshError as e:
-            raise KmeshError(f"cannot lock pin root {self.path}: {e}") from None
+            raise KmeshError(f"cannot lock pin root {printable(self.path)}: {e}") from None
         assert dir_fd is not None  # made when missing
         self.dir_fd = dir_fd
         try:
@@ -330,7 +333,7 @@ class PinRootLock:
                 self.fd = os.open(self.name, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
                                   dir_fd=self.dir_fd)
             except OSError as e:
-                raise KmeshError(f"cannot open the lock of pin root {self.path} in {LOCK_DIR}: {e.strerror}") from None
+                raise KmeshError(f"cannot open the lock of pin root {printable(self.path)} in {LOCK_DIR}: {e.strerror}") from None
             st = os.fstat(self.fd)
             check_owned(st, f"{LOCK_DIR}/{self.name}", "lock file")
             if st.st_mode & 0o077:
@@ -343,7 +346,7 @@ class PinRootLock:
                     if e.errno not in (errno.EAGAIN, errno.EACCES):
                         raise
                 if time.monotonic() >= deadline:
-                    raise LockError(f"pin root {self.path} is locked by {_lock_holder(st)} (an apply, destroy or "
+                    raise LockError(f"pin root {printable(self.path)} is locked by {_lock_holder(st)} (an apply, destroy or "
                                     f"watch in progress); gave up after {self.timeout:g}s: retry later or raise --lock-timeout")
                 time.sleep(0.05)
             try:

@@ -49,6 +49,7 @@ from kmesh_apply.plan.model import (
     check_steps,
 )
 from kmesh_apply.private import check_owned, open_private_dir, write_private
+from kmesh_apply.terminal import printable
 
 PLAN_KEY_ENV = "KMESH_APPLY_PLAN_KEY"
 DEFAULT_PLAN_KEY = "/var/lib/kmesh-apply/plan-key"
@@ -163,7 +164,7 @@ def decode(doc: Any, path: str = "the saved plan") -> Plan:
 
 
 def _refuse(path: str, why: str) -> NoReturn:
-    raise KmeshError(f"{path}: not a usable saved plan: {why}")
+    raise KmeshError(f"{printable(path)}: not a usable saved plan: {why}")
 
 
 def _read_bounded(path: str) -> bytes:
