@@ -1,7 +1,7 @@
 """Trust, the file-system side (issue 20 items 1-4, contract section 11): no other local user, forged
 file or swapped path can make the tool act outside its pin root or for someone else.
 
-Each attack is played by an unprivileged user made for the test (`localuser`); root then runs the
+Each attack is played by an unprivileged user made for the test (conftest's `unprivileged_user`); root then runs the
 tool as an operator would, and the test checks that it refuses in one line and that nothing it
 must not touch was touched (files compared byte for byte, maps with bpftool).
 """
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import stat
 import subprocess
 import time
@@ -19,8 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BPFFS, bpftool_json, run_cli
-from localuser import local_user
+from conftest import BPFFS, LocalUser, bpftool_json, run_cli, unprivileged_user
 
 from kmesh_apply.errors import KmeshError
 from kmesh_apply.kernel.maps import Map
@@ -92,36 +90,26 @@ def precious(tmp_path: Path) -> Path:
     return path
 
 
-@pytest.fixture
-def attacker_tmp():
-    """A directory in /tmp for the attacker's files, removed afterwards whoever owns what is in it."""
-    made: list[Path] = []
-
-    def make(user) -> Path:
-        path = Path("/tmp") / f"kmt-{uuid.uuid4().hex[:12]}"
-        user.run(f"mkdir -m 755 {path}")
-        made.append(path)
-        return path
-
-    yield make
-    for path in made:
-        shutil.rmtree(path, ignore_errors=True)
+def sh(user: LocalUser, script: str, check: bool = True) -> subprocess.CompletedProcess:
+    """A shell script run as `user`, from / (the test's own directories are root's alone)."""
+    res = subprocess.run(user.argv("sh", "-c", script), capture_output=True, text=True, cwd="/", timeout=60)
+    assert not check or res.returncode == 0, f"as {user.name}: {script!r}: {res.stderr}"
+    return res
 
 
 # ---- item 1: a saved plan is data to check --------------------------------------------------
 
 
-def test_a_forged_plan_from_another_user_is_refused_unread(tmp_path: Path, pin_root: Path, precious: Path,
-                                                             attacker_tmp):
+def test_a_forged_plan_from_another_user_is_refused_unread(tmp_path: Path, pin_root: Path, precious: Path):
     """The issue's plan: remove a file outside the pin root, shown as a plan with no changes."""
     cli("apply", str(config(tmp_path)), "--auto-approve", "--pin-root", str(pin_root))
     before = dump(pin_root / "backends")
-    with local_user() as mallory:
-        d = attacker_tmp(mallory)
+    with unprivileged_user() as mallory:
+        d = mallory.home
         forged = {"format": 1, "pin_root": str(pin_root), "fingerprint": {}, "changes": [],
                   "steps": [{"op": "remove", "map": "x", "pin": str(precious)},
                             {"op": "remove", "map": "backends", "pin": "backends"}]}
-        mallory.run(f"cat > {d}/plan.json <<'EOF'\n{json.dumps(forged)}\nEOF")
+        sh(mallory, f"cat > {d}/plan.json <<'EOF'\n{json.dumps(forged)}\nEOF")
         res = cli("apply", f"{d}/plan.json", check=1)
     assert "carries no kmesh-apply signature" in res.stderr and "kmesh-apply plan CONFIG --out" in res.stderr
     assert "Apply complete" not in res.stdout
@@ -286,8 +274,8 @@ def test_a_pin_root_another_user_made_is_refused(tmp_path: Path, pin_root: Path,
     victim = bpf_scratch / "victim"
     cli("apply", str(config(tmp_path)), "--auto-approve", "--pin-root", str(victim))
     before = dump(victim / "backends")
-    with local_user() as mallory:
-        mallory.run(f"mkdir {pin_root} && ln -s {victim}/backends {pin_root}/backends")
+    with unprivileged_user() as mallory:
+        sh(mallory, f"mkdir {pin_root} && ln -s {victim}/backends {pin_root}/backends")
         changed = config(tmp_path, "d.yaml", "{1: 99}")
         for args in (["apply", str(changed), "--auto-approve"], ["plan", str(changed)], ["destroy", "--auto-approve"],
                      ["show"]):
@@ -326,8 +314,8 @@ def test_a_pin_root_others_can_write_is_refused(tmp_path: Path, pin_root: Path, 
     before = dump(victim / "backends")
     pin_root.mkdir()
     pin_root.chmod(0o777)
-    with local_user() as mallory:
-        mallory.run(f"ln -s {victim}/backends {pin_root}/backends")
+    with unprivileged_user() as mallory:
+        sh(mallory, f"ln -s {victim}/backends {pin_root}/backends")
         res = cli("apply", str(config(tmp_path, "d.yaml", "{1: 99}")), "--auto-approve", "--pin-root", str(pin_root),
                   check=1)
     assert "is writable by other users (mode 0777)" in res.stderr and f"chmod go-w {pin_root}" in res.stderr
@@ -335,8 +323,8 @@ def test_a_pin_root_others_can_write_is_refused(tmp_path: Path, pin_root: Path, 
 
 
 def test_a_parent_another_user_could_swap_is_refused(tmp_path: Path, pin_root: Path):
-    with local_user() as mallory:
-        mallory.run(f"mkdir {pin_root}")
+    with unprivileged_user() as mallory:
+        sh(mallory, f"mkdir {pin_root}")
         res = cli("apply", str(config(tmp_path)), "--auto-approve", "--pin-root", str(pin_root / "kmesh"), check=1)
         assert f"{pin_root} belongs to {mallory.name}" in res.stderr and "could swap" in res.stderr
         assert list(pin_root.iterdir()) == []
@@ -385,10 +373,10 @@ def test_files_are_never_written_through_a_link_or_into_another_users_file(tmp_p
                                                                             precious: Path):
     cfg = config(tmp_path)
     cli("apply", str(cfg), "--auto-approve", "--pin-root", str(pin_root))
-    with local_user() as mallory:
+    with unprivileged_user() as mallory:
         link, theirs = (Path("/tmp") / f"kmt-{uuid.uuid4().hex[:12]}.{ext}" for ext in ("plan", "prom"))
         try:
-            mallory.run(f"ln -s {precious} {link} && touch {theirs} && chmod 666 {theirs}")
+            sh(mallory, f"ln -s {precious} {link} && touch {theirs} && chmod 666 {theirs}")
             for option, path in (("--out", link), ("--metrics-file", link), ("--out", theirs), ("--metrics-file", theirs)):
                 res = cli("plan", str(cfg), option, str(path), "--pin-root", str(pin_root), check=1)
                 assert f"refusing to write {path}: it belongs to {mallory.name}" in res.stderr, res.stderr
@@ -416,9 +404,9 @@ def test_an_unprivileged_user_cannot_hold_the_lock(tmp_path: Path, pin_root: Pat
     cfg = config(tmp_path)
     cli("apply", str(cfg), "--auto-approve", "--pin-root", str(pin_root))
     pin_root.chmod(0o755)  # readable by others, as a pin root of an earlier version was: still not theirs to lock
-    with local_user() as mallory:
-        holder = mallory.start(f"exec flock {pin_root} sleep 60")
-        lock_dir = mallory.run("ls /run/kmesh-apply/locks", check=False)
+    with unprivileged_user() as mallory:
+        holder = mallory.start("flock", str(pin_root), "sleep", "60")
+        lock_dir = sh(mallory, "ls /run/kmesh-apply/locks", check=False)
         assert lock_dir.returncode != 0 and "Permission denied" in lock_dir.stderr
         time.sleep(0.3)
         assert holder.poll() is None, holder.stderr.read() if holder.stderr else ""
