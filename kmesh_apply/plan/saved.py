@@ -24,9 +24,11 @@ from collections.abc import Callable
 from dataclasses import fields
 from typing import Any, NoReturn
 
+from kmesh_apply.config.maptypes import KINDS, OUTER_FLAGS
 from kmesh_apply.config.model import MANAGE_ENTRIES
 from kmesh_apply.ctype import TypeSpecError, parse_type
 from kmesh_apply.errors import KmeshError
+from kmesh_apply.kernel.names import MAP_FLAGS
 from kmesh_apply.kernel.progs import Program
 from kmesh_apply.plan.model import (
     PLAN_FORMAT,
@@ -55,6 +57,10 @@ PLAN_KEY_ENV = "KMESH_APPLY_PLAN_KEY"
 DEFAULT_PLAN_KEY = "/var/lib/kmesh-apply/plan-key"
 KEY_BYTES = 32
 MAX_PLAN_BYTES = 1 << 30  # a plan that fills a map of about ten million entries
+# A map definition names a type the tool can declare and flags the kernel knows: what the planner and the
+# executor meet is never new to them.
+MAP_TYPES = (*KINDS, *OUTER_FLAGS)
+FLAGS = tuple(MAP_FLAGS)
 MAX_DEPTH = 32  # nesting of a type spec (structs of arrays of structs...) or of a migration's default value
 _CONTEXT = b"kmesh-apply saved plan\0"
 _SIGNATURE = re.compile(rb', "signature": "hmac-sha256:([0-9a-f]{64})"\}\n?\Z')
@@ -222,9 +228,9 @@ class _Decoder:
             self.fail(where, f"an integer from 0 to {most}")
         return raw
 
-    def choice(self, raw: Any, where: str, choices: tuple[str, ...]) -> str:
+    def choice(self, raw: Any, where: str, choices: tuple[str, ...], what: str | None = None) -> str:
         if not isinstance(raw, str) or raw not in choices:
-            self.fail(where, " or ".join(choices))
+            self.fail(where, what or " or ".join(choices))
         return raw
 
     def flag(self, raw: Any, where: str) -> bool:
@@ -295,9 +301,11 @@ class _Decoder:
         raw = self.obj(raw, where, names)
         key_size = self.number(raw["key_size"], f"{where}.key_size")
         value_size = self.number(raw["value_size"], f"{where}.value_size")
-        return MapDef(self.text(raw["name"], f"{where}.name"), self.text(raw["type"], f"{where}.type"), key_size,
-                      value_size, self.number(raw["max_entries"], f"{where}.max_entries"),
-                      tuple(self.texts(raw["flags"], f"{where}.flags")),
+        map_type = self.choice(raw["type"], f"{where}.type", MAP_TYPES, "a map type kmesh-apply declares")
+        flags = tuple(self.choice(f, f"{where}.flags[{i}]", FLAGS, "a map flag")
+                      for i, f in enumerate(self.texts(raw["flags"], f"{where}.flags")))
+        return MapDef(self.text(raw["name"], f"{where}.name"), map_type, key_size, value_size,
+                      self.number(raw["max_entries"], f"{where}.max_entries"), flags,
                       self.type_spec(raw["key_type"], f"{where}.key_type", key_size),
                       self.type_spec(raw["value_type"], f"{where}.value_type", value_size),
                       self.maybe_text(raw["inner_map"], f"{where}.inner_map"))
