@@ -1,9 +1,13 @@
 """When `watch` reads a file and when it destroys maps (issue 21), without the kernel: the settling rules
-on event sequences as editors, scripts and Kubernetes make them, the destroy guard, and the synchroniser
-keeping held destroys (against test_sync_retries' in-memory kernel)."""
+on changes as watchfiles reports them (a set of (added | modified | deleted, path) per burst) for real files
+as editors, scripts and Kubernetes leave them, the lease probe against real writers, the destroy guard,
+and the synchroniser keeping held destroys (against test_sync_retries' in-memory kernel)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -13,13 +17,12 @@ from test_sync_retries import CONFIG, MemoryKernel
 from kmesh_apply import load_config
 from kmesh_apply.sync import Synchroniser
 from kmesh_apply.sync.guard import FilesGuard
-from kmesh_apply.sync.inotify import (IN_CLOSE_WRITE, IN_CREATE, IN_DELETE, IN_MODIFY, IN_MOVED_FROM, IN_MOVED_TO,
-                                      IN_Q_OVERFLOW, Event)
+from kmesh_apply.sync.leases import open_for_writing
 from kmesh_apply.sync.retries import HELD
-from kmesh_apply.sync.settle import EVERYTHING, FILE, GONE, SETTLE, STABLE, WRITER_QUIET, Settling
+from kmesh_apply.sync.settle import (ADDED, DELETED, EVERYTHING, FILE, GONE, LOOK, MODIFIED, SETTLE, STABLE,
+                                     WRITER_QUIET, Settling)
 
-D = "/conf"
-F = f"{D}/mesh.yaml"
+TEXT = "inner_maps: {}\n"
 
 
 def kind(path: str) -> str | None:
@@ -27,75 +30,150 @@ def kind(path: str) -> str | None:
     return EVERYTHING if name.startswith("..") else FILE if name.endswith((".yaml", ".json")) else None
 
 
-def settling(*steps: tuple[float, int, str]) -> Settling:
+def test_a_rename_into_place_is_read_at_once(tmp_path: Path):
+    f, tmp = tmp_path / "mesh.yaml", tmp_path / ".mesh.yaml.tmp"
+    tmp.write_text(TEXT)
+    os.replace(tmp, f)
     s = Settling(kind)
-    for at, mask, path in steps:
-        s.observe([Event(mask, path, D)], at)
-    return s
-
-
-def test_a_rename_into_place_is_read_at_once():
-    s = settling((10.0, IN_MOVED_FROM, f"{D}/.mesh.yaml.swp"), (10.0, IN_MOVED_TO, F))
+    assert s.observe({(ADDED, str(tmp)), (DELETED, str(tmp)), (ADDED, str(f))}, 10.0) == {str(f)}
     assert s.pending() and s.ready_at() == 10.0 and s.stable_at() == 0.0  # complete: destroys need not wait
-    assert s.take(10.0) == {F} and not s.pending()
+    assert s.take(10.0) == {str(f)} and not s.pending()
 
 
-def test_an_in_place_write_is_read_once_closed_and_settled():
-    s = settling((10.0, IN_MODIFY, F), (10.05, IN_MODIFY, F))  # a writer pausing between writes, file still open
-    assert s.ready_at() == pytest.approx(10.05 + WRITER_QUIET)
-    s.observe([Event(IN_CLOSE_WRITE, F, D)], 10.1)
-    assert s.ready_at() == pytest.approx(10.1 + SETTLE)
-    s.observe([Event(IN_MODIFY, F, D), Event(IN_CLOSE_WRITE, F, D)], 10.15)  # `cat more >> f`: the window starts again
-    assert s.ready_at() == pytest.approx(10.15 + SETTLE) and s.stable_at() == pytest.approx(10.15 + STABLE)
+def test_an_in_place_write_is_read_once_no_writer_holds_it_and_it_settled(tmp_path: Path):
+    f = tmp_path / "mesh.yaml"
+    f.write_text(TEXT)
+    s = Settling(kind)
+    with open(f, "a") as writer:  # a writer pausing between writes, the file still open
+        writer.write("# more\n")
+        writer.flush()
+        s.observe({(MODIFIED, str(f))}, 10.0)
+        assert s.ready_at() == pytest.approx(10.0 + LOOK)  # not ready: look again then
+        s.look(10.05)
+        assert s.ready_at() == pytest.approx(10.05 + LOOK) and s.held(12.1, WRITER_QUIET) == [str(f)]
+    s.look(10.1)  # closed: it must now stay unchanged for SETTLE from the last look that found it held
+    assert s.ready_at() == pytest.approx(10.05 + SETTLE) and s.stable_at() == pytest.approx(10.05 + STABLE)
+    assert s.held(12.1, WRITER_QUIET) == []
+    with open(f, "a") as more:  # `cat more >> f`, its report not in yet: the look sees the change
+        more.write("# and more\n")
+    s.look(10.15)
+    assert s.ready_at() == pytest.approx(10.15 + SETTLE)
+    s.observe({(MODIFIED, str(f))}, 10.16)  # the report itself
+    assert s.ready_at() == pytest.approx(10.16 + SETTLE) and s.stable_at() == pytest.approx(10.16 + STABLE)
+
+
+def test_a_new_file_is_complete_only_once_written_and_closed(tmp_path: Path):
+    f = tmp_path / "mesh.yaml"
+    s = Settling(kind)
+    with open(f, "w") as writer:  # created, and its creator still writes it: reported as added alone
+        writer.write("inner_maps:\n")
+        writer.flush()
+        s.observe({(ADDED, str(f))}, 5.0)
+        assert s.ready_at() == pytest.approx(5.0 + LOOK) and s.stable_at() == pytest.approx(5.0 + STABLE)
+    s.look(5.05)
+    assert s.ready_at() == pytest.approx(5.0 + SETTLE)
+    e = tmp_path / "empty.yaml"
+    e.write_text("")  # `: > f`, before `cat a >> f`: closed, but not complete
+    s = Settling(kind)
+    s.observe({(ADDED, str(e))}, 6.0)
+    assert s.ready_at() == pytest.approx(6.0 + SETTLE)
 
 
 def test_a_vanished_file_is_gone_only_after_a_while(tmp_path: Path):
-    s = settling((10.0, IN_DELETE, F))
+    f, backup = tmp_path / "mesh.yaml", tmp_path / "mesh.yaml~"
+    s = Settling(kind)
+    s.observe({(DELETED, str(f))}, 10.0)
     assert s.ready_at() == pytest.approx(10.0 + GONE) and s.stable_at() == pytest.approx(10.0 + STABLE)
-    s.observe([Event(IN_MOVED_TO, F, D)], 10.02)  # an editor's rename and rewrite: back, complete
+    f.write_text(TEXT)
+    s.observe({(ADDED, str(f))}, 10.02)  # an editor's rename and rewrite: back, complete
     assert s.ready_at() == pytest.approx(10.02)
-    # vim: renamed to a backup, then written anew in place (a regular file its creator holds open)
-    new = tmp_path / "mesh.yaml"
-    new.write_text("inner_maps: {}\n")
-    s = Settling(lambda p: FILE if p.endswith(".yaml") else None)
-    s.observe([Event(IN_MOVED_FROM, str(new), str(tmp_path)), Event(IN_MOVED_TO, f"{new}~", str(tmp_path))], 20.0)
-    s.observe([Event(IN_CREATE, str(new), str(tmp_path)), Event(IN_MODIFY, str(new), str(tmp_path))], 20.02)
-    assert s.ready_at() == pytest.approx(20.02 + WRITER_QUIET)
-    s.observe([Event(IN_CLOSE_WRITE, str(new), str(tmp_path))], 20.03)
-    assert s.ready_at() == pytest.approx(20.03 + SETTLE)
+    # vim: renamed to a backup, then written anew (a file its creator holds open)
+    os.replace(f, backup)
+    s = Settling(kind)
+    s.observe({(DELETED, str(f)), (ADDED, str(backup))}, 20.0)
+    with open(f, "w") as writer:
+        writer.write(TEXT)
+        writer.flush()
+        s.observe({(ADDED, str(f)), (MODIFIED, str(f))}, 20.02)
+        assert s.ready_at() == pytest.approx(20.02 + LOOK)
+    s.look(20.03)
+    assert s.ready_at() == pytest.approx(20.02 + SETTLE)
 
 
 def test_a_link_created_is_complete(tmp_path: Path):
-    (tmp_path / "target.yaml").write_text("inner_maps: {}\n")
+    (tmp_path / "target.yaml").write_text(TEXT)
     (tmp_path / "link.yaml").symlink_to("target.yaml")
     s = Settling(lambda p: FILE)
-    s.observe([Event(IN_CREATE, str(tmp_path / "link.yaml"), str(tmp_path))], 5.0)
+    s.observe({(ADDED, str(tmp_path / "link.yaml"))}, 5.0)
     assert s.ready_at() == 5.0
 
 
-def test_editor_files_are_ignored_and_configmap_swaps_list_everything():
-    s = settling((1.0, IN_MODIFY, f"{D}/.mesh.yaml.swp"), (1.0, IN_CREATE, f"{D}/4913"), (1.0, IN_MOVED_TO, f"{D}/mesh.yaml~"))
+def test_editor_files_are_ignored_and_configmap_swaps_list_everything(tmp_path: Path):
+    d = str(tmp_path)
+    s = Settling(kind)
+    s.observe({(MODIFIED, f"{d}/.mesh.yaml.swp"), (ADDED, f"{d}/4913"), (ADDED, f"{d}/mesh.yaml~")}, 1.0)
     assert not s.pending()
-    s.observe([Event(IN_MOVED_TO, f"{D}/..data", D)], 2.0)
+    (tmp_path / "..2026_12_03").mkdir()
+    (tmp_path / "..data").symlink_to("..2026_12_03")
+    s.observe({(ADDED, f"{d}/..data")}, 2.0)
     assert s.ready_at() == 2.0 and s.take(2.0) is None  # every file is listed again
 
 
-def test_lost_events_list_everything_after_a_settle():
-    s = settling((1.0, IN_MOVED_TO, F))
-    s.observe([Event(IN_Q_OVERFLOW, "", "")], 2.0)
-    assert s.ready_at() == pytest.approx(2.0 + SETTLE) and s.take(3.0) is None
-    s.give_back({F})  # a read dropped: read again
-    assert s.take(3.0) == {F}
-
-
-def test_the_guard_waits_for_stable_files_and_bounds_a_mass_destroy():
+def test_lost_changes_list_everything_after_a_settle(tmp_path: Path):
+    f = tmp_path / "mesh.yaml"
+    f.write_text(TEXT)
     s = Settling(kind)
+    s.observe({(ADDED, str(f))}, 1.0)
+    s.lost(2.0)
+    assert s.ready_at() == pytest.approx(2.0 + SETTLE) and s.take(3.0) is None
+    s.give_back({str(f)})  # a read dropped: read again
+    assert s.take(3.0) == {str(f)}
+
+
+def test_where_leases_are_refused_a_file_is_read_after_a_quiet_time(tmp_path: Path):
+    f = tmp_path / "mesh.yaml"
+    f.write_text(TEXT)
+    s = Settling(kind, open_for_writing=lambda path: None)  # EINVAL: NFS, FUSE, fs.leases-enable = 0
+    s.observe({(MODIFIED, str(f))}, 1.0)
+    assert s.ready_at() == pytest.approx(1.0 + WRITER_QUIET)
+
+
+def test_the_lease_probe_sees_writers_of_any_process(tmp_path: Path):
+    f = tmp_path / "mesh.yaml"
+    f.write_text(TEXT)
+    assert open_for_writing(str(f)) is False
+    with open(f) as reader:
+        assert open_for_writing(str(f)) is False  # readers do not count
+        reader.read()
+    with open(f, "a"):
+        assert open_for_writing(str(f)) is True
+    child = subprocess.Popen([sys.executable, "-c", "import sys; f = open(sys.argv[1], 'a'); print(flush=True); "
+                              "sys.stdin.read()", str(f)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None and child.stdout.readline() == "\n"  # it holds the file open now
+        assert open_for_writing(str(f)) is True
+    finally:
+        child.communicate("")  # it closes the file and ends
+    assert open_for_writing(str(f)) is False and f.read_text() == TEXT  # the probe changed nothing
+    os.mkfifo(tmp_path / "fifo.yaml")
+    assert open_for_writing(str(tmp_path / "fifo.yaml")) is False  # never opened (it would block)
+    assert open_for_writing(str(tmp_path)) is False and open_for_writing(str(tmp_path / "nothing.yaml")) is False
+
+
+def written_file(tmp_path: Path) -> str:
+    """A config file written in place and closed."""
+    (tmp_path / "mesh.yaml").write_text(TEXT)
+    return str(tmp_path / "mesh.yaml")
+
+
+def test_the_guard_waits_for_stable_files_and_bounds_a_mass_destroy(tmp_path: Path):
+    s, f = Settling(kind), written_file(tmp_path)
     guard = FilesGuard(s, max_destroy=2)
     written = time.monotonic() - STABLE / 2  # in place, half the stable time ago
-    s.observe([Event(IN_CLOSE_WRITE, F, D)], written)
+    s.observe({(MODIFIED, f)}, written)
     held = guard.hold(["a"])
     assert held["a"].until == pytest.approx(written + STABLE) and f"{STABLE:g} s" in held["a"].reason
-    s.observe([Event(IN_CLOSE_WRITE, F, D)], written - STABLE)
+    s.observe({(MODIFIED, f)}, written - STABLE)
     assert guard.hold(["a", "b"]) == {}  # stable now, and within the limit
     held = guard.hold(["a", "b", "c"])
     assert set(held) == {"a", "b", "c"} and all(h.until is None for h in held.values())
@@ -106,15 +184,15 @@ def test_the_guard_waits_for_stable_files_and_bounds_a_mass_destroy():
     assert set(guard.hold(["a", "b", "c"])) == {"a", "b", "c"}
 
 
-def test_the_synchroniser_keeps_held_destroys_until_released():
-    kernel, s = MemoryKernel(), Settling(kind)
+def test_the_synchroniser_keeps_held_destroys_until_released(tmp_path: Path):
+    kernel, s, f = MemoryKernel(), Settling(kind), written_file(tmp_path)
     guard = FilesGuard(s, max_destroy=1)
     sync = Synchroniser(kernel.state.pin_root, kernel=kernel, guard=guard)
     sync.apply(load_config(inline=CONFIG))
     without_b = CONFIG.replace("  b: {type: hash, key: u32, value: u64, max_entries: 8, entries: {3: 30}}\n", "") \
         .replace(", 1: b", "")
     written = time.monotonic() - STABLE + 0.3
-    s.observe([Event(IN_CLOSE_WRITE, F, D)], written)
+    s.observe({(MODIFIED, f)}, written)
     sync.apply(load_config(inline=without_b))
     assert "b" in kernel.state.maps and sync.held()["b"].until == pytest.approx(written + STABLE)  # not stable yet
     assert kernel.state.maps["o"].slots == {(0).to_bytes(4, "little"): kernel.state.maps["a"].id}  # the rest applied

@@ -142,6 +142,32 @@ class ConfigFiles:
                 pass  # gone: nothing to read
         return total
 
+    def differing(self) -> set[str]:
+        """The config files whose stat differs from their last read, new ones and vanished ones: what
+        changes missed by file events would have named (a wait interrupted, a watch started afresh)."""
+        found = {str(p) for p in config_files(self.paths)[0]}
+        out = set(self.files.keys() - found)
+        for name in found:
+            old = self.files.get(name)
+            try:
+                if old is None or old.stat != _stat(Path(name)):
+                    out.add(name)
+            except OSError:
+                out.add(name)
+        return out
+
+    def moved(self, names: Iterable[str], open_for_writing: Callable[[str], bool | None]) -> bool:
+        """Whether one of the files just read changed since it was read, or a writer holds it now (the
+        read may then have caught it half-written: it is dropped, and made again once the file is ready)."""
+        for name in names:
+            f = self.files.get(name)
+            try:
+                if f is not None and (f.stat != _stat(Path(name)) or open_for_writing(name)):
+                    return True
+            except OSError:
+                return True  # gone since: its removal is a change of its own
+        return False
+
     def snapshot(self) -> tuple[dict[str, _File], Config | None]:
         """What `load` changes, to `restore` when its result is dropped (a file changed while it was read)."""
         return self.files, self.config

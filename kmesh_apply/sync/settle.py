@@ -1,17 +1,22 @@
 """When `watch` may read its files: only once their writers are done (issue 21: never act on a guess).
 
-From each file's events (sync/inotify.py), in order:
-- renamed into place (IN_MOVED_TO) or created as a link: complete at once (an atomic save,
-  a Kubernetes `..data` swap), so it is read at once;
-- written in place: read once its writer has closed it (IN_CLOSE_WRITE) and it has then stayed
-  unchanged for SETTLE, so that `: > f; cat a >> f; cat b >> f` is read whole; a file written
-  and not closed (a truncate(2) by path, a writer holding it open) counts as closed once it has
-  not been written for WRITER_QUIET;
-- vanished (deleted, or renamed away): deleted only once it has stayed gone for GONE (an
-  editor's rename to a backup, then a new file, puts it back within milliseconds).
-A pass waits until every followed file is ready, so one configuration never mixes a finished
+watchfiles (sync/events.py) says which followed paths were added, modified or deleted during a
+burst, as a set: no order, and nothing when a writer closes a file. So a path is decided from
+those changes together with the file system as it is now, looked at after each burst and again
+until the path is ready. A look is a stat (device, inode, size, mtime, ctime: any difference from
+the last look is a change) and a lease probe (sync/leases.py: does a process hold it open for
+writing?). Then:
+- added, with no modification in the burst (renamed into place: an atomic save, a Kubernetes
+  `..data` swap; or created, written and closed already), and held by no writer: complete, read
+  at once;
+- otherwise (written in place, or held by a writer since it appeared): read once no writer holds
+  it and it has stayed unchanged for SETTLE, so that `: > f; cat a >> f; cat b >> f` is read
+  whole; where the file system refuses leases, once it has stayed unchanged for WRITER_QUIET;
+- vanished (deleted, renamed away, a link left dangling): deleted only once it has stayed gone
+  for GONE (an editor's rename to a backup, then a new file, puts it back within milliseconds).
+A pass waits until every followed path is ready, so one configuration never mixes a finished
 file with a half-written one. Destroying maps waits longer: until no file has been written in
-place, or has vanished, for STABLE (see sync/guard.py).
+place, held by a writer, or vanished, for STABLE (see sync/guard.py).
 """
 
 from __future__ import annotations
@@ -21,102 +26,144 @@ import stat
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
-from kmesh_apply.sync.inotify import (IN_ATTRIB, IN_CLOSE_WRITE, IN_CREATE, IN_DELETE, IN_ISDIR, IN_MODIFY,
-                                      IN_MOVED_FROM, IN_MOVED_TO, IN_Q_OVERFLOW, Event)
+from kmesh_apply.sync.leases import open_for_writing
 
-SETTLE = 0.2  # seconds a file written in place must stay unchanged after its writer closed it
-WRITER_QUIET = 2.0  # seconds without a write after which a file not closed counts as written
+ADDED, MODIFIED, DELETED = 1, 2, 3  # the changes watchfiles reports (its Change), as sync/events.py hands them over
+
+SETTLE = 0.2  # seconds a file written in place must stay unchanged, with no writer holding it
+WRITER_QUIET = 2.0  # without leases, seconds unchanged after which a file counts as closed; with them,
+                    # how long a writer may hold a file unchanged before the log says what watch waits for
 GONE = 1.0  # seconds a vanished file must stay gone to count as deleted
-STABLE = 1.0  # seconds no file may have been written in place or vanished, before maps are destroyed
+STABLE = 1.0  # seconds no file may have been written in place, held by a writer or vanished, before maps are destroyed
+LOOK = 0.05  # seconds between looks at a file a writer holds open (its close comes with no event)
 
-FILE, EVERYTHING = "file", "everything"  # what an event's path is to the watcher (see `Settling.kind`)
+FILE, EVERYTHING = "file", "everything"  # what a path is to the watcher (see `Settling.kind`)
+
+Look = tuple[int, ...] | None  # a path's device, inode, size, mtime and ctime (following links); None: it does not exist
+
+
+def look(path: str) -> Look:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, stat.S_ISDIR(st.st_mode)
 
 
 @dataclass
-class _State:
-    since: float  # time of the file's last event
-    settle: float = 0.0  # how long it must then stay unchanged (0: complete as it is)
-    writing: bool = False  # written since its writer last closed it
-    in_place: bool = False  # its last change was made in place or by vanishing (not by a rename into place)
+class _Path:
+    seen: Look  # what the last look found
+    busy: float  # when it was last busy: a change reported, a look that found it different or held by a writer
+    looked: float  # when it was last looked at
+    whole: bool = False  # added, and neither written nor held by a writer since: complete as it is
+    writer: bool | None = False  # a process held it open for writing at the last look (None: cannot tell here)
+    held_since: float | None = None  # since when writers have held it, look after look
 
     def ready_at(self) -> float:
-        return self.since + (max(self.settle, WRITER_QUIET) if self.writing else self.settle)
+        """When it may be read, from what the last look found; while a writer holds it, when to look again."""
+        if self.seen is None:
+            return self.busy + GONE
+        if self.writer:
+            return self.looked + LOOK
+        if self.writer is None:
+            return self.busy + WRITER_QUIET
+        return self.busy if self.whole else self.busy + SETTLE
+
+    def stable_at(self) -> float:
+        """When maps may be destroyed, as far as this path goes."""
+        return 0.0 if self.whole else self.busy + STABLE
 
 
 class Settling:
-    """Which followed files changed since they were last read, and when they may be read."""
+    """Which followed paths changed since they were last read, and when they may be read."""
 
-    def __init__(self, kind: Callable[[str], str | None]):
+    def __init__(self, kind: Callable[[str], str | None],
+                 open_for_writing: Callable[[str], bool | None] = open_for_writing):
         """`kind(path)`: FILE for a config file, EVERYTHING for a path whose change may move every
-        file (a directory, a ConfigMap's `..data` link), None for anything else (editors' swap files)."""
+        file (a ConfigMap's `..data` link), None for anything else (editors' swap files).
+        `open_for_writing(path)`: the lease probe (sync/leases.py)."""
         self.kind = kind
-        self.states: dict[str, _State] = {}
+        self.open_for_writing = open_for_writing
+        self.paths: dict[str, _Path] = {}
         self.touched: set[str] = set()  # changed since last taken
-        self.everything = False  # every file must be listed again (events were lost, a directory changed)
+        self.everything = False  # every file must be listed again (a directory changed, events may have been lost)
 
-    def observe(self, events: Iterable[Event], now: float) -> set[str]:
-        """Take events in; the followed paths they name (with "" when events were lost)."""
-        seen = set()
-        for e in events:
-            if e.mask & IN_Q_OVERFLOW:
-                self.lost(now)
-                seen.add("")
-                continue
-            kind = self.kind(e.path)
-            if kind is None:
-                continue
-            seen.add(e.path)
-            self.touched.add(e.path)
-            if kind == EVERYTHING or e.mask & IN_ISDIR:
-                self.everything = True
-            state = self.states.setdefault(e.path, _State(now))
-            state.since = now
-            if e.mask & IN_MODIFY:
-                state.writing, state.settle, state.in_place = True, SETTLE, True
-            elif e.mask & IN_CLOSE_WRITE:
-                state.writing, state.settle, state.in_place = False, SETTLE, True
-            elif e.mask & IN_MOVED_TO:
-                state.writing, state.settle, state.in_place = False, 0.0, False
-            elif e.mask & (IN_MOVED_FROM | IN_DELETE):
-                state.writing, state.settle, state.in_place = False, GONE, True
-            elif e.mask & IN_CREATE:
-                opened = _opened_by_creator(e.path)  # a new file its creator writes, or a link: complete
-                state.writing, state.settle, state.in_place = opened, SETTLE if opened else 0.0, opened
-            elif e.mask & IN_ATTRIB:
-                pass  # times or mode changed: read again, within the window already running
-        return seen
+    def observe(self, changes: Iterable[tuple[int, str]], now: float) -> set[str]:
+        """Take in a burst's changes, (ADDED | MODIFIED | DELETED, path), and look at the followed
+        paths they name; returns those paths."""
+        named: dict[str, set[int]] = {}
+        for change, path in changes:
+            kind = self.kind(path)
+            if kind is not None:
+                named.setdefault(path, set()).add(change)
+                self.everything |= kind == EVERYTHING
+        for path, kinds in named.items():
+            p = self.paths.get(path)
+            if p is None:
+                p = self.paths[path] = _Path(None, now, now)
+            p.seen, p.busy = look(path), now
+            # added alone: renamed into place, or created, written and closed within the burst (the lease
+            # probe then finds no writer); but an empty file is what `: > f` leaves before `>> f` appends
+            p.whole = ADDED in kinds and MODIFIED not in kinds and p.seen is not None and p.seen[2] > 0
+            self._look(path, p, now)
+        self.touched |= named.keys()
+        return set(named)
+
+    def look(self, now: float) -> None:
+        """Look again at every path not read since it changed: a difference is a change (made in place:
+        its own report may come later), and whether a writer holds it is asked again."""
+        for path in self.touched:
+            p = self.paths.get(path)
+            if p is not None:
+                seen = look(path)
+                if seen != p.seen:
+                    p.seen, p.busy, p.whole = seen, now, False
+                self._look(path, p, now)
+
+    def _look(self, path: str, p: _Path, now: float) -> None:
+        p.looked = now
+        if p.seen is not None and p.seen[-1]:
+            self.everything = True  # a directory: every file is listed again
+        p.writer = self.open_for_writing(path) if p.seen is not None else False
+        if p.writer:
+            p.whole, p.busy = False, now  # its quiet time starts once no writer holds it
+            p.held_since = p.held_since if p.held_since is not None else now
+        else:
+            p.held_since = None
 
     def lost(self, now: float, path: str = "") -> None:
-        """Events were lost (the queue overflowed, or a watched directory went away): every file is
-        listed again once nothing has changed for a while."""
+        """Changes may have been lost (a watched directory went away or came back): every file is
+        listed again once nothing has changed for a while; `path` (the directory) counts as vanished."""
         self.everything = True
-        for state in self.states.values():
-            state.since, state.settle, state.writing, state.in_place = now, SETTLE, False, True
+        for p in self.paths.values():
+            p.busy, p.whole = now, False
         if path:
-            self.states[path] = _State(now, GONE, False, True)
+            self.paths[path] = _Path(None, now, now)
             self.touched.add(path)
 
     def pending(self) -> bool:
         return self.everything or bool(self.touched)
 
     def ready_at(self) -> float:
-        """When every followed file may be read (a past time: now)."""
-        return max((s.ready_at() for s in self.states.values()), default=0.0)
+        """When every followed path may be read, from the last looks (a past time: now); while a writer
+        holds one, when to look again."""
+        return max((p.ready_at() for p in self.paths.values()), default=0.0)
 
     def stable_at(self) -> float:
-        """When no file will have been written in place or vanished for STABLE (destroys may run then)."""
-        return max((s.since + STABLE for s in self.states.values() if s.in_place), default=0.0)
+        """When no file will have been written in place, held or vanished for STABLE (destroys may run then)."""
+        return max((p.stable_at() for p in self.paths.values()), default=0.0)
 
-    def waiting_for(self, now: float) -> list[str]:
-        """The files not ready yet, for a log line."""
-        return sorted(p for p, s in self.states.items() if s.ready_at() > now)
+    def held(self, now: float, longer_than: float) -> list[str]:
+        """The paths writers have held open for more than `longer_than` seconds, for a log line."""
+        return sorted(path for path, p in self.paths.items()
+                      if p.held_since is not None and now - p.held_since > longer_than)
 
     def take(self, now: float) -> set[str] | None:
-        """The changed paths to read (None: list every file), forgetting them; files settled long ago are forgotten too."""
+        """The changed paths to read (None: list every file), forgetting them; paths settled long ago are forgotten too."""
         touched = None if self.everything else set(self.touched)
         self.touched.clear()
         self.everything = False
-        self.states = {p: s for p, s in self.states.items() if max(s.ready_at(), s.since + STABLE) > now}
+        self.paths = {path: p for path, p in self.paths.items() if max(p.ready_at(), p.stable_at()) > now}
         return touched
 
     def give_back(self, touched: set[str] | None) -> None:
@@ -125,13 +172,3 @@ class Settling:
             self.everything = True
         else:
             self.touched |= touched
-
-
-def _opened_by_creator(path: str) -> bool:
-    """Whether a file just created is being written by its creator: a regular file of one link
-    (open(O_CREAT)), not a symbolic or hard link to content that is already complete."""
-    try:
-        st = os.lstat(path)
-    except OSError:
-        return False  # gone already: its deletion event follows
-    return stat.S_ISREG(st.st_mode) and st.st_nlink == 1

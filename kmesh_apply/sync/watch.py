@@ -1,19 +1,20 @@
 """`kmesh-apply watch`: keep a pin root equal to its config files for as long as it runs.
 
-One loop, woken by whichever comes first: file events (sync/inotify.py), a file becoming ready
-to read (sync/settle.py: a writer done, a vanished file gone for good), a failed flush due
-again, a held destroy due (sync/guard.py), the drift timer, a watchdog ping, or a signal.
-A pass reads the changed files only when every followed file is ready, in a thread of its
-own, so that a long parse never keeps the loop (and with it SIGTERM) or the metrics thread
-waiting; a read during which a file it read changed is dropped and made again once that file
-is ready. Changes that arrive while an apply runs are taken together by the next pass.
+One loop, woken by whichever comes first: a burst of file changes (watchfiles, sync/events.py),
+a time to look at the files again (sync/settle.py: a writer done, a vanished file gone for good),
+a failed flush due again, a held destroy due (sync/guard.py), the drift timer, a watchdog ping,
+or a signal. A pass reads the changed files only when every followed file is ready; a large read
+runs in a thread of its own, so that a long parse never keeps the loop (and with it SIGTERM) or
+the metrics thread waiting. A read is dropped, and made again once the files are ready, when a
+file it read changed meanwhile or a writer holds it. Changes that arrive while an apply runs are
+taken together by the next pass. Every drift check, and whenever changes may have been missed,
+the files' stats are compared with those of their last read, and what differs is settled as if
+reported.
 """
 
 from __future__ import annotations
 
 import gc
-import os
-import select
 import signal
 import threading
 import time
@@ -28,47 +29,34 @@ from kmesh_apply.metrics import MetricsServer, PrometheusRecorder, start_server
 from kmesh_apply.plan.model import MapChange
 from kmesh_apply.sync.files import ConfigFiles
 from kmesh_apply.sync.guard import DEFAULT_MAX_DESTROY, FilesGuard, Hold
-from kmesh_apply.sync.inotify import IN_DELETE_SELF, IN_IGNORED, IN_MOVE_SELF, Event, Inotify
+from kmesh_apply.sync.events import Batch, DirectoryEvents
 from kmesh_apply.sync.log import Log
 from kmesh_apply.sync.notify import Notifier
-from kmesh_apply.sync.settle import GONE, Settling
+from kmesh_apply.sync.settle import GONE, MODIFIED, WRITER_QUIET, Settling
 from kmesh_apply.sync.synchroniser import Synchroniser
 from kmesh_apply.wording import count
 
-DEBOUNCE = 0.05  # a burst of events is read at most this long after its first event
-STEP = 0.002  # ... and this long after its last one (a rename's two events, a directory's many)
 SHOWN_CHANGES = 8  # maps named in one log line
 THREAD_FROM_BYTES = 1 << 20  # files to read from this size on are read in a thread of their own
+READ_WAIT = 0.02  # seconds between looks at a read running in its own thread
 
 
 class _Wake:
-    """What a signal asks for, and a pipe that wakes the loop's poll() when it does (or a read ends)."""
+    """What a signal asks for; set, it ends the wait for file events (`is_set`, asked by RustNotify).
+    Plain flags: handlers run in the loop's thread, between any two of its bytecodes, so they take no lock."""
 
     def __init__(self) -> None:
-        self.stop = threading.Event()
-        self.reread = threading.Event()
-        self.r, self.w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-
-    def poke(self) -> None:
-        try:
-            os.write(self.w, b"\0")
-        except OSError:
-            pass  # already awake (or closed: a read abandoned at exit ends)
+        self.stop = False
+        self.reread = False
 
     def on_signal(self, signum: int, frame: FrameType | None) -> None:
-        (self.reread if signum == signal.SIGHUP else self.stop).set()
-        self.poke()
+        if signum == signal.SIGHUP:
+            self.reread = True
+        else:
+            self.stop = True
 
-    def drain(self) -> None:
-        try:
-            while os.read(self.r, 4096):
-                pass
-        except BlockingIOError:
-            pass
-
-    def close(self) -> None:
-        os.close(self.r)
-        os.close(self.w)
+    def is_set(self) -> bool:
+        return self.stop or self.reread
 
 
 PAST = {"create": "created", "update": "updated", "replace": "replaced", "destroy": "destroyed", "recover": "recovered"}
@@ -115,10 +103,9 @@ class Watcher:
         self.sync: Synchroniser | None = None
         self.server: MetricsServer | None = None
         self.abandoned = False  # a read was still running when the watcher stopped (see the CLI)
-        self._ino: Inotify | None = None
-        self._lost: set[str] = set()  # watched directories that went away
+        self._events: DirectoryEvents | None = None
         self._everything = True  # the next pass re-reads every file (the first, and after SIGHUP)
-        self._burst: tuple[float, float] | None = None  # first and last event of the burst not yet read
+        self._held_files: list[str] = []  # files writers hold open for long, as last logged
         self._next_ping = self._next_drift = 0.0
         self._held_logged: dict[str, Hold] = {}
 
@@ -132,11 +119,9 @@ class Watcher:
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, self.wake.on_signal)
         try:
-            with Inotify() as ino:
-                self._ino = ino
-                for d in self.files.directories():  # before the first read, so that no change made meanwhile is missed
-                    if not ino.watch(d):
-                        self._lost.add(d)
+            # watched before the first read, so that no change made meanwhile is missed
+            with DirectoryEvents(self.files.directories()) as events:
+                self._events = events
                 self.settling.everything = True
                 self._loop()
         finally:
@@ -145,49 +130,44 @@ class Watcher:
                 self.server.close()  # (its thread would wait for the abandoned read's hold on the interpreter)
             if self.sync is not None:
                 self.sync.close()
-            self.wake.close()
         self.log.event("stop", "stopped on a signal, with no apply left in flight")
         return 0
 
     def _loop(self) -> None:
-        while not self.wake.stop.is_set():
+        while not self.wake.stop:
             now = time.monotonic()
             self._ping(now)
-            if self.wake.reread.is_set():
-                self.wake.reread.clear()
+            if self.wake.reread:
+                self.wake.reread = False
                 self.log.event("reread", "SIGHUP: reading every file and the whole pin root again"
                                + self._confirm_held())
                 self._everything = self.settling.everything = True
-            due = self._due(now)
+            due = self._due()
             if due is not None and due <= now:
                 self._pass()
-            if self.sync is not None and not self.wake.stop.is_set():
+            if self.sync is not None and not self.wake.stop:
                 self._timers()
-            self._wait(self._timeout())
-            self._take_events()
+            self._take(self._wait(self._timeout()))
 
     def _ping(self, now: float) -> None:
         if self.notifier.watchdog_interval is not None and now >= self._next_ping:
             self.notifier.watchdog()
             self._next_ping = now + self.notifier.watchdog_interval
 
-    def _due(self, now: float) -> float | None:
-        """When the next pass may read the files: every followed file ready, and the burst over."""
+    def _due(self) -> float | None:
+        """When to look at the changed files again, to read them if every followed file is ready then."""
         if not self.settling.pending():
             return None
-        at = self.settling.ready_at()
-        if self._burst is not None:
-            first, last = self._burst
-            at = max(at, min(first + DEBOUNCE, last + STEP))
-        return at
+        return self.settling.ready_at()
 
     def _timeout(self) -> float:
+        assert self._events is not None
         now = time.monotonic()
         deadlines = [now + 60.0]
-        due = self._due(now)
+        due = self._due()
         if due is not None:
             deadlines.append(due)
-        if self._lost:
+        if self._events.lost:
             deadlines.append(now + GONE)
         if self.notifier.watchdog_interval is not None:
             deadlines.append(self._next_ping)
@@ -198,48 +178,45 @@ class Watcher:
                     deadlines.append(now + wait)
         return max(min(deadlines) - now, 0.0)
 
-    def _wait(self, timeout: float) -> None:
-        """Sleep until a file event, a signal, the end of a read or `timeout`."""
-        assert self._ino is not None
-        if self.wake.stop.is_set():
-            return
-        poller = select.poll()
-        poller.register(self._ino.fileno(), select.POLLIN)
-        poller.register(self.wake.r, select.POLLIN)
-        poller.poll(max(1, int(timeout * 1000 + 0.999)) if timeout > 0 else 0)
-        self.wake.drain()
+    def _wait(self, timeout: float) -> Batch:
+        """The file changes of the next burst, or none when a signal comes or `timeout` passes first."""
+        assert self._events is not None
+        if self.wake.stop:
+            return Batch()
+        if self.wake.reread:  # taken at the loop's top; RustNotify keeps what comes meanwhile (a wait it
+            time.sleep(min(timeout, READ_WAIT))  # would end at once, dropping it: this is one read's wait)
+            return Batch()
+        return self._events.wait(timeout, self.wake)
 
-    def _take_events(self) -> set[str]:
-        """Read the queued file events into the settling state; the followed paths they name."""
-        assert self._ino is not None
+    def _take(self, batch: Batch) -> None:
+        """A burst's changes into the settling state; when changes may have been missed, the files
+        whose stats differ from their last read too."""
+        assert self._events is not None
         now = time.monotonic()
-        events = self._ino.read()
-        lost = set()
-        for e in events:
-            if e.path == e.directory and e.mask & (IN_DELETE_SELF | IN_MOVE_SELF | IN_IGNORED):
-                self._lose(e, now)
-                lost.add(e.directory)
-        self._rewatch(now)
-        seen = self.settling.observe(events, now) | lost
-        if seen:
-            self._burst = (self._burst[0] if self._burst is not None else now, now)
-        return seen
+        for d in sorted(batch.lost):  # removed or renamed away: every file is listed again once it stayed gone
+            self.settling.lost(now, d)
+        fresh = batch.fresh
+        if self._events.lost and self._events.rewatch():  # came back: every file is listed again
+            self.settling.lost(now)
+            fresh = True
+        self.settling.observe(batch.changes, now)
+        if fresh and not self.wake.stop:
+            self._rescan(now)
+        self._log_held_files(now)
 
-    def _lose(self, e: Event, now: float) -> None:
-        """A watched directory went away (or was renamed: its watch would follow it elsewhere)."""
-        assert self._ino is not None
-        if e.directory in self._ino.watching():
-            self._ino.forget(e.directory)
-        self._lost.add(e.directory)
-        self.settling.lost(now, e.directory)
+    def _rescan(self, now: float) -> None:
+        """The files whose stats differ from their last read, settled as if reported modified (or deleted:
+        a look finds them gone): changes file events did not report are not missed."""
+        self.settling.observe([(MODIFIED, path) for path in self.files.differing()], now)
 
-    def _rewatch(self, now: float) -> None:
-        """Watch again the directories that came back; every file is then listed again."""
-        assert self._ino is not None
-        for d in sorted(self._lost):
-            if self._ino.watch(d):
-                self._lost.discard(d)
-                self.settling.lost(now)
+    def _log_held_files(self, now: float) -> None:
+        """One line when files stay held open by writers for long (nothing is read meanwhile), and when that ends."""
+        held = self.settling.held(now, WRITER_QUIET)
+        if held != self._held_files:
+            self._held_files = held
+            if held:
+                self.log.event("waiting", f"not reading the files yet: {_names(held)} held open for writing by a "
+                                          f"process for more than {WRITER_QUIET:g} s", files=held)
 
     def _timers(self) -> None:
         assert self.sync is not None
@@ -250,20 +227,19 @@ class Watcher:
         if released is not None and released <= 0:
             self._flush("stable")
         if time.monotonic() >= self._next_drift:
+            self._rescan(time.monotonic())  # changes file events never reported (watchfiles drops a lost event's notice)
             self._verify()
             self._next_drift = time.monotonic() + self.drift_interval
 
     # ---- a pass: read the files, then apply them -------------------------------------------------
 
     def _pass(self) -> None:
-        self._take_events()  # whatever is queued belongs to this read, not to the next
         now = time.monotonic()
-        due = self._due(now)
-        if due is None or due > now:
+        self.settling.look(now)  # as the files are now: unchanged for long enough, no writer holding one
+        if self.settling.ready_at() > now:
             return
         everything, self._everything = self._everything, False
         touched = self.settling.take(now)
-        self._burst = None
         read = self._read(everything, touched)
         if read is None:
             self._everything |= everything
@@ -282,10 +258,10 @@ class Watcher:
             self.notifier.ready(self._status())
 
     def _read(self, everything: bool, touched: set[str] | None) -> _Read | None:
-        """Load the changed files; large ones in a thread, while this one keeps taking events, pinging
-        the watchdog and answering signals (small ones take less time than handing them over would, on
-        a loaded host). None when stopped meanwhile, or when a file it read changed while it read
-        (dropped: read again once the file is ready)."""
+        """Load the changed files; large ones in a thread, while this one keeps taking file changes,
+        pinging the watchdog and answering signals (small ones take less time than handing them over
+        would, on a loaded host). None when stopped meanwhile, or when a file it read changed while it
+        read or a writer holds it (dropped: read again once the file is ready)."""
         snapshot = self.files.snapshot()
         read = _Read()
 
@@ -300,35 +276,27 @@ class Watcher:
             finally:
                 gc.enable()
                 read.done = True
-                self.wake.poke()
 
-        moved = False
         if self.files.bytes_to_read(everything, touched) < THREAD_FROM_BYTES:
             work()
         else:
             thread = threading.Thread(target=work, name="kmesh-watch-read", daemon=True)
             thread.start()
             while not read.done:
-                if self.wake.stop.is_set():
+                if self.wake.stop:
                     self.abandoned = True
                     return None
-                self._wait(self.notifier.watchdog_interval or 1.0)
-                moved |= self._changed(touched)
+                self._take(self._wait(READ_WAIT))
                 self._ping(time.monotonic())
             thread.join()
-        moved |= self._changed(touched)
         if read.crash is not None:
             raise read.crash
-        if moved:
+        names = read.loaded[1] if read.loaded is not None else touched if touched is not None else list(self.files.files)
+        if self.files.moved(names, self.settling.open_for_writing):
             self.files.restore(snapshot)
             self.settling.give_back(touched)
             return None
         return read
-
-    def _changed(self, touched: set[str] | None) -> bool:
-        """Whether file events since the read began concern what it read."""
-        seen = self._take_events()
-        return bool(seen) and (touched is None or self.settling.everything or not seen.isdisjoint(touched))
 
     def _start(self, read: _Read) -> None:
         """After the first read: the pin root it names, the synchroniser, the metrics endpoint."""
