@@ -24,7 +24,9 @@ from test_watch_integration import free_port, get
 
 from kmesh_apply.errors import KernelError
 from kmesh_apply.kernel.maps import Map
+from kmesh_apply.sync.settle import SETTLE
 
+MID_WRITE_PAUSE = 0.5  # seconds a writer holds the file open half-written (longer than SETTLE)
 SERVICES = 12
 ENTRIES = 40  # per service map: the file is about 30 KiB, written in chunks
 
@@ -168,6 +170,24 @@ def test_a_file_is_applied_only_once_its_writer_is_done(watched, pin_root: Path,
         passes = w.events("reconcile")[before:]
         assert len(passes) == 1, [p["message"] for p in passes]  # one pass per save: no partial file applied
     assert not w.events("config-error"), "a half-written file was read"
+
+
+def test_a_writer_holding_the_file_open_mid_write_is_waited_for(watched, pin_root: Path):
+    """A writer that stops half-way for longer than SETTLE, the file still open: no event tells when it
+    is done, the lease probe does. Nothing is read until it closes the file, then the whole file, once."""
+    w, path, _ = watched
+    assert MID_WRITE_PAUSE > SETTLE
+    before = len(w.events("reconcile"))
+    first, rest = chunks(config(2), 2)  # the first half is valid YAML that names fewer maps
+    with open(path, "w") as f:
+        f.write(first)
+        f.flush()
+        time.sleep(MID_WRITE_PAUSE)
+        assert len(w.events("reconcile")) == before and version_in_kernel(pin_root) == {1}, "read while held"
+        f.write(rest)
+    w.wait_for(lambda: version_in_kernel(pin_root) == {2}, "version 2")
+    time.sleep(0.3)  # anything applied late would show now
+    assert len(w.events("reconcile")) == before + 1 and not w.events("config-error")
 
 
 @pytest.mark.parametrize("text", ["", "# everything moved to other files\n# (not yet)\n"])
