@@ -1,8 +1,8 @@
 """The config files `watch` follows: which changed, and the configuration they make now.
 
-Only files that file events name are looked at (stat, then the content: editors'
+Only files that file changes name are looked at (stat, then the content: editors'
 atomic saves and Kubernetes' `..data` swaps change the inode, not always the size or
-time). Each file is known as one chunk of text per map (config/chunks.py, as the config
+time), and, when changes may have gone unreported, every file's stat (`differing`). Each file is known as one chunk of text per map (config/chunks.py, as the config
 cache cuts it); a change is compared with the file's last content to find the bytes
 edited, and when they lie within inner maps, just those maps are parsed and validated
 and merged into the last good configuration, and every other map keeps its spec object

@@ -1,9 +1,9 @@
 """The destroy guard of `watch` (issue 21): maps are never destroyed on a guess.
 
 A pass that would destroy maps because files changed, not because an operator asked:
-- runs those destroys only once the files are stable: none written in place, and none
-  vanished, for settle.STABLE seconds (a file truncated and half written, or moved away for
-  a moment, names fewer maps than it will);
+- runs those destroys only once the files are stable: none written in place, held open by a
+  writer, or vanished, for settle.STABLE seconds (a file truncated and half written, or moved
+  away for a moment, names fewer maps than it will);
 - runs at most `--max-destroy` of them at once: more is what an emptied directory, a lost
   ConfigMap key or a wrong path looks like, so they are held, /healthz answers 503 and the log
   asks an operator to confirm with SIGHUP (which confirms the maps held then), or to restart
@@ -56,8 +56,8 @@ class FilesGuard:
             return {}
         now, stable = time.monotonic(), self.settling.stable_at()
         if stable > now:
-            reason = (f"destroyed once no watched file has been written in place or vanished for {STABLE:g} s "
-                      f"({stable - now:.1f} s from now)")
+            reason = (f"destroyed once no watched file has been written in place, held open by a writer or vanished "
+                      f"for {STABLE:g} s ({stable - now:.1f} s from now)")
             return dict.fromkeys(doomed, Hold(reason, stable))
         unconfirmed = [n for n in doomed if n not in self.confirmed]
         if len(unconfirmed) > self.max_destroy:

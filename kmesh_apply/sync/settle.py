@@ -7,11 +7,13 @@ until the path is ready. A look is a stat (device, inode, size, mtime, ctime: an
 the last look is a change) and a lease probe (sync/leases.py: does a process hold it open for
 writing?). Then:
 - added, with no modification in the burst (renamed into place: an atomic save, a Kubernetes
-  `..data` swap; or created, written and closed already), and held by no writer: complete, read
-  at once;
-- otherwise (written in place, or held by a writer since it appeared): read once no writer holds
-  it and it has stayed unchanged for SETTLE, so that `: > f; cat a >> f; cat b >> f` is read
-  whole; where the file system refuses leases, once it has stayed unchanged for WRITER_QUIET;
+  `..data` swap; or created, written and closed already), not empty, and held by no writer:
+  complete, read at once;
+- otherwise (written in place, created empty, or held by a writer since it appeared): read
+  once no writer holds it and it has stayed unchanged for SETTLE since the last look that found
+  it changed or held, so that `: > f; cat a >> f; cat b >> f` is read whole; while a writer
+  holds it, looked at every LOOK (however long: a file is never read half-written); where the
+  file system refuses leases, read once it has stayed unchanged for WRITER_QUIET;
 - vanished (deleted, renamed away, a link left dangling): deleted only once it has stayed gone
   for GONE (an editor's rename to a backup, then a new file, puts it back within milliseconds).
 A pass waits until every followed path is ready, so one configuration never mixes a finished

@@ -210,7 +210,8 @@ class Watcher:
         self.settling.observe([(MODIFIED, path) for path in self.files.differing()], now)
 
     def _log_held_files(self, now: float) -> None:
-        """One line when files stay held open by writers for long (nothing is read meanwhile), and when that ends."""
+        """One line when files stay held open by writers for long (nothing is read meanwhile), and again
+        whenever which files those are changes."""
         held = self.settling.held(now, WRITER_QUIET)
         if held != self._held_files:
             self._held_files = held
