@@ -6,10 +6,10 @@ those changes together with the file system as it is now, looked at after each b
 until the path is ready. A look is a stat (device, inode, size, mtime, ctime: any difference from
 the last look is a change) and a lease probe (sync/leases.py: does a process hold it open for
 writing?). Then:
-- added, with no modification in the burst (renamed into place: an atomic save, a Kubernetes
-  `..data` swap; or created, written and closed already), not empty, and held by no writer:
-  complete, read at once;
-- otherwise (written in place, created empty, or held by a writer since it appeared): read
+- added alone in the burst and put in place whole (renamed within its directory, which reports
+  the rename's source as deleted: an atomic save, a Kubernetes `..data` swap; or a link), and
+  held by no writer: complete, read at once;
+- otherwise (written in place, created, or held by a writer since it appeared): read
   once no writer holds it and it has stayed unchanged for SETTLE since the last look that found
   it changed or held, so that `: > f; cat a >> f; cat b >> f` is read whole; while a writer
   holds it, looked at every LOOK (however long: a file is never read half-written); where the
@@ -50,6 +50,20 @@ def look(path: str) -> Look:
     except OSError:
         return None
     return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, stat.S_ISDIR(st.st_mode)
+
+
+def _put_in_place(path: str, gone: set[str]) -> bool:
+    """Whether `path`, reported added alone, was renamed into place or linked: complete as it is. watchfiles
+    reports a file created and then written as added alone too (a write to a path added in the same
+    burst is not reported), and that file may be written again by the next writer (`cat a > f;
+    cat b >> f`); a rename within the directory also reports its source as deleted."""
+    directory = os.path.dirname(path)
+    if any(g != path and os.path.dirname(g) == directory for g in gone):
+        return True
+    try:
+        return stat.S_ISLNK(os.lstat(path).st_mode)  # a link is made whole by one symlink(2)
+    except OSError:
+        return False
 
 
 @dataclass
@@ -94,7 +108,10 @@ class Settling:
         """Take in a burst's changes, (ADDED | MODIFIED | DELETED, path), and look at the followed
         paths they name; returns those paths."""
         named: dict[str, set[int]] = {}
+        gone: set[str] = set()  # every path deleted in the burst, a rename's source among them
         for change, path in changes:
+            if change == DELETED:
+                gone.add(path)
             kind = self.kind(path)
             if kind is not None:
                 named.setdefault(path, set()).add(change)
@@ -104,9 +121,7 @@ class Settling:
             if p is None:
                 p = self.paths[path] = _Path(None, now, now)
             p.seen, p.busy = look(path), now
-            # added alone: renamed into place, or created, written and closed within the burst (the lease
-            # probe then finds no writer); but an empty file is what `: > f` leaves before `>> f` appends
-            p.whole = ADDED in kinds and MODIFIED not in kinds and p.seen is not None and p.seen[2] > 0
+            p.whole = kinds == {ADDED} and p.seen is not None and _put_in_place(path, gone)
             self._look(path, p, now)
         self.touched |= named.keys()
         return set(named)
