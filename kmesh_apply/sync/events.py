@@ -16,7 +16,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Protocol, Sequence
 
-from watchfiles._rust_notify import RustNotify  # the Rust watcher itself: watchfiles.watch() has no timeout per wait
+# the Rust watcher itself: watchfiles.watch() has no timeout per wait
+from watchfiles._rust_notify import RustNotify, WatchfilesRustInternalError
 
 from kmesh_apply.sync.settle import DELETED
 
@@ -68,7 +69,11 @@ class DirectoryEvents:
             while not interrupt.is_set() and time.monotonic() < end:
                 time.sleep(min(NOTHING_WATCHED_STEP, max(end - time.monotonic(), 0.0)))
             return Batch()
-        got = self._notify.watch(DEBOUNCE_MS, STEP_MS, max(1, int(timeout * 1000 + 0.999)), interrupt)
+        try:
+            got = self._notify.watch(DEBOUNCE_MS, STEP_MS, max(1, int(timeout * 1000 + 0.999)), interrupt)
+        except WatchfilesRustInternalError:  # its watching thread failed (notify's error): changes were missed
+            self._start()
+            return Batch(fresh=True)
         if not isinstance(got, set):  # "timeout", or "stop"/"signal": then the burst being taken was dropped
             return Batch(fresh=got != "timeout")
         lost = {d for d in self._watching if (DELETED, d) in got}
