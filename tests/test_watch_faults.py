@@ -190,6 +190,24 @@ def test_a_writer_holding_the_file_open_mid_write_is_waited_for(watched, pin_roo
     assert len(w.events("reconcile")) == before + 1 and not w.events("config-error")
 
 
+def test_a_writer_that_keeps_the_file_open_is_reported_by_health(watched, pin_root: Path):
+    """A writer that stops half-way and keeps the file open stops every read (a pass waits for every
+    followed file): once it has held the file for WRITER_QUIET, /healthz says which file and why; the
+    state applied stays; once the file is closed, it is read and health is ok again."""
+    w, path, _ = watched
+    url = metrics_url(w)
+    first, rest = chunks(config(2), 2)
+    with open(path, "w") as f:
+        f.write(first)
+        f.flush()
+        w.wait_for(lambda: get(f"{url}/healthz")[0] == 503, "health to report the held file")
+        assert f"{path.name} held open for writing" in get(f"{url}/healthz")[1]
+        assert version_in_kernel(pin_root) == {1}, "read while held"
+        f.write(rest)
+    w.wait_for(lambda: version_in_kernel(pin_root) == {2} and get(f"{url}/healthz")[0] == 200,
+               "version 2, and health once the file is closed")
+
+
 @pytest.mark.parametrize("text", ["", "# everything moved to other files\n# (not yet)\n"])
 @pytest.mark.parametrize("in_place", [True, False])
 def test_an_empty_save_is_a_configuration_error(watched, text: str, in_place: bool):

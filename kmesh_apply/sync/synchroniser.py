@@ -66,6 +66,7 @@ class Synchroniser:
         self._attempts = 0
         self._retry_at: float | None = None  # time.monotonic() when a failed flush is due again
         self._config_error: list[str] | None = None  # why the configuration was rejected, for health()
+        self._files_held: str | None = None  # why the configuration's files are not read yet, for health()
         self._verify_error: str | None = None
         self._last_success: float | None = None
         self.last_changes: list[MapChange] = []  # what the last flush or verify changed, for logs
@@ -146,6 +147,13 @@ class Synchroniser:
             self._config_error = lines[:SHOWN_DIAGNOSTICS] + ([f"and {count(more, 'more problem')} (the log lists them all)"]
                                                               if more > 0 else [])
             self.recorder.config_error()
+
+    def files_held(self, why: str | None) -> None:
+        """The configuration's files are not read yet, and why (held open by a writer for long; None once
+        they are read again): the last good state stays applied, health says so, so that a writer that never
+        closes a file is seen."""
+        with self._lock:
+            self._files_held = why
 
     # ---- reconciling ----------------------------------------------------------------------
 
@@ -341,6 +349,8 @@ class Synchroniser:
             reasons += [f"  {line}" for line in self._config_error]
         if self._verify_error is not None:
             reasons.append(self._verify_error)
+        if self._files_held is not None:
+            reasons.append(self._files_held)
         reasons += [h.describe() + ": reload them" for h in held_replaced(self._cache)]
         waiting: dict[str, list[str]] = {}  # destroys only an operator can let go, by reason
         for name, hold in sorted(self._held.items()):

@@ -215,9 +215,12 @@ class Watcher:
         held = self.settling.held(now, WRITER_QUIET)
         if held != self._held_files:
             self._held_files = held
-            if held:
-                self.log.event("waiting", f"not reading the files yet: {_names(held)} held open for writing by a "
-                                          f"process for more than {WRITER_QUIET:g} s", files=held)
+            why = (f"not reading the files yet: {_names(held)} held open for writing by a process for more than "
+                   f"{WRITER_QUIET:g} s") if held else None
+            if why is not None:
+                self.log.event("waiting", why, files=held)
+            if self.sync is not None:
+                self.sync.files_held(why)
 
     def _timers(self) -> None:
         assert self.sync is not None
