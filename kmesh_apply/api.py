@@ -36,14 +36,14 @@ from kmesh_apply.pinroot.reader import read_live
 from kmesh_apply.pinroot.records import Ownership
 from kmesh_apply.pinroot.replaced import record_replaced
 from kmesh_apply.resolve import prepare
-from kmesh_apply.show import referenced_programs, show_document
+from kmesh_apply.show import referenced_programs, show_document, write_yaml
 from kmesh_apply.state import LiveState
 
 if TYPE_CHECKING:
     from kmesh_apply.config.cache import Cache
 
 __all__ = ["Config", "Plan", "ApplyReport", "resolve_pin_root", "load_config", "plan", "plan_with_usage", "plan_destroy",
-           "apply", "converge", "perform", "render_text", "render_json", "show", "usage", "DEFAULT_LOCK_TIMEOUT"]
+           "apply", "converge", "perform", "render_text", "render_json", "show", "show_yaml", "usage", "DEFAULT_LOCK_TIMEOUT"]
 
 DEFAULT_LOCK_TIMEOUT = 10.0
 
@@ -254,8 +254,21 @@ def show(pin_root: str, all_maps: bool = False, warn: Callable[[str], None] = la
     `all_maps`: the unmanaged ones too, with `adopt: true`; `warn` hears what it cannot give back as
     a config would (a program pinned nowhere, named by its ID)."""
     live = read_live(pin_root, holders=False)
+    return show_document(live, all_maps, _program_paths(live), warn)
+
+
+def show_yaml(pin_root: str, write: Callable[[str], object], all_maps: bool = False,
+              warn: Callable[[str], None] = lambda message: None) -> None:
+    """`show` as YAML text, handed to `write` a piece at a time (the same text as
+    `dump_yaml(show(pin_root, all_maps))`, without building the document)."""
+    live = read_live(pin_root, holders=False)
+    write_yaml(live, write, all_maps, _program_paths(live), warn)
+
+
+def _program_paths(live: LiveState) -> dict[int, str]:
+    """Where the programs that prog_array, devmap and cpumap entries hold are pinned."""
     wanted = referenced_programs(live)
-    return show_document(live, all_maps, program_pins(wanted) if wanted else {}, warn)
+    return program_pins(wanted) if wanted else {}
 
 
 def usage(pin_root: str) -> list[MapUsage]:

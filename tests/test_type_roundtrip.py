@@ -128,6 +128,9 @@ def test_applied_config_and_its_show_plan_clean(doc: dict[str, Any]) -> None:
         again = api.plan(cfg, str(root))
         assert not again.has_changes, api.render_text(again)
         shown = dump_yaml(api.show(str(root)))
+        written: list[str] = []
+        api.show_yaml(str(root), written.append)  # what `kmesh-apply show` prints: the same bytes
+        assert "".join(written) == shown
         back = api.plan(load_config(inline=shown, use_cache=False), str(root))
         assert not back.has_changes, shown + api.render_text(back)
 

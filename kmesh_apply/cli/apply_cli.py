@@ -285,7 +285,6 @@ def show(
 ) -> None:
     """Print the managed maps as a config that apply accepts (or, with --usage, how full each map is)."""
     from kmesh_apply import api
-    from kmesh_apply.config import dump_yaml
     from kmesh_apply.monitor import managed_usage
 
     root = api.resolve_pin_root(pin_root)
@@ -293,8 +292,11 @@ def show(
         found = api.usage(root)
         _show_usage(root, found if all_maps else managed_usage(found), json_out)
         return
-    doc = api.show(root, all_maps, warn=lambda message: typer.echo(f"warning: {message}", err=True))
-    typer.echo(json_text(doc) + "\n" if json_out else dump_yaml(doc), nl=False)
+    warn = lambda message: typer.echo(f"warning: {message}", err=True)  # noqa: E731
+    if json_out:
+        typer.echo(json_text(api.show(root, all_maps, warn=warn)))
+        return
+    api.show_yaml(root, sys.stdout.write, all_maps, warn=warn)
 
 
 def _show_usage(root: str, usage: list["MapUsage"], json_out: bool) -> None:
