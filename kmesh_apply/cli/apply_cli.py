@@ -178,6 +178,8 @@ def plan(
     json_out: JsonOut = False,
     out: Annotated[Optional[Path], typer.Option("--out", help="Save the plan to this file, for `apply PLAN`.")] = None,
     metrics_file: MetricsFile = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Also say how the entries of large maps were compared "
+                                                                  "with the kernel's: summed in the kernel, or read.")] = False,
 ) -> None:
     """Show what apply would change in the pin root (read-only)."""
     from kmesh_apply import api
@@ -198,6 +200,10 @@ def plan(
         typer.echo(json_text(api.render_json(p)))
     else:
         typer.echo(api.render_text(p, color=_colour()), nl=False)
+        if verbose and p.entry_checks:
+            from kmesh_apply.plan.render import render_checks
+
+            typer.echo("\nEntries of large maps compared with the kernel's:\n" + render_checks(p), nl=False)
         if out is not None:
             say(f"\nSaved the plan to {out}; apply it exactly with: kmesh-apply apply {out}")
     if detailed_exitcode and p.drift:

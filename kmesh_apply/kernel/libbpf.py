@@ -120,6 +120,55 @@ class BtfVarSecinfo(ctypes.Structure):
     _fields_ = [("type", c_uint32), ("offset", c_uint32), ("size", c_uint32)]
 
 
+class ProgLoadOpts(ctypes.Structure):
+    """struct bpf_prog_load_opts (bpf/bpf.h, libbpf 1.1), up to the verifier log."""
+
+    _fields_ = [
+        ("sz", c_size_t),
+        ("attempts", c_int),
+        ("expected_attach_type", c_uint32),
+        ("prog_btf_fd", c_uint32),
+        ("prog_flags", c_uint32),
+        ("prog_ifindex", c_uint32),
+        ("kern_version", c_uint32),
+        ("attach_btf_id", c_uint32),
+        ("attach_prog_fd", c_uint32),
+        ("attach_btf_obj_fd", c_uint32),
+        ("fd_array", c_void_p),
+        ("func_info", c_void_p),
+        ("func_info_cnt", c_uint32),
+        ("func_info_rec_size", c_uint32),
+        ("line_info", c_void_p),
+        ("line_info_cnt", c_uint32),
+        ("line_info_rec_size", c_uint32),
+        ("log_level", c_uint32),
+        ("log_size", c_uint32),
+        ("log_buf", c_void_p),
+    ]
+
+
+class TestRunOpts(ctypes.Structure):
+    """struct bpf_test_run_opts (bpf/bpf.h)."""
+
+    _fields_ = [
+        ("sz", c_size_t),
+        ("data_in", c_void_p),
+        ("data_out", c_void_p),
+        ("data_size_in", c_uint32),
+        ("data_size_out", c_uint32),
+        ("ctx_in", c_void_p),
+        ("ctx_out", c_void_p),
+        ("ctx_size_in", c_uint32),
+        ("ctx_size_out", c_uint32),
+        ("retval", c_uint32),
+        ("repeat", c_int),
+        ("duration", c_uint32),
+        ("flags", c_uint32),
+        ("cpu", c_uint32),
+        ("batch_size", c_uint32),
+    ]
+
+
 BTF_P = c_void_p  # struct btf * is opaque to us
 
 lib = ctypes.CDLL("libbpf.so.1", use_errno=True)
@@ -153,6 +202,8 @@ bpf_map_get_next_key = _bind("bpf_map_get_next_key", c_int, c_int, c_void_p, c_v
 bpf_map_update_batch = _bind("bpf_map_update_batch", c_int, c_int, c_void_p, c_void_p, c_u32_p, POINTER(MapBatchOpts))
 bpf_map_lookup_batch = _bind("bpf_map_lookup_batch", c_int, c_int, c_void_p, c_void_p, c_void_p, c_void_p, c_u32_p, POINTER(MapBatchOpts))
 bpf_map_delete_batch = _bind("bpf_map_delete_batch", c_int, c_int, c_void_p, c_u32_p, POINTER(MapBatchOpts))
+bpf_prog_load = _bind("bpf_prog_load", c_int, c_int, c_char_p, c_char_p, c_void_p, c_size_t, POINTER(ProgLoadOpts))
+bpf_prog_test_run_opts = _bind("bpf_prog_test_run_opts", c_int, c_int, POINTER(TestRunOpts))
 btf__new_empty = _bind("btf__new_empty", BTF_P)
 btf__free = _bind("btf__free", None, BTF_P)
 btf__add_int = _bind("btf__add_int", c_int, BTF_P, c_char_p, c_size_t, c_int)
@@ -160,6 +211,9 @@ btf__add_array = _bind("btf__add_array", c_int, BTF_P, c_int, c_int, c_uint32)
 btf__add_struct = _bind("btf__add_struct", c_int, BTF_P, c_char_p, c_uint32)
 btf__add_field = _bind("btf__add_field", c_int, BTF_P, c_char_p, c_int, c_uint32, c_uint32)
 btf__add_typedef = _bind("btf__add_typedef", c_int, BTF_P, c_char_p, c_int)
+btf__add_func_proto = _bind("btf__add_func_proto", c_int, BTF_P, c_int)
+btf__add_func_param = _bind("btf__add_func_param", c_int, BTF_P, c_char_p, c_int)
+btf__add_func = _bind("btf__add_func", c_int, BTF_P, c_char_p, c_int, c_int)
 btf__add_union = _bind("btf__add_union", c_int, BTF_P, c_char_p, c_uint32)
 btf__add_enum = _bind("btf__add_enum", c_int, BTF_P, c_char_p, c_uint32)
 btf__add_enum_value = _bind("btf__add_enum_value", c_int, BTF_P, c_char_p, ctypes.c_int64)

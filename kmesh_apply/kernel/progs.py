@@ -19,6 +19,8 @@ from typing import Any, Callable, Iterable, Iterator
 
 from kmesh_apply.errors import KernelError
 from kmesh_apply.kernel import libbpf as L
+from kmesh_apply.kernel.digest import PROG_NAME as DIGEST_PROG_NAME
+from kmesh_apply.kernel.digest import PROG_TYPE_SYSCALL as _SYSCALL_PROG_TYPE
 from kmesh_apply.kernel.maps import fail, fd_kind
 
 # Names the system's libbpf (1.1) predates; it returns NULL for them.
@@ -67,7 +69,7 @@ def map_holders(map_ids: Iterable[int]) -> dict[int, tuple[Program, ...]]:
                 break
             buf = (ctypes.c_uint32 * info.nr_map_ids)()
         held = wanted.intersection(buf[:info.nr_map_ids])
-        if held:
+        if held and not _own_digest(info):
             entry = (prog_id, info.name.decode(errors="replace"), _prog_type(info.type))
             for map_id in held:
                 found.setdefault(map_id, []).append(entry)
@@ -75,6 +77,13 @@ def map_holders(map_ids: Iterable[int]) -> dict[int, tuple[Program, ...]]:
         return {}
     attached = _attachments({p[0] for progs in found.values() for p in progs})
     return {m: tuple(Program(i, n, t, tuple(attached.get(i, ()))) for i, n, t in progs) for m, progs in found.items()}
+
+
+def _own_digest(info: L.BpfProgInfo) -> bool:
+    """A digest program of this tool (kernel.digest), loaded for the moment a drift check sums a map
+    (maybe by another kmesh-apply process): it runs only when called from user space, reads no
+    packet, and is gone when the check is done, so it holds no map as a data plane does."""
+    return info.type == _SYSCALL_PROG_TYPE and info.name.decode(errors="replace") == DIGEST_PROG_NAME
 
 
 def _each(next_id: Callable[..., int], get_fd: Callable[[int], int], what: str) -> Iterator[tuple[int, int]]:

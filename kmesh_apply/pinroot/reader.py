@@ -6,7 +6,7 @@ from typing import Any, Callable
 
 from kmesh_apply.entries import Entries
 from kmesh_apply.errors import KmeshError
-from kmesh_apply.kernel.maps import EntriesUnreadable, LookupBuffers
+from kmesh_apply.kernel.maps import EntriesUnreadable, LookupBuffers, Map
 from kmesh_apply.kernel.progs import map_holders
 from kmesh_apply.pinroot.guard import PinRoot
 from kmesh_apply.pinroot.records import has_legacy_records, read_layouts, read_owned
@@ -28,11 +28,13 @@ class _Reader:
     """Reads the maps of one pin root, sharing what they have in common: the lookup buffers, and
     the type specs of their BTF (thousands of maps carry the same few types)."""
 
-    def __init__(self, root: PinRoot, memlock: bool = False, observe: Observer | None = None) -> None:
+    def __init__(self, root: PinRoot, memlock: bool = False, observe: Observer | None = None,
+                 known: Known | None = None) -> None:
         self.root = root
         self.buffers = LookupBuffers()
         self.memlock = memlock
         self.observe = observe
+        self.known = known
         self._specs: dict[tuple[int, ...], tuple[Any, Any]] = {}
 
     def read_map(self, pin: str, name: str, observed: bool = False, entries: bool = True) -> LiveMap:
@@ -54,11 +56,15 @@ class _Reader:
             elif not entries:
                 live.entries, live.unreadable = Entries(info.key_size or 1, m.syscall_value_size or 1), m.unreadable()
             else:
-                on_part = self.observe(name) if observed and self.observe is not None else None
-                try:
-                    live.entries = m.items(self.buffers, on_part)
-                except EntriesUnreadable as e:
-                    live.unreadable = e.reason
+                known = self.known(name, m) if observed and self.known is not None else None
+                if known is not None:
+                    live.entries = known
+                else:
+                    on_part = self.observe(name) if observed and self.observe is not None else None
+                    try:
+                        live.entries = m.items(self.buffers, on_part)
+                    except EntriesUnreadable as e:
+                        live.unreadable = e.reason
             if self.memlock:
                 live.memlock = m.memlock()
         return live
@@ -66,14 +72,18 @@ class _Reader:
 
 # Given a map's name, what sees each batch of its entries as it is read, or None.
 Observer = Callable[[str], Callable[[Entries], None] | None]
+# Given a map's name and its open handle, entries known to be exactly the map's without reading
+# them (found equal by a digest computed in the kernel), or None: read them.
+Known = Callable[[str, Map], Entries | None]
 
 
-def read_live(pin_root: str, memlock: bool = False, holders: bool = True, observe: Observer | None = None) -> LiveState:
+def read_live(pin_root: str, memlock: bool = False, holders: bool = True, observe: Observer | None = None,
+              known: Known | None = None) -> LiveState:
     """The live state of `pin_root` (empty if it does not exist yet); `memlock` also reads what
     each map costs the kernel (one fdinfo read per map, which plans do not need); `holders`
     finds the loaded programs holding its maps and the maps it replaced (one walk over every
     loaded program; plans and applies need it, `show` does not); `observe` sees the entries of
-    the inner maps it asks for batch by batch, as they are read.
+    the inner maps it asks for batch by batch, as they are read; `known` may spare reading them.
 
     Maps the tool does not manage (see pinroot.records) go to `unmanaged`, read the same way."""
     state = LiveState(pin_root)
@@ -81,7 +91,7 @@ def read_live(pin_root: str, memlock: bool = False, holders: bool = True, observ
     if root is None:
         return state
     with root:
-        reader = _Reader(root, memlock, observe)
+        reader = _Reader(root, memlock, observe, known)
         pinned: dict[str, LiveMap] = {}
         for name, is_dir in root.entries():
             if is_dir and name in (KEY_TYPES_DIR, LAYOUTS_DIR):

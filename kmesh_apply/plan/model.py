@@ -284,6 +284,9 @@ class Plan:
     saved_fingerprint: dict[str, str] = field(default_factory=dict, repr=False)
     # Fingerprints of (desired, live) entries of large maps this plan found equal, to be remembered.
     verified: set[tuple[bytes, bytes]] = field(default_factory=set, repr=False, compare=False)
+    # How the entries of large maps were compared with the kernel's: map name -> "kernel digest"
+    # (summed in the kernel, nothing copied out) or "read: <why>" (`plan -v`, `plan --json`).
+    entry_checks: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     def fingerprint(self) -> dict[str, str]:
         return self.base.fingerprint(self.scopes) if self.base is not None else self.saved_fingerprint

@@ -287,4 +287,10 @@ def render_json(plan: Plan) -> dict[str, Any]:
                        for ch in plan.changes if ch.migration is not None],
         "changes": changes,
         "steps": [{"op": s.op, "description": s.describe()} for s in plan.steps],
+        "entry_checks": plan.entry_checks,
     }
+
+
+def render_checks(plan: Plan) -> str:
+    """How each large map's entries were compared with the kernel's (`plan -v`)."""
+    return "".join(f"  {name}: {how}\n" for name, how in sorted(plan.entry_checks.items()))

@@ -1,0 +1,150 @@
+"""Digests of a map's entries computed in the kernel (kernel/digest.py) against what the planner
+computes from a config's entries (`Entries.hash_sum`, Python's SipHash-1-3 of each record), and the
+plan that uses them: nothing copied out when they agree, the entries read when they do not, and the
+path each large map took said in `plan --json` and `plan -v`."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import struct
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from kmesh_apply import api
+from kmesh_apply.config import load_config
+from kmesh_apply.entries import HASH_SUM_FROM, Entries
+from kmesh_apply.kernel import digest
+from kmesh_apply.kernel.maps import Map
+from kmesh_apply.kernel.progs import map_holders
+from conftest import _unique_root, bpftool_json, run_cli
+
+M64 = (1 << 64) - 1
+
+
+def expected(entries: Entries, skip_zero: bool = False) -> digest.Digest:
+    """What the planner computes from entries: Python's hashes of the records (key, then value)."""
+    records = [k + v for k, v in entries.items() if not (skip_zero and not any(v))]
+    return digest.Digest(len(records), sum(map(hash, records)) & M64)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.binary(max_size=40))
+def test_the_reference_siphash_is_pythons_hash_of_bytes(data: bytes):
+    key = digest.process_key()
+    assert key is not None
+    assert digest.siphash13(*key, data) == hash(data) & M64
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(st.sampled_from(["hash", "lru_hash", "array"]), st.integers(1, 24), st.integers(1, 40), st.data())
+def test_a_maps_kernel_digest_is_the_sum_the_planner_computes(map_type: str, key_size: int, value_size: int, data):
+    if map_type == "array":
+        key_size = 4
+    max_entries = 32
+    keys = data.draw(st.lists(st.binary(min_size=key_size, max_size=key_size), unique=True, max_size=max_entries))
+    if map_type == "array":
+        keys = [struct.pack("<I", i) for i in data.draw(st.lists(st.integers(0, max_entries - 1), unique=True))]
+    values = [data.draw(st.one_of(st.binary(min_size=value_size, max_size=value_size), st.just(bytes(value_size))))
+              for _ in keys]
+    with Map.create(map_type, key_size, value_size, max_entries) as m:
+        if keys:
+            m.update_batch(b"".join(keys), b"".join(values), len(keys))
+        got = digest.map_digest(m)
+        assert got == expected(m.items(), skip_zero=map_type == "array")
+        assert got == expected(Entries(key_size, value_size, b"".join(keys), b"".join(values)), map_type == "array")
+
+
+@pytest.mark.parametrize("outer_type", ["hash_of_maps", "array_of_maps"])
+@pytest.mark.parametrize("inner_type", ["hash", "array"])
+def test_the_inner_maps_of_an_outer_map_in_one_run(outer_type: str, inner_type: str):
+    rng = random.Random(25)
+    inners = []
+    for i in range(40):
+        m = Map.create(inner_type, 4, 12, 16)
+        n = rng.randrange(0, 16)
+        keys = rng.sample(range(16 if inner_type == "array" else 1 << 32), n)
+        if n:
+            m.update_batch(struct.pack(f"<{n}I", *keys), rng.randbytes(12 * n), n)
+        inners.append(m)
+    try:
+        with Map.create(outer_type, 4, 4, 128, inner_map=inners[0]) as outer:
+            slots = [struct.pack("<I", 2 * i + 1) for i in range(len(inners))]
+            outer.update_slots(b"".join(slots), inners)
+            missing = struct.pack("<I", 999 if outer_type == "hash_of_maps" else 127)
+            found = digest.slot_digests(outer, [*slots, missing], inners[0].info)
+            assert missing not in found
+            assert found == {s: expected(m.items(), skip_zero=inner_type == "array") for s, m in zip(slots, inners)}
+    finally:
+        for m in inners:
+            m.close()
+
+
+def test_the_digest_program_is_gone_when_done():
+    with Map.create("hash", 4, 8, 8) as m:
+        m.update(b"\1\0\0\0", bytes(8))
+        digest.map_digest(m)
+        programs = bpftool_json("prog", "show") or []
+        assert not [p for p in programs if p.get("name") == digest.PROG_NAME]
+        assert map_holders([m.id]) == {}
+
+
+def test_types_the_kernel_cannot_sum_are_refused_with_a_reason():
+    with Map.create("percpu_hash", 4, 8, 8) as m:
+        with pytest.raises(digest.DigestRefused, match="percpu_hash maps are read"):
+            digest.map_digest(m)
+
+
+# ---- plans ------------------------------------------------------------------------------------
+
+N = HASH_SUM_FROM + 500
+
+
+def _config(path: Path, entries: dict[int, int], map_type: str = "hash") -> Path:
+    flags = "    flags: [no_prealloc]\n" if map_type == "lpm_trie" else ""
+    key = "{lpm: ipv4}" if map_type == "lpm_trie" else "u32"
+    lines = "".join(f"      {k}: {v}\n" for k, v in entries.items()) if map_type != "lpm_trie" else "".join(
+        f"      - {{key: 10.{k >> 16 & 255}.{k >> 8 & 255}.{k & 255}/32, value: {v}}}\n" for k, v in entries.items())
+    path.write_text(f"inner_maps:\n  big:\n    type: {map_type}\n    key: {key}\n    value: u64\n"
+                    f"    max_entries: {2 * N}\n{flags}    entries:\n{lines}")
+    return path
+
+
+def _plan_json(path: Path, root: Path, env: dict[str, str] | None = None) -> tuple[int, dict]:
+    out = run_cli("kmesh-apply", "plan", str(path), "--pin-root", str(root), "--json", "--detailed-exitcode", env=env)
+    assert out.returncode in (0, 2), out.stderr
+    return out.returncode, json.loads(out.stdout)
+
+
+def test_a_no_op_plan_sums_a_large_map_in_the_kernel_and_reads_it_when_it_differs(tmp_path: Path, pin_root: Path):
+    rng = random.Random(7)
+    entries = {k: rng.getrandbits(64) for k in rng.sample(range(1 << 24), N)}
+    path = _config(tmp_path / "big.yaml", entries)
+    api.converge(load_config([path]), str(pin_root))
+    rc, plan = _plan_json(path, pin_root)
+    assert rc == 0 and plan["entry_checks"] == {"big": "kernel digest"}
+    text = run_cli("kmesh-apply", "plan", str(path), "--pin-root", str(root := pin_root), "-v").stdout
+    assert "big: kernel digest" in text
+    # Someone else changes one entry: the digests differ, the map is read and the change planned.
+    key = next(iter(entries))
+    with Map.open_pinned(str(root / "big")) as m:
+        m.update(struct.pack("<I", key), struct.pack("<Q", (entries[key] + 1) & M64))
+    rc, plan = _plan_json(path, pin_root)
+    assert rc == 2 and plan["entry_checks"] == {"big": "read: the kernel's digest differs from the configuration's"}
+    assert plan["changes"][0]["counts"] == {"added": 0, "changed": 1, "removed": 0}
+    # With PYTHONHASHSEED set the hashes are not secret: entries are compared one by one.
+    rc, plan = _plan_json(path, pin_root, env={"PYTHONHASHSEED": "0"})
+    assert rc == 2 and plan["entry_checks"]["big"].startswith("read: PYTHONHASHSEED is set")
+
+
+def test_maps_the_kernel_cannot_sum_are_read(tmp_path: Path, pin_root: Path):
+    rng = random.Random(8)
+    entries = {k: rng.getrandbits(64) for k in rng.sample(range(1 << 24), N)}
+    path = _config(tmp_path / "trie.yaml", entries, "lpm_trie")
+    api.converge(load_config([path]), str(pin_root))
+    rc, plan = _plan_json(path, pin_root)
+    assert rc == 0 and plan["entry_checks"] == {"big": "read"}
