@@ -139,3 +139,12 @@ def test_a_large_map_of_integers_in_key_order():
         assert text == dump_yaml(show_document(live))
         entries = yaml.safe_load(text)["inner_maps"]["big"]["entries"]
         assert list(entries) == sorted(entries)
+
+
+def test_maps_whose_entries_cannot_be_read():
+    """A ringbuf (no key, no value) and a queue (values that only pop): their definitions alone."""
+    live = LiveState("/p", {
+        "events": LiveMap("events", 1, "ringbuf", 0, 0, 4096, (), unreadable="a ring buffer"),
+        "pending": LiveMap("pending", 2, "queue", 0, 4, 16, (), None, "u32", unreadable="values only pop"),
+        "seen": LiveMap("seen", 3, "bloom_filter", 0, 8, 64, (), unreadable="a bloom filter")})
+    assert _written(live) == dump_yaml(show_document(live))
