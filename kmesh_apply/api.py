@@ -24,7 +24,7 @@ from kmesh_apply.config.model import Config, resolve_pin_root
 from kmesh_apply.entries import HASH_SUM_FROM, Entries
 from kmesh_apply.errors import ReplaceInUseError, StalePlanError
 from kmesh_apply.executor import ApplyReport, Executor
-from kmesh_apply.kernel.digest import DigestRefused, expected_digest, map_digest
+from kmesh_apply.kernel.digest import DigestRefused, map_digest, of_entries
 from kmesh_apply.kernel.maps import Map, possible_cpus
 from kmesh_apply.kernel.progs import program_pins
 from kmesh_apply.monitor import MapUsage, map_usage
@@ -112,7 +112,7 @@ class _Remembered:
                 self.checks[name] = f"read: {e}"
                 return None
             summed[name].wait()
-            if found != expected_digest(desired.hash_sum(), len(desired)):
+            if found != of_entries(desired):
                 self.checks[name] = "read: the kernel's digest differs from the configuration's"
                 return None
             self.checks[name] = "kernel digest"

@@ -148,3 +148,55 @@ def test_maps_the_kernel_cannot_sum_are_read(tmp_path: Path, pin_root: Path):
     api.converge(load_config([path]), str(pin_root))
     rc, plan = _plan_json(path, pin_root)
     assert rc == 0 and plan["entry_checks"] == {"big": "read"}
+
+
+# ---- watch's drift check ------------------------------------------------------------------------
+
+WATCHED = """\
+inner_maps:
+  svc-a: {type: hash, key: u32, value: u64, max_entries: 16, entries: {1: 10, 2: 20}}
+  svc-b: {type: hash, key: u32, value: u64, max_entries: 16, entries: {3: 30}}
+  table: {type: array, key: u32, value: u32, max_entries: 8, entries: {1: 5}}
+outer_maps:
+  services: {type: hash_of_maps, key: u32, max_entries: 8, inner_map: svc-a, entries: {1: svc-a, 2: svc-b}}
+"""
+
+
+def test_a_drift_check_that_finds_nothing_reads_no_entries(tmp_path: Path, pin_root: Path):
+    """The synchroniser's verify(): pins, slots and digests when all is as applied; a full read
+    (and the correction) only for a difference, whichever kind."""
+    from kmesh_apply.sync.synchroniser import Synchroniser
+
+    rng = random.Random(9)
+    big = {k: rng.getrandbits(64) for k in rng.sample(range(1 << 24), N)}
+    (tmp_path / "watched.yaml").write_text(WATCHED)
+    _config(tmp_path / "big.yaml", big)
+    with Synchroniser(str(pin_root)) as sync:
+        sync.apply(load_config([tmp_path]))
+        full_reads = []
+        read = sync._kernel.read
+        sync._kernel.read = lambda: full_reads.append(1) or read()  # type: ignore[method-assign]
+
+        def poke(name: str, key: bytes, value: bytes) -> None:
+            with Map.open_pinned(str(pin_root / name)) as m:
+                m.update(key, value)
+
+        assert sync.verify() == [] and full_reads == []
+        for name, key, value in (("svc-b", struct.pack("<I", 3), struct.pack("<Q", 31)),  # in a slot: one run
+                                 ("big", struct.pack("<I", next(iter(big))), bytes(8)),  # large: its own run
+                                 ("table", struct.pack("<I", 2), struct.pack("<I", 7))):  # small: read
+            poke(name, key, value)
+            assert [c.name for c in sync.verify()] == [name]
+            assert sync.verify() == []
+        with Map.open_pinned(str(pin_root / "svc-a")) as a, Map.open_pinned(str(pin_root / "services")) as outer:
+            outer.update_slots(struct.pack("<I", 2), [a])  # a slot moved
+        assert [c.name for c in sync.verify()] == ["services"]
+        assert sync.verify() == []
+        # Another map with the same entries pinned in svc-b's place: its ID tells.
+        with Map.open_pinned(str(pin_root / "svc-b")) as old, Map.create("hash", 4, 8, 16) as twin:
+            twin.update_batch(*(lambda e: (e.keys_buffer, e.values_buffer))(old.items()), 1)
+            os.unlink(pin_root / "svc-b")
+            twin.pin(str(pin_root / "svc-b"))
+        sync.verify()
+        assert len(full_reads) == 5
+

@@ -63,6 +63,9 @@ class MemoryKernel:
             on_step(step)
         return report
 
+    def unchanged(self, state: LiveState) -> bool:
+        return False  # every verify reads the state in full
+
     def read_map(self, pin: str, entries: bool = True) -> LiveMap:
         return copy.deepcopy(self._mirror._at(pin))
 

@@ -33,7 +33,9 @@ import os
 import struct
 from dataclasses import dataclass
 from functools import cache
-from typing import Iterable, NamedTuple, Sequence
+from typing import Iterable, Mapping, NamedTuple, Sequence
+
+from kmesh_apply.entries import Entries
 
 from kmesh_apply.kernel import libbpf as L
 from kmesh_apply.kernel.failure import fail
@@ -112,9 +114,13 @@ def slot_digests(outer: Map, keys: Sequence[bytes], inner: MapInfo) -> dict[byte
     return out
 
 
-def expected_digest(records_sum: int, count: int) -> Digest:
-    """The digest of entries whose `Entries.hash_sum` (Python's signed sum) and count are these."""
-    return Digest(count, records_sum & _M64)
+def of_entries(entries: Mapping[bytes, bytes], array: bool = False) -> Digest:
+    """The digest the kernel computes for a map holding `entries`: Python's hashes of the records
+    (key, then value) added up, as `Entries.hash_sum` does; an array's all-zero values left out."""
+    if isinstance(entries, Entries) and not array:
+        return Digest(len(entries), entries.hash_sum() & _M64)
+    records = [k + v for k, v in entries.items() if not array or any(v)]
+    return Digest(len(records), sum(map(hash, records)) & _M64)
 
 
 # ---------------------------------------------------------------- the process's SipHash key

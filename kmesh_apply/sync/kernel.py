@@ -14,6 +14,7 @@ from kmesh_apply.errors import KmeshError
 from kmesh_apply.executor import ApplyReport
 from kmesh_apply.kernel.maps import Map
 from kmesh_apply.kernel.progs import Program, map_holders
+from kmesh_apply.pinroot.drift import Seen, unchanged
 from kmesh_apply.pinroot.guard import PinRoot, PinRootLock
 from kmesh_apply.plan.model import Plan, Step
 from kmesh_apply.pinroot.reader import read_live, read_map
@@ -31,6 +32,10 @@ class Kernel(Protocol):
 
     def holders(self, map_ids: Iterable[int]) -> dict[int, tuple[Program, ...]]:
         """The loaded programs holding these maps now (programs come and go between full reads)."""
+
+    def unchanged(self, state: LiveState) -> bool:
+        """Whether the pin root still holds exactly `state` (cheaply: one number per map where the
+        kernel can sum entries); False when in doubt, and the caller reads it in full."""
 
     def read_map(self, pin: str, entries: bool = True) -> LiveMap:
         """One map `run` has just created or filled (called from `on_step`), with memlock. `entries=False`
@@ -52,6 +57,7 @@ class PinRootKernel:
         self.lock = PinRootLock(pin_root, lock_timeout).__enter__()
         self.handles: dict[str, Map] = {}
         self._root: PinRoot | None = None
+        self.seen: Seen = {}  # pins whose map IDs the drift check has seen (pinroot.drift)
 
     @property
     def root(self) -> PinRoot:
@@ -74,6 +80,9 @@ class PinRootKernel:
         except BaseException:
             self._drop_handles()
             raise
+
+    def unchanged(self, state: LiveState) -> bool:
+        return unchanged(state, self.seen)
 
     def read_map(self, pin: str, entries: bool = True) -> LiveMap:
         return read_map(self.root, pin, memlock=True, entries=entries)

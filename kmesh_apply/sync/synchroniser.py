@@ -163,9 +163,17 @@ class Synchroniser:
             return self._flush()
 
     def verify(self) -> list[MapChange]:
-        """Re-read the kernel, correct whatever differs from the desired state, and return what differed."""
+        """Re-read the kernel, correct whatever differs from the desired state, and return what differed.
+        When everything was applied, the kernel is first asked cheaply whether it still holds the
+        cache (entries summed in the kernel: one number per map); only a difference, or a doubt,
+        costs the full read."""
         with self._lock:
             start = time.monotonic()
+            if self._applied() and self._kernel.unchanged(self._cache):
+                self._verify_error = None
+                self.last_changes = []
+                self.recorder.reconcile("noop", time.monotonic() - start)
+                return []
             try:
                 self._cache, self._cache_valid = self._kernel.read(), True
             except KmeshError as e:
@@ -181,6 +189,10 @@ class Synchroniser:
                 self.recorder.drift(len(drift))
             self._run(plan, set(self._dirty) | {c.name for c in plan.changes}, start)
             return drift
+
+    def _applied(self) -> bool:
+        """The desired state was applied and the cache is the kernel's, as far as this process knows."""
+        return self._cache_valid and self._desired is not None and not self._dirty and not self._plan_all
 
     def retry_in(self) -> float | None:
         """Seconds until a failed flush is due again (0 or less: due now); None when nothing failed."""
