@@ -15,16 +15,16 @@ import contextlib
 import os
 import queue
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
 from kmesh_apply.capacity import check_memory, plan_needs
 from kmesh_apply.config import load_config
 from kmesh_apply.config.model import Config, resolve_pin_root
+from kmesh_apply.digests import DigestCheck
 from kmesh_apply.entries import HASH_SUM_FROM, Entries
 from kmesh_apply.errors import ReplaceInUseError, StalePlanError
 from kmesh_apply.executor import ApplyReport, Executor
-from kmesh_apply.kernel.digest import DigestRefused, map_digest, of_entries
 from kmesh_apply.kernel.maps import Map, possible_cpus
 from kmesh_apply.kernel.progs import program_pins
 from kmesh_apply.monitor import MapUsage, map_usage
@@ -59,11 +59,11 @@ def plan(config: Config, pin_root: str) -> Plan:
 class _Remembered:
     """The pairs of (desired, live) fingerprints of large maps that earlier plans found equal, kept
     in the config cache so that the next plan of the same entries compares two fingerprints
-    instead of every entry; and how this plan compared each large map (`Plan.entry_checks`)."""
+    instead of every entry; and the digests of large maps' entries (digests.DigestCheck)."""
 
     cache: Cache | None
     known_equal: set[tuple[bytes, bytes]]
-    checks: dict[str, str] = field(default_factory=dict)
+    digests: DigestCheck | None = None
 
     @classmethod
     def of(cls, config: Config) -> _Remembered:
@@ -75,24 +75,27 @@ class _Remembered:
 
     def read_live(self, config: Config, pin_root: str, memlock: bool = False) -> LiveState:
         """read_live, sparing the entries of large maps where it can: a hash map whose entries the
-        kernel sums (kernel.digest) to what the config's sum to is not read at all (which also
-        beats a remembered pair of fingerprints: that needs the live map read to fingerprint it).
-        Meanwhile another thread works out the sums the comparisons need (0.2 s a side for a
-        million entries): the desired entries' first, then the live entries' batch by batch as
-        the lookups bring them, for the maps that are read. Digest runs and lookups leave the
-        GIL free, so on a second core the sums cost next to no time."""
+        kernel sums (kernel.digest) to the config's digest is not read at all (which also beats a
+        remembered pair of fingerprints: that needs the live map read to fingerprint it). Meanwhile
+        another thread works out the hash sums the comparisons need (0.2 s a side for a million
+        entries): the desired entries' where no digest is recorded, then the live entries' batch
+        by batch as the lookups bring them, for the maps that are read. Digest runs and lookups
+        leave the GIL free, so on a second core the sums cost next to no time."""
         wanted = {name: spec.entries for name, spec in config.inner_maps.items()
                   if isinstance(spec.entries, Entries) and len(spec.entries) >= HASH_SUM_FROM
                   and os.path.exists(os.path.join(pin_root, name))}
         if not wanted:
             return read_live(pin_root, memlock=memlock)
+        check = self.digests = DigestCheck(self.cache, wanted, self.known_equal)
+        hashed = check.unrecorded()
+        summed = {name: threading.Event() for name in hashed}
+        check.wait = lambda name: summed[name].wait() if name in summed else None
         parts: queue.SimpleQueue[tuple[str, Entries] | None] = queue.SimpleQueue()
-        summed = {name: threading.Event() for name in wanted}
         sums: dict[str, int] = {}
         done: list[bool] = []  # the live sums are used only if every part was summed
 
         def work() -> None:
-            for name, entries in wanted.items():
+            for name, entries in hashed.items():
                 entries.hash_sum()
                 summed[name].set()
             while (item := parts.get()) is not None:
@@ -102,26 +105,10 @@ class _Remembered:
         def observe(name: str) -> Callable[[Entries], None] | None:
             return (lambda part: parts.put((name, part))) if name in wanted else None
 
-        def known(name: str, m: Map) -> Entries | None:
-            desired = wanted.get(name)
-            if desired is None or m.info.type not in DIGEST_TYPES:
-                return None
-            try:
-                found = map_digest(m)
-            except DigestRefused as e:
-                self.checks[name] = f"read: {e}"
-                return None
-            summed[name].wait()
-            if found != of_entries(desired):
-                self.checks[name] = "read: the kernel's digest differs from the configuration's"
-                return None
-            self.checks[name] = "kernel digest"
-            return desired  # the kernel holds exactly these entries
-
         thread = threading.Thread(target=work, name="kmesh-hash-sums", daemon=True)
         thread.start()
         try:
-            state = read_live(pin_root, memlock=memlock, observe=observe, known=known)
+            state = read_live(pin_root, memlock=memlock, observe=observe, known=check)
         finally:
             parts.put(None)
             thread.join()
@@ -130,20 +117,18 @@ class _Remembered:
             if live is not None and isinstance(live.entries, Entries):
                 live.entries.remember_hash_sum(total)
         for name in wanted:
-            self.checks.setdefault(name, "read")
+            check.checks.setdefault(name, "read")
         return state
 
 
-# Map types whose plans may take a kernel digest for their entries: hash maps read back exactly as
-# the config gives them (an array's live entries include every index: arrays are read).
-DIGEST_TYPES = ("hash", "lru_hash")
-
-
 def _plan(config: Config, live: LiveState, remembered: _Remembered | None = None) -> Plan:
-    """make_plan, remembering in the config cache which large maps it found equal to their config."""
+    """make_plan, remembering in the config cache which large maps it found equal to their config,
+    and the digests of entries worked out meanwhile."""
     remembered = remembered or _Remembered.of(config)
     p = make_plan(prepare(config, live), live, known_equal=remembered.known_equal)
-    p.entry_checks = remembered.checks
+    if remembered.digests is not None:
+        p.entry_checks = remembered.digests.checks
+        remembered.digests.save()
     _check_memory(p)
     if remembered.cache is not None and p.verified:
         remembered.cache.save_equal(p.verified)

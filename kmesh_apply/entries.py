@@ -17,9 +17,20 @@ import hashlib
 import os
 from collections.abc import ItemsView, Iterator, Mapping, MutableMapping, ValuesView
 from itertools import filterfalse, islice
-from typing import Any
+from typing import Any, NamedTuple
 
 from kmesh_apply.ctype import copy_runs, records
+
+
+class Base(NamedTuple):
+    """What entries assembled from blocks are relative to (config.blocks): the entries of the map's
+    previous version, known by their fingerprint, and the records added to them (the parsed blocks,
+    at `added_at`: (position, count) of each run in the new entries) and taken out of them."""
+
+    fingerprint: bytes
+    added: Entries
+    taken: Entries
+    added_at: tuple[tuple[int, int], ...] | None = None
 
 
 class Entries(MutableMapping[bytes, bytes]):
@@ -36,7 +47,7 @@ class Entries(MutableMapping[bytes, bytes]):
         self._index: dict[bytes, int] | None = None  # key -> position, built on the first lookup by key
         # What these entries are relative to other entries (config.blocks): the other entries'
         # fingerprint, the records added here and the records taken out; None once written to.
-        self.base: tuple[bytes, Entries, Entries] | None = None
+        self.base: Base | None = None
         self._fingerprint: bytes | None = None  # both worked out once, forgotten on a write
         self._hash_sum: int | None = None
 
@@ -282,10 +293,31 @@ def holds_base(desired: Entries, live: Entries) -> bool:
     record: the records `desired` was made from sum to its sum, minus the added, plus the taken out."""
     if desired.base is None or not _HASH_KEY_SECRET:
         return False
-    _, added, taken = desired.base
+    added, taken = desired.base.added, desired.base.taken
     if len(live) != len(desired) - len(added) + len(taken) or len(live) < HASH_SUM_FROM:
         return False
     return live.hash_sum() == desired.hash_sum() - added.hash_sum() + taken.hash_sum()
+
+
+def previous(entries: Entries) -> Entries | None:
+    """The entries `entries` were made from (`entries.base`), rebuilt: its records but the runs added,
+    then those taken out (None when the runs are not known). Its hash sum follows from the one of
+    `entries`, when that is known, without hashing."""
+    base = entries.base
+    if base is None or base.added_at is None:
+        return None
+    ks, vs = entries.key_size, entries.value_size
+    keys, values, at = [], [], 0
+    for pos, n in (*base.added_at, (len(entries), 0)):
+        keys.append(entries.keys_buffer[at * ks:pos * ks])
+        values.append(entries.values_buffer[at * vs:pos * vs])
+        at = pos + n
+    keys.append(base.taken.keys_buffer)
+    values.append(base.taken.values_buffer)
+    out = Entries(ks, vs, b"".join(keys), b"".join(values))
+    if entries._hash_sum is not None:
+        out.remember_hash_sum(entries._hash_sum - base.added.hash_sum() + base.taken.hash_sum())
+    return out
 
 
 # Up to this many keys are looked up by scanning the packed keys (memchr speed) rather than by an index.

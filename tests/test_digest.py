@@ -57,6 +57,10 @@ def test_a_maps_kernel_digest_is_the_sum_the_planner_computes(map_type: str, key
         got = digest.map_digest(m)
         assert got == expected(m.items(), skip_zero=map_type == "array")
         assert got == expected(Entries(key_size, value_size, b"".join(keys), b"".join(values)), map_type == "array")
+        other = (data.draw(st.integers(0, M64)), data.draw(st.integers(0, M64)))  # any key: a recorded digest's
+        both = digest.map_digests(m, [digest.process_key(), other])
+        counted = {k: v for k, v in zip(keys, values) if map_type != "array" or any(v)}
+        assert both == [got, digest.of_records(other, counted)]
 
 
 @pytest.mark.parametrize("outer_type", ["hash_of_maps", "array_of_maps"])
@@ -136,8 +140,9 @@ def test_a_no_op_plan_sums_a_large_map_in_the_kernel_and_reads_it_when_it_differ
     rc, plan = _plan_json(path, pin_root)
     assert rc == 2 and plan["entry_checks"] == {"big": "read: the kernel's digest differs from the configuration's"}
     assert plan["changes"][0]["counts"] == {"added": 0, "changed": 1, "removed": 0}
-    # With PYTHONHASHSEED set the hashes are not secret: entries are compared one by one.
-    rc, plan = _plan_json(path, pin_root, env={"PYTHONHASHSEED": "0"})
+    # With PYTHONHASHSEED set Python's hashes are not secret: with no digest recorded under the
+    # cache's own key, the entries are compared one by one.
+    rc, plan = _plan_json(path, pin_root, env={"PYTHONHASHSEED": "0", "KMESH_APPLY_CACHE_DIR": str(tmp_path / "new")})
     assert rc == 2 and plan["entry_checks"]["big"].startswith("read: PYTHONHASHSEED is set")
 
 
@@ -200,3 +205,39 @@ def test_a_drift_check_that_finds_nothing_reads_no_entries(tmp_path: Path, pin_r
         sync.verify()
         assert len(full_reads) == 5
 
+
+
+def test_recorded_digests_spare_hashing_the_config(tmp_path: Path, pin_root: Path, monkeypatch: pytest.MonkeyPatch):
+    """The first plan records the config's digest under the cache's key; the next compares it with
+    the kernel's without hashing the config; a changed config is planned from its changed blocks,
+    the map found holding the previous version by its recorded digest, and the new version's digest
+    recorded from the old one and those blocks."""
+    from conftest import private_block_cache
+
+    from kmesh_apply import digests
+
+    private_block_cache(tmp_path, monkeypatch, 4096)
+    rng = random.Random(10)
+    entries = {k: rng.getrandbits(64) for k in rng.sample(range(1 << 24), N)}
+    path = _config(tmp_path / "big.yaml", entries)
+    api.converge(load_config([path]), str(pin_root))
+    first = api.plan(load_config([path]), str(pin_root))
+    assert first.entry_checks == {"big": digests.KERNEL_DIGEST}
+
+    hashed: list[int] = []
+    real = Entries.hash_sum
+    monkeypatch.setattr(Entries, "hash_sum", lambda self: hashed.append(len(self)) or real(self))
+    again = api.plan(load_config([path]), str(pin_root))
+    assert again.entry_checks == {"big": digests.KERNEL_DIGEST} and not again.has_changes
+    assert not [n for n in hashed if n >= N]  # the config's million were not hashed
+
+    key = next(iter(entries))
+    entries[key] ^= 1
+    changed = load_config([_config(path, entries)])
+    assert changed.inner_maps["big"].entries.base is not None
+    plan, report = api.converge(changed, str(pin_root))
+    assert plan.entry_checks == {"big": digests.PREVIOUS_VERSION}
+    assert report is not None and report.entries_written == 1 and list(plan.changes[0].changed) == [struct.pack("<I", key)]
+    after = api.plan(load_config([path]), str(pin_root))
+    assert after.entry_checks == {"big": digests.KERNEL_DIGEST} and not after.has_changes
+    assert not [n for n in hashed if n >= N]

@@ -30,7 +30,7 @@ from typing import Any
 from kmesh_apply.config import codecs
 from kmesh_apply.config.chunks import Chunk
 from kmesh_apply.ctype import CType, records
-from kmesh_apply.entries import FEW_KEYS, Entries
+from kmesh_apply.entries import FEW_KEYS, Base, Entries
 
 BLOCK_BYTES = 64 * 1024
 # A block ends at the first line ending in "0" after BLOCK_BYTES, or after MAX_BLOCK_BYTES at any line.
@@ -123,6 +123,7 @@ class Partial:
         ks, vs = key.size, value.size
         data = self.data
         key_parts, value_parts, parsed, parsed_values = [], [], [], []
+        added_at, at = [], 0
         for digest, start, end in self.blocks:
             if digest in known:
                 i, n = known.pop(digest)
@@ -136,7 +137,9 @@ class Partial:
                 if self.previous is not None:  # what changed, for the plan (a new map: everything)
                     parsed.append(key_blob)
                     parsed_values.append(value_blob)
+                    added_at.append((at, n))
             self.counts.append((digest, n))
+            at += n
         self.data = None  # the file's bytes are not needed any more (38 MB for a million entries)
         del data
         result = Entries(ks, vs, b"".join(key_parts), b"".join(value_parts))
@@ -146,10 +149,11 @@ class Partial:
         self._check_distinct(old, known, parsed if self.previous is not None else [bytes(result.keys_buffer)], ks)
         if self.previous is not None:
             dropped = sorted(known.values())
-            result.base = (old.fingerprint(),
-                           Entries(ks, vs, b"".join(parsed), b"".join(parsed_values)),
-                           Entries(ks, vs, b"".join(old.keys_buffer[i * ks:(i + n) * ks] for i, n in dropped),
-                                   b"".join(old.values_buffer[i * vs:(i + n) * vs] for i, n in dropped)))
+            result.base = Base(old.fingerprint(),
+                               Entries(ks, vs, b"".join(parsed), b"".join(parsed_values)),
+                               Entries(ks, vs, b"".join(old.keys_buffer[i * ks:(i + n) * ks] for i, n in dropped),
+                                       b"".join(old.values_buffer[i * vs:(i + n) * vs] for i, n in dropped)),
+                               tuple(added_at))
         return result
 
     @staticmethod

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import marshal
 import os
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -37,6 +38,10 @@ SHAPES_FILE = "schema-shapes"
 # Pairs of (desired, live) entry fingerprints a plan found equal (see planner.make_plan).
 EQUAL_FILE = "equal-entries"
 KEEP_EQUAL = 256
+# Digests of large maps' entries summed in the kernel (kernel.digest) under a key of this cache's
+# own, by the entries' fingerprint: a later plan compares one number without hashing the config.
+DIGESTS_FILE = "entry-digests"
+KEEP_DIGESTS = 256
 # Smaller files parse faster than a pack loads.
 MIN_FILE_BYTES = 256 * 1024
 OFF = "off"
@@ -107,6 +112,7 @@ class Cache:
         self.min_bytes = MIN_FILE_BYTES
         self._shapes: list[bytes] = []  # as read, oldest first
         self._equal: list[tuple[bytes, bytes]] = []  # as read, oldest first
+        self._digests: tuple[bytes, list[tuple[bytes, int, int]]] | None = None  # key, records (oldest first)
 
     @classmethod
     def open(cls, ncpus: int | None = None) -> Cache | None:
@@ -208,6 +214,29 @@ class Cache:
     def write_blob(self, name: str, content: Any) -> None:
         """Store plain data (marshal-able) under `name`, atomically."""
         self._write(self.root / name, content)
+
+    def entry_digests(self) -> tuple[tuple[int, int], dict[bytes, tuple[int, int]]] | None:
+        """The SipHash key recorded digests are made with, and those digests by the fingerprint of the
+        entries they describe (count, sum). The key is drawn once and kept only here: this directory
+        is the user's own and no one else's (None when it is not, or cannot be made so)."""
+        if not self._usable(create=True):
+            return None
+        content = self._read(self.root / DIGESTS_FILE)
+        if isinstance(content, tuple) and len(content) == 2 and isinstance(content[0], bytes) and len(content[0]) == 16:
+            key, records = content
+        else:
+            key, records = secrets.token_bytes(16), []
+        self._digests = (key, [r for r in records if isinstance(r, tuple) and len(r) == 3])
+        return (int.from_bytes(key[:8], "little"), int.from_bytes(key[8:], "little")), \
+            {fp: (count, total) for fp, count, total in self._digests[1]}
+
+    def save_digests(self, records: dict[bytes, tuple[int, int]]) -> None:
+        """Add these digests (made with the key `entry_digests` gave); the newest KEEP_DIGESTS stay."""
+        if self._digests is None or not records:
+            return
+        key, old = self._digests
+        kept = [r for r in old if r[0] not in records] + [(fp, c, t) for fp, (c, t) in sorted(records.items())]
+        self._write(self.root / DIGESTS_FILE, (key, kept[-KEEP_DIGESTS:]))
 
     def _read(self, path: Path) -> Any:
         """A blob's content, or None when it is missing, unreadable or from another salt."""

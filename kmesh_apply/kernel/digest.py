@@ -60,49 +60,60 @@ class DigestRefused(Exception):
     """No kernel digest for this map here; the message says why (for `plan -v` and `--json`)."""
 
 
+Key = tuple[int, int]  # SipHash's (k0, k1)
+
+
 def unavailable(info: MapInfo) -> str | None:
     """Why a map's digest cannot be computed in the kernel (None: it can be tried)."""
     if info.type not in WALKED_TYPES:
         return f"{info.type} maps are read, not summed in the kernel"
-    key = process_key()
-    if key is None:
-        return _no_key_reason()
-    return _refused.get(_Shape(info.type, info.key_size, info.value_size, False).kind())
+    return _refused.get(_Shape(info.type, info.key_size, info.value_size, False, 1).kind())
 
 
 def map_digest(m: Map) -> Digest:
-    """The digest of one map's entries, computed in the kernel; DigestRefused when it cannot be."""
+    """The digest of one map's entries under this process's key (what `Entries.hash_sum` sums to),
+    computed in the kernel; DigestRefused when it cannot be."""
+    key = process_key()
+    if key is None:
+        raise DigestRefused(no_key_reason())
+    return map_digests(m, [key])[0]
+
+
+def map_digests(m: Map, keys: Sequence[Key]) -> list[Digest]:
+    """The digests of one map's entries under each of these keys, from one walk of the map (so each
+    describes the very same entries, even while someone writes the map)."""
     info = m.info
     reason = unavailable(info)
     if reason is not None:
         raise DigestRefused(reason)
-    shape = _Shape(info.type, info.key_size, info.value_size, False)
+    shape = _Shape(info.type, info.key_size, info.value_size, False, len(keys))
     prog = _load(shape, _single_map(shape, m.fd))
     try:
-        ctx = _run(prog, _context(bytes(16)))
+        ctx = _run(prog, _context(keys, bytes(8 * len(keys) + 8)))
     finally:
         os.close(prog)
-    total, count = struct.unpack_from("<QQ", ctx, 32)
-    return Digest(count, total)
+    *sums, count = struct.unpack_from(f"<{len(keys) + 1}Q", ctx, 32 * len(keys))
+    return [Digest(count, total) for total in sums]
 
 
 def slot_digests(outer: Map, keys: Sequence[bytes], inner: MapInfo) -> dict[bytes, Digest]:
-    """The digest of the inner map in each of these slots of `outer` (all of `inner`'s type and
-    sizes, as the outer map's template makes them), in one program run; a slot found empty
-    during the run is left out. DigestRefused when it cannot be computed in the kernel."""
-    reason = unavailable(inner)
+    """The digest under this process's key of the inner map in each of these slots of `outer` (all
+    of `inner`'s type and sizes, as the outer map's template makes them), in one program run; a
+    slot found empty during the run is left out. DigestRefused when it cannot be computed."""
+    reason = unavailable(inner) or (None if process_key() is not None else no_key_reason())
     if reason is not None:
         raise DigestRefused(reason)
     if not keys:
         return {}
-    shape = _Shape(inner.type, inner.key_size, inner.value_size, True)
-    key_size = outer.info.key_size
-    with Map.create("array", 4, key_size, len(keys), name="kmesh_dg_keys") as slots, \
+    key = process_key()
+    assert key is not None
+    shape = _Shape(inner.type, inner.key_size, inner.value_size, True, 1)
+    with Map.create("array", 4, outer.info.key_size, len(keys), name="kmesh_dg_keys") as slots, \
             Map.create("array", 4, 24, len(keys), name="kmesh_dg_sums") as results:
         slots.update_batch(struct.pack(f"<{len(keys)}I", *range(len(keys))), b"".join(keys), len(keys), UPDATE_ANY)
         prog = _load(shape, _outer_maps(shape, outer.fd, slots.fd, results.fd))
         try:
-            _run(prog, _context(struct.pack("<Q", len(keys))))
+            _run(prog, _context([key], struct.pack("<Q", len(keys))))
         finally:
             os.close(prog)
         sums = results.items()
@@ -115,12 +126,23 @@ def slot_digests(outer: Map, keys: Sequence[bytes], inner: MapInfo) -> dict[byte
 
 
 def of_entries(entries: Mapping[bytes, bytes], array: bool = False) -> Digest:
-    """The digest the kernel computes for a map holding `entries`: Python's hashes of the records
-    (key, then value) added up, as `Entries.hash_sum` does; an array's all-zero values left out."""
+    """The digest the kernel computes under this process's key for a map holding `entries`:
+    Python's hashes of the records (key, then value) added up, as `Entries.hash_sum` does; an
+    array's all-zero values left out."""
     if isinstance(entries, Entries) and not array:
         return Digest(len(entries), entries.hash_sum() & _M64)
     records = [k + v for k, v in entries.items() if not array or any(v)]
     return Digest(len(records), sum(map(hash, records)) & _M64)
+
+
+def of_records(key: Key, entries: Mapping[bytes, bytes]) -> Digest:
+    """The digest under any key of a few entries, hashed here (pure Python: about 10 us a record)."""
+    return Digest(len(entries), sum(siphash13(*key, k + v) for k, v in entries.items()) & _M64)
+
+
+def moved(digest: Digest, added: Digest, taken: Digest) -> Digest:
+    """The digest of entries with those of `added` put in and those of `taken` taken out."""
+    return Digest(digest.entries + added.entries - taken.entries, (digest.sum + added.sum - taken.sum) & _M64)
 
 
 # ---------------------------------------------------------------- the process's SipHash key
@@ -147,7 +169,7 @@ def process_key() -> tuple[int, int] | None:
     return k0, k1
 
 
-def _no_key_reason() -> str:
+def no_key_reason() -> str:
     if os.environ.get("PYTHONHASHSEED", "random") != "random":
         return "PYTHONHASHSEED is set, so hashes are not secret: entries are compared one by one"
     return "this Python's bytes hash is not SipHash-1-3 under a key it can read: entries are read"
@@ -197,12 +219,9 @@ def _rotl(x: int, b: int) -> int:
     return ((x << b) | (x >> (64 - b))) & _M64
 
 
-def _context(rest: bytes) -> bytes:
-    """The program's context: SipHash's state after the key (at 0..31), then `rest` (at 32)."""
-    key = process_key()
-    assert key is not None
-    k0, k1 = key
-    return struct.pack("<4Q", k0 ^ _IV[0], k1 ^ _IV[1], k0 ^ _IV[2], k1 ^ _IV[3]) + rest
+def _context(keys: Sequence[Key], rest: bytes) -> bytes:
+    """The program's context: SipHash's state after each key (32 bytes a key), then `rest`."""
+    return b"".join(struct.pack("<4Q", k0 ^ _IV[0], k1 ^ _IV[1], k0 ^ _IV[2], k1 ^ _IV[3]) for k0, k1 in keys) + rest
 
 
 # ---------------------------------------------------------------- instructions
@@ -289,16 +308,32 @@ def _s32(v: int) -> int:
 
 @dataclass(frozen=True)
 class _Shape:
-    """What a program's instructions depend on: the walked maps' type and sizes, and whether it
-    walks the inner maps of an outer map."""
+    """What a program's instructions depend on: the walked maps' type and sizes, whether it walks
+    the inner maps of an outer map, and how many keys it hashes each entry under.
+
+    Its sums, on the main program's stack: SipHash's state after each key (4 words a key), then
+    the sum under each key, then the count of entries (`size` bytes in all)."""
 
     type: str
     key_size: int
     value_size: int
     outer: bool
+    keys: int
 
     def kind(self) -> str:
         return f"{self.type} {self.key_size}+{self.value_size}{' in slots' if self.outer else ''}"
+
+    @property
+    def size(self) -> int:
+        return 40 * self.keys + 8
+
+    def total(self, i: int) -> int:
+        """Offset of the sum under key i."""
+        return 32 * self.keys + 8 * i
+
+    @property
+    def count(self) -> int:
+        return 40 * self.keys
 
 
 def _pieces(start: int, end: int) -> Iterable[tuple[int, int]]:
@@ -334,8 +369,8 @@ def _sip_round(a: _Asm, v0: int, v1: int, v2: int, v3: int) -> None:
 
 
 def _entry_callback(a: _Asm, shape: _Shape) -> None:
-    """callback(map, key, value, sums): sums = [v0..v3 after the key, sum, count] on the caller's
-    stack; adds SipHash-1-3 of key || value to sum and 1 to count (an array's zero values: skipped)."""
+    """callback(map, key, value, sums): adds SipHash-1-3 of key || value under each key to its sum,
+    and 1 to the count (an array's all-zero values are skipped)."""
     ks, vs = shape.key_size, shape.value_size
     a.function("entry")
     if shape.type in ARRAY_TYPES:  # an all-zero value is an index the config does not name
@@ -343,9 +378,20 @@ def _entry_callback(a: _Asm, shape: _Shape) -> None:
             a.ldx(size, R0, R3, off)
             a.alu(_MOV if i == 0 else _OR, R5, R0)
         a.jump(_JEQ, R5, 0, "entry_done")
+    for k in range(shape.keys):
+        _hash(a, ks, vs, 32 * k, shape.total(k), f"entry_add_{k}")
+    a.ldx(8, R5, R4, shape.count)
+    a.alu(_ADD, R5, imm=1)
+    a.stx(8, R4, shape.count, R5)
+    a.label("entry_done")
+    a.exit(0)
+
+
+def _hash(a: _Asm, ks: int, vs: int, state: int, total: int, label: str) -> None:
+    """SipHash-1-3 of key (R2) || value (R3) from the state at R4+state, added to the sum at R4+total."""
     v0, v1, v2, v3 = R6, R7, R8, R9
     for i, v in enumerate((v0, v1, v2, v3)):
-        a.ldx(8, v, R4, 8 * i)
+        a.ldx(8, v, R4, state + 8 * i)
     length = ks + vs
     for word in range(length // 8 + 1):
         lo, hi = 8 * word, min(8 * word + 8, length)
@@ -370,57 +416,57 @@ def _entry_callback(a: _Asm, shape: _Shape) -> None:
     a.alu(_XOR, v0, v1)
     a.alu(_XOR, v0, v2)
     a.alu(_XOR, v0, v3)
-    a.jump(_JNE, v0, -1, "entry_add")  # CPython never returns -1 as a hash: -2 instead
+    a.jump(_JNE, v0, -1, label)  # CPython never returns -1 as a hash: -2 instead
     a.alu(_MOV, v0, imm=-2)
-    a.label("entry_add")
-    a.ldx(8, R5, R4, 32)
+    a.label(label)
+    a.ldx(8, R5, R4, total)
     a.alu(_ADD, R5, v0)
-    a.stx(8, R4, 32, R5)
-    a.ldx(8, R5, R4, 40)
-    a.alu(_ADD, R5, imm=1)
-    a.stx(8, R4, 40, R5)
-    a.label("entry_done")
-    a.exit(0)
+    a.stx(8, R4, total, R5)
 
 
-def _copy_state(a: _Asm) -> None:
-    """The context's SipHash state into the sums at fp-48, sum and count zeroed."""
-    for i in range(4):
+def _copy_state(a: _Asm, shape: _Shape) -> None:
+    """The context's SipHash states (R6) into the sums on the stack, sums and count zeroed."""
+    base = -shape.size
+    for i in range(4 * shape.keys):
         a.ldx(8, R1, R6, 8 * i)
-        a.stx(8, R10, -48 + 8 * i, R1)
-    a.st(8, R10, -16, 0)
-    a.st(8, R10, -8, 0)
+        a.stx(8, R10, base + 8 * i, R1)
+    for i in range(4 * shape.keys, shape.size // 8):
+        a.st(8, R10, base + 8 * i, 0)
+
+
+def _sums_pointer(a: _Asm, shape: _Shape, dst: int) -> None:
+    a.alu(_MOV, dst, R10)
+    a.alu(_ADD, dst, imm=-shape.size)
 
 
 def _single_map(shape: _Shape, map_fd: int) -> _Asm:
+    """for_each over the map; the sums and the count copied back into the context, after the states."""
     a = _Asm()
     a.alu(_MOV, R6, R1)
-    _copy_state(a)
+    _copy_state(a, shape)
     a.ld64(R1, map_fd, _PSEUDO_MAP_FD)
     a.func(R2, "entry")
-    a.alu(_MOV, R3, R10)
-    a.alu(_ADD, R3, imm=-48)
+    _sums_pointer(a, shape, R3)
     a.alu(_MOV, R4, imm=0)
     a.call(_HELPER_FOR_EACH)
-    a.ldx(8, R1, R10, -16)
-    a.stx(8, R6, 32, R1)
-    a.ldx(8, R1, R10, -8)
-    a.stx(8, R6, 40, R1)
+    for off in range(shape.total(0), shape.size, 8):
+        a.ldx(8, R1, R10, -shape.size + off)
+        a.stx(8, R6, off, R1)
     a.exit(0)
     _entry_callback(a, shape)
     return a
 
 
 def _outer_maps(shape: _Shape, outer_fd: int, keys_fd: int, results_fd: int) -> _Asm:
-    """bpf_loop over the slot keys in `keys_fd` (array: index -> key); each slot's inner map walked,
-    its [sum, count, 1] written to `results_fd` (array: index -> 24 bytes)."""
+    """bpf_loop over the slot keys in `keys_fd` (array: index -> key; how many: the context's word
+    after the states); each slot's inner map walked, its [sums..., count, 1] written to `results_fd`
+    (array: index -> 8 * keys + 16 bytes)."""
     a = _Asm()
     a.alu(_MOV, R6, R1)
-    _copy_state(a)
-    a.ldx(8, R1, R6, 32)  # how many slots
+    _copy_state(a, shape)
+    a.ldx(8, R1, R6, 32 * shape.keys)  # how many slots
     a.func(R2, "slot")
-    a.alu(_MOV, R3, R10)
-    a.alu(_ADD, R3, imm=-48)
+    _sums_pointer(a, shape, R3)
     a.alu(_MOV, R4, imm=0)
     a.call(_HELPER_LOOP)
     a.exit(0)
@@ -437,8 +483,8 @@ def _outer_maps(shape: _Shape, outer_fd: int, keys_fd: int, results_fd: int) -> 
     a.call(_HELPER_MAP_LOOKUP)
     a.jump(_JEQ, R0, 0, "slot_done")
     a.alu(_MOV, R7, R0)
-    a.st(8, R6, 32, 0)
-    a.st(8, R6, 40, 0)
+    for off in range(shape.total(0), shape.size, 8):
+        a.st(8, R6, off, 0)
     a.alu(_MOV, R1, R7)
     a.func(R2, "entry")
     a.alu(_MOV, R3, R6)
@@ -449,11 +495,10 @@ def _outer_maps(shape: _Shape, outer_fd: int, keys_fd: int, results_fd: int) -> 
     a.alu(_ADD, R2, imm=-4)
     a.call(_HELPER_MAP_LOOKUP)
     a.jump(_JEQ, R0, 0, "slot_done")
-    a.ldx(8, R1, R6, 32)
-    a.stx(8, R0, 0, R1)
-    a.ldx(8, R1, R6, 40)
-    a.stx(8, R0, 8, R1)
-    a.st(8, R0, 16, 1)
+    for i, off in enumerate(range(shape.total(0), shape.size, 8)):
+        a.ldx(8, R1, R6, off)
+        a.stx(8, R0, 8 * i, R1)
+    a.st(8, R0, shape.size - shape.total(0), 1)
     a.label("slot_done")
     a.exit(0)
     _entry_callback(a, shape)
