@@ -260,6 +260,8 @@ def diff(desired: Entries, live: Entries) -> tuple[dict[bytes, bytes], list[byte
     """
     if desired.keys_buffer == live.keys_buffer and desired.values_buffer == live.values_buffer:
         return {}, [], {}
+    if len(desired) == len(live) <= FEW_KEYS and _as_dict(desired) == _as_dict(live):
+        return {}, [], {}  # a small map in another order (Kmesh's 5,000 services): no interleaving
     size, ks = desired.key_size + desired.value_size, desired.key_size
     if len(desired) == len(live) >= HASH_SUM_FROM and _HASH_KEY_SECRET and desired.hash_sum() == live.hash_sum():
         return {}, [], {}
@@ -322,6 +324,10 @@ def previous(entries: Entries) -> Entries | None:
 
 # Up to this many keys are looked up by scanning the packed keys (memchr speed) rather than by an index.
 FEW_KEYS = 64
+
+def _as_dict(entries: Entries) -> dict[bytes, bytes]:
+    return dict(zip(records(entries.keys_buffer, entries.key_size), records(entries.values_buffer, entries.value_size)))
+
 
 def _interleaved(entries: Entries) -> bytes | bytearray:
     """Each key followed by its value, by strided copies (`copy_runs`)."""

@@ -26,11 +26,11 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 from kmesh_apply.config.model import ARRAY_TYPES, PERCPU_TYPES
 from kmesh_apply.convert import Conversion, conversion
-from kmesh_apply.ctype import type_or_raw
+from kmesh_apply.ctype import CType, type_or_raw
 from kmesh_apply.entries import Entries, diff, packed
 from kmesh_apply.errors import ApplyError, KmeshError
 from kmesh_apply.kernel.maps import Map, possible_cpus
@@ -111,6 +111,7 @@ class Executor:
         self.unpinned: list[tuple[CreateMap, Map]] = []  # created (and maybe filled), to record and pin at once
         self.untold: list[Step] = []  # done, not yet shown to on_step: a step is shown once its maps are pinned
         self.migrating: dict[str, _FirstPass] = {}  # pin of a map built aside by a migration -> its first pass
+        self._types: dict[int, tuple[Any, CType]] = {}
 
     def _map(self, pin: str) -> Map:
         m = self.handles.get(pin)
@@ -317,14 +318,22 @@ class Executor:
     def _create(self, step: CreateMap) -> None:
         d: MapDef = step.map
         template = self._map(step.template) if step.template else None
-        key_type = type_or_raw(d.key_type, d.key_size)
-        value_type = None if d.is_outer else type_or_raw(d.value_type, d.value_size)
+        key_type = self._type(d.key_type, d.key_size)
+        value_type = None if d.is_outer else self._type(d.value_type, d.value_size)
         m = Map.create(d.type, d.key_size, d.value_size, d.max_entries, name=kernel_name(d.name), flags=d.flags,
                        inner_map=template, key_type=key_type, value_type=value_type)
         self.handles[step.pin] = m  # closed with the others if it is never pinned: then it goes away
         if d.is_outer:  # outer maps carry no BTF: their key type and template are recorded (before the pin)
             self._layout(d, m.id)
         self.unpinned.append((step, m))  # recorded as managed, then pinned, by _pin_created
+
+    def _type(self, spec: Any, size: int) -> CType:
+        """type_or_raw, once per spec object: the planner shares one between the maps of a type
+        (Kmesh's 5,000 services), and parsing it again costs as much as creating the map."""
+        known = self._types.get(id(spec))
+        if known is None or known[0] is not spec or known[1].size != size:
+            known = self._types[id(spec)] = (spec, type_or_raw(spec, size))  # the spec is kept: its id stays its own
+        return known[1]
 
     def _tidy_staging(self, pin: str) -> None:
         """Remove the staging directory once it is empty, so a converged pin root holds only maps."""

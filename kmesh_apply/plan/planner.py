@@ -45,7 +45,7 @@ from kmesh_apply.config.model import (
     used_entries,
 )
 from kmesh_apply.convert import LayoutError, MigrationRefused
-from kmesh_apply.ctype import same_type
+from kmesh_apply.ctype import CType, same_type
 from kmesh_apply.entries import Entries, diff, holds_base
 from kmesh_apply.errors import PlanError
 from kmesh_apply.plan import migrations
@@ -82,9 +82,23 @@ def map_def(spec: InnerMapSpec | OuterMapSpec) -> MapDef:
     """The fixed properties a config entry asks for."""
     if isinstance(spec, OuterMapSpec):
         return MapDef(spec.name, spec.type, spec.key_size, spec.value_size, spec.max_entries, spec.flags,
-                      spec.key.spec(), None, spec.inner_map)
+                      _spec(spec.key), None, spec.inner_map)
     return MapDef(spec.name, spec.type, spec.key_size, spec.value_size, spec.max_entries, spec.flags,
-                  spec.key.spec(), spec.value.spec())
+                  _spec(spec.key), _spec(spec.value))
+
+
+_SPECS: dict[int, tuple[CType, Any]] = {}
+
+
+def _spec(typ: CType) -> Any:
+    """A type's spec, written once for the thousands of maps that share one type object (the config
+    parses each spec once); known by identity, which costs less than hashing a struct's fields."""
+    known = _SPECS.get(id(typ))
+    if known is None or known[0] is not typ:
+        if len(_SPECS) >= 1024:
+            _SPECS.clear()
+        known = _SPECS[id(typ)] = (typ, typ.spec())  # the type is kept: its id is not reused meanwhile
+    return known[1]
 
 
 def live_def(have: LiveMap) -> MapDef:

@@ -122,12 +122,15 @@ def _changed_json(key: Any, old: Any, new: Any) -> dict[str, Any]:
 
 def _entry_lines(ch: MapChange, limit: int) -> tuple[list[str], int]:
     """The first `limit` entry changes, decoded; the rest only counted (decoding a million costs seconds)."""
+    total = len(ch.added) + len(ch.changed) + len(ch.removed)
+    if limit <= 0:  # the plan's budget is spent: no decoders to make (Kmesh's 5,000 maps)
+        return [], total
     r = _Reading(ch)
     changes = chain((("+", r.key(k), _value_text(r.value(v))) for k, v in ch.added.items()),
                     (("~", r.key(k), _changed_text(r.old_value(o), r.value(n))) for k, (o, n) in ch.changed.items()),
                     (("-", r.old_key(k), _value_text(r.old_value(v))) for k, v in ch.removed.items()))
     out = [f"{sym} {text}" if key is None else f"{sym} {_fmt(key)}: {text}" for sym, key, text in islice(changes, limit)]
-    return out, len(ch.added) + len(ch.changed) + len(ch.removed) - len(out)
+    return out, total - len(out)
 
 
 def _paint(symbol: str, text: str, color: bool) -> str:
