@@ -60,8 +60,11 @@ CHANGE = "kmesh-apply apply (change)"
 CHANGE_NC = "kmesh-apply apply (change, no cache)"
 # Reading the pin root back as a config (beside `bpftool map dump`, which reads it back as text).
 SHOW = "kmesh-apply show"
-KMESH = (COLD, NOOP, NOOP_AGAIN, NOOP_NC, CHANGE, CHANGE_NC, SHOW)
-ORDER = (COLD, NOOP, NOOP_AGAIN, NOOP_NC, CHANGE, CHANGE_NC, SHOW, C_PROG, BPFTOOL, DUMP, NAIVE)
+# What `watch`'s drift check costs a core, in CPU seconds per check (bench/drift_check.py).
+DRIFT = "watch drift check (CPU s a check)"
+KMESH = (COLD, NOOP, NOOP_AGAIN, NOOP_NC, CHANGE, CHANGE_NC, SHOW, DRIFT)
+ORDER = (COLD, NOOP, NOOP_AGAIN, NOOP_NC, CHANGE, CHANGE_NC, SHOW, DRIFT, C_PROG, BPFTOOL, DUMP, NAIVE)
+DRIFT_INTERVAL = 60.0  # watch's default --drift-interval
 NO_CACHE = "off"
 SLOW = (BPFTOOL, DUMP, NAIVE)  # one syscall per entry: run fewer times
 
@@ -345,6 +348,7 @@ def bench_workload(name: str, wdir: Path, plan: Plan, kmesh_ok: bool, tmp: Path)
                     if again.rc != 0:
                         res[SHOW].note = f"CHECK FAILED: a plan of its output exits {again.rc}"
                 shown.unlink(missing_ok=True)
+                drift_check(res[DRIFT], config, p, cache, tmp)
                 if res[CHANGE].add(run_child(kmesh_cmd("apply", change, p, cache))) and rep == 0:
                     after = run_child(kmesh_cmd("plan", change, p))
                     if after.rc != 0:
@@ -387,6 +391,25 @@ def bench_workload(name: str, wdir: Path, plan: Plan, kmesh_ok: bool, tmp: Path)
             with fresh_pin_root() as p:
                 res[NAIVE].syscalls, _ = count_bpf_syscalls([sys.executable, str(BENCH / "naive_apply.py"), binary, p])
     return res
+
+
+def drift_check(result: Result, config: Path, pin_root: str, cache: Path, tmp: Path) -> None:
+    """The CPU time of one of `watch`'s drift checks on the applied pin root, as bench/drift_check.py
+    measures it in a child (it takes the pin root's lock); recorded as the row's time."""
+    out = tmp / "drift.json"
+    outcome = run_child(["env", f"KMESH_APPLY_CACHE_DIR={cache}", sys.executable, str(BENCH / "drift_check.py"),
+                         str(config), pin_root], stdout=out)
+    try:
+        found = json.loads(out.read_text().splitlines()[-1]) if outcome.rc == 0 else None
+    except (ValueError, IndexError):
+        found = None
+    out.unlink(missing_ok=True)
+    if found is None:
+        result.add(outcome if outcome.rc else Outcome(0.0, 0, 1, "no result from bench/drift_check.py"))
+        return
+    if result.add(Outcome(found["cpu_seconds"], outcome.rss_kb, 0, "")):
+        result.note = (f"{100 * result.median / DRIFT_INTERVAL:.2f}% of a core at --drift-interval 60; "
+                       f"{found['wall_seconds']:.3f} s wall" + (f"; CHECK FAILED: drift {found['drift']}" if found["drift"] else ""))
 
 
 TINY_CONFIG = """\
@@ -479,6 +502,14 @@ def _rss_target(w: str, label: str, limit_mb: float) -> Callable[[Results, Resul
     return check
 
 
+def _drift_target(w: str, share: float) -> Callable[[Results, Result | None], tuple[str, bool] | None]:
+    """A drift check's CPU time, as a share of one core at watch's default interval."""
+    def check(results: Results, _: Result | None) -> tuple[str, bool] | None:
+        a = _t(results, w, DRIFT)
+        return None if a is None else (f"{a:.3f} s CPU a check = {100 * a / DRIFT_INTERVAL:.2f}% of a core", a / DRIFT_INTERVAL < share)
+    return check
+
+
 def _help_target(results: Results, help_result: Result | None) -> tuple[str, bool] | None:
     if help_result is None or help_result.median is None:
         return None
@@ -522,6 +553,18 @@ TARGETS = (
     Target("growth 1M -> 10M, cold apply", "linear: us/entry at 10M <= 1.5x at 1M", _linear_target(COLD, "B", "B10M")),
     Target("growth 1M -> 10M, no-op plan", "linear: us/entry at 10M <= 1.5x at 1M", _linear_target(NOOP, "B", "B10M")),
     Target("growth 1M -> 10M, one-entry change", "linear: us/entry at 10M <= 1.5x at 1M", _linear_target(CHANGE, "B", "B10M")),
+    # Issue 25: speed at Kmesh scale.
+    Target("K show", "<= 1x bpftool map dump", _ratio_target("K", SHOW, DUMP, 1.0)),
+    Target("K show peak RSS", "<= 100 MB", _rss_target("K", SHOW, 100)),
+    Target("B show", "<= 2 s", _abs_target("B", SHOW, 2.0)),
+    Target("K cold apply", "<= 5x the C program", _ratio_target("K", COLD, C_PROG, 5.0)),
+    Target("S cold apply", "<= 3x the C program", _ratio_target("S", COLD, C_PROG, 3.0)),
+    Target("K one-service change (CLI)", "<= 0.3 s", _abs_target("K", CHANGE, 0.3)),
+    Target("K no-op plan", "<= 3x the C program", _ratio_target("K", NOOP, C_PROG, 3.0)),
+    Target("B no-op plan", "<= 0.2x the C program", _ratio_target("B", NOOP, C_PROG, 0.2)),
+    Target("B no-op plan, repeated", "<= 0.2x the C program", _ratio_target("B", NOOP_AGAIN, C_PROG, 0.2)),
+    Target("watch drift check at K", "< 1% of a core (interval 60 s)", _drift_target("K", 0.01)),
+    Target("watch drift check at B", "< 1% of a core (interval 60 s)", _drift_target("B", 0.01)),
 )
 
 
@@ -610,7 +653,7 @@ def report(results: Results, help_result: Result | None, unavailable: str | None
             rows.append(row)
         out.append(table(["workload (entries)", COLD, NOOP, C_PROG, BPFTOOL, NAIVE], rows, md))
         out.append("")
-    heading("Targets (issues 6 and 15)")
+    heading("Targets (issues 6, 15 and 25)")
     rows = []
     for t in TARGETS:
         got = t.check(results, help_result)

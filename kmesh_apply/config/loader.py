@@ -136,13 +136,14 @@ def read_source(path: Path, cache: Cache | None = None, blocks: bool = True) -> 
         return Diagnostic(f"not UTF-8 text ({e.reason} at byte {e.start})", file, kind="not UTF-8 text")
     except OSError as e:
         return Diagnostic(f"cannot read: {e.strerror}", file, kind="cannot read")
+    halves = _halves(raw, text, reuse) if text is not None and path.suffix != ".json" else None
     del raw  # not needed past this point: 38 MB for a million entries, at the peak of the load
     if reuse is None:
         assert text is not None
-        return parse_json(text, file) if path.suffix == ".json" else parse_text(text, file)
+        return parse_json(text, file) if path.suffix == ".json" else parse_text(text, file, halves)
     rest = reuse.reduced if reuse.reduced is not None else text  # the text with reused maps blanked out
     assert rest is not None
-    src = parse_text(rest, file)
+    src = parse_text(rest, file, halves if reuse.reduced is None else None)
     if isinstance(src, Source):
         reuse.fill(src, text)
     return src
@@ -320,12 +321,37 @@ def _reuse(raw: bytes, file: str, cache: Cache, pack: Pack, blocks: bool,
                   _cache_rereader(Path(file), layout, cache))
 
 
-def parse_text(text: str, file: str) -> Source | Diagnostic:
-    """Parse YAML text; a syntax error, a duplicate key or an alias bomb is a diagnostic."""
+# From this size, a file whose inner maps can be cut apart is parsed as two documents at once.
+PARALLEL_CHARS = 1 << 20
+
+
+def _halves(raw: bytes, text: str, reuse: _Reuse | None) -> tuple[int, int] | None:
+    """Where the first half of a large file's inner maps lies in its text (start, end), for
+    `parse_text` to parse them beside the rest; None for a file that is small, not ASCII (byte
+    offsets are then no text offsets) or not plain enough to cut."""
+    if len(text) < PARALLEL_CHARS or not raw.isascii():
+        return None
+    cut = [Chunk(*c) for c in reuse.layout[1]] if reuse is not None and reuse.layout is not None else split(raw)
+    inner = [c for c in cut or () if c.section == "inner_maps"]
+    if len(inner) < 2:
+        return None
+    half = inner[:len(inner) // 2]
+    return half[0].start, half[-1].end
+
+
+def parse_text(text: str, file: str, halves: tuple[int, int] | None = None) -> Source | Diagnostic:
+    """Parse YAML text; a syntax error, a duplicate key or an alias bomb is a diagnostic. `halves`:
+    where the first half of the file's inner maps lies (`_halves`): those are parsed as a document
+    of their own on another core, beside the rest (yaml-rs parses without holding the GIL: a
+    Kmesh-scale file in about half the time on two cores); anything unusual parses it whole."""
     import yaml_rs
 
     limits = yaml_rs.AliasLimits(max_alias_expansions_per_anchor=10_000, max_replay_stack_depth=64,
                                  max_total_replayed_events=1_000_000)
+    if halves is not None:
+        data = _parse_halves(text, halves, limits)
+        if data is not None:
+            return Source(file, text, data)
     # Blank lines (the maps a cache load leaves out) parse in no time: only the rest is worth warming for.
     warming = _warm_imports() if len(text) - text.count("\n") >= WARM_IMPORTS_CHARS else None
     try:
@@ -354,6 +380,45 @@ def parse_text(text: str, file: str) -> Source | Diagnostic:
         if warming is not None:
             warming.join()
     return Source(file, text, data)
+
+
+def _parse_halves(text: str, halves: tuple[int, int], limits: Any) -> Any | None:
+    """The document, parsed as two at once: the first half of the inner maps under an `inner_maps:`
+    of their own, and the rest of the file with those lines blank (so its line numbers hold).
+    None on any error, a map name in both, or a shape other than plain mappings: the caller then
+    parses the whole text, which reports errors with their lines."""
+    import yaml_rs
+
+    start, end = halves
+    first = "inner_maps:\n" + text[start:end]
+    rest = text[:start] + "\n" * text.count("\n", start, end) + text[end:]
+    parsed: list[Any] = []
+
+    def parse_first() -> None:
+        try:
+            parsed.append(yaml_rs.loads(first, parse_datetime=False, alias_limits=limits))
+        except (yaml_rs.YAMLDecodeError, RecursionError, TypeError):
+            pass
+
+    thread = threading.Thread(target=parse_first, name="kmesh-parse-half")
+    thread.start()
+    warming = _warm_imports()
+    try:
+        data = yaml_rs.loads(rest, parse_datetime=False, alias_limits=limits)
+    except (yaml_rs.YAMLDecodeError, RecursionError, TypeError):  # what parse_text reports, with its line
+        return None
+    finally:
+        thread.join()
+        warming.join()
+    head = parsed[0] if parsed else None
+    if not (isinstance(data, dict) and isinstance(head, dict) and list(head) == ["inner_maps"]
+            and isinstance(head["inner_maps"], dict) and isinstance(data.get("inner_maps"), dict)):
+        return None
+    later = data["inner_maps"]
+    if not head["inner_maps"].keys().isdisjoint(later):
+        return None  # a name defined twice: the whole parse reports it, with its line
+    data["inner_maps"] = {**head["inner_maps"], **later}  # in file order: the first half came first
+    return data
 
 
 def parse_json(text: str, file: str) -> Source | Diagnostic:
