@@ -24,7 +24,7 @@ from kmesh_apply.kernel.digest import WALKED_TYPES, Digest, DigestRefused, map_d
 from kmesh_apply.kernel.maps import LookupBuffers, Map, MapInfo
 from kmesh_apply.kernel.progs import map_holders
 from kmesh_apply.pinroot.guard import check_pin_root
-from kmesh_apply.state import KEY_TYPES_DIR, REPLACED_PIN, LiveMap, LiveState
+from kmesh_apply.state import RECORD_NAMES, LiveMap, LiveState
 
 
 # A pin as last seen naming a map: (inode number, change time in ns) -> that map's kernel ID.
@@ -37,7 +37,7 @@ def unchanged(state: LiveState, seen: Seen) -> bool:
     `seen`: the caller's memory of pins whose map IDs were checked, kept up to date here."""
     root = check_pin_root(state.pin_root)
     try:
-        pins = {e.name: e for e in os.scandir(root) if e.name not in (KEY_TYPES_DIR, REPLACED_PIN)}
+        pins = {e.name: e for e in os.scandir(root) if e.name not in RECORD_NAMES}
     except FileNotFoundError:
         return not state.maps
     if state.staged or pins.keys() != state.maps.keys() or any(m.unreadable for m in state.maps.values()):
