@@ -45,9 +45,9 @@ def parsed(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     seen: list[str] = []
     real = loader.parse_text
 
-    def spy(text: str, file: str):  # type: ignore[no-untyped-def]
+    def spy(text: str, file: str, *rest):  # type: ignore[no-untyped-def]
         seen.append(text)
-        return real(text, file)
+        return real(text, file, *rest)
 
     monkeypatch.setattr(loader, "parse_text", spy)
     return seen
