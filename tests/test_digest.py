@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from kmesh_apply import api
 from kmesh_apply.config import load_config
 from kmesh_apply.entries import HASH_SUM_FROM, Entries
+from kmesh_apply.errors import KmeshError
 from kmesh_apply.kernel import digest
 from kmesh_apply.kernel.maps import Map
 from kmesh_apply.kernel.progs import map_holders
@@ -197,12 +198,14 @@ def test_a_drift_check_that_finds_nothing_reads_no_entries(tmp_path: Path, pin_r
             outer.update_slots(struct.pack("<I", 2), [a])  # a slot moved
         assert [c.name for c in sync.verify()] == ["services"]
         assert sync.verify() == []
-        # Another map with the same entries pinned in svc-b's place: its ID tells.
+        # Another map with the same entries pinned in svc-b's place: its ID tells, and the full read
+        # finds a map kmesh-apply did not make (which it refuses to plan over).
         with Map.open_pinned(str(pin_root / "svc-b")) as old, Map.create("hash", 4, 8, 16) as twin:
             twin.update_batch(*(lambda e: (e.keys_buffer, e.values_buffer))(old.items()), 1)
             os.unlink(pin_root / "svc-b")
             twin.pin(str(pin_root / "svc-b"))
-        sync.verify()
+        with pytest.raises(KmeshError, match="does not manage it"):
+            sync.verify()
         assert len(full_reads) == 5
 
 

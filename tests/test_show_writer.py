@@ -137,7 +137,7 @@ def test_a_large_map_of_integers_in_key_order():
                                                 Entries(typ.size, 8, keys, values))})
         text = _written(live)
         assert text == dump_yaml(show_document(live))
-        entries = yaml.safe_load(text)["inner_maps"]["big"]["entries"]
+        entries = yaml.safe_load(text)["maps"]["big"]["entries"]
         assert list(entries) == sorted(entries)
 
 

@@ -39,12 +39,13 @@ def unchanged(state: LiveState, seen: Seen) -> bool:
     try:
         pins = {e.name: e for e in os.scandir(root) if e.name not in RECORD_NAMES}
     except FileNotFoundError:
-        return not state.maps
-    if state.staged or pins.keys() != state.maps.keys() or any(m.unreadable for m in state.maps.values()):
+        return not (state.maps or state.unmanaged)
+    maps = {**state.maps, **state.unmanaged}  # others' maps too: their usage is reported, so kept up to date
+    if state.staged or pins.keys() != maps.keys():
         return False
     handles: dict[str, Map] = {}
     try:
-        for name, cached in state.maps.items():
+        for name, cached in maps.items():
             stat = pins[name].stat(follow_symlinks=False)
             if seen.get(name) == (stat.st_ino, stat.st_ctime_ns, cached.id):
                 continue
@@ -52,7 +53,7 @@ def unchanged(state: LiveState, seen: Seen) -> bool:
             if m.info.id != cached.id:
                 return False
             seen[name] = (stat.st_ino, stat.st_ctime_ns, cached.id)
-        return _same_entries(state, lambda name: _handle(handles, root, name)) and \
+        return _same_entries(maps, lambda name: _handle(handles, root, name)) and \
             map_holders(_ids(state)) == state.holders
     except (KmeshError, OSError):
         return False
@@ -69,25 +70,26 @@ def _handle(handles: dict[str, Map], root: os.PathLike[str] | str, name: str) ->
 
 
 def _ids(state: LiveState) -> list[int]:
-    return [m.id for m in state.maps.values()] + list(state.replaced)
+    """The maps whose holders the reader looks for (pinroot.reader.read_live)."""
+    return [m.id for m in state.maps.values()] + [m.id for m in state.unmanaged.values()] + list(state.replaced)
 
 
-def _same_entries(state: LiveState, handle: Callable[[str], Map]) -> bool:
+def _same_entries(maps: Mapping[str, LiveMap], handle: Callable[[str], Map]) -> bool:
     buffers = LookupBuffers()
-    by_id = {m.id: name for name, m in state.maps.items() if not m.is_outer}
+    by_id = {m.id: name for name, m in maps.items() if not m.is_outer}
     summed: set[str] = set()
-    for name, cached in state.maps.items():
+    for name, cached in maps.items():
         if not cached.is_outer:
             continue
         if handle(name).slots(buffers) != cached.slots:
             return False
         held = {key: by_id[i] for key, i in cached.slots.items() if i in by_id and by_id[i] not in summed}
-        if held and not _same_slot_digests(handle(name), held, state, handle):
+        if held and not _same_slot_digests(handle(name), held, maps, handle):
             return False
         summed.update(held.values())
-    for name, cached in state.maps.items():
-        if cached.is_outer or name in summed:
-            continue
+    for name, cached in maps.items():
+        if cached.is_outer or name in summed or cached.unreadable:
+            continue  # an unreadable map's entries (a ringbuf's, a queue's) are unknown to a full read too
         m = handle(name)
         if len(cached.entries) >= HASH_SUM_FROM and m.info.type in WALKED_TYPES:
             try:
@@ -101,16 +103,16 @@ def _same_entries(state: LiveState, handle: Callable[[str], Map]) -> bool:
     return True
 
 
-def _same_slot_digests(outer: Map, held: dict[bytes, str], state: LiveState, handle: Callable[[str], Map]) -> bool:
+def _same_slot_digests(outer: Map, held: dict[bytes, str], maps: Mapping[str, LiveMap], handle: Callable[[str], Map]) -> bool:
     """The inner maps in these slots, summed in one run (read one by one where the kernel cannot).
     The run looks each slot up itself: the slots were just found to hold the cached maps."""
-    template = state.maps[next(iter(held.values()))]
+    template = maps[next(iter(held.values()))]
     try:
         found = slot_digests(outer, list(held), _shape(template))
     except DigestRefused:
         buffers = LookupBuffers()
-        return all(_same(handle(name).items(buffers), state.maps[name].entries) for name in held.values())
-    return all(found.get(key) == _expected(state.maps[name]) for key, name in held.items())
+        return all(_same(handle(name).items(buffers), maps[name].entries) for name in held.values())
+    return all(found.get(key) == _expected(maps[name]) for key, name in held.items())
 
 
 def _shape(cached: LiveMap) -> MapInfo:
