@@ -42,7 +42,8 @@ def test_strings_are_written_as_pyyaml_writes_them(text: str):
 NAMES = st.sampled_from(["a", "ip", "port", "yes", "null", "x1", "per_cpu", "key", "value", "_"])
 SCALARS = st.sampled_from(["u8", "u16", "u32", "u64", "i8", "i16", "i32", "i64", "be16", "be32", "be64", "bool",
                            "ipv4", "ipv6", "mac", "bytes[3]", "bytes[8]", "char[4]", "char[7]", "u16[3]",
-                           {"lpm": "ipv4"}, {"lpm": "ipv6"}])
+                           {"lpm": "ipv4"}, {"lpm": "ipv6"}, {"type": "u32", "format": "ipv4"},
+                           {"type": "u32", "format": "be16"}, {"type": "u64", "format": "mac"}])
 ENUMS = st.builds(lambda base, names: {"enum": base, "values": {n.upper(): i for i, n in enumerate(names)}},
                   st.sampled_from(["u8", "u32", "i16"]), st.lists(NAMES, unique=True, max_size=3))
 
@@ -148,3 +149,19 @@ def test_maps_whose_entries_cannot_be_read():
         "pending": LiveMap("pending", 2, "queue", 0, 4, 16, (), None, "u32", unreadable="values only pop"),
         "seen": LiveMap("seen", 3, "bloom_filter", 0, 8, 64, (), unreadable="a bloom filter")})
     assert _written(live) == dump_yaml(show_document(live))
+
+
+def test_maps_naming_programs_and_types_no_config_declares():
+    """A prog_array's entries by the paths its programs are pinned at (one pinned nowhere: by its
+    ID, with a warning), and someone's struct_ops left out with a warning: as show_document does."""
+    live = LiveState("/p", {
+        "tails": LiveMap("tails", 1, "prog_array", 4, 4, 4, (), "u32", "u32",
+                         Entries(4, 4, struct.pack("<2I", 0, 1), struct.pack("<2I", 71, 72))),
+        "ops": LiveMap("ops", 2, "struct_ops", 4, 64, 1, ())})
+    programs = {71: "/sys/fs/bpf/progs/handler"}
+    said: list[str] = []
+    out = io.StringIO()
+    write_yaml(live, out.write, programs=programs, warn=said.append)
+    heard: list[str] = []
+    assert out.getvalue() == dump_yaml(show_document(live, programs=programs, warn=heard.append))
+    assert said == heard and len(said) == 2
