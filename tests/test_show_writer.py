@@ -23,7 +23,7 @@ from kmesh_apply.state import LiveMap, LiveState
 WORDS = ["yes", "no", "on", "off", "true", "False", "null", "~", "1e3", "0o17", "0x1f", "1_000", ".5", "12:30",
          "2001-12-14", "---", "...", "-", ":", "::1", "fd00::1", "10.0.0.1", "10.0.0.0/8", "02:00:00:00:00:01",
          "1:2:3:4:5:6:7:8", "14e00101", "deadbeef", "<<", "=", "#x", "a#b", "a #b", "k_in_0000", ""]
-texts = st.one_of(st.sampled_from(WORDS), st.text(alphabet=st.sampled_from(list("0123456789abcdefxyAEN_./:-+ #'\"\\,[]{}?!&*%@`|>\t\n\x85é\x00")), max_size=14),
+texts = st.one_of(st.sampled_from(WORDS), st.text(alphabet=st.sampled_from(list("0123456789abcdefxyAEN_./:-+ #'\"\\,[]{}?!&*%@`|>\t\n\x85é\x00\u202e\u2028\x9b")), max_size=14),
                   st.lists(st.sampled_from(WORDS), min_size=2, max_size=3).map("".join),
                   st.integers(115, 135).map(lambda n: "a" * n))
 
