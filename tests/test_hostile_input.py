@@ -247,7 +247,7 @@ sys.argv = ["{name}", *sys.argv[1:]]
 
 @pytest.mark.parametrize("cli, name, module, function, argv", [
     ("apply_cli", "kmesh-apply", "kmesh_apply.api", "load_config", ["validate", "x.yaml"]),
-    ("apply_cli", "kmesh-apply", "kmesh_apply.api", "show", ["show", "--pin-root", "/sys/fs/bpf/kmesh-nowhere"]),
+    ("apply_cli", "kmesh-apply", "kmesh_apply.api", "show_yaml", ["show", "--pin-root", "/sys/fs/bpf/kmesh-nowhere"]),
     ("map_cli", "kmesh", "kmesh_apply.config.model", "resolve_pin_root", ["map", "info", "1"]),
 ])
 def test_a_bug_is_one_line(tmp_path: Path, cli: str, name: str, module: str, function: str, argv: list[str]) -> None:
