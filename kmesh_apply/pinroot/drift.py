@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from kmesh_apply.entries import HASH_SUM_FROM, Entries
 from kmesh_apply.errors import KmeshError
 from kmesh_apply.kernel.digest import WALKED_TYPES, Digest, DigestRefused, map_digest, of_entries, slot_digests
-from kmesh_apply.kernel.maps import LookupBuffers, Map, MapInfo
+from kmesh_apply.kernel.maps import ARRAY_TYPES, LookupBuffers, Map, MapInfo
 from kmesh_apply.kernel.progs import map_holders
 from kmesh_apply.pinroot.guard import check_pin_root
 from kmesh_apply.state import RECORD_NAMES, LiveMap, LiveState
@@ -98,7 +98,7 @@ def _same_entries(maps: Mapping[str, LiveMap], handle: Callable[[str], Map]) -> 
                 continue
             except DigestRefused:
                 pass
-        if not _same(m.items(buffers), cached.entries):
+        if not _same(m.items(buffers), cached):
             return False
     return True
 
@@ -111,7 +111,7 @@ def _same_slot_digests(outer: Map, held: dict[bytes, str], maps: Mapping[str, Li
         found = slot_digests(outer, list(held), _shape(template))
     except DigestRefused:
         buffers = LookupBuffers()
-        return all(_same(handle(name).items(buffers), maps[name].entries) for name in held.values())
+        return all(_same(handle(name).items(buffers), maps[name]) for name in held.values())
     return all(found.get(key) == _expected(maps[name]) for key, name in held.items())
 
 
@@ -124,5 +124,13 @@ def _expected(cached: LiveMap) -> Digest:
     return of_entries(cached.entries, array=cached.type == "array")
 
 
-def _same(live: Entries, cached: Mapping[bytes, bytes]) -> bool:
-    return live == cached
+def _same(live: Entries, cached: LiveMap) -> bool:
+    """The entries read now against the cache's; an array's all-zero values are as good as absent
+    (the cache of an array just created holds only the indexes written to it)."""
+    if cached.type in ARRAY_TYPES:
+        return _set(live) == _set(cached.entries)
+    return live == cached.entries
+
+
+def _set(entries: Mapping[bytes, bytes]) -> dict[bytes, bytes]:
+    return {k: v for k, v in entries.items() if any(v)}
