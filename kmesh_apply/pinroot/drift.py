@@ -23,7 +23,7 @@ from kmesh_apply.errors import KmeshError
 from kmesh_apply.kernel.digest import WALKED_TYPES, Digest, DigestRefused, map_digest, of_entries, slot_digests
 from kmesh_apply.kernel.maps import ARRAY_TYPES, LookupBuffers, Map, MapInfo
 from kmesh_apply.kernel.progs import map_holders
-from kmesh_apply.pinroot.guard import check_pin_root
+from kmesh_apply.pinroot.guard import PinRoot
 from kmesh_apply.state import RECORD_NAMES, LiveMap, LiveState
 
 
@@ -35,21 +35,28 @@ def unchanged(state: LiveState, seen: Seen) -> bool:
     """Whether the pin root `state` was read from still holds exactly `state`: the same pins naming
     the same maps, the same outer slots, the same entries, and programs holding the same maps.
     `seen`: the caller's memory of pins whose map IDs were checked, kept up to date here."""
-    root = check_pin_root(state.pin_root)
     try:
-        pins = {e.name: e for e in os.scandir(root) if e.name not in RECORD_NAMES}
-    except FileNotFoundError:
+        root = PinRoot.open(state.pin_root)
+    except (KmeshError, OSError):
+        return False  # the full read says what is wrong
+    if root is None:
         return not (state.maps or state.unmanaged)
+    with root:
+        return _unchanged(root, state, seen)
+
+
+def _unchanged(root: PinRoot, state: LiveState, seen: Seen) -> bool:
     maps = {**state.maps, **state.unmanaged}  # others' maps too: their usage is reported, so kept up to date
-    if state.staged or pins.keys() != maps.keys():
-        return False
     handles: dict[str, Map] = {}
     try:
+        pins = {name for name, _ in root.entries() if name not in RECORD_NAMES}
+        if state.staged or pins != maps.keys():
+            return False
         for name, cached in maps.items():
-            stat = pins[name].stat(follow_symlinks=False)
+            stat = os.stat(name, dir_fd=root.fd, follow_symlinks=False)
             if seen.get(name) == (stat.st_ino, stat.st_ctime_ns, cached.id):
                 continue
-            m = handles[name] = Map.open_pinned(os.path.join(root, name))
+            m = handles[name] = root.open_map(name)  # checked as the reader checks it
             if m.info.id != cached.id:
                 return False
             seen[name] = (stat.st_ino, stat.st_ctime_ns, cached.id)
@@ -62,10 +69,10 @@ def unchanged(state: LiveState, seen: Seen) -> bool:
             m.close()
 
 
-def _handle(handles: dict[str, Map], root: os.PathLike[str] | str, name: str) -> Map:
+def _handle(handles: dict[str, Map], root: PinRoot, name: str) -> Map:
     m = handles.get(name)
     if m is None:
-        m = handles[name] = Map.open_pinned(os.path.join(root, name))
+        m = handles[name] = root.open_map(name)
     return m
 
 
