@@ -244,3 +244,30 @@ def test_recorded_digests_spare_hashing_the_config(tmp_path: Path, pin_root: Pat
     after = api.plan(load_config([path]), str(pin_root))
     assert after.entry_checks == {"big": digests.KERNEL_DIGEST} and not after.has_changes
     assert not [n for n in hashed if n >= N]
+
+
+def test_a_plan_that_took_a_digest_is_saved_and_applied_as_any_other(tmp_path: Path, pin_root: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch):
+    """A plan whose live side came from the kernel's digest (the previous version's entries, not read)
+    is signed, read back and re-derived over a full read of the pin root like any other plan: the
+    entries it stands for are the map's, so the fingerprints and the re-derived steps agree."""
+    from conftest import private_block_cache
+
+    from kmesh_apply import digests
+    from kmesh_apply.plan.saved import load_plan, save_plan
+
+    private_block_cache(tmp_path, monkeypatch, 4096)
+    rng = random.Random(11)
+    entries = {k: rng.getrandbits(64) for k in rng.sample(range(1 << 24), N)}
+    path = _config(tmp_path / "big.yaml", entries)
+    api.converge(load_config([path]), str(pin_root))
+    api.plan(load_config([path]), str(pin_root))  # records the config's digest
+    key = next(iter(entries))
+    entries[key] ^= 1
+    plan = api.plan(load_config([_config(path, entries)]), str(pin_root))
+    assert plan.entry_checks == {"big": digests.PREVIOUS_VERSION}
+    save_plan(plan, tmp_path / "saved.plan")
+    report = api.apply(load_plan(tmp_path / "saved.plan"))
+    assert report.entries_written == 1
+    with Map.open_pinned(str(pin_root / "big")) as m:
+        assert m.lookup(struct.pack("<I", key)) == struct.pack("<Q", entries[key])
