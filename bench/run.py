@@ -179,11 +179,14 @@ def _remove_root(path: Path) -> None:
 
 @contextmanager
 def fresh_pin_root() -> Iterator[str]:
-    """A new empty directory on bpffs, removed with everything pinned in it, whatever happens."""
+    """A new empty pin root under --pin-root, checked and made (mode 0700) as kmesh-apply makes one,
+    and removed with everything pinned in it, whatever happens."""
+    from kmesh_apply.pinroot.guard import PinRoot
+
     path = _pin_parent / f"kmesh-bench-{secrets.token_hex(4)}"
-    path.mkdir()
     _live_roots.add(path)
     try:
+        PinRoot.make(str(path)).close()
         yield str(path)
     finally:
         _remove_root(path)
@@ -707,11 +710,11 @@ def main(argv: Sequence[str]) -> int:
     global _kmesh_apply_override, _pin_parent
     _kmesh_apply_override = args.kmesh_apply
     from kmesh_apply.errors import KmeshError
-    from kmesh_apply.pinroot.guard import PinRoot
 
     _pin_parent = args.pin_root.absolute()
-    try:
-        PinRoot.make(str(_pin_parent)).close()  # checked as a pin root is, and made (0700) if missing
+    try:  # --pin-root holds pin roots, it is not one: bpffs's own root (sticky, 1777) is fine
+        with fresh_pin_root():
+            pass
     except KmeshError as e:
         raise SystemExit(f"--pin-root: {e}") from None
     signal.signal(signal.SIGTERM, _on_sigterm)
