@@ -3,11 +3,10 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
+from conftest import require_tool
 
 SHOW = r"""
 #include <stdio.h>
@@ -25,10 +24,9 @@ static void show(const char *name, const void *p, size_t n)
 
 def c_bytes(work: Path, main: str) -> dict[str, str]:
     """Compile SHOW + `main` (a C translation unit's rest, which may include headers in `work`)."""
-    if shutil.which("cc") is None:
-        pytest.skip("no C compiler (cc)")
+    cc = require_tool("clang-14")  # the compiler scripts/setup installs (for BPF too); `cc` may be missing
     (work / "show_bytes.c").write_text(SHOW + main)
-    subprocess.run(["cc", "-Wall", "-Werror", "-I", str(work), "-o", str(work / "show_bytes"),
+    subprocess.run([cc, "-Wall", "-Werror", "-I", str(work), "-o", str(work / "show_bytes"),
                     str(work / "show_bytes.c")], check=True, capture_output=True)
     out = subprocess.run([str(work / "show_bytes")], check=True, capture_output=True, text=True).stdout
     return dict(line.split() for line in out.splitlines())

@@ -13,7 +13,7 @@ import pytest
 from conftest import REPO
 from test_holders import load  # noqa: F401 (a fixture: programs loaded for the test, unloaded after)
 
-testing = pytest.importorskip("ansible.module_utils.testing", reason="ansible-core 2.19+ has patch_module_args")
+from ansible.module_utils import testing  # ansible-core 2.19+ (pyproject's floor): patch_module_args
 
 CONFIG = """
 pin_root: {root}

@@ -19,8 +19,6 @@ from kmesh_apply.config import headers, load_config
 from kmesh_apply.errors import ConfigError
 from kmesh_apply.pinroot.reader import read_live
 
-pytestmark = pytest.mark.skipif(headers.find_clang() is None, reason="clang is installed by scripts/setup")
-
 COMMON = r"""
 #ifndef COMMON_H
 #define COMMON_H

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from cbytes import c_bytes
-from conftest import bpftool_json, run_cli
+from conftest import bpftool_json, require_tool, run_cli
 from kmesh_apply import api
 from kmesh_apply.config import dump_yaml, load_config
 from kmesh_apply.errors import ConfigError
@@ -106,8 +106,7 @@ NESTED_SPEC = {"struct": [{"tag": "u8"}, {"in": {"struct": [{"x": "u16"}, {"y": 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
     """(work dir with prog.o and nobtf.o, {name: hex bytes as C lays the values out})."""
-    if shutil.which("clang-14") is None:
-        pytest.skip("clang-14 is installed by scripts/setup")
+    require_tool("clang-14")
     work = tmp_path_factory.mktemp("btf_import")
     (work / "types.h").write_text(HEADER)
     (work / "prog.bpf.c").write_text(BPF)
@@ -214,7 +213,6 @@ def test_an_object_without_btf_is_one_error_naming_the_btf_line(built) -> None:
     assert d.line == 8 and "no BTF in it" in d.message and "clang -g" in d.message
 
 
-@pytest.mark.skipif(not Path("/sys/kernel/btf/vmlinux").exists(), reason="the kernel publishes no BTF")
 def test_a_raw_btf_file_names_types_too() -> None:
     cfg = load_config(inline={"btf": ["/sys/kernel/btf/vmlinux"], "inner_maps": {
         "m": {"type": "hash", "key": "struct in6_addr", "value": "struct ethhdr", "max_entries": 4}}})

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from cbytes import c_bytes
-from conftest import REPO
+from conftest import REPO, require_tool
 from kmesh_apply import api
-from kmesh_apply.config import dump_yaml, headers, load_config
+from kmesh_apply.config import dump_yaml, load_config
 from kmesh_apply.pinroot.reader import read_live
 
 EXAMPLE = REPO / "examples" / "btf"
@@ -44,9 +44,7 @@ int main(void)
 @pytest.fixture
 def built(tmp_path: Path) -> Path:
     """The example in a directory of its own, with maps.bpf.o built as maps.bpf.c says."""
-    clang = headers.find_clang()
-    if clang is None:
-        pytest.skip("clang is installed by scripts/setup")
+    clang = require_tool("clang-14")
     work = tmp_path / "btf"
     shutil.copytree(EXAMPLE, work, ignore=shutil.ignore_patterns("*.o"))  # built here, whatever a checkout holds
     multiarch = f"/usr/include/{sysconfig.get_config_var('MULTIARCH')}"

@@ -14,7 +14,7 @@ import pytest
 from cbytes import c_bytes
 from conftest import bpftool_json, run_cli
 from kmesh_apply import api
-from kmesh_apply.config import codecs, dump_yaml, headers, load_config
+from kmesh_apply.config import codecs, dump_yaml, load_config
 from kmesh_apply.ctype import Formatted, Int, TypeSpecError, apply_format, format_path, parse_type, unformatted
 from kmesh_apply.errors import ConfigError
 from kmesh_apply.pinroot.reader import read_live
@@ -146,7 +146,6 @@ def test_a_format_spelled_inline_is_the_same_type() -> None:
     assert format_path("a[][].b") == ["a", "[]", "[]", "b"]
 
 
-@pytest.mark.skipif(headers.find_clang() is None, reason="clang is installed by scripts/setup")
 def test_formats_of_a_named_type_apply_wherever_it_is_used(tmp_path: Path, pin_root: Path) -> None:
     """Top-level `formats:` by C type name: `struct ip_addr` is shown as addresses in a key and, nested,
     in a value; a map's own formats add to them."""

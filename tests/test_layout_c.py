@@ -3,13 +3,13 @@ the bytes of each struct, and encode() must give exactly those bytes (no kernel 
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from conftest import require_tool
 from kmesh_apply.config.codecs import decode, encode
 from kmesh_apply.ctype import parse_type
 
@@ -101,19 +101,12 @@ CASES: dict[str, tuple[Any, Any]] = {
 }
 
 
-def _compiler() -> str:
-    for name in ("cc", "clang-14", "clang", "gcc"):
-        if shutil.which(name):
-            return name
-    pytest.skip("no C compiler (cc, clang-14, clang or gcc) on PATH")
-
-
 @pytest.fixture(scope="module")
 def c_layouts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[int, str]]:
     """{struct name: (sizeof, hex bytes)} as the C compiler lays them out."""
     work: Path = tmp_path_factory.mktemp("layout_c")
     (work / "layout.c").write_text(PROGRAM)
-    subprocess.run([_compiler(), "-O0", "-Wall", "-Werror", "-o", str(work / "layout"), str(work / "layout.c")],
+    subprocess.run([require_tool("clang-14"), "-O0", "-Wall", "-Werror", "-o", str(work / "layout"), str(work / "layout.c")],
                    check=True, capture_output=True, text=True)
     out = subprocess.run([str(work / "layout")], check=True, capture_output=True, text=True).stdout
     layouts = {}
