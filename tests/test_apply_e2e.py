@@ -218,10 +218,12 @@ def test_other_examples_round_trip(pin_root: Path, tmp_path: Path, bpftool, exam
     assert not pin_root.exists()
 
 
-def test_help_is_fast_and_lists_the_commands():
+def test_help_lists_the_commands():
+    """Every command, in the Commands section (how fast --help answers is bench/run.py's to measure)."""
     res = run_cli("kmesh-apply", "--help")
-    for cmd in ("validate", "plan", "apply", "show", "destroy", "schema"):
-        assert cmd in res.stdout
+    assert res.returncode == 0, res.stderr
+    listed = re.findall(r"^  (\w+)  ", res.stdout.split("\nCommands:\n", 1)[1], re.M)
+    assert listed == ["validate", "plan", "apply", "destroy", "show", "watch", "schema"]
     schema = json.loads(run_cli("kmesh-apply", "schema").stdout)
     assert schema["$schema"].endswith("2020-12/schema")
 

@@ -236,11 +236,22 @@ def test_schema_is_valid_json_schema():
 
 
 def test_dump_yaml_round_trips(tmp_path: Path):
-    doc = {"inner_maps": {"a": {"type": "hash", "key": "u32", "value": {"struct": [{"ip": "ipv4"}, {"port": "be16"}]},
-                                "max_entries": 4, "entries": {1: {"ip": "10.0.0.1", "port": 80}}}}}
+    """What dump_yaml writes loads back as the same maps: types, and every entry byte for byte (strings a
+    YAML reader would take for something else are quoted; integer-only maps take the fast path)."""
+    doc = {"inner_maps": {
+        "a": {"type": "hash", "key": "u32", "value": {"struct": [{"ip": "ipv4"}, {"port": "be16"}]},
+              "max_entries": 4, "entries": {1: {"ip": "10.0.0.1", "port": 80}, 2: {"ip": "10.0.0.2", "port": 8080}}},
+        "names": {"type": "hash", "key": "u32", "value": "char[8]", "max_entries": 8,
+                  "entries": {1: "yes", 2: "0x10", 3: "1e3", 4: "null", 5: "~", 6: "a: b", 7: "- x", 8: ""}},
+        "ints": {"type": "hash", "key": "i64", "value": "u64", "max_entries": 4, "entries": {-3: 0, 7: 2**64 - 1}}}}
     text = dump_yaml(doc)
     assert "{ip: 10.0.0.1, port: 80}" in text
-    load_config([write(tmp_path, text)])
+    back, want = load_config([write(tmp_path, text)]), load_config(inline=doc)
+    assert set(back.inner_maps) == set(doc["inner_maps"])
+    for name, spec in want.inner_maps.items():
+        got = back.inner_maps[name]
+        assert (got.key, got.value, got.max_entries) == (spec.key, spec.value, spec.max_entries), name
+        assert got.entries == spec.entries and len(got.entries) == len(doc["inner_maps"][name]["entries"]), name
 
 
 def test_integer_entries_are_written_as_pyyaml_writes_them(tmp_path: Path):

@@ -424,12 +424,17 @@ inner_maps:
         "inner map 'busy' would be 100% full (4 of 4 entries); raise its max_entries before it fills up"]
 
 
-def test_a_scrape_follows_the_source() -> None:
+def test_a_scrape_follows_the_source(monkeypatch: pytest.MonkeyPatch) -> None:
     """The per-map families are reused between scrapes only while the usage is unchanged."""
     from dataclasses import replace
 
+    from kmesh_apply import metrics
     from kmesh_apply.metrics import Scrape
     from kmesh_apply.monitor import MapUsage
+
+    formatted = []
+    format_maps = metrics.map_families
+    monkeypatch.setattr(metrics, "map_families", lambda root, usage: formatted.append(len(usage)) or format_maps(root, usage))
 
     root = "/sys/fs/bpf/kmesh-x"
     source = Snapshot(root, [MapUsage("a", "inner", "hash", 1, 1, 4, 100)])
@@ -440,11 +445,11 @@ def test_a_scrape_follows_the_source() -> None:
                    if s.labels.get("map") == "a"}
         return samples["kmesh_apply_map_entries"]
 
-    assert entries() == 1
+    assert entries() == 1 and entries() == 1 and formatted == [1], "unchanged usage: formatted once"
     source.maps[0] = replace(source.maps[0], entries=3)  # the same list, changed in place
-    assert entries() == 3
+    assert entries() == 3 and formatted == [1, 1]
     source.maps = [MapUsage("a", "inner", "hash", 1, 3, 4, 100)]  # an equal list: reused
-    assert entries() == 3
+    assert entries() == 3 and formatted == [1, 1]
 
 
 def test_metrics_file_in_a_missing_directory(pin_root: Path, tmp_path: Path) -> None:
