@@ -9,9 +9,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -136,6 +138,20 @@ def bpftool_json(*args: str):
 def bpftool():
     require_tool("bpftool")
     return bpftool_json
+
+
+def bpf_syscalls(root: Path, *args: str) -> list[str]:
+    """The bpf() commands `kmesh-apply ARGS --pin-root ROOT` makes, in order, traced with strace."""
+    exe = Path(sys.executable).parent / "kmesh-apply"
+    fd, name = tempfile.mkstemp(suffix=".strace")
+    os.close(fd)
+    trace = Path(name)
+    try:
+        subprocess.run(["strace", "-f", "-qq", "-e", "trace=bpf", "-o", str(trace), str(exe), *args,
+                        "--pin-root", str(root)], check=True, capture_output=True)
+        return re.findall(r"bpf\((BPF_\w+)", trace.read_text())
+    finally:
+        trace.unlink(missing_ok=True)
 
 
 def run_cli(*argv: str, env: dict[str, str] | None = None, input: str | None = None) -> subprocess.CompletedProcess:

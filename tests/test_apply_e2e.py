@@ -7,12 +7,11 @@ import json
 import re
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO, pinned_maps, run_cli
+from conftest import REPO, bpf_syscalls, pinned_maps, run_cli
 
 MESH = REPO / "examples" / "mesh"
 
@@ -78,18 +77,6 @@ def edited_mesh(tmp_path: Path, **replacements: str) -> Path:
     out = tmp_path / "mesh.yaml"
     out.write_text(text)
     return out
-
-
-def bpf_syscalls(root: Path, *args: str) -> list[str]:
-    """The bpf() commands `kmesh-apply ARGS` makes, traced with strace."""
-    exe = Path(sys.executable).parent / "kmesh-apply"
-    trace = Path(tempfile.mkstemp(suffix=".strace")[1])
-    try:
-        subprocess.run(["strace", "-f", "-qq", "-e", "trace=bpf", "-o", str(trace), str(exe), *args,
-                        "--pin-root", str(root)], check=True, capture_output=True)
-        return re.findall(r"bpf\((BPF_\w+)", trace.read_text())
-    finally:
-        trace.unlink(missing_ok=True)
 
 
 def test_mesh_round_trip(pin_root: Path, bpftool, tmp_path: Path):

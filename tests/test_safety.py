@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import json
 import os
-import re
+import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 
-from conftest import pinned_maps, run_cli
+from conftest import bpf_syscalls, pinned_maps, run_cli
 
 KMESH_APPLY = str(Path(sys.executable).parent / "kmesh-apply")
 
@@ -136,51 +135,52 @@ def test_swap_is_atomic_for_a_bpf_reader(pin_root: Path, tmp_path: Path, bpf_scr
     assert seen.get(64) and seen.get(192)
 
 
-def bpf_call_count(args: list[str]) -> int:
-    trace = subprocess.run(["strace", "-f", "-qq", "-c", "-e", "trace=bpf", KMESH_APPLY, *args],
-                           capture_output=True, text=True)
-    m = re.search(r"\s(\d+)\s+(?:\d+\s+)?bpf\s*$", trace.stderr, re.M)
-    assert m, trace.stderr
-    return int(m.group(1))
-
-
-def killed_apply(args: list[str], inject: str) -> int:
-    res = subprocess.run(["strace", "-f", "-qq", "-o", "/dev/null", "-e", f"inject={inject}:signal=KILL", KMESH_APPLY, *args],
-                         capture_output=True, text=True)
-    return res.returncode
+def killed_apply(cfg: Path, root: Path, inject: str) -> None:
+    """`apply CFG`, killed by strace's fault injection at the syscall `inject` names; asserts that the kill
+    landed: strace passes the tracee's death on, so it dies by SIGKILL too (an apply that ran to its end
+    or failed on its own exits with a status instead)."""
+    res = subprocess.run(["strace", "-f", "-qq", "-o", "/dev/null", "-e", f"inject={inject}:signal=KILL", KMESH_APPLY,
+                          "apply", str(cfg), "--auto-approve", "--pin-root", str(root)], capture_output=True, text=True)
+    assert res.returncode == -signal.SIGKILL, f"the kill at {inject} did not land: exit {res.returncode}\n{res.stderr}"
 
 
 def assert_converged(cfg: Path, root: Path, names: set[str]) -> None:
     cli("apply", str(cfg), "--auto-approve", root=root)
     assert clean(cfg, root)
     assert {p.name for p in pinned_maps(root)} == names, "stray pins after recovery"
+    assert not (root / "_kmesh_staging").exists() or not any((root / "_kmesh_staging").iterdir()), "stray staged maps"
 
 
 def test_sigkill_at_any_point_converges(pin_root: Path, tmp_path: Path):
+    """Kills at bpf() calls chosen from a trace of the same apply, all after its first map was created (work
+    began), each checked to have landed mid-apply: the new state not reached; the old one left or maps staged."""
     a = write(tmp_path, "a.yaml", big_config(20, 500, 1))
     b = write(tmp_path, "b.yaml", big_config(20, 500, 7))
     names = {f"svc-{m}" for m in range(20)} | {"services"}
     cli("apply", str(a), "--auto-approve", root=pin_root)
-    total = bpf_call_count(["apply", str(b), "--auto-approve", "--pin-root", str(pin_root)])
+    calls = bpf_syscalls(pin_root, "apply", str(b), "--auto-approve")
     assert clean(b, pin_root)
+    first = calls.index("BPF_MAP_CREATE") + 1  # 1-based, as strace counts for when=
     # By step: kill at the Nth bpf() call of an apply that swaps every inner map.
-    for frac in (0.1, 0.35, 0.6, 0.8, 0.95):
+    for frac in (0.0, 0.3, 0.6, 0.9):
         cli("apply", str(a), "--auto-approve", root=pin_root)
-        killed_apply(["apply", str(b), "--auto-approve", "--pin-root", str(pin_root)], f"bpf:when={max(1, int(total * frac))}")
+        killed_apply(b, pin_root, f"bpf:when={first + int((len(calls) - first) * frac)}")
+        assert not clean(b, pin_root) and ((pin_root / "_kmesh_staging").exists() or not clean(a, pin_root)), frac
         assert_converged(b, pin_root, names)
     # Between switching the slots and moving the new maps into place.
     for when in (1, 7):
         cli("apply", str(a), "--auto-approve", root=pin_root)
-        killed_apply(["apply", str(b), "--auto-approve", "--pin-root", str(pin_root)], f"rename,renameat,renameat2:when={when}")
+        killed_apply(b, pin_root, f"rename,renameat,renameat2:when={when}")
+        assert not clean(b, pin_root) and not clean(a, pin_root), when
         assert_converged(b, pin_root, names)
-    # By time, during a cold apply.
-    for delay in (0.05, 0.2, 0.4):
+    # During a cold apply, while it pins the maps it created: some are there, not all.
+    cli("destroy", "--auto-approve", root=pin_root)
+    calls = bpf_syscalls(pin_root, "apply", str(a), "--auto-approve")
+    pins = [i + 1 for i, c in enumerate(calls) if c == "BPF_OBJ_PIN"][-len(names):]  # the maps' (records first)
+    for when in (pins[1], pins[len(pins) // 2], pins[-1]):
         cli("destroy", "--auto-approve", root=pin_root)
-        proc = subprocess.Popen([KMESH_APPLY, "apply", str(a), "--auto-approve", "--pin-root", str(pin_root)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(delay)
-        proc.kill()
-        proc.wait()
+        killed_apply(a, pin_root, f"bpf:when={when}")
+        assert 0 < len(pinned_maps(pin_root)) < len(names), when
         assert_converged(a, pin_root, names)
 
 
