@@ -1,82 +1,45 @@
-"""The synchroniser's bookkeeping in-process, against an in-memory kernel that fails on request:
-retries with backoff, a newer value replacing a pending retry, status, health and the recorder."""
+"""The synchroniser's retries against the real kernel failing: a map frozen by someone else (the kernel
+refuses every update), a map filled up by another writer, a pin removed in the middle of a flush.
+Backoffs are read on a clock the test steps by hand; what the kernel holds is read with bpftool."""
 
 from __future__ import annotations
 
-import copy
+import os
+import subprocess
 import threading
-from typing import Callable, Iterable
+from pathlib import Path
+from typing import Callable
 
 import pytest
 
+from conftest import bpftool_json
 from kmesh_apply import load_config
-from kmesh_apply.errors import ApplyError, ConfigError, Diagnostic, KernelError
+from kmesh_apply.errors import ApplyError, ConfigError, Diagnostic
 from kmesh_apply.executor import ApplyReport
-from kmesh_apply.kernel.progs import Program
-from kmesh_apply.plan.model import CreateMap, Plan, Step
-from kmesh_apply.state import LiveMap, LiveState
+from kmesh_apply.plan.model import Plan, Step
+from kmesh_apply.state import LiveState
 from kmesh_apply.sync import Synchroniser
-from kmesh_apply.sync.cache import Mirror
+from kmesh_apply.sync.kernel import PinRootKernel
 from kmesh_apply.sync.retries import BACKOFF_MAX, backoff
 from kmesh_apply.sync.synchroniser import SHOWN_DIAGNOSTICS
 
 CONFIG = """
 inner_maps:
   a: {type: hash, key: u32, value: u64, max_entries: 8, entries: {1: 10, 2: 20}}
-  b: {type: hash, key: u32, value: u64, max_entries: 8, entries: {3: 30}}
+  b: {type: hash, key: u32, value: u64, max_entries: 2, manage_entries: listed, entries: {3: 30}}
 outer_maps:
-  o: {type: hash_of_maps, key: u32, max_entries: 4, inner_map: a, entries: {0: a, 1: b}}
+  o: {type: hash_of_maps, key: u32, max_entries: 4, inner_map: a, entries: {0: a, 1: a}}
 """
 
 
-class MemoryKernel:
-    """Holds a live state in memory; `fail(step) -> bool` makes a step fail with EBUSY."""
+class Clock:
+    """A monotonic clock that moves only when the test says."""
 
     def __init__(self) -> None:
-        self.state = LiveState("/sys/fs/bpf/memory")
-        self.next_id = 100
-        self.reads = 0
-        self.fail: Callable[[Step], bool] = lambda step: False
-        self._creating: CreateMap | None = None
-        self._mirror = Mirror(self.state, self._create)
+        self.now = 1000.0
 
-    def _create(self, pin: str, entries: bool = True) -> LiveMap:
-        d = self._creating.map  # type: ignore[union-attr]
-        self.next_id += 1
-        return LiveMap(d.name, self.next_id, d.type, d.key_size, d.value_size, d.max_entries, d.flags,
-                       None if d.is_outer else d.key_type, None if d.is_outer else d.value_type)
-
-    def read(self) -> LiveState:
-        self.reads += 1
-        return copy.deepcopy(self.state)
-
-    def run(self, plan: Plan, live: LiveState, on_step: Callable[[Step], None]) -> ApplyReport:
-        mirror = self._mirror = Mirror(self.state, self._create)
-        report = ApplyReport()
-        for i, step in enumerate(plan.steps):
-            if self.fail(step):
-                raise ApplyError(KernelError("update", step.describe(), 16), report.steps,
-                                 [s.describe() for s in plan.steps[i:]])
-            self._creating = step if isinstance(step, CreateMap) else None
-            mirror(step)
-            report.steps.append(step.describe())
-            on_step(step)
-        return report
-
-    def unchanged(self, state: LiveState) -> bool:
-        return False  # every verify reads the state in full
-
-    def read_map(self, pin: str, entries: bool = True) -> LiveMap:
-        return copy.deepcopy(self._mirror._at(pin))
-
-    def memlock(self, pin: str) -> int | None:
-        return 4096
-
-    def holders(self, map_ids: Iterable[int]) -> dict[int, tuple[Program, ...]]:
-        return {}
-
-    def close(self) -> None:
-        pass
+    def __call__(self) -> float:
+        return self.now
 
 
 class Recorded:
@@ -94,62 +57,135 @@ class Recorded:
 
 
 @pytest.fixture
-def setup() -> tuple[Synchroniser, MemoryKernel, Recorded]:
-    kernel, recorder = MemoryKernel(), Recorded()
-    sync = Synchroniser(kernel.state.pin_root, recorder=recorder, kernel=kernel)
-    sync.apply(load_config(inline=CONFIG))
-    return sync, kernel, recorder
+def setup(pin_root: Path) -> tuple[Synchroniser, Clock, Recorded]:
+    clock, recorder = Clock(), Recorded()
+    with Synchroniser(str(pin_root), recorder=recorder, clock=clock) as sync:
+        sync.apply(load_config(inline=CONFIG))
+        yield sync, clock, recorder
 
 
-def value_of(kernel: MemoryKernel, name: str, key: int) -> int:
-    return int.from_bytes(kernel.state.maps[name].entries[key.to_bytes(4, "little")], "little")
+def entries(root: Path, name: str) -> dict[int, int]:
+    """A map's entries as bpftool formats them (the map's BTF says u32 -> u64)."""
+    return {e["formatted"]["key"]: e["formatted"]["value"]
+            for e in bpftool_json("map", "dump", "pinned", str(root / name)) or []}
 
 
-def test_a_failed_flush_backs_off_and_its_retry_rereads_the_kernel(setup):
-    sync, kernel, recorder = setup
-    kernel.fail = lambda step: getattr(step, "map", None) == "b"
-    sync.put("b", {3: 31})
-    with pytest.raises(ApplyError):
+def map_id(root: Path, name: str) -> int:
+    return bpftool_json("map", "show", "pinned", str(root / name))["id"]
+
+
+def slots(root: Path, outer: str) -> dict[int, int]:
+    """{slot: ID of the inner map in it}, from bpftool's raw bytes (an outer map has no BTF)."""
+    raw = lambda hexes: int.from_bytes(bytes(int(h, 16) for h in hexes), "little")  # noqa: E731
+    return {raw(e["key"]): raw(e["value"]) for e in bpftool_json("map", "dump", "pinned", str(root / outer)) or []}
+
+
+def bpftool(*args: str) -> None:
+    subprocess.run(["bpftool", *args], check=True, capture_output=True)
+
+
+def u32(n: int) -> list[str]:
+    return [str(b) for b in n.to_bytes(4, "little")]
+
+
+def test_a_frozen_map_fails_the_flush_with_backoff_and_the_retry_rereads_the_kernel(setup, pin_root: Path):
+    sync, clock, recorder = setup
+    frozen = map_id(pin_root, "a")
+    bpftool("map", "freeze", "pinned", str(pin_root / "a"))  # read-only for syscalls: updates fail with EPERM
+    sync.put("a", {1: 11})
+    with pytest.raises(ApplyError, match=r"Operation not permitted \(errno 1\)"):
         sync.flush()
-    st = sync.status()["b"]
-    assert (st.state, st.attempts) == ("failed", 1) and "errno 16" in st.error
-    assert 0.05 < sync.retry_in() <= 0.1
+    st = sync.status()["a"]
+    assert (st.state, st.attempts) == ("failed", 1) and "errno 1" in st.error
+    assert sync.retry_in() == pytest.approx(backoff(1)) == pytest.approx(0.1)
+    clock.now += 0.04
+    assert sync.retry_in() == pytest.approx(0.06)
     health = sync.health()
-    assert not health.ok and "map 'b' failed 1 time: " in health.reasons[0]
+    assert not health.ok and "map 'a' failed 1 time: " in health.reasons[0]
+    clock.now += 0.06
     with pytest.raises(ApplyError):
         sync.flush()
-    assert sync.status()["b"].attempts == 2 and 0.1 < sync.retry_in() <= 0.2
-    reads = kernel.reads
-    kernel.fail = lambda step: False
+    assert sync.status()["a"].attempts == 2 and sync.retry_in() == pytest.approx(0.2)
+    assert entries(pin_root, "a") == {1: 10, 2: 20}  # nothing written
+    os.unlink(pin_root / "a")  # the operator removes the frozen map: only a fresh read of the pin root sees that
+    clock.now += 0.2
     sync.flush()
-    assert kernel.reads == reads + 1, "after a failure the cache is read afresh"
-    assert value_of(kernel, "b", 3) == 31 and sync.status()["b"].state == "applied"
-    assert sync.retry_in() is None and sync.health().ok
+    new = map_id(pin_root, "a")
+    assert new != frozen and entries(pin_root, "a") == {1: 11, 2: 20}
+    assert slots(pin_root, "o") == {0: new, 1: new}, "the outer map's slots still hold the frozen map"
+    assert sync.status()["a"].state == "applied" and sync.retry_in() is None and sync.health().ok
     assert [e for e in recorder.events if e[0] == "reconcile"][-3:] == [
         ("reconcile", "error"), ("reconcile", "error"), ("reconcile", "success")]
 
 
-def test_a_newer_value_replaces_a_pending_retry(setup):
-    sync, kernel, _ = setup
-    kernel.fail = lambda step: True
+def test_a_map_filled_by_another_writer_fails_until_there_is_room(setup, pin_root: Path):
+    sync, clock, _ = setup
+    bpftool("map", "update", "pinned", str(pin_root / "b"), "key", *u32(9), "value", *u32(1), *u32(0))  # b: 2 of 2
+    sync.put("b", {4: 40})
+    with pytest.raises(ApplyError, match=r"errno 7\); the map is full"):
+        sync.flush()
+    assert sync.status()["b"].state == "failed" and entries(pin_root, "b") == {3: 30, 9: 1}
+    bpftool("map", "delete", "pinned", str(pin_root / "b"), "key", *u32(9))
+    clock.now += sync.retry_in()
+    sync.flush()
+    assert entries(pin_root, "b") == {3: 30, 4: 40} and sync.status()["b"].state == "applied"
+
+
+def test_a_newer_value_replaces_a_pending_retry(setup, pin_root: Path):
+    sync, clock, _ = setup
+    bpftool("map", "freeze", "pinned", str(pin_root / "a"))
     sync.put("a", {1: 11})
     with pytest.raises(ApplyError):
         sync.flush()
-    assert sync.retry_in() > 0
+    assert sync.retry_in() == pytest.approx(0.1)
     sync.put("a", {1: 12})
-    assert sync.retry_in() <= 0, "a new desired value is due at once"
-    kernel.fail = lambda step: False
+    assert sync.retry_in() == 0, "a new desired value is due at once"
+    os.unlink(pin_root / "a")
     sync.flush()
-    assert value_of(kernel, "a", 1) == 12
+    assert entries(pin_root, "a") == {1: 12, 2: 20}
 
 
-def test_unchanged_state_is_a_noop_and_drift_is_counted(setup):
-    sync, kernel, recorder = setup
+class Unpinning(PinRootKernel):
+    """The real pin root, where someone removes the pin of `victim` right after the flush's step on `after`."""
+
+    def __init__(self, pin_root: str, victim: str, after: str):
+        super().__init__(pin_root, lock_timeout=10)
+        self.victim, self.after, self.armed = victim, after, False
+
+    def run(self, plan: Plan, live: LiveState, on_step: Callable[[Step], None]) -> ApplyReport:
+        def step(s: Step) -> None:
+            on_step(s)
+            if self.armed and getattr(s, "map", None) == self.after:
+                self.armed = False
+                os.unlink(f"{self.pin_root}/{self.victim}")
+
+        return super().run(plan, live, step)
+
+
+def test_a_pin_removed_mid_flush_is_found_and_recreated_by_verify(pin_root: Path):
+    """The flush writes through the map handles it holds, so the kernel takes the write into the unpinned
+    map and the flush succeeds; the next verify reads the pin root, finds the map gone and creates it with
+    every desired entry."""
+    kernel = Unpinning(str(pin_root), victim="b", after="a")
+    with Synchroniser(str(pin_root), recorder=(recorder := Recorded()), kernel=kernel, clock=Clock()) as sync:
+        sync.apply(load_config(inline=CONFIG))
+        kernel.armed = True
+        sync.put("a", {1: 11})
+        sync.put("b", {4: 41})
+        assert sync.flush().steps == ["write 1 and delete 0 entries of 'a' (a)", "write 1 and delete 0 entries of 'b' (b)"]
+        assert not kernel.armed and not (pin_root / "b").exists()
+        drift = sync.verify()
+        assert [(c.name, c.action) for c in drift] == [("b", "create")] and ("drift", 1) in recorder.events
+        assert entries(pin_root, "b") == {3: 30, 4: 41} and entries(pin_root, "a") == {1: 11, 2: 20}
+
+
+def test_unchanged_state_is_a_noop_and_drift_is_counted(setup, pin_root: Path):
+    sync, _, recorder = setup
     assert sync.flush().steps == [] and recorder.events[-1] == ("reconcile", "noop")
-    kernel.state.maps["a"].entries[(1).to_bytes(4, "little")] = (99).to_bytes(8, "little")  # out of band
+    bpftool("map", "update", "pinned", str(pin_root / "a"), "key", *u32(1), "value", *u32(99), *u32(0))  # out of band
     drift = sync.verify()
     assert [c.name for c in drift] == ["a"] and ("drift", 1) in recorder.events
-    assert value_of(kernel, "a", 1) == 10
+    assert entries(pin_root, "a") == {1: 10, 2: 20}
 
 
 def test_a_rejected_config_makes_health_say_why(setup):
@@ -177,7 +213,7 @@ def test_backoff_doubles_from_100ms_to_a_minute():
 def test_scrapes_and_probes_do_not_wait_for_an_apply(setup):
     """While an apply holds the synchroniser (a cold apply at Kmesh scale takes seconds), usage and health
     answer at once with what held before it: a liveness probe must not time out on a busy watcher."""
-    sync, kernel, recorder = setup
+    sync, _, _ = setup
     before = sync.usage()
     applying, done = threading.Event(), threading.Event()
 
@@ -198,6 +234,6 @@ def test_scrapes_and_probes_do_not_wait_for_an_apply(setup):
     finally:
         done.set()
         worker.join()
-    sync.put("b", {4: 40})
+    sync.put("a", {4: 40})
     sync.flush()
     assert sync.usage() != before  # free again: computed afresh

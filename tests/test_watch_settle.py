@@ -1,7 +1,7 @@
-"""When `watch` reads a file and when it destroys maps (issue 21), without the kernel: the settling rules
-on changes as watchfiles reports them (a set of (added | modified | deleted, path) per burst) for real files
-as editors, scripts and Kubernetes leave them, the lease probe against real writers, the destroy guard,
-and the synchroniser keeping held destroys (against test_sync_retries' in-memory kernel)."""
+"""When `watch` reads a file and when it destroys maps (issue 21): the settling rules on changes as watchfiles
+reports them (a set of (added | modified | deleted, path) per burst) for real files as editors, scripts and
+Kubernetes leave them, the lease probe against real writers and the destroy guard, without the kernel; the
+synchroniser keeping held destroys, on a real pin root read with bpftool."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_sync_retries import CONFIG, MemoryKernel
+from test_sync_retries import map_id, slots
 
 from kmesh_apply import load_config
 from kmesh_apply.sync import Synchroniser
@@ -193,33 +193,46 @@ def test_the_guard_waits_for_stable_files_and_bounds_a_mass_destroy(tmp_path: Pa
     assert set(guard.hold(["a", "b", "c"])) == {"a", "b", "c"}
 
 
-def test_the_synchroniser_keeps_held_destroys_until_released(tmp_path: Path):
-    kernel, s, f = MemoryKernel(), Settling(kind), written_file(tmp_path)
-    guard = FilesGuard(s, max_destroy=1)
-    sync = Synchroniser(kernel.state.pin_root, kernel=kernel, guard=guard)
-    sync.apply(load_config(inline=CONFIG))
-    without_b = CONFIG.replace("  b: {type: hash, key: u32, value: u64, max_entries: 8, entries: {3: 30}}\n", "") \
-        .replace(", 1: b", "")
-    written = time.monotonic() - STABLE + 0.3
-    s.observe({(MODIFIED, f)}, written)
-    sync.apply(load_config(inline=without_b))
-    assert "b" in kernel.state.maps and sync.held()["b"].until == pytest.approx(written + STABLE)  # not stable yet
-    assert kernel.state.maps["o"].slots == {(0).to_bytes(4, "little"): kernel.state.maps["a"].id}  # the rest applied
-    assert sync.status()["b"].state == HELD and sync.health().ok  # a wait for stable files is not a failure
-    assert 0 < sync.released_in() <= 0.3  # type: ignore[operator]
-    sync.verify()  # the drift check keeps it too
-    assert "b" in kernel.state.maps
-    time.sleep(0.3)
-    sync.flush()
-    assert "b" not in kernel.state.maps and not sync.held() and "b" not in sync.status()
+WITH_B = """
+inner_maps:
+  a: {type: hash, key: u32, value: u64, max_entries: 8, entries: {1: 10}}
+  b: {type: hash, key: u32, value: u64, max_entries: 8, entries: {3: 30}}
+outer_maps:
+  o: {type: hash_of_maps, key: u32, max_entries: 4, inner_map: a, entries: {0: a, 1: b}}
+"""
+WITHOUT_B = WITH_B.replace("  b: {type: hash, key: u32, value: u64, max_entries: 8, entries: {3: 30}}\n", "").replace(", 1: b", "")
+TWO_MORE = WITH_B.replace("  b:", "  c: {type: hash, key: u32, value: u64, max_entries: 8}\n"
+                                  "  d: {type: hash, key: u32, value: u64, max_entries: 8}\n  b:")
 
-    two_more = CONFIG.replace("  b:", "  c: {type: hash, key: u32, value: u64, max_entries: 8}\n"
-                                      "  d: {type: hash, key: u32, value: u64, max_entries: 8}\n  b:")
-    sync.apply(load_config(inline=two_more))
-    sync.apply(load_config(inline=without_b))  # c, d and b go at once: more than max_destroy 1
-    assert {"b", "c", "d"} <= kernel.state.maps.keys() and sync.released_in() is None
-    health = sync.health()
-    assert not health.ok and "3 maps would be destroyed" in health.reasons[0] and "(b, c, d)" in health.reasons[0]
-    guard.confirm(sync.held())  # SIGHUP
-    sync.flush()
-    assert not {"b", "c", "d"} & kernel.state.maps.keys() and sync.health().ok
+
+def pinned(root: Path) -> set[str]:
+    return {p.name for p in root.iterdir() if not p.name.startswith("_kmesh")}
+
+
+def test_the_synchroniser_keeps_held_destroys_until_released(pin_root: Path, tmp_path: Path):
+    assert "b" not in WITHOUT_B and "c" in TWO_MORE
+    s, f = Settling(kind), written_file(tmp_path)
+    guard = FilesGuard(s, max_destroy=1)
+    with Synchroniser(str(pin_root), guard=guard) as sync:
+        sync.apply(load_config(inline=WITH_B))
+        written = time.monotonic() - STABLE + 60  # a file written in place: stable a minute from now
+        s.observe({(MODIFIED, f)}, written)
+        sync.apply(load_config(inline=WITHOUT_B))
+        assert "b" in pinned(pin_root) and sync.held()["b"].until == pytest.approx(written + STABLE)  # not stable yet
+        assert slots(pin_root, "o") == {0: map_id(pin_root, "a")}  # the rest applied
+        assert sync.status()["b"].state == HELD and sync.health().ok  # a wait for stable files is not a failure
+        assert 0 < sync.released_in() <= 60  # type: ignore[operator]
+        sync.verify()  # the drift check keeps it too
+        assert "b" in pinned(pin_root)
+        s.observe({(MODIFIED, f)}, time.monotonic() - STABLE)  # as if written STABLE ago: stable now
+        sync.flush()
+        assert pinned(pin_root) == {"a", "o"} and not sync.held() and "b" not in sync.status()
+
+        sync.apply(load_config(inline=TWO_MORE))
+        sync.apply(load_config(inline=WITHOUT_B))  # c, d and b go at once: more than max_destroy 1
+        assert pinned(pin_root) == {"a", "b", "c", "d", "o"} and sync.released_in() is None
+        health = sync.health()
+        assert not health.ok and "3 maps would be destroyed" in health.reasons[0] and "(b, c, d)" in health.reasons[0]
+        guard.confirm(sync.held())  # SIGHUP
+        sync.flush()
+        assert pinned(pin_root) == {"a", "o"} and sync.health().ok

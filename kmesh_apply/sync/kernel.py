@@ -2,7 +2,7 @@
 
 The real side is the pin root's reader and executor, with map handles kept open from
 one flush to the next and the pin root's lock held for the synchroniser's lifetime;
-tests of the loop, the retries and the cache bookkeeping pass an in-memory one.
+tests pass a PinRootKernel of their own that removes a pin at a chosen step.
 """
 
 from __future__ import annotations

@@ -48,10 +48,13 @@ class Synchroniser:
 
     def __init__(self, pin_root: str, *, recorder: Recorder | None = None,
                  lock_timeout: float = DEFAULT_LOCK_TIMEOUT, allow_replace_in_use: bool = False,
-                 kernel: Kernel | None = None, guard: DestroyGuard | None = None):
+                 kernel: Kernel | None = None, guard: DestroyGuard | None = None,
+                 clock: Callable[[], float] = time.monotonic):
         """`allow_replace_in_use`: replace or destroy maps that loaded programs hold (refused otherwise, as by
-        apply). `guard`: asked about every map a plan would destroy (the watcher's, sync/guard.py); none: all go."""
+        apply). `guard`: asked about every map a plan would destroy (the watcher's, sync/guard.py); none: all go.
+        `clock`: what backoffs and durations are measured with (tests pass their own, to step it by hand)."""
         self.pin_root = pin_root
+        self._clock = clock
         self.recorder: Recorder = recorder or NoopRecorder()
         self._guard = guard
         self._held: dict[str, Hold] = {}  # maps the guard kept at the last plan
@@ -64,7 +67,7 @@ class Synchroniser:
         self._plan_all = True  # the first flush plans every map (and removes those not desired)
         self._status: dict[str, MapStatus] = {}
         self._attempts = 0
-        self._retry_at: float | None = None  # time.monotonic() when a failed flush is due again
+        self._retry_at: float | None = None  # the clock's time when a failed flush is due again
         self._config_error: list[str] | None = None  # why the configuration was rejected, for health()
         self._files_held: str | None = None  # why the configuration's files are not read yet, for health()
         self._verify_error: str | None = None
@@ -168,17 +171,17 @@ class Synchroniser:
         cache (entries summed in the kernel: one number per map); only a difference, or a doubt,
         costs the full read."""
         with self._lock:
-            start = time.monotonic()
+            start = self._clock()
             if self._applied() and self._kernel.unchanged(self._cache):
                 self._verify_error = None
                 self.last_changes = []
-                self.recorder.reconcile("noop", time.monotonic() - start)
+                self.recorder.reconcile("noop", self._clock() - start)
                 return []
             try:
                 self._cache, self._cache_valid = self._kernel.read(), True
             except KmeshError as e:
                 self._verify_error = f"verify could not read the pin root: {e}"
-                self.recorder.reconcile("error", time.monotonic() - start)
+                self.recorder.reconcile("error", self._clock() - start)
                 raise
             self._verify_error = None
             if self._desired is None:
@@ -197,13 +200,13 @@ class Synchroniser:
     def retry_in(self) -> float | None:
         """Seconds until a failed flush is due again (0 or less: due now); None when nothing failed."""
         with self._lock:
-            return None if self._retry_at is None else self._retry_at - time.monotonic()
+            return None if self._retry_at is None else self._retry_at - self._clock()
 
     def released_in(self) -> float | None:
         """Seconds until the guard may let a held destroy go (flush then); None when none waits for a time."""
         with self._lock:
             times = [h.until for h in self._held.values() if h.until is not None]
-            return min(times) - time.monotonic() if times else None
+            return min(times) - time.monotonic() if times else None  # the guard's clock, not self._clock
 
     def held(self) -> dict[str, Hold]:
         """The maps the desired state no longer names that the destroy guard keeps for now, and why."""
@@ -211,19 +214,22 @@ class Synchroniser:
             return dict(self._held)
 
     def _flush(self) -> ApplyReport:
-        start = time.monotonic()
+        start = self._clock()
         if self._desired is None or (not self._dirty and not self._plan_all):
             self.last_changes = []
-            self.recorder.reconcile("noop", time.monotonic() - start)
+            self.recorder.reconcile("noop", self._clock() - start)
             return ApplyReport()
-        if not self._cache_valid:
+        reread = not self._cache_valid
+        if reread:
             try:
                 self._cache, self._cache_valid = self._kernel.read(), True
             except KmeshError as e:
                 self._failed(e, set(self._dirty), None, start)
                 raise
         scope = set(self._dirty)
-        plan = self._planned(None if self._plan_all else scope, scope, start)
+        # After a failure the kernel state is read afresh and, like verify, planned whole: a map recreated
+        # because its pin went away must also be put back in the outer maps' slots that held the old one.
+        plan = self._planned(None if self._plan_all or reread else scope, scope, start)
         return self._run(plan, scope | {c.name for c in plan.changes}, start)
 
     def _planned(self, only: set[str] | None, names: set[str], start: float) -> Plan:
@@ -259,7 +265,7 @@ class Synchroniser:
         self.last_changes = plan.changes
         if not plan.has_changes:
             self._succeeded(names)
-            self.recorder.reconcile("noop", time.monotonic() - start)
+            self.recorder.reconcile("noop", self._clock() - start)
             return ApplyReport()
         mirror = Mirror(self._cache, self._kernel.read_map)
         held = {i: n for i, n in plan.displaced(self._cache).items() if self._cache.holders.get(i)}
@@ -278,7 +284,7 @@ class Synchroniser:
                 live.memlock = self._kernel.memlock(name)
         self._succeeded(names)
         self._last_success = time.time()
-        self.recorder.reconcile("success", time.monotonic() - start)
+        self.recorder.reconcile("success", self._clock() - start)
         return report
 
     def _succeeded(self, names: set[str]) -> None:
@@ -305,7 +311,7 @@ class Synchroniser:
         """Retry after a backoff; unless nothing was applied, the kernel state is unknown: read it again next time."""
         self._cache_valid = cache_valid
         self._attempts += 1
-        self._retry_at = time.monotonic() + backoff(self._attempts)
+        self._retry_at = self._clock() + backoff(self._attempts)
         self._dirty |= names
         stamp = time.time()
         message = str(error.cause if isinstance(error, ApplyError) else error)
@@ -314,7 +320,7 @@ class Synchroniser:
                 self._status[name] = MapStatus(FAILED, message, self._attempts, stamp)
             elif self._status.get(name, MapStatus(PENDING)).state != FAILED:
                 self._status[name] = MapStatus(PENDING, None, 0, stamp)
-        self.recorder.reconcile("error", time.monotonic() - start)
+        self.recorder.reconcile("error", self._clock() - start)
 
     def _mark(self, names: set[str]) -> None:
         """Names whose desired state changed; a newer value replaces a pending retry (due now)."""
@@ -325,7 +331,7 @@ class Synchroniser:
             self._status[name] = MapStatus(PENDING, old.error if old else None, attempts, stamp)
         self._dirty |= names
         if self._retry_at is not None:
-            self._retry_at = time.monotonic()
+            self._retry_at = self._clock()
 
     # ---- what others read: status, usage, health --------------------------------------------
 
