@@ -154,9 +154,43 @@ def bpf_syscalls(root: Path, *args: str) -> list[str]:
         trace.unlink(missing_ok=True)
 
 
+# The calls that change a filesystem's names, and bpf()'s pinning; strace -y shows each fd's path.
+_CHANGING = ("mkdir", "mkdirat", "rename", "renameat", "renameat2", "symlink", "symlinkat", "link", "linkat", "unlink",
+             "unlinkat", "rmdir", "bpf")
+_PATH_ARG = re.compile(r'(?:(\d+)<([^>]*)>, )?"((?:[^"\\]|\\.)*)"')
+
+
+def bpffs_changes(trace: str) -> set[str]:
+    """The paths under /sys/fs/bpf that the calls traced in `trace` (strace -f -y output) created, renamed
+    or removed, successful calls only: what a test checks against its own pin root, without looking at
+    the directory other tests and tools on the machine share."""
+    out = set()
+    for line in trace.splitlines():
+        m = re.match(r"\d+\s+(\w+)\((.*)\)\s+=\s+(\d+)", line)
+        if not m or m.group(1) not in _CHANGING or (m.group(1) == "bpf" and "BPF_OBJ_PIN" not in m.group(2)):
+            continue
+        for _fd, directory, name in _PATH_ARG.findall(m.group(2)):
+            path = os.path.normpath(name if name.startswith("/") or not directory else f"{directory}/{name}")
+            if path == str(BPFFS) or path.startswith(f"{BPFFS}/"):
+                out.add(path)
+    return out
+
+
+def run_traced_cli(*argv: str) -> tuple[subprocess.CompletedProcess, set[str]]:
+    """run_cli under strace: the result, and bpffs_changes of everything the command and its children did."""
+    fd, name = tempfile.mkstemp(suffix=".strace")
+    os.close(fd)
+    try:
+        res = run_cli("strace", "-f", "-qq", "-y", "-s", "4096", "-o", name, "-e", "trace=" + ",".join(_CHANGING),
+                      str(Path(sys.executable).parent / argv[0]), *argv[1:])
+        return res, bpffs_changes(Path(name).read_text())
+    finally:
+        os.unlink(name)
+
+
 def run_cli(*argv: str, env: dict[str, str] | None = None, input: str | None = None) -> subprocess.CompletedProcess:
     """Run one of our console scripts (`kmesh-apply` or `kmesh`) from the venv as a user would."""
-    exe = Path(sys.executable).parent / argv[0]
+    exe = Path(sys.executable).parent / argv[0] if argv[0] != "strace" else Path(require_tool("strace"))
     full_env = dict(os.environ)
     full_env.update(env or {})
     return subprocess.run([str(exe), *argv[1:]], capture_output=True, text=True, env=full_env, input=input)

@@ -184,11 +184,10 @@ def test_example_playbook_and_role(host: str, maps: set[str], outer: str, tmp_pa
     assert gone.returncode == 0 and not pin_root.exists(), gone.stdout
 
 
-def test_missing_kmesh_apply_is_a_clear_failure(tmp_path: Path):
+def test_missing_kmesh_apply_is_a_clear_failure(tmp_path: Path, pin_root: Path):
     """On a node whose interpreter lacks kmesh_apply (here: the system Python) the module says what to install."""
     res = ansible("ansible", "localhost", "-c", "local", "-e", "ansible_python_interpreter=/usr/bin/python3",
-                  "-m", "kmesh.maps.apply", "-a", "pin_root=/sys/fs/bpf/kmesh-absent-node state=absent",
-                  tmp_path=tmp_path)
+                  "-m", "kmesh.maps.apply", "-a", f"pin_root={pin_root} state=absent", tmp_path=tmp_path)
     assert res.returncode != 0
     assert "Failed to import the required Python library (kmesh-apply)" in res.stdout + res.stderr
 

@@ -4,13 +4,12 @@ outside the pin root is touched."""
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from conftest import BPFFS, REPO, run_cli
+from conftest import REPO, bpffs_changes, run_traced_cli
 
 SMALL = """
 inner_maps:
@@ -24,22 +23,26 @@ inner_maps:
 """
 
 
-# Unique roots of other runs on the same machine (tests, benchmarks) come and go meanwhile: not ours to judge.
-OTHER_RUNS = re.compile(r"kmesh-[a-z0-9-]+-[0-9a-f]{6,}")
-
-
-def bpffs_listing() -> set[str]:
-    return {p.name for p in BPFFS.iterdir() if not OTHER_RUNS.fullmatch(p.name)}
-
-
 def refused(*args: str, expect: str, cwd: Path | None = None) -> str:
-    before = bpffs_listing()
-    res = run_cli("kmesh-apply", *args)
+    """Run kmesh-apply ARGS under strace: it must fail with `expect` and change nothing on bpffs outside
+    its pin root (seen in its own syscalls, not in the directory other runs on the machine share)."""
+    res, changed = run_traced_cli("kmesh-apply", *args)
     assert res.returncode == 1, f"exit {res.returncode}: {res.stdout}{res.stderr}"
     assert "Traceback" not in res.stderr
     assert expect in res.stderr, res.stderr
-    assert bpffs_listing() == before, "something was created outside the pin root"
+    root = args[args.index("--pin-root") + 1]
+    outside = {p for p in changed if p != root and not p.startswith(root + "/")}
+    assert not outside, f"changed outside the pin root {root}: {sorted(outside)}"
     return res.stderr
+
+
+def test_the_trace_check_sees_what_a_command_changes_on_bpffs():
+    trace = ('7 mkdirat(5</sys/fs/bpf/kmesh-test-x>, "../escape", 0777) = 0\n'
+             '7 bpf(BPF_OBJ_PIN, {pathname="/sys/fs/bpf/other/m", bpf_fd=4<anon_inode:bpf-map>, file_flags=0}, 16) = 0\n'
+             '7 renameat2(AT_FDCWD, "/tmp/a", 6</sys/fs/bpf/kmesh-test-x>, "b", RENAME_NOREPLACE) = 0\n'
+             '7 mkdir("/sys/fs/bpf/nope", 0777) = -1 EEXIST (File exists)\n'
+             '7 bpf(BPF_OBJ_GET, {pathname="/sys/fs/bpf/read", bpf_fd=0, file_flags=0}, 16) = 3<anon_inode:bpf-map>\n')
+    assert bpffs_changes(trace) == {"/sys/fs/bpf/escape", "/sys/fs/bpf/other/m", "/sys/fs/bpf/kmesh-test-x/b"}
 
 
 @pytest.mark.parametrize("name", ["../escape", "a/b", "..", "with.dot"])
