@@ -33,7 +33,7 @@ def test_a_skip_for_a_missing_tool_fails(tmp_path: Path) -> None:
 
 
 def test_a_listed_skip_is_allowed_only_while_its_variable_is_unset(tmp_path: Path) -> None:
-    (name, var), = BY_DESIGN_SKIPS.items()
+    name, var = next(iter(BY_DESIGN_SKIPS.items()))
     skipping = {name: f'import os, pytest\npytestmark = pytest.mark.skipif(not os.environ.get("{var}"), reason="by design")\n'
                       'def test_k():\n    pass\n'}
     res = _pytest(tmp_path, skipping)
