@@ -273,3 +273,26 @@ def test_an_unusual_value_sends_the_column_to_the_per_value_path(column: tuple[C
         assert got is None or got == per_value(typ, values)
     else:
         assert got is None
+
+
+def test_bool_takes_true_false_and_byte_values_only() -> None:
+    """Killed survivors of a mutation run (_encode_bool): each branch and bound, and the message."""
+    b = parse_type("bool")
+    assert [encode(b, v) for v in (True, False, 0, 1, 255)] == [b"\1", b"\0", b"\0", b"\1", b"\xff"]
+    for bad in (256, -1, "true", 1.0, None):
+        with pytest.raises(CodecError, match="expected true or false"):
+            encode(b, bad)
+
+
+def test_per_cpu_values_decode_per_cpu_only_when_they_differ() -> None:
+    """decode_per_cpu: each CPU's value sits at an 8-byte stride; equal values fold into one, differing
+    ones come back as {per_cpu: [...]} in CPU order; a buffer of the wrong length is refused, named."""
+    t = parse_type({"struct": [{"a": "u8"}, {"b": "be16"}]})  # 4 bytes, padded to 8 per CPU
+    one, two = encode(t, {"a": 1, "b": 2}), encode(t, {"a": 3, "b": 4})
+    pad = bytes(4)
+    assert decode_per_cpu(t, one + pad + one + pad, 2) == {"a": 1, "b": 2}
+    assert decode_per_cpu(t, one + pad + two + pad + one + pad, 3) == {
+        "per_cpu": [{"a": 1, "b": 2}, {"a": 3, "b": 4}, {"a": 1, "b": 2}]}
+    with pytest.raises(CodecError, match="expected 16 bytes for 2 CPUs, got 12"):
+        decode_per_cpu(t, one + pad + one, 2)
+    assert encode_per_cpu(t, {"per_cpu": [{"a": 1, "b": 2}, {"a": 3, "b": 4}]}, 2) == one + pad + two + pad
