@@ -51,10 +51,16 @@ def view(t: CType, value: Any) -> Any:
     if isinstance(t, Lpm):
         addr, _, prefix = value.partition("/")
         return {"prefixlen": int(prefix), "addr": list(ipaddress.ip_address(addr).packed)}
-    if isinstance(t, Struct):
+    if isinstance(t, Struct):  # the kernel checks an enum of 1 or 2 bytes in a struct with bitfields as 32 bits
+        # wide unless it is written as a bitfield of its own width (kernel/btf.py), so bpftool shows it in hex
+        has_bits = any(f.bits for f in t.fields)
         out = {}
         for f in t.fields:
-            out[f.name] = hex(value[f.name] & ((1 << f.bits) - 1)) if f.bits else view(f.type, value[f.name])
+            v = value[f.name]
+            width = f.bits or (8 * f.type.size if has_bits and isinstance(f.type, Enum) and f.type.size < 4 else 0)
+            if isinstance(v, str) and isinstance(f.type, Enum):
+                v = dict(f.type.values)[v]
+            out[f.name] = hex(v & ((1 << width) - 1)) if width else view(f.type, value[f.name])
         return out
     if isinstance(t, CUnion):
         (name, member), = value.items()

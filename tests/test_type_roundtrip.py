@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from bpftool_view import raw, same, view
@@ -129,8 +129,17 @@ def configs(draw: st.DrawFn) -> dict[str, Any]:
     }}
 
 
+BITFIELD_ENUM = {"struct": [{"a": "u8:1"}, {"aa": {"enum": "u8", "values": {"X": 1}}}]}
+
+
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(configs())
+@example({"inner_maps": {  # an enum beside a bitfield is written as a bitfield of its own width: bpftool prints hex
+    "h": {"type": "hash", "key": "u8", "value": BITFIELD_ENUM, "max_entries": 8, "entries": []},
+    "p": {"type": "percpu_hash", "key": "u8", "value": BITFIELD_ENUM, "max_entries": 8, "entries": []},
+    "a": {"type": "array", "key": "u32", "value": BITFIELD_ENUM, "max_entries": 4,
+          "entries": [{"key": 0, "value": {"a": 1, "aa": "X"}}]}},
+    "outer_maps": {"o": {"type": "hash_of_maps", "key": "u8", "max_entries": 8, "inner_map": "a", "entries": []}}})
 def test_applied_config_and_its_show_plan_clean(doc: dict[str, Any]) -> None:
     with _unique_root("prop") as root:
         cfg = load_config(inline=doc, use_cache=False)
