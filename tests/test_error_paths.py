@@ -4,6 +4,7 @@ clear message, and changes nothing."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ from kmesh_apply.config import load_config
 from kmesh_apply.config.loader import read_source
 from kmesh_apply.ctype import TypeSpecError, parse_type
 from kmesh_apply.errors import ConfigError, KmeshError
-from kmesh_apply.pinroot.guard import check_pin_root
+from kmesh_apply.pinroot.guard import PinRoot
 
 SMALL = "inner_maps:\n  m: {type: hash, key: u32, value: u64, max_entries: 4, entries: {1: 2}}\n"
 
@@ -81,9 +82,9 @@ def test_type_spec_errors(spec: object, message: str) -> None:
 
 def test_pin_roots_refused_before_anything_is_touched(bpf_scratch: Path) -> None:
     with pytest.raises(KmeshError, match="pin root 'relative/root' must be an absolute path"):
-        check_pin_root("relative/root")
+        PinRoot.make("relative/root")
     with pytest.raises(KmeshError, match=r"must not contain '\.\.'"):
-        check_pin_root(f"{bpf_scratch}/a/../b")
+        PinRoot.make(f"{bpf_scratch}/a/../b")
     assert not (bpf_scratch / "b").exists()
 
 
@@ -93,8 +94,8 @@ def test_a_pin_root_that_is_a_map(pin_root: Path, tmp_path: Path) -> None:
     cfg.write_text(SMALL)
     assert run_cli("kmesh-apply", "apply", str(cfg), "--auto-approve", "--pin-root", str(pin_root)).returncode == 0
     target = pin_root / "m"
-    with pytest.raises(KmeshError, match=f"pin root '{target}' exists and is not a directory"):
-        check_pin_root(str(target))
+    with pytest.raises(KmeshError, match=re.escape(f"pin root {target}: {target} exists and is not a directory")):
+        PinRoot.make(str(target))
     res = run_cli("kmesh-apply", "apply", str(cfg), "--auto-approve", "--pin-root", str(target))
     assert res.returncode == 1 and "exists and is not a directory" in res.stderr and "Traceback" not in res.stderr
     assert [p.name for p in pinned_maps(pin_root)] == ["m"]
