@@ -140,18 +140,27 @@ def bpftool():
     return bpftool_json
 
 
-def bpf_syscalls(root: Path, *args: str) -> list[str]:
-    """The bpf() commands `kmesh-apply ARGS --pin-root ROOT` makes, in order, traced with strace."""
+def traced_apply(root: Path, *args: str, inject: str | None = None) -> tuple[subprocess.CompletedProcess, list[str]]:
+    """`kmesh-apply ARGS --pin-root ROOT` under strace: its result and the bpf() commands it made, in order.
+    `inject` is strace's fault injection (e.g. "bpf:when=9:signal=KILL"); the last command is the one it struck."""
     exe = Path(sys.executable).parent / "kmesh-apply"
     fd, name = tempfile.mkstemp(suffix=".strace")
     os.close(fd)
     trace = Path(name)
+    injected = ["-e", f"inject={inject}", "-e", f"trace=bpf,{inject.split(':')[0]}"] if inject else ["-e", "trace=bpf"]
     try:
-        subprocess.run(["strace", "-f", "-qq", "-e", "trace=bpf", "-o", str(trace), str(exe), *args,
-                        "--pin-root", str(root)], check=True, capture_output=True)
-        return re.findall(r"bpf\((BPF_\w+)", trace.read_text())
+        res = subprocess.run([require_tool("strace"), "-f", "-qq", *injected, "-o", str(trace), str(exe), *args,
+                              "--pin-root", str(root)], capture_output=True, text=True)
+        return res, re.findall(r"bpf\((BPF_\w+)", trace.read_text())
     finally:
         trace.unlink(missing_ok=True)
+
+
+def bpf_syscalls(root: Path, *args: str) -> list[str]:
+    """The bpf() commands `kmesh-apply ARGS --pin-root ROOT` makes, in order, traced with strace."""
+    res, calls = traced_apply(root, *args)
+    assert res.returncode == 0, res.stderr
+    return calls
 
 
 # The calls that change a filesystem's names, and bpf()'s pinning; strace -y shows each fd's path.

@@ -11,8 +11,9 @@ import sys
 import threading
 from pathlib import Path
 
+import pytest
 
-from conftest import bpf_syscalls, pinned_maps, run_cli
+from conftest import bpf_syscalls, pinned_maps, run_cli, traced_apply
 
 KMESH_APPLY = str(Path(sys.executable).parent / "kmesh-apply")
 
@@ -135,13 +136,13 @@ def test_swap_is_atomic_for_a_bpf_reader(pin_root: Path, tmp_path: Path, bpf_scr
     assert seen.get(64) and seen.get(192)
 
 
-def killed_apply(cfg: Path, root: Path, inject: str) -> None:
+def killed_apply(cfg: Path, root: Path, inject: str) -> list[str]:
     """`apply CFG`, killed by strace's fault injection at the syscall `inject` names; asserts that the kill
     landed: strace passes the tracee's death on, so it dies by SIGKILL too (an apply that ran to its end
-    or failed on its own exits with a status instead)."""
-    res = subprocess.run(["strace", "-f", "-qq", "-o", "/dev/null", "-e", f"inject={inject}:signal=KILL", KMESH_APPLY,
-                          "apply", str(cfg), "--auto-approve", "--pin-root", str(root)], capture_output=True, text=True)
+    or failed on its own exits with a status instead). The bpf() commands it made, the last one struck."""
+    res, calls = traced_apply(root, "apply", str(cfg), "--auto-approve", inject=f"{inject}:signal=KILL")
     assert res.returncode == -signal.SIGKILL, f"the kill at {inject} did not land: exit {res.returncode}\n{res.stderr}"
+    return calls
 
 
 def assert_converged(cfg: Path, root: Path, names: set[str]) -> None:
@@ -151,21 +152,39 @@ def assert_converged(cfg: Path, root: Path, names: set[str]) -> None:
     assert not (root / "_kmesh_staging").exists() or not any((root / "_kmesh_staging").iterdir()), "stray staged maps"
 
 
+def staged(root: Path) -> list[str]:
+    """The maps an apply has pinned aside in the pin root's staging directory."""
+    staging = root / "_kmesh_staging"
+    return sorted(p.name for p in staging.iterdir()) if staging.exists() else []
+
+
 def test_sigkill_at_any_point_converges(pin_root: Path, tmp_path: Path):
-    """Kills at bpf() calls chosen from a trace of the same apply, all after its first map was created (work
-    began), each checked to have landed mid-apply: the new state not reached; the old one left or maps staged."""
+    """Kills at bpf() calls chosen from a trace of the same apply, each checked to have landed mid-apply
+    (the new state not reached) and where it was aimed: while new maps are created and filled, before any is
+    pinned (the old state stands, nothing staged), and while and after they are pinned aside (staged)."""
     a = write(tmp_path, "a.yaml", big_config(20, 500, 1))
     b = write(tmp_path, "b.yaml", big_config(20, 500, 7))
     names = {f"svc-{m}" for m in range(20)} | {"services"}
     cli("apply", str(a), "--auto-approve", root=pin_root)
     calls = bpf_syscalls(pin_root, "apply", str(b), "--auto-approve")
     assert clean(b, pin_root)
-    first = calls.index("BPF_MAP_CREATE") + 1  # 1-based, as strace counts for when=
-    # By step: kill at the Nth bpf() call of an apply that swaps every inner map.
-    for frac in (0.0, 0.3, 0.6, 0.9):
-        cli("apply", str(a), "--auto-approve", root=pin_root)
-        killed_apply(b, pin_root, f"bpf:when={first + int((len(calls) - first) * frac)}")
-        assert not clean(b, pin_root) and ((pin_root / "_kmesh_staging").exists() or not clean(a, pin_root)), frac
+    # Right after the Nth create or pin, found in a trace of the same apply. The bpf() calls before them list
+    # every program on the machine (who holds the maps): when another program came or went meanwhile, the kill
+    # lands elsewhere, which its own trace shows; then the same apply is traced again and the kill retried.
+    for kind, n in (("BPF_MAP_CREATE", 1), ("BPF_MAP_CREATE", 10), ("BPF_OBJ_PIN", 10), ("BPF_OBJ_PIN", 20)):
+        for _ in range(5):
+            nth = [i for i, c in enumerate(calls) if c == kind][n - 1]
+            cli("apply", str(a), "--auto-approve", root=pin_root)
+            died = killed_apply(b, pin_root, f"bpf:when={nth + 2}")  # 1-based: the call after the Nth
+            if len(died) > 1 and died[-2] == kind and died[:-1].count(kind) == n:
+                break
+            cli("apply", str(a), "--auto-approve", root=pin_root)
+            calls = bpf_syscalls(pin_root, "apply", str(b), "--auto-approve")
+        else:
+            pytest.fail(f"the kill after {kind} #{n} landed elsewhere five times")
+        assert not clean(b, pin_root), (kind, n)
+        pinned_aside = died[:-1].count("BPF_OBJ_PIN")  # the last was struck: it never ran
+        assert (clean(a, pin_root), len(staged(pin_root))) == (pinned_aside == 0, pinned_aside), (kind, n)
         assert_converged(b, pin_root, names)
     # Between switching the slots and moving the new maps into place.
     for when in (1, 7):
