@@ -283,9 +283,7 @@ CASES = [
     pytest.param("ours", (3, 4), id="ours-9eab2f91-to-today"),
     pytest.param("ours", (1, 2), id="ours-20cb2d8b-to-63920e72"),
     pytest.param("kmesh", (3, 4), id="kmesh-9eab2f91-to-today",
-                 marks=pytest.mark.skipif(not os.environ.get("KMESH_UPGRADE_OBJECTS"),
-                                          reason="KMESH_UPGRADE_OBJECTS is not set: no build of Kmesh's objects "
-                                                 "to upgrade (see docs/upgrading.md)")),
+                 marks=pytest.mark.kmesh_objects("KMESH_UPGRADE_OBJECTS")),  # see conftest
 ]
 
 
