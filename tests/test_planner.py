@@ -318,3 +318,30 @@ def test_a_huge_value_change_shows_only_the_changed_elements():
     changed = render_json(plan)["changes"][0]["changed"]
     assert changed == [{"key": 0, "elements": 16381, "changed_elements": [{"path": "[5]", "old": 5, "new": 0},
                                                                           {"path": "[7000]", "old": 7000, "new": 1}]}]
+
+
+def test_slot_changes_say_what_each_slot_held():
+    """A slot newly set is added, a slot pointed elsewhere is changed from the map it held, and a
+    cleared slot names what it held (a map the tool does not know by its ID)."""
+    live = live_of(BASE, IDS)
+    live.maps["svc"].slots[k(1)] = 99  # an inner map no pin names
+    cfg = config(inner("a", {1: 10, 2: 20}), inner("b", {3: 30}), outer("svc", "a", {0: "b", 2: "a"}))
+    (change,) = make_plan(cfg, live).changes
+    assert (change.name, change.action) == ("svc", "update")
+    assert change.added == {k(2): "a"}
+    assert change.changed == {k(0): ("a", "b")}
+    assert change.removed == {k(1): "id 99"}
+
+
+def test_a_dropped_map_in_no_slot_is_destroyed_as_a_plain_map():
+    live = live_of(BASE, IDS)
+    live.maps["stray"] = LiveMap("stray", 14, "hash", 4, 8, 100, (), "u32", "u64", {})
+    (change,) = make_plan(BASE, live).changes
+    assert (change.name, change.action, change.kind) == ("stray", "destroy", "plain")
+
+
+def test_a_nearly_full_map_is_warned_of_with_how_full_it_would_be():
+    cfg = config(inner("a", {i: i for i in range(9)}, max_entries=10), inner("b", {3: 30}),
+                 outer("svc", "a", {0: "a", 1: "b"}))
+    assert make_plan(cfg, live_of(cfg, IDS)).warnings == [
+        "inner map 'a' would be 90% full (9 of 10 entries); raise its max_entries before it fills up"]
