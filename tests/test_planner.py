@@ -345,3 +345,13 @@ def test_a_nearly_full_map_is_warned_of_with_how_full_it_would_be():
                  outer("svc", "a", {0: "a", 1: "b"}))
     assert make_plan(cfg, live_of(cfg, IDS)).warnings == [
         "inner map 'a' would be 90% full (9 of 10 entries); raise its max_entries before it fills up"]
+
+
+def test_a_dropped_map_a_program_holds_is_warned_of_as_destroyed():
+    cfg = config(inner("a", {1: 10, 2: 20}), outer("svc", "a", {0: "a"}))
+    plan = make_plan(cfg, held(live_of(BASE, IDS), IDS["b"]))
+    change = next(c for c in plan.changes if c.name == "b")
+    assert change.action == "destroy" and [p.id for p in change.holders] == [42]
+    assert plan.warnings == [f"map 'b' (ID {IDS['b']}) is held by program 42 \"lb\" (xdp, xdp link 7 on eth0): apply "
+                             "refuses to destroy it unless --allow-replace-in-use, and then they keep reading the "
+                             "destroyed map until they are reloaded"]
