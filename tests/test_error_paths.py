@@ -118,3 +118,30 @@ def test_a_directory_given_as_a_saved_plan_is_a_config(tmp_path: Path, pin_root:
     os.mkdir(tmp_path / "empty")
     res = run_cli("kmesh-apply", "plan", str(tmp_path / "empty"), "--pin-root", str(pin_root))
     assert res.returncode == 1 and "the directory holds no *.yaml, *.yml or *.json files" in res.stderr
+
+
+def test_the_guard_never_follows_a_link_in_the_pin_root(pin_root: Path, bpf_scratch: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """In-process, so that mutation testing sees it (the attack tests run the CLI): a link in the pin root,
+    even to a real map, is refused by every way in; `lexists` looks in the pin root, not in the current
+    directory; a missing pin root is not made by `open`; a closed PinRoot keeps no descriptor.
+    (Planted: follow_symlinks=True in _entry, dir_fd dropped in lexists, create=True in open: each fails.)"""
+    from kmesh_apply.kernel.maps import Map
+
+    elsewhere = bpf_scratch / "elsewhere"
+    elsewhere.mkdir()
+    with Map.create("hash", 4, 4, 4, name="theirs") as m:
+        m.pin(str(elsewhere / "theirs"))
+    assert PinRoot.open(str(pin_root)) is None and not pin_root.exists()
+    root = PinRoot.make(str(pin_root))
+    try:
+        os.symlink(elsewhere / "theirs", pin_root / "m")
+        monkeypatch.chdir(tmp_path)  # nothing named "m" here
+        assert root.lexists("m")
+        for way_in in (lambda: root.open_map("m"), lambda: root.unlink("m"), lambda: root.replace("m", "n")):
+            with pytest.raises(KmeshError, match="is a symlink"):
+                way_in()
+        assert (elsewhere / "theirs").exists() and os.path.islink(pin_root / "m") and not (pin_root / "n").exists()
+    finally:
+        root.close()
+    assert root.fd == -1
