@@ -1,6 +1,6 @@
 """examples/kmesh, Kmesh's own workload and maglev maps: applied, then read back byte for byte
-through a C program that uses Kmesh's struct definitions (re-typed below from the public
-headers bpf/include/common.h, bpf/kmesh/workload/include/workload.h and workload_common.h,
+through a C program that uses Kmesh's struct definitions (re-typed in kmesh_headers.py and below from
+the public headers bpf/include/common.h, bpf/kmesh/workload/include/workload.h and workload_common.h,
 bpf/kmesh/ads/include/cluster.h); it plans clean, and so does what `show` prints."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import yaml_rs
 
 from cbytes import c_bytes
 from conftest import REPO
+from kmesh_headers import WORKLOAD_TYPES
 from kmesh_apply import api
 from kmesh_apply.config import dump_yaml, load_config
 from kmesh_apply.config.codecs import encode
@@ -28,44 +29,11 @@ PROGRAM = r"""
 #include <string.h>
 
 /* Kmesh's definitions, as its headers declare them. */
-#define MAX_PORT_COUNT 10
-#define MAX_SERVICE_COUNT 10
-#define PRIO_COUNT 7
+""" + WORKLOAD_TYPES + r"""
 #define BPF_DATA_MAX_LEN 192
 #define MAGLEV_TABLE_SIZE 16381
 
-struct ip_addr {
-    union {
-        __u32 ip4;
-        __u32 ip6[4];
-    };
-};
-
 typedef enum { LB_POLICY_RANDOM = 0, LB_POLICY_STRICT = 1, LB_POLICY_FAILOVER = 2 } lb_policy_t;
-
-#pragma pack(1)
-typedef struct { struct ip_addr addr; } frontend_key;
-typedef struct { __u32 upstream_id; } frontend_value;
-typedef struct { __u32 service_id; } service_key;
-typedef struct {
-    __u32 prio_endpoint_count[PRIO_COUNT];
-    __u32 lb_policy;
-    __u32 service_port[MAX_PORT_COUNT];
-    __u32 target_port[MAX_PORT_COUNT];
-    struct ip_addr wp_addr;
-    __u32 waypoint_port;
-} service_value;
-typedef struct { __u32 service_id; __u32 prio; __u32 backend_index; } endpoint_key;
-typedef struct { __u32 backend_uid; } endpoint_value;
-typedef struct { __u32 backend_uid; } backend_key;
-typedef struct {
-    struct ip_addr addr;
-    __u32 service_count;
-    __u32 service[MAX_SERVICE_COUNT];
-    struct ip_addr wp_addr;
-    __u32 waypoint_port;
-} backend_value;
-#pragma pack()
 
 #define ZERO(x) memset(&(x), 0, sizeof(x))
 

@@ -26,21 +26,17 @@ import pytest
 
 from conftest import run_cli
 from dataplane import backends, bpftool_update, cgroup, compile_bpf, load_object, remove_tree
+from kmesh_headers import WORKLOAD_TYPES
 
 MESH = r"""
 #include <linux/bpf.h>
 #include <linux/in.h>
 #include <bpf/bpf_helpers.h>
 
-#define MAX_PORT_COUNT 10
-#define MAX_SERVICE_COUNT 10
-#define PRIO_COUNT 7
+""" + WORKLOAD_TYPES + r"""
 #define CONTROL_CMD_IP 2
 #define ENABLE_KMESH_PORT 0x3a1
 
-/* LAYOUT 1: Kmesh 20cb2d8b (one endpoint count; endpoint keys without prio); 2: 63920e72 (prio added,
- * random balancing keeps every endpoint at prio 6); 3: 9eab2f91 (lb_strict_prio, locality failover
- * from prio 0); 4: today (lb_strict_prio gone, every map renamed km_*). */
 #if LAYOUT >= 4
 #define FRONTEND km_frontend
 #define SERVICE km_service
@@ -57,48 +53,8 @@ MESH = r"""
 #define AUTH map_of_auth
 #endif
 
-struct ip_addr { union { __u32 ip4; __u32 ip6[4]; }; };
 struct manager_key { union { __u64 netns_cookie; struct ip_addr addr; }; };
 struct sock_tuple4 { __u32 saddr, daddr; __u16 sport, dport; };
-
-#pragma pack(1)
-typedef struct { struct ip_addr addr; } frontend_key;
-typedef struct { __u32 upstream_id; } frontend_value;
-typedef struct { __u32 service_id; } service_key;
-typedef struct {
-#if LAYOUT == 1
-    __u32 endpoint_count;
-#else
-    __u32 prio_endpoint_count[PRIO_COUNT];
-#endif
-    __u32 lb_policy;
-#if LAYOUT == 2
-    __u32 lb_strict_index;
-#elif LAYOUT == 3
-    __u32 lb_strict_prio;
-#endif
-    __u32 service_port[MAX_PORT_COUNT];
-    __u32 target_port[MAX_PORT_COUNT];
-    struct ip_addr wp_addr;
-    __u32 waypoint_port;
-} service_value;
-typedef struct {
-    __u32 service_id;
-#if LAYOUT >= 2
-    __u32 prio;
-#endif
-    __u32 backend_index;
-} endpoint_key;
-typedef struct { __u32 backend_uid; } endpoint_value;
-typedef struct { __u32 backend_uid; } backend_key;
-typedef struct {
-    struct ip_addr addr;
-    __u32 service_count;
-    __u32 service[MAX_SERVICE_COUNT];
-    struct ip_addr wp_addr;
-    __u32 waypoint_port;
-} backend_value;
-#pragma pack()
 
 #ifdef TYPES  /* an object whose BTF names the map types, for migrate.btf and btf: */
 frontend_key t1; frontend_value t2; service_key t3; service_value t4;
