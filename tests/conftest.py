@@ -36,10 +36,14 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    left = [i for i in items if (m := i.get_closest_marker(KMESH_OBJECTS_MARK)) and not os.environ.get(m.args[0])]
+    keep: list[pytest.Item] = []
+    left: list[pytest.Item] = []
+    for item in items:
+        mark = item.get_closest_marker(KMESH_OBJECTS_MARK)
+        (left if mark and not os.environ.get(mark.args[0]) else keep).append(item)
     if left:
         config.hook.pytest_deselected(items=left)
-        items[:] = [i for i in items if i not in left]
+        items[:] = keep
         config.stash[_LEFT_OUT] = left
 
 
